@@ -1,0 +1,30 @@
+"""The error hierarchy.
+
+Every error stembridge raises on purpose is a :class:`BridgeError`, and also inherits the
+builtin a caller would expect (as soundfile does), so ``except ValueError`` keeps working.
+A message names the value, what was expected, and how to fix it; the CLI prints it on one line.
+"""
+
+
+class BridgeError(Exception):
+    """Base class of every error stembridge raises on purpose."""
+
+
+class AudioError(BridgeError, ValueError):
+    """Audio that cannot be used: wrong shape or dtype, NaN/Inf samples, unreadable files."""
+
+
+class OutputError(BridgeError, OSError):
+    """An output that cannot be written: bad template, collision, would overwrite an input."""
+
+
+class ModelError(BridgeError, RuntimeError):
+    """A model card or model file that is missing, corrupt or inconsistent."""
+
+
+class PresetError(BridgeError, ValueError):
+    """A session preset that does not validate; the message names the file and the key path."""
+
+
+class PluginError(BridgeError, RuntimeError):
+    """An effect or VST3 plugin that cannot be created, loaded or configured."""

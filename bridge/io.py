@@ -1,0 +1,325 @@
+"""Audio files: the only module that opens them.
+
+Reads any format libsndfile reads (wav, flac, ogg, mp3, aiff, ...) at any sample rate and channel
+count, streams them block by block, and writes outputs atomically: samples go to a hidden
+``.<name>.<pid>.partial`` file beside the target, which is fsynced and renamed onto the final name
+only when complete, so a crash never leaves a half-written file under a finished-looking name.
+Outputs never overwrite inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+import numpy as np
+import soundfile as sf
+
+from .audio import channels_first, check_finite, check_sample_rate, frames_first
+from .errors import AudioError, OutputError
+
+BitDepth = Literal[16, 24, 32]
+
+#: File extension -> libsndfile major format.
+FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3", "aiff": "AIFF", "aif": "AIFF"}
+LOSSY = {"ogg", "mp3"}
+DEFAULT_BIT_DEPTH: BitDepth = 24
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    """What a file holds, read from its header."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _open_error(path: Path, exc: Exception) -> AudioError:
+    if path.is_dir():
+        return AudioError(f"{path}: is a folder, not an audio file; pass the files inside it")
+    if not path.exists():
+        return AudioError(f"{path}: no such file; check the path")
+    if path.stat().st_size == 0:
+        return AudioError(f"{path}: the file is empty (0 bytes); re-export or re-download it")
+    reason = str(exc).split(":")[-1].strip() or type(exc).__name__
+    return AudioError(
+        f"{path}: cannot be read as audio ({reason}); "
+        f"expected a wav, flac, ogg, mp3 or aiff file: re-export it or convert it with ffmpeg"
+    )
+
+
+def _open(path: Path) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as exc:
+        raise _open_error(path, exc) from None
+
+
+def info(path) -> AudioInfo:
+    """Read a file's header.
+
+    Raises
+    ------
+    AudioError
+        Missing, empty, a folder, not audio, an unsupported sample rate, or no samples.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        result = AudioInfo(path, f.samplerate, f.channels, f.frames, f.format, f.subtype)
+    check_sample_rate(result.sample_rate, name=str(path))
+    if result.frames == 0:
+        raise AudioError(f"{path}: the file holds no samples (a header without audio); re-export it")
+    return result
+
+
+def stream(path, *, block_frames: int = 262144) -> Iterator[np.ndarray]:
+    """Yield a file's audio as ``(channels, samples)`` float32 blocks of ``block_frames`` samples.
+
+    Every block is checked for NaN/Inf, and a file that ends before its header says it should
+    (a truncated download) is an error after the last block, so nothing downstream mistakes a
+    cut-off song for a finished one.
+    """
+    path = Path(path)
+    header = info(path)
+    read = 0
+    with _open(path) as f:
+        while True:
+            try:
+                frames = f.read(block_frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioError(
+                    f"{path}: decoding failed after {read} of {header.frames} samples ({exc}); "
+                    "the file is damaged or truncated: re-export or re-download it"
+                ) from None
+            if not len(frames):
+                break
+            block = channels_first(frames)
+            check_finite(block, name=str(path), sample_rate=header.sample_rate, offset=read)
+            read += block.shape[1]
+            yield block
+            if len(frames) < block_frames:
+                break
+    _check_complete(path, header, read)
+
+
+def _check_complete(path: Path, header: AudioInfo, read: int) -> None:
+    # libsndfile shortens a truncated WAV/AIFF's frame count silently and notes it in its log.
+    if read < header.frames or _declares_more_data(path):
+        raise AudioError(
+            f"{path}: the file is truncated (its header promises more audio than it holds; "
+            f"{read} samples could be read); re-export or re-download it"
+        )
+
+
+def _declares_more_data(path: Path) -> bool:
+    """True if a WAV/AIFF header declares more sample data than the file holds.
+
+    libsndfile notes ``data : <declared> (should be <present>)`` in its log and reads what is
+    there. A streaming writer's placeholder size (0 or 0xFFFFFFFF) is not a truncation.
+    """
+    try:
+        with sf.SoundFile(str(path)) as f:
+            log = f.extra_info
+    except (sf.LibsndfileError, RuntimeError):
+        return False
+    for declared, present in re.findall(r"(?m)^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", log):
+        if int(present) < int(declared) < 0xFFFFFFF0:
+            return True
+    return False
+
+
+def read(path) -> tuple[np.ndarray, int]:
+    """Read a whole file: ``(audio, sample_rate)``, audio ``(channels, samples)`` float32.
+
+    Prefer :func:`stream` for songs; this is for short files and tests.
+    """
+    blocks = list(stream(path))
+    return np.concatenate(blocks, axis=1), info(path).sample_rate
+
+
+def subtype_for(extension: str, bit_depth: BitDepth) -> str | None:
+    """The libsndfile subtype for a format and bit depth, or an :class:`OutputError` saying why not."""
+    extension = extension.lower()
+    if extension not in FORMATS:
+        raise OutputError(f"output format '{extension}' is not supported; choose one of {', '.join(sorted(FORMATS))}")
+    if extension == "ogg":
+        return "VORBIS"
+    if extension == "mp3":
+        return "MPEG_LAYER_III"
+    if bit_depth not in (16, 24, 32):
+        raise OutputError(f"bit depth {bit_depth!r} is not supported; choose 16, 24 or 32 (32 = float)")
+    if extension == "flac":
+        if bit_depth == 32:
+            raise OutputError("FLAC holds 16- or 24-bit integer samples; use bit depth 24, or wav for 32-bit float")
+        return f"PCM_{bit_depth}"
+    return "FLOAT" if bit_depth == 32 else f"PCM_{bit_depth}"
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+def remove_stale_partials(final: Path) -> list[Path]:
+    """Delete partial files a crashed earlier run left for ``final``; return what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+){re.escape(PARTIAL_SUFFIX)}$")
+    if not final.parent.is_dir():
+        return removed
+    for candidate in final.parent.iterdir():
+        match = pattern.match(candidate.name)
+        if match and not _pid_alive(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+class AudioWriter:
+    """Write ``(channels, samples)`` blocks to a file, atomically.
+
+    Samples go to a partial file beside ``path``; :meth:`close` flushes, fsyncs and renames it
+    onto ``path``. Leaving a ``with`` block by an exception removes the partial file instead.
+    PCM outputs are clipped to [-1, 1] (never wrapped) and :attr:`clipped` counts the samples
+    that were, so a caller can report them.
+
+    Parameters
+    ----------
+    path : path-like
+        The final name; its extension picks the format (wav, flac, ogg, mp3, aiff).
+    sample_rate : int
+        In Hz.
+    channels : int
+        6 channels in wav are written as WAVE_FORMAT_EXTENSIBLE with the 5.1 mask 0x3F.
+    bit_depth : {16, 24, 32}
+        Integer PCM, or 32-bit float for 32 (wav, aiff). Ignored by the lossy formats.
+    inputs : iterable of path-like
+        Files this output must never replace.
+    """
+
+    def __init__(self, path, *, sample_rate: int, channels: int, bit_depth: BitDepth = DEFAULT_BIT_DEPTH,
+                 inputs: Iterable = ()):
+        self.path = Path(path)
+        extension = self.path.suffix.lstrip(".").lower()
+        subtype = subtype_for(extension, bit_depth)
+        for source in inputs:
+            if same_file(self.path, Path(source)):
+                raise OutputError(f"{self.path}: this output would overwrite the input {source}; choose another output folder or name")
+        if extension == "mp3" and channels > 2:
+            raise OutputError(f"{self.path}: mp3 holds at most 2 channels, this output has {channels}; use wav or flac")
+        major = FORMATS[extension]
+        if major == "WAV" and channels > 2:
+            major = "WAVEX"  # libsndfile writes the speaker mask (0x3F for 6 channels = 5.1)
+        self.channels = channels
+        self.sample_rate = sample_rate
+        self.clipped = 0
+        self.frames = 0
+        self.peak = 0.0
+        self._pcm = subtype.startswith("PCM")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(self.path)
+            self._partial = partial_path(self.path)
+            self._file = sf.SoundFile(str(self._partial), "w", samplerate=sample_rate, channels=channels,
+                                      format=major, subtype=subtype)
+        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            raise OutputError(f"{self.path}: cannot create the output ({exc}); check that the folder is writable and has space") from None
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``block``, shape (channels, samples), float32."""
+        if block.shape[0] != self.channels:
+            raise OutputError(f"{self.path}: got a block of {block.shape[0]} channels for a {self.channels}-channel file")
+        if not block.shape[1]:
+            return
+        peak = float(np.max(np.abs(block)))
+        self.peak = max(self.peak, peak)
+        if self._pcm and peak > 1.0:
+            self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
+            block = np.clip(block, -1.0, 1.0)
+        try:
+            self._file.write(np.ascontiguousarray(frames_first(block)))
+        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            self.abort()
+            raise OutputError(f"{self.path}: writing failed ({exc}); check free space on the output disk") from None
+        self.frames += block.shape[1]
+
+    def close(self) -> Path:
+        """Finish the file and move it to its final name; return that name."""
+        try:
+            self._file.close()
+            with open(self._partial, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self._partial, self.path)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"{self.path}: could not finish the output ({exc}); check free space and permissions") from None
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file; the final name is left as it was."""
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except (OSError, RuntimeError):
+            pass
+        Path(self._partial).unlink(missing_ok=True)
+
+    def __enter__(self) -> "AudioWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write(path, audio: np.ndarray, sample_rate: int, *, bit_depth: BitDepth = DEFAULT_BIT_DEPTH,
+          inputs: Iterable = ()) -> Path:
+    """Write a whole buffer atomically; see :class:`AudioWriter`."""
+    with AudioWriter(path, sample_rate=sample_rate, channels=audio.shape[0], bit_depth=bit_depth, inputs=inputs) as w:
+        w.write(audio)
+    return Path(path)

@@ -1,0 +1,74 @@
+"""Separators: ``separator(audio, sample_rate) -> {stem: audio}``.
+
+Anything with that call, a ``stems`` tuple and a ``stream()`` satisfies :class:`Separator`; no
+base class is needed (a ten-line fake in a test is a separator too). :func:`load_separator`
+builds the real ones from a model name, card or file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..models import ModelCard, resolve
+from .runner import ChunkedSeparator, SeparationStream
+
+
+@runtime_checkable
+class Separator(Protocol):
+    """Splits a buffer into named stems of the same shape.
+
+    Stem names are demucs's (``vocals``, ``drums``, ``bass``, ``other``) plus ``instrumental``
+    (everything but the vocals) for 2-stem models.
+    """
+
+    stems: tuple[str, ...]
+
+    def __call__(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+        """``audio`` (channels, samples) float32 -> ``{stem: (channels, samples) float32}``."""
+
+
+def load_separator(model: str | ModelCard = "default", *, overlap: float | None = None, batch_size: int = 1,
+                   threads: int | None = None, denoise: bool = False, invert: bool = False,
+                   high_band: Literal["instrumental", "average"] = "instrumental") -> ChunkedSeparator:
+    """Build a separator.
+
+    Parameters
+    ----------
+    model : str or ModelCard
+        ``"default"`` (the embedded model), ``"dsp"`` (the weight-free fallback), a card name
+        (``stembridge models`` lists them), or a path to a card ``.yaml`` or an ``.onnx`` file.
+    overlap : float, optional
+        Fraction of each chunk shared with the next, in [0, 1). Default: 0.25 for MDX-Net
+        (as UVR), 0.25 for mask models, 0.5 for the DSP fallback.
+    batch_size : int
+        Chunks per onnxruntime call.
+    threads : int, optional
+        onnxruntime intra-op threads; default: every core this process may use.
+    denoise, invert : bool
+        MDX-Net only: UVR's denoise (mean of model(x) and -model(-x)) and spectral inversion.
+    high_band : {"instrumental", "average"}
+        Mask models only: who gets the band the model does not cover.
+
+    Raises
+    ------
+    ModelError
+        Unknown model, missing or corrupt file, card and model disagree.
+    """
+    card = model if isinstance(model, ModelCard) else resolve(model)
+    if card.family == "mdx":
+        from .mdx import MdxEngine
+        engine = MdxEngine(card, threads=threads, batch_size=batch_size, denoise=denoise, invert=invert)
+    elif card.family == "mask":
+        from .mask import MaskEngine
+        engine = MaskEngine(card, threads=threads, batch_size=batch_size, high_band=high_band)
+    else:
+        from .dsp import DspEngine
+        engine = DspEngine()
+    if overlap is None:
+        overlap = 0.5 if card.family == "dsp" else 0.25
+    return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)
+
+
+__all__ = ["Separator", "SeparationStream", "ChunkedSeparator", "load_separator"]

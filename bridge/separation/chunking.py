@@ -1,0 +1,202 @@
+"""Split a stream into model chunks and overlap-add the results back, block by block.
+
+Pure numpy, no model: :class:`OverlapAdd` takes audio in blocks of any size and gives back
+finished output as soon as no later chunk can change it, so a whole song never has to be in
+memory, and feeding it in one block or in many gives the same samples.
+
+Geometry, in samples of the model's rate::
+
+    chunk:  |<-trim->|<------------ keep ------------>|<-trim->|
+    weight:          |/fade\\______________________/fade\\|
+
+A chunk of ``chunk`` samples goes to the engine; the ``trim`` samples at each edge are dropped
+(they carry the transform's edge effects); the kept part is weighted by a window whose raised-
+cosine fades of ``fade = keep - step`` samples are complementary (sin² + cos² = 1) between
+neighbours, added up, and divided by the summed weights. The signal is preceded by
+``trim + fade`` zeros, so its first sample falls where the first chunk's weight is already 1,
+and followed by as many zeros as the last chunk needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+
+#: run(chunks) -> {stem: chunks}; chunks shape (batch, channels, chunk), float32.
+RunChunks = Callable[[np.ndarray], "dict[str, np.ndarray]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkPlan:
+    """Where chunks fall.
+
+    Parameters
+    ----------
+    chunk : int
+        Samples per engine call and chunk.
+    trim : int
+        Samples dropped at each edge of a chunk's output.
+    overlap : float
+        Fraction in [0, 1) of a chunk's kept part shared with the next chunk.
+    """
+
+    chunk: int
+    trim: int
+    overlap: float
+
+    def __post_init__(self):
+        if self.keep < 1:
+            raise ValueError(f"chunk {self.chunk} leaves nothing after trimming {self.trim} samples at each edge")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+
+    @property
+    def keep(self) -> int:
+        return self.chunk - 2 * self.trim
+
+    @property
+    def step(self) -> int:
+        return max(1, min(self.keep, round(self.keep * (1.0 - self.overlap))))
+
+    @property
+    def fade(self) -> int:
+        return self.keep - self.step
+
+    @property
+    def lead(self) -> int:
+        """Zeros before the signal, so its first sample meets full weight."""
+        return self.trim + self.fade
+
+    def chunks_for(self, samples: int) -> int:
+        """How many chunks cover ``samples`` samples with full weight."""
+        if samples <= 0:
+            return 0
+        return math.ceil((samples + self.fade) / self.step)
+
+    def window(self) -> np.ndarray:
+        """Weights of a chunk's kept part, shape (keep,), float32."""
+        weights = np.ones(self.keep, dtype=np.float64)
+        if self.fade:
+            ramp = np.sin(0.5 * np.pi * (np.arange(self.fade) + 0.5) / self.fade) ** 2
+            weights[: self.fade] = ramp
+            weights[-self.fade:] = ramp[::-1]
+        return weights.astype(np.float32)
+
+
+class OverlapAdd:
+    """Streaming chunked processing with overlap-add.
+
+    Parameters
+    ----------
+    plan : ChunkPlan
+    channels : int
+    stems : sequence of str
+        The keys ``run`` returns.
+    run : callable
+        ``run(chunks) -> {stem: chunks}`` with chunks of shape (batch, channels, plan.chunk).
+    batch_size : int
+        Chunks per ``run`` call. Chunks wait until a full batch is ready (or the stream ends).
+    """
+
+    def __init__(self, plan: ChunkPlan, *, channels: int, stems, run: RunChunks, batch_size: int = 1):
+        self.plan = plan
+        self.channels = channels
+        self._run = run
+        self.batch_size = max(1, int(batch_size))
+        self._window = plan.window()
+        # Input: padded-signal samples from index _in_start on.
+        self._input = np.zeros((channels, plan.lead), np.float32)
+        self._in_start = 0
+        self._next_chunk = 0
+        self._received = 0
+        # Output: accumulators for signal samples from index _out_start on.
+        self._out_start = -plan.fade  # the first chunk's kept part starts before the signal
+        self._acc = {stem: np.zeros((channels, 0), np.float32) for stem in stems}
+        self._weight = np.zeros(0, np.float64)
+        self._finished = False
+
+    def process(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        """Take ``block`` (channels, samples); return the output samples that are now final."""
+        if self._finished:
+            raise RuntimeError("process() after finish()")
+        if block.shape[1]:
+            self._input = np.concatenate([self._input, block], axis=1)
+            self._received += block.shape[1]
+        ready = self._ready_chunks()
+        while ready >= self.batch_size:
+            self._run_batch(self.batch_size)
+            ready -= self.batch_size
+        return self._emit(limit=self._next_chunk * self.plan.step - self.plan.fade)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Process what is left and return the rest of the output."""
+        self._finished = True
+        total = self.plan.chunks_for(self._received)
+        needed = (total - 1) * self.plan.step + self.plan.chunk - self._in_start if total else 0
+        if needed > self._input.shape[1]:
+            pad = np.zeros((self.channels, needed - self._input.shape[1]), np.float32)
+            self._input = np.concatenate([self._input, pad], axis=1)
+        while self._next_chunk < total:
+            self._run_batch(min(self.batch_size, total - self._next_chunk))
+        return self._emit(limit=self._received)
+
+    def _ready_chunks(self) -> int:
+        available = self._in_start + self._input.shape[1]  # padded samples seen so far
+        if available < self.plan.chunk:
+            return 0
+        complete = (available - self.plan.chunk) // self.plan.step + 1
+        return max(0, complete - self._next_chunk)
+
+    def _run_batch(self, count: int) -> None:
+        plan = self.plan
+        first = self._next_chunk
+        starts = [(first + i) * plan.step - self._in_start for i in range(count)]
+        batch = np.stack([self._input[:, s:s + plan.chunk] for s in starts])
+        outputs = self._run(batch)
+        # Signal index where chunk `first`'s kept part begins.
+        base = first * plan.step - plan.fade
+        end = base + (count - 1) * plan.step + plan.keep
+        self._grow(end)
+        offset = base - self._out_start
+        for stem, chunks in outputs.items():
+            acc = self._acc[stem]
+            for i in range(count):
+                at = offset + i * plan.step
+                acc[:, at:at + plan.keep] += chunks[i, :, plan.trim:plan.trim + plan.keep] * self._window
+        for i in range(count):
+            at = offset + i * plan.step
+            self._weight[at:at + plan.keep] += self._window
+        self._next_chunk += count
+        drop = self._next_chunk * plan.step - self._in_start
+        self._input = self._input[:, drop:]
+        self._in_start += drop
+
+    def _grow(self, end: int) -> None:
+        size = end - self._out_start
+        if size > self._weight.shape[0]:
+            self._weight = np.concatenate([self._weight, np.zeros(size - self._weight.shape[0])])
+            for stem, acc in self._acc.items():
+                self._acc[stem] = _extend(acc, size)
+
+    def _emit(self, *, limit: int) -> dict[str, np.ndarray]:
+        """Return signal samples [_out_start, limit) and drop them from the accumulators."""
+        limit = min(limit, self._received)
+        if limit <= max(self._out_start, 0):
+            return {stem: np.zeros((self.channels, 0), np.float32) for stem in self._acc}
+        skip = max(0, -self._out_start)  # the first chunk's fade-in lies before the signal
+        count = limit - self._out_start - skip
+        out = {}
+        weight = self._weight[skip:skip + count]
+        for stem, acc in self._acc.items():
+            out[stem] = (acc[:, skip:skip + count] / np.maximum(weight, 1e-12)).astype(np.float32)
+            self._acc[stem] = acc[:, skip + count:]
+        self._weight = self._weight[skip + count:]
+        self._out_start += skip + count
+        return out
+
+
+def _extend(array: np.ndarray, size: int) -> np.ndarray:
+    return np.concatenate([array, np.zeros((array.shape[0], size - array.shape[1]), array.dtype)], axis=1)

@@ -1,0 +1,86 @@
+"""MDX-Net separators: complex-spectrogram ONNX models as the UVR community ships them.
+
+Per chunk of ``hop * (dim_t - 1)`` samples at 44.1 kHz (Kim et al., "KUIELab-MDX-Net",
+MDX Workshop 2021; UVR's ``separate.py``):
+
+1. centred STFT (periodic Hann, ``n_fft`` from the card, hop 1024) -> ``dim_t`` frames;
+2. keep the first ``dim_f`` bins, zero the lowest 3, pack stereo real/imag as 4 channels;
+3. run the model (optionally denoised: the mean of ``model(x)`` and ``-model(-x)``);
+4. pad the cut bins back with zeros, inverse STFT, times ``compensate``.
+
+The model predicts the card's *primary* stem. The other stem is the *match-mix* minus the
+primary: the mix sent through steps 1, 2 and 4 without the model, so that whatever the transform
+itself does (the zeroed and cut bins) cancels instead of leaking into the other stem. Content the
+model never sees (below bin 3, above ``dim_f``) is given to the instrumental-side stem so the
+stems still sum to the mix; with ``invert`` (UVR's spectral inversion: the other stem is
+``max(|X|, |Y|) e^{i∠X} - Y``, keeping the mix phase) they are not promised to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from ..models import ModelCard, verify_file
+from .runtime import Runner, open_session, static_dims
+from .spectral import Stft, pack_mdx, unpack_mdx
+
+
+class MdxEngine:
+    """The model-specific part of an MDX-Net separator (see :class:`~.runner.Engine`)."""
+
+    def __init__(self, card: ModelCard, *, threads: int | None = None, batch_size: int = 1,
+                 denoise: bool = False, invert: bool = False):
+        path = verify_file(card)
+        session = open_session(path, threads=threads)
+        dims = static_dims(session.get_inputs()[0].shape)
+        expected = [None, 4, card.dim_f, card.dim_t]
+        if len(dims) != 4 or any(d is not None and e is not None and d != e for d, e in zip(dims, expected)):
+            raise ModelError(
+                f"{path}: the model's input shape is {session.get_inputs()[0].shape}, but its card "
+                f"({card.source}) says [batch, 4, dim_f={card.dim_f}, dim_t={card.dim_t}]; "
+                "fix dim_f/dim_t (and n_fft) in the card to match the model"
+            )
+        self.card = card
+        self.runner = Runner(session, max_batch=batch_size * (2 if denoise else 1))
+        self.stft = Stft(card.n_fft, card.hop)
+        self.sample_rate = card.sample_rate
+        self.chunk = card.hop * (card.dim_t - 1)
+        self.trim = card.n_fft // 2
+        self.denoise = denoise
+        self.invert = invert
+        self.primary = card.primary
+        self.secondary = next(s for s in card.stems if s != card.primary)
+        self.stems = card.stems
+        if invert:
+            self.residual_stem = None
+        else:
+            self.residual_stem = "instrumental" if "instrumental" in card.stems else self.primary
+
+    def run(self, chunks: np.ndarray) -> dict[str, np.ndarray]:
+        card = self.card
+        mix_spec = self.stft.forward(chunks)
+        x = pack_mdx(mix_spec, card.dim_f)
+        if self.denoise:
+            y = self._model(np.concatenate([x, -x]))
+            y = 0.5 * (y[: len(x)] - y[len(x):])
+        else:
+            y = self._model(x)
+        primary_spec = unpack_mdx(y, self.stft.bins) * np.float32(card.compensate)
+        out = {}
+        if self.invert:
+            matched = unpack_mdx(x, self.stft.bins)
+            magnitude = np.maximum(np.abs(matched), np.abs(primary_spec))
+            other_spec = magnitude * np.exp(1j * np.angle(matched)) - primary_spec
+            out[self.primary] = self.stft.inverse(primary_spec, self.chunk)
+            out[self.secondary] = self.stft.inverse(other_spec.astype(np.complex64), self.chunk)
+            return out
+        primary = self.stft.inverse(primary_spec, self.chunk)
+        if self.residual_stem != self.primary:
+            return {self.primary: primary}
+        matchmix = self.stft.inverse(unpack_mdx(x, self.stft.bins), self.chunk)
+        return {self.secondary: matchmix - primary}
+
+    def _model(self, x: np.ndarray) -> np.ndarray:
+        outputs = self.runner(x)
+        return next(iter(outputs.values())).astype(np.float32, copy=False)

@@ -1,0 +1,115 @@
+"""Short-time Fourier transforms and the spectrogram packings of each model family.
+
+The STFT is the one both families were trained with (torch.stft's): periodic Hann window,
+frames centred on multiples of ``hop`` with reflect padding of ``n_fft // 2`` at both ends, and
+an inverse that divides by the summed squared window, so ``inverse(forward(x)) == x`` to float32
+rounding for any ``hop`` that gives the window enough overlap.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+@functools.lru_cache(maxsize=16)
+def hann(n_fft: int) -> np.ndarray:
+    """Periodic Hann window of ``n_fft`` points, float32 (``torch.hann_window(n, periodic=True)``)."""
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+class Stft:
+    """Centred STFT with a periodic Hann window.
+
+    Parameters
+    ----------
+    n_fft : int
+        Window and FFT length in samples.
+    hop : int
+        Frame step in samples.
+    """
+
+    def __init__(self, n_fft: int, hop: int):
+        if hop > n_fft // 2:
+            raise ValueError(f"hop {hop} is too large for n_fft {n_fft}: the inverse needs overlap")
+        self.n_fft = n_fft
+        self.hop = hop
+        self.window = hann(n_fft)
+
+    @property
+    def bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def frames(self, samples: int) -> int:
+        return 1 + samples // self.hop
+
+    def forward(self, audio: np.ndarray) -> np.ndarray:
+        """``(..., samples)`` float32 -> ``(..., bins, frames)`` complex64."""
+        pad = self.n_fft // 2
+        if audio.shape[-1] <= pad:
+            raise ValueError(f"reflect padding needs more than {pad} samples, got {audio.shape[-1]}")
+        widths = [(0, 0)] * (audio.ndim - 1) + [(pad, pad)]
+        padded = np.pad(audio, widths, mode="reflect")
+        frames = sliding_window_view(padded, self.n_fft, axis=-1)[..., :: self.hop, :]
+        spec = np.fft.rfft(frames * self.window, axis=-1)
+        return np.swapaxes(spec, -1, -2).astype(np.complex64, copy=False)
+
+    def inverse(self, spec: np.ndarray, length: int) -> np.ndarray:
+        """``(..., bins, frames)`` complex -> ``(..., length)`` float32 (torch.istft, centred)."""
+        n_frames = spec.shape[-1]
+        frames = np.fft.irfft(np.swapaxes(spec, -1, -2), n=self.n_fft, axis=-1).astype(np.float32)
+        frames *= self.window
+        signal = _overlap_add(frames, self.hop)
+        signal /= self._norm(n_frames)
+        pad = self.n_fft // 2
+        out = signal[..., pad:pad + length]
+        if out.shape[-1] < length:
+            widths = [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])]
+            out = np.pad(out, widths)
+        return np.ascontiguousarray(out)
+
+    @functools.lru_cache(maxsize=8)
+    def _norm(self, n_frames: int) -> np.ndarray:
+        squared = np.broadcast_to(self.window ** 2, (n_frames, self.n_fft))
+        norm = _overlap_add(np.ascontiguousarray(squared), self.hop)
+        return np.where(norm > 1e-10, norm, 1.0).astype(np.float32)
+
+
+def _overlap_add(frames: np.ndarray, hop: int) -> np.ndarray:
+    """Sum ``(..., n_frames, n_fft)`` frames placed ``hop`` apart -> ``(..., (n_frames-1)*hop + n_fft)``."""
+    n_frames, n_fft = frames.shape[-2:]
+    segments = -(-n_fft // hop)  # frames cut into hop-long segments, the last zero-padded
+    if segments * hop != n_fft:
+        widths = [(0, 0)] * (frames.ndim - 1) + [(0, segments * hop - n_fft)]
+        frames = np.pad(frames, widths)
+    parts = frames.reshape(frames.shape[:-1] + (segments, hop))
+    out = np.zeros(frames.shape[:-2] + (n_frames + segments - 1, hop), dtype=frames.dtype)
+    for k in range(segments):
+        out[..., k:k + n_frames, :] += parts[..., k, :]
+    out = out.reshape(frames.shape[:-2] + (-1,))
+    return out[..., : (n_frames - 1) * hop + n_fft]
+
+
+def pack_mdx(spec: np.ndarray, dim_f: int) -> np.ndarray:
+    """``(batch, 2, bins, frames)`` complex -> ``(batch, 4, dim_f, frames)`` float32.
+
+    Channel order L.re, L.im, R.re, R.im, as UVR's MDX-Net models were trained; bins from
+    ``dim_f`` up are cut and the lowest 3 zeroed (UVR's ``spek[:, :, :3, :] *= 0``).
+    """
+    cut = spec[:, :, :dim_f, :]
+    packed = np.stack([cut.real, cut.imag], axis=2)  # (batch, 2, 2, dim_f, frames)
+    packed = packed.reshape(spec.shape[0], 4, dim_f, spec.shape[-1]).astype(np.float32)
+    packed[:, :, :3, :] = 0.0
+    return packed
+
+
+def unpack_mdx(packed: np.ndarray, bins: int) -> np.ndarray:
+    """Inverse of :func:`pack_mdx`: ``(batch, 4, dim_f, frames)`` -> ``(batch, 2, bins, frames)``
+    complex64, the cut bins padded back with zeros."""
+    batch, _, dim_f, frames = packed.shape
+    pairs = packed.reshape(batch, 2, 2, dim_f, frames)
+    spec = np.zeros((batch, 2, bins, frames), np.complex64)
+    spec[:, :, :dim_f, :] = pairs[:, :, 0] + 1j * pairs[:, :, 1]
+    return spec

@@ -1,0 +1,57 @@
+"""Shared fixtures: seeded noise, tiny ONNX models with cards, real music from ../shared/data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+import onnx_models  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+if not DATA.is_dir():  # CI: shared/ beside the clone
+    DATA = Path("/work/shared/data")
+
+# Small STFT geometry so the tests run in seconds: chunk = hop * (dim_t - 1) = 128 * 31.
+N_FFT, DIM_F, DIM_T = 512, 256, 32
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261123)
+
+
+def noise(rng, channels: int, samples: int, level: float = 0.1) -> np.ndarray:
+    return (level * rng.standard_normal((channels, samples))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """Cards + tiny ONNX models: identity (primary instrumental / vocals), lowpass, nonlinear, mask."""
+    d = tmp_path_factory.mktemp("models")
+    ident = onnx_models.mdx_model(d / "identity.onnx", dim_f=DIM_F, dim_t=DIM_T)
+    onnx_models.mdx_card(d / "identity-inst.yaml", ident, n_fft=N_FFT, dim_f=DIM_F, dim_t=DIM_T, primary="instrumental")
+    onnx_models.mdx_card(d / "identity-voc.yaml", ident, n_fft=N_FFT, dim_f=DIM_F, dim_t=DIM_T, primary="vocals")
+    low = onnx_models.mdx_model(d / "lowpass.onnx", dim_f=DIM_F, dim_t=DIM_T, kind="lowpass", cutoff_bin=24)
+    onnx_models.mdx_card(d / "lowpass.yaml", low, n_fft=N_FFT, dim_f=DIM_F, dim_t=DIM_T, primary="vocals")
+    nonlin = onnx_models.mdx_model(d / "nonlinear.onnx", dim_f=DIM_F, dim_t=DIM_T, kind="nonlinear")
+    onnx_models.mdx_card(d / "nonlinear.yaml", nonlin, n_fft=N_FFT, dim_f=DIM_F, dim_t=DIM_T, primary="vocals",
+                         compensate=1.02)
+    mask = onnx_models.mask_model(d / "mask.onnx", bins=64, cutoff_bin=12)
+    onnx_models.mask_card(d / "mask.yaml", mask, n_fft=256, bins=64, dim_t=32)
+    return d
+
+
+@pytest.fixture(scope="session")
+def music() -> Path:
+    """A real song with stems (80s rock, 6.8 s, 44.1 kHz stereo)."""
+    path = DATA / "musdb7-80s-rock"
+    if not path.is_dir():
+        pytest.skip(f"real music not found at {path}")
+    return path
