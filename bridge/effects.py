@@ -1,0 +1,159 @@
+"""Effects: a YAML spec <-> a pedalboard plugin, for pedalboard's built-ins and VST3 plugins.
+
+A built-in is written ``{effect: Compressor, threshold_db: -18, ratio: 3}``; a VST3 plugin is
+written ``{vst3: path/to/Plugin.vst3, params: {mix: 0.2}, preset: file.vstpreset}`` or with
+``raw_state: <base64>``. Parameter names are checked here, because pedalboard silently accepts
+any attribute name on a plugin; values are checked by pedalboard and its errors are reworded to
+name the preset path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+import pedalboard
+
+from .errors import PluginError
+
+#: pedalboard classes that are containers, bases or need arguments no YAML can give.
+_NOT_EFFECTS = {"Plugin", "PluginContainer", "Pedalboard", "Chain", "Mix", "ExternalPlugin", "VST3Plugin",
+                "AudioUnitPlugin", "IIRFilter"}
+_PATH_PARAMS = {"impulse_response_filename"}
+
+
+def builtin_effects() -> dict[str, type]:
+    """Every pedalboard built-in effect usable from a preset, by class name."""
+    found = {}
+    for name in dir(pedalboard):
+        cls = getattr(pedalboard, name)
+        if isinstance(cls, type) and issubclass(cls, pedalboard.Plugin) and not name.startswith("_") \
+                and name not in _NOT_EFFECTS:
+            found[name] = cls
+    return dict(sorted(found.items()))
+
+
+def builtin_parameters(cls: type) -> list[str]:
+    """The settable parameters of a built-in effect class."""
+    names = []
+    for klass in cls.__mro__:
+        for key, value in vars(klass).items():
+            if isinstance(value, property) and not key.startswith("_") and value.fset is not None \
+                    and key not in names and key not in ("is_effect", "is_instrument", "impulse_response"):
+                names.append(key)
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class EffectSpec:
+    """One effect of a chain, as written in a preset.
+
+    ``name`` is a built-in class name, or for VST3 the plugin path as written; ``base`` is the
+    folder relative paths are resolved against (the preset's).
+    """
+
+    kind: str  # "builtin" | "vst3"
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    preset: str | None = None
+    raw_state: str | None = None
+    base: Path = Path(".")
+
+    def to_yaml(self) -> dict:
+        if self.kind == "builtin":
+            return {"effect": self.name, **dict(self.params)}
+        out: dict[str, Any] = {"vst3": self.name}
+        if self.params:
+            out["params"] = dict(self.params)
+        if self.preset:
+            out["preset"] = self.preset
+        if self.raw_state:
+            out["raw_state"] = self.raw_state
+        return out
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+
+def suggest(name: str, choices) -> str:
+    hint = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean '{hint[0]}'?" if hint else ""
+
+
+def check(spec: EffectSpec, *, where: str) -> None:
+    """Check names without building anything (built-in effect and parameter names)."""
+    if spec.kind != "builtin":
+        return
+    effects = builtin_effects()
+    if spec.name not in effects:
+        raise PluginError(f"{where}: unknown effect '{spec.name}'{suggest(spec.name, effects)} Known: {', '.join(effects)}")
+    known = builtin_parameters(effects[spec.name]) + (sorted(_PATH_PARAMS) if spec.name == "Convolution" else [])
+    for key, _ in spec.params:
+        if key not in known:
+            raise PluginError(f"{where}: {spec.name} has no parameter '{key}'{suggest(key, known)} "
+                              f"Known: {', '.join(known) or '(none)'}")
+
+
+def build(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
+    """Create the plugin a spec describes. VST3 plugins load on the calling (main) thread."""
+    check(spec, where=where)
+    if spec.kind == "builtin":
+        cls = builtin_effects()[spec.name]
+        params = {k: (str(spec.resolve(v)) if k in _PATH_PARAMS else v) for k, v in spec.params}
+        try:
+            return cls(**params)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise PluginError(f"{where}: {spec.name}: {_reason(exc)}") from None
+    return _load_vst3(spec, where=where)
+
+
+def _load_vst3(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
+    path = spec.resolve(spec.name)
+    if not path.exists():
+        raise PluginError(f"{where}: VST3 plugin {path} does not exist; install it or fix the path")
+    try:
+        plugin = pedalboard.load_plugin(str(path))
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise PluginError(f"{where}: {path} could not be loaded as a VST3 plugin ({_reason(exc)}); "
+                          "check that it is a VST3 bundle built for this platform") from None
+    if spec.preset:
+        preset = spec.resolve(spec.preset)
+        if not preset.is_file():
+            raise PluginError(f"{where}.preset: {preset} does not exist; fix the path")
+        try:
+            plugin.load_preset(str(preset))
+        except (RuntimeError, ValueError) as exc:
+            raise PluginError(f"{where}.preset: {preset} could not be loaded ({_reason(exc)})") from None
+    if spec.raw_state:
+        try:
+            plugin.raw_state = base64.b64decode(spec.raw_state, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PluginError(f"{where}.raw_state: not valid base64 ({exc})") from None
+    known = list(plugin.parameters)
+    for key, value in spec.params:
+        if key not in plugin.parameters:
+            raise PluginError(f"{where}.params.{key}: {path.name} has no parameter '{key}'{suggest(key, known)} "
+                              f"Known: {', '.join(known)}")
+        try:
+            setattr(plugin, key, value)
+        except (ValueError, TypeError) as exc:
+            raise PluginError(f"{where}.params.{key}: {_reason(exc)}") from None
+    return plugin
+
+
+def build_chain(specs, *, where: str) -> pedalboard.Pedalboard:
+    return pedalboard.Pedalboard([build(s, where=f"{where}[{i}]") for i, s in enumerate(specs)])
+
+
+def latency(chain: pedalboard.Pedalboard) -> int:
+    """Samples of delay the chain's plugins report (VST3 plugins report theirs)."""
+    return int(sum(getattr(p, "reported_latency_samples", 0) or 0 for p in chain))
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
