@@ -64,6 +64,90 @@ def cmd_separate(args) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
+def _report_file(name: str, written: dict, manifest_path) -> None:
+    import json
+
+    outputs = json.loads(manifest_path.read_text(encoding="utf-8"))["outputs"]
+    for label, target in written.items():
+        if label == "manifest":
+            continue
+        stats = outputs[label]
+        loud = "-inf" if stats["loudness_lufs"] is None else f"{stats['loudness_lufs']:.1f}"
+        peak = "-inf" if stats["true_peak_dbtp"] is None else f"{stats['true_peak_dbtp']:.1f}"
+        print(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP)")
+        if stats["clipped_samples"]:
+            print(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
+                  "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
+
+
+def _session_graph(args):
+    from .graph import RenderGraph
+    from .separation import load_separator
+    from .session import load
+
+    session = load(args.preset, overrides=args.set or ())
+    sep = session.separator
+    separator = load_separator(sep.model, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads)
+    graph = RenderGraph(session, separator)
+    graph.check()  # every plugin loads before any audio work
+    return graph
+
+
+def cmd_render(args) -> int:
+    from .render import render_file, run_many
+
+    graph = _session_graph(args)
+    show = sys.stderr.isatty() and not args.quiet
+
+    def job(path: Path):
+        update, close = _progress(path.name, show)
+        try:
+            written = render_file(path, graph, Path(args.out), progress=update)
+        finally:
+            close()
+        if not args.quiet:
+            _report_file(path.name, written, written["manifest"])
+        return written
+
+    _, failures = run_many(args.inputs, job, fail_fast=args.fail_fast, on_error=lambda p, e: _error(str(e)))
+    if failures and len(args.inputs) > 1:
+        _error(f"{len(failures)} of {len(args.inputs)} inputs failed")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_preset_check(args) -> int:
+    from . import effects
+    from .models import resolve
+    from .session import load
+
+    for preset in args.presets:
+        session = load(preset, overrides=args.set or ())
+        card = resolve(session.separator.model)
+        for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
+            if name not in card.stems:
+                from .errors import PresetError
+                raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
+                                  f"it gives {', '.join(card.stems)}")
+        effects.build_chain(session.pre, where=f"{preset}: pre")
+        effects.build_chain(session.master, where=f"{preset}: master")
+        for name, stem in session.stems:
+            effects.build_chain(stem.chain, where=f"{preset}: stems.{name}.chain")
+        o = session.output
+        print(f"{preset}: ok (model {card.name}, stems {', '.join(card.stems)}, {o.layout} {o.format}"
+              f" {o.bit_depth}-bit)")
+    return EXIT_OK
+
+
+def cmd_effects(args) -> int:
+    from .effects import builtin_effects, builtin_parameters
+
+    print("pedalboard built-in effects and their parameters (use as {effect: Name, parameter: value}):")
+    for name, cls in builtin_effects().items():
+        print(f"  {name:<18} {', '.join(builtin_parameters(cls)) or '(none)'}")
+    print("VST3 plugins: {vst3: path/to/Plugin.vst3, params: {name: value}, preset: file.vstpreset}")
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from .models import DEFAULT_MODEL, known_cards, search_paths
 
@@ -101,6 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
     sep.add_argument("--quiet", action="store_true", help="print nothing but errors")
     sep.set_defaults(run=cmd_separate)
+
+    ren = commands.add_parser("render", help="render songs through a session preset (split, stem chains, mix)")
+    ren.add_argument("preset", help="session preset .yaml (see presets/)")
+    ren.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff)")
+    ren.add_argument("--out", default="rendered", help="output folder (default: %(default)s)")
+    ren.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a preset value, e.g. --set stems.vocals.gain_db=6 (repeatable)")
+    ren.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    ren.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
+    ren.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    ren.set_defaults(run=cmd_render)
+
+    preset = commands.add_parser("preset", help="work with session presets")
+    preset_commands = preset.add_subparsers(dest="preset_command", required=True)
+    check = preset_commands.add_parser("check", help="validate presets without rendering (loads every plugin)")
+    check.add_argument("presets", nargs="+", help="preset .yaml files")
+    check.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value first")
+    check.set_defaults(run=cmd_preset_check)
+
+    fx = commands.add_parser("effects", help="list the built-in effects a preset can name")
+    fx.set_defaults(run=cmd_effects)
 
     models = commands.add_parser("models", help="list known models and where they are looked for")
     models.set_defaults(run=cmd_models)

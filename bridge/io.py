@@ -9,9 +9,12 @@ Outputs never overwrite inputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
@@ -169,6 +172,26 @@ def subtype_for(extension: str, bit_depth: BitDepth) -> str | None:
 
 def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path) -> Iterator[Path]:
+    """A private folder for intermediate files inside ``parent``, removed afterwards.
+
+    Its name carries the process id, so a folder a killed run left behind is removed by the next
+    run that writes there.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^\.stembridge-(\d+)-.*{re.escape(PARTIAL_SUFFIX)}$")
+    for candidate in parent.iterdir():
+        match = pattern.match(candidate.name)
+        if match and candidate.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(candidate, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".stembridge-{os.getpid()}-", suffix=PARTIAL_SUFFIX, dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_stale_partials(final: Path) -> list[Path]:
