@@ -28,14 +28,15 @@ import numpy as np
 import pedalboard
 
 from . import effects
+from .errors import PluginError
 from .session import Session, StemSettings
 
 LAYOUT_CHANNELS = {"stereo": 2, "5.1": 6}
 DEFAULT_ROLES = {"vocals": "center", "bass": "bass"}
 AMBIENCE_GAIN = 10 ** (-3 / 20)
 LFE_CUTOFF_HZ = 120.0
-#: Shortest block handed to pedalboard: it guesses the layout from the smaller dimension.
-MIN_BLOCK = 64
+#: Samples per call into a pedalboard chain: always the same (see :class:`StreamChain`).
+BLOCK = 8192
 
 
 def pan_gains(pan: float) -> tuple[float, float]:
@@ -54,41 +55,56 @@ def gain_curve(gain_db, start: int, count: int, sample_rate: int) -> np.ndarray 
 
 
 class StreamChain:
-    """A pedalboard chain run block by block, latency-compensated."""
+    """A pedalboard chain run block by block, in fixed-size blocks, latency-compensated.
+
+    pedalboard re-prepares a plugin (clearing reverb tails and delay lines) whenever a call
+    brings a larger block than before, so the chain is always given exactly :data:`BLOCK`
+    samples. After ``reset()`` pedalboard compensates reported latency itself (its first calls
+    return fewer samples); at the end the chain is fed silence until every input sample has come
+    out, so the output is exactly as long as the input and aligned with it.
+    """
 
     def __init__(self, chain: pedalboard.Pedalboard, *, sample_rate: int, channels: int):
         self.chain = chain
         self.sample_rate = sample_rate
         self.channels = channels
         self.latency = effects.latency(chain)
-        self._to_trim = self.latency
         self._pending = np.zeros((channels, 0), np.float32)
         self._received = 0
         self._emitted = 0
         self._empty = len(chain) == 0
+        if not self._empty:
+            chain.reset()
 
     def process(self, block: np.ndarray, *, last: bool = False) -> np.ndarray:
         self._received += block.shape[1]
         if self._empty:
             return block
         self._pending = np.concatenate([self._pending, block], axis=1)
+        outs = []
+        while self._pending.shape[1] >= BLOCK:
+            outs.append(self._run(self._pending[:, :BLOCK]))
+            self._pending = self._pending[:, BLOCK:]
         if last:
-            self._pending = np.concatenate([self._pending, np.zeros((self.channels, self.latency + MIN_BLOCK), np.float32)], axis=1)
-        elif self._pending.shape[1] < MIN_BLOCK:
-            return np.zeros((self.channels, 0), np.float32)
-        todo, self._pending = self._pending, np.zeros((self.channels, 0), np.float32)
-        out = self.chain(todo, self.sample_rate, reset=False)
-        out = np.asarray(out, dtype=np.float32).reshape(self.channels, -1)
-        if self._to_trim:
-            cut = min(self._to_trim, out.shape[1])
-            out = out[:, cut:]
-            self._to_trim -= cut
-        owed = self._received - self._emitted
-        out = out[:, :owed]
-        if last and out.shape[1] < owed:
-            out = np.pad(out, ((0, 0), (0, owed - out.shape[1])))
+            produced = sum(o.shape[1] for o in outs)
+            budget = (self._pending.shape[1] + self.latency) // BLOCK + 2
+            while self._emitted + produced < self._received and budget:
+                todo = np.pad(self._pending, ((0, 0), (0, BLOCK - self._pending.shape[1])))
+                self._pending = np.zeros((self.channels, 0), np.float32)
+                outs.append(self._run(todo))
+                produced += outs[-1].shape[1]
+                budget -= 1
+        out = np.concatenate(outs, axis=1) if outs else np.zeros((self.channels, 0), np.float32)
+        out = out[:, : self._received - self._emitted]
+        if last and self._emitted + out.shape[1] < self._received:
+            raise PluginError(f"an effect chain returned {self._emitted + out.shape[1]} of {self._received} samples; "
+                              "a plugin reports less latency than it has, or drops audio")
         self._emitted += out.shape[1]
         return out
+
+    def _run(self, block: np.ndarray) -> np.ndarray:
+        out = self.chain(block, self.sample_rate, reset=False)
+        return np.asarray(out, dtype=np.float32).reshape(self.channels, -1)
 
 
 class Mixer:

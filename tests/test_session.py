@@ -25,7 +25,7 @@ from bridge.audio import resample
 from bridge.cli import main as cli
 from bridge.errors import BridgeError, PluginError, PresetError
 from bridge.graph import RenderGraph, StemSplit
-from bridge.mixer import fold_down, gain_curve, pan_gains
+from bridge.mixer import StreamChain, fold_down, gain_curve, pan_gains
 from bridge.render import file_sha256, render_file
 from bridge.separation import load_separator
 from bridge.session import Session, load, parse
@@ -131,6 +131,17 @@ def test_chains_stream_in_blocks_as_they_run_whole(separator, song):
     stream = graph.stream(sample_rate=SR, channels=2)
     parts = [stream.process(song[:, i:i + 12345])[0] for i in range(0, song.shape[1], 12345)]
     parts.append(stream.finish()[0])
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5)
+
+
+def test_stream_chain_matches_one_call_whatever_the_block_sizes(rng):
+    """pedalboard clears a plugin's state when a call brings a larger block; StreamChain must not let it."""
+    x = (0.1 * rng.standard_normal((2, 3 * SR))).astype(np.float32)
+    whole = pedalboard.Pedalboard([pedalboard.Reverb(room_size=0.8), pedalboard.Delay(delay_seconds=0.05)])(x, SR)
+    chain = StreamChain(pedalboard.Pedalboard([pedalboard.Reverb(room_size=0.8), pedalboard.Delay(delay_seconds=0.05)]),
+                        sample_rate=SR, channels=2)
+    cuts = [0, 1000, 4000, 6000, 14000, 14500, 40000, 90000, x.shape[1]]
+    parts = [chain.process(x[:, a:b], last=b == x.shape[1]) for a, b in zip(cuts, cuts[1:])]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5)
 
 
