@@ -93,10 +93,49 @@ def check(spec: EffectSpec, *, where: str) -> None:
     if spec.name not in effects:
         raise PluginError(f"{where}: unknown effect '{spec.name}'{suggest(spec.name, effects)} Known: {', '.join(effects)}")
     known = builtin_parameters(effects[spec.name]) + (sorted(_PATH_PARAMS) if spec.name == "Convolution" else [])
-    for key, _ in spec.params:
+    defaults = _defaults(effects[spec.name])
+    for key, value in spec.params:
         if key not in known:
             raise PluginError(f"{where}: {spec.name} has no parameter '{key}'{suggest(key, known)} "
                               f"Known: {', '.join(known) or '(none)'}")
+        if key in defaults:
+            _check_value(value, defaults[key], where=f"{where}.{key}")
+
+
+#: Physical limits by unit suffix, for parameters pedalboard itself does not range-check.
+_LIMITS = {"_hz": (1e-3, 384000.0), "_db": (-150.0, 48.0), "_ms": (0.0, 60000.0), "_seconds": (0.0, 3600.0)}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """Default parameter values of a built-in (their types tell what a value must be)."""
+    try:
+        plugin = cls()
+    except (TypeError, ValueError, RuntimeError):
+        return {}
+    return {key: getattr(plugin, key) for key in builtin_parameters(cls)
+            if isinstance(getattr(plugin, key, None), (bool, int, float))}
+
+
+def _check_value(value, default, *, where: str) -> None:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise PluginError(f"{where}: expected true or false, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = (" (YAML reads 1e9 as text: write 1.0e+9)" if isinstance(value, str) and _looks_numeric(value) else "")
+        raise PluginError(f"{where}: expected a number, got {value!r}{hint}")
+    name = where.rsplit(".", 1)[-1]
+    for suffix, (low, high) in _LIMITS.items():
+        if name.endswith(suffix) and not low <= value <= high:
+            raise PluginError(f"{where}: {value!r} is out of range [{low:g}, {high:g}]")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def build(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
