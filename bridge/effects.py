@@ -179,10 +179,31 @@ def _load_vst3(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
             raise PluginError(f"{where}.params.{key}: {path.name} has no parameter '{key}'{suggest(key, known)} "
                               f"Known: {', '.join(known)}")
         try:
-            setattr(plugin, key, value)
+            _set_parameter(plugin, key, value)
         except (ValueError, TypeError) as exc:
             raise PluginError(f"{where}.params.{key}: {_reason(exc)}") from None
     return plugin
+
+
+def _set_parameter(plugin: pedalboard.Plugin, key: str, value: Any) -> None:
+    """Set one VST3 parameter; a number exactly, as far as the plugin can parse its own text.
+
+    pedalboard 0.9's setter checks the type and range, then snaps a number in the upper half of
+    one of its 1/1000 raw steps to the start of the next step (-6.0 on a -60..24 dB range becomes
+    -5.988 dB). The plugin's own text-to-value conversion gives the exact raw value; it is used
+    when it lands within about a step of pedalboard's choice, so a plugin whose parser is broken
+    keeps pedalboard's value.
+    """
+    setattr(plugin, key, value)  # raises ValueError naming the valid range
+    parameter = plugin.parameters[key]
+    if parameter.type is not float or isinstance(value, (bool, str)):
+        return
+    try:
+        raw = float(parameter.get_raw_value_for_text(str(float(value))))
+    except (RuntimeError, ValueError, TypeError):
+        return
+    if 0.0 <= raw <= 1.0 and abs(raw - parameter.raw_value) <= 1.5e-3:
+        parameter.raw_value = raw
 
 
 def build_chain(specs, *, where: str) -> pedalboard.Pedalboard:

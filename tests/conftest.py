@@ -13,6 +13,7 @@ REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
 import onnx_models  # noqa: E402
+import vst3  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 if not DATA.is_dir():  # CI: shared/ beside the clone
@@ -55,3 +56,14 @@ def music() -> Path:
     if not path.is_dir():
         pytest.skip(f"real music not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def vst3_plugins() -> dict[str, Path]:
+    """{name: .vst3 bundle}: sbgain, sblatency, sbsine, built from tests/plugins/ into tests/.cache/plugins."""
+    try:
+        return vst3.build_plugins(vst3.CACHE)
+    except (vst3.BuildError, OSError) as exc:
+        if vst3.in_ci():  # a broken build must not hide as skips on CI
+            pytest.fail(f"the test VST3 plugins must build on CI: {exc}", pytrace=False)
+        pytest.skip(f"test VST3 plugins not built ({exc})")

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// sbsine: stembridge's test instrument, a sine at the held MIDI note's frequency.
+#pragma once
+
+#define DISTRHO_PLUGIN_BRAND   "stembridge"
+#define DISTRHO_PLUGIN_NAME    "sbsine"
+#define DISTRHO_PLUGIN_URI     "urn:stembridge:tests:sbsine"
+#define DISTRHO_PLUGIN_CLAP_ID "org.stembridge.tests.sbsine"
+
+#define DISTRHO_PLUGIN_HAS_UI        0
+#define DISTRHO_PLUGIN_IS_RT_SAFE    1
+#define DISTRHO_PLUGIN_IS_SYNTH      1
+#define DISTRHO_PLUGIN_NUM_INPUTS    0
+#define DISTRHO_PLUGIN_NUM_OUTPUTS   2
+#define DISTRHO_PLUGIN_WANT_MIDI_INPUT 1
+#define DISTRHO_PLUGIN_WANT_PROGRAMS 0
+#define DISTRHO_PLUGIN_WANT_STATE    0
+#define DISTRHO_PLUGIN_WANT_LATENCY  0
+#define DISTRHO_PLUGIN_VST3_CATEGORIES "Instrument|Synth"
