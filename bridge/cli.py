@@ -148,6 +148,28 @@ def cmd_effects(args) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate
+    from .separation import load_separator
+
+    separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
+                                                                        threads=args.threads)
+    update, close = _progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
+    try:
+        report = evaluate(separator, args.references, progress=update)
+    finally:
+        close()
+    print(report.table())
+    if not args.quiet:
+        for note in report.notes:
+            print(f"stembridge: note: {note}", file=sys.stderr)
+    if args.json:
+        target = report.write_json(args.json)
+        if not args.quiet:
+            print(f"scores -> {target}")
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from .models import DEFAULT_MODEL, known_cards, search_paths
 
@@ -196,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
     ren.add_argument("--quiet", action="store_true", help="print nothing but errors")
     ren.set_defaults(run=cmd_render)
+
+    ev = commands.add_parser("eval", help="score a model against reference stems (SDR, SI-SDR)")
+    ev.add_argument("--model", default="default",
+                    help="model name, card .yaml or .onnx path, 'dsp', or 'oracle' (the ideal ratio mask of the "
+                         "references: a yardstick, not a model) (default: %(default)s)")
+    ev.add_argument("--references", required=True, metavar="DIR",
+                    help="folder of songs, searched recursively: <song>/mixture.<ext> beside <song>/<stem>.<ext>")
+    ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")
+    ev.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
+    ev.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    ev.add_argument("--quiet", action="store_true", help="print the table only (no progress, no notes)")
+    ev.set_defaults(run=cmd_eval)
 
     preset = commands.add_parser("preset", help="work with session presets")
     preset_commands = preset.add_subparsers(dest="preset_command", required=True)

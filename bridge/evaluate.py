@@ -1,0 +1,509 @@
+"""Separation quality against reference stems: BSS Eval v4 SDR and SI-SDR, per song and stem.
+
+Conventions
+-----------
+- A *references folder* holds songs, found recursively: every folder with a ``mixture.<ext>``
+  file is a song, and the other audio files beside it are its reference stems, named by stem
+  (``vocals.flac``, ``drums.wav``, ...). Names are canonicalised with
+  :func:`bridge.models.canonical_stem` (``accompaniment`` -> ``instrumental``). When a song has
+  no ``instrumental`` reference but has vocals and other stems, the instrumental reference is
+  the sum of the non-vocal stems (drums + bass + other).
+- Every file of a song must share the mixture's sample rate and channel count. Lossy-coded stems
+  often end a few samples early, so all files are trimmed to the shortest (noted in the report);
+  a difference over one second is an error, since it means files of different songs.
+- **SDR** is BSS Eval v4 as museval computes it for SiSEC/MUSDB18: ``bss_eval`` images with
+  one set of distortion filters (512 taps) for the whole song, on 1 s frames with a 1 s hop,
+  then the median over frames, ignoring NaN frames (museval's marker for a frame where a
+  reference or estimate of the group is silent). Per frame it equals
+  ``10 log10(|s|^2 / |s_hat - s|^2)``: the filters only split the error into spatial,
+  interference and artifact parts, so SDR is *not* scale-invariant (an estimate at half level
+  scores 6.02 dB) and an exact estimate scores ``+inf`` (museval does not cap it).
+  Stems are scored jointly as SiSEC does: the model's stems without ``instrumental`` form one
+  group, and ``vocals`` with ``instrumental`` another (the instrumental is a sum of the other
+  references, so it cannot be projected together with them); the vocals score comes from the
+  vocals/instrumental pair.
+- **SI-SDR** (Le Roux et al., "SDR - half-baked or well done?", ICASSP 2019) over the whole
+  song, channels concatenated, without mean removal: ``+inf`` for an estimate that is an exact
+  multiple of the reference.
+- Non-finite scores: a stem whose whole estimate is silence gets ``-inf`` for both metrics
+  (museval refuses all-zero estimates; ``-inf`` keeps the failure in the medians). A stem whose
+  whole reference is silence, or whose every frame is NaN, gets ``nan`` (not measurable) and is
+  left out of the median. Medians over songs use the stems' per-song scores.
+- Songs are loaded whole: reference folders hold short excerpts (seconds to a minute), and
+  BSS Eval needs the whole song for its filters anyway. Do not point this at full albums.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import io
+from .errors import AudioError, BridgeError, ModelError, OutputError
+from .models import canonical_stem
+
+#: Frame length and hop of the framewise SDR, in seconds (SiSEC 2018).
+FRAME_SECONDS = 1.0
+#: The oracle's STFT (window and hop in samples, as the Spleeter/MDX pipelines use).
+ORACLE_N_FFT, ORACLE_HOP = 4096, 1024
+#: Largest length difference between a song's files that is trimmed rather than refused, in seconds.
+MAX_TRIM_SECONDS = 1.0
+MIXTURE = "mixture"
+
+Progress = Callable[[int, int], None]
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _museval_bss_eval():
+    """museval's ``metrics.bss_eval``, loaded without the museval package.
+
+    ``import museval`` imports musdb and stempeg, and stempeg raises at import when ffmpeg is not
+    installed; ``museval/metrics.py`` needs only numpy and scipy, so it is loaded from its file.
+    """
+    spec = importlib.util.find_spec("museval")
+    if spec is None or not spec.submodule_search_locations:
+        raise BridgeError("museval is not installed; install it with: pip install 'museval>=0.4.1,<0.5'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "metrics.py"
+    module_spec = importlib.util.spec_from_file_location("_bridge_museval_metrics", path)
+    if module_spec is None or not path.is_file():
+        raise BridgeError(f"{path}: museval's metrics module is missing; reinstall museval (pip install 'museval>=0.4.1,<0.5')")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.bss_eval
+
+
+def sources_samples_channels(stems: Sequence[np.ndarray]) -> np.ndarray:
+    """``[(channels, samples), ...]`` -> ``(sources, samples, channels)`` float64, museval's layout."""
+    return np.moveaxis(np.stack([np.asarray(s, dtype=np.float64) for s in stems]), 1, 2)
+
+
+def _silent(audio: np.ndarray) -> bool:
+    # museval's own test (metrics._any_source_silent): every sample's channel sum is zero.
+    return not np.any(np.sum(audio, axis=0))
+
+
+def framewise_sdr(references: Sequence[np.ndarray], estimates: Sequence[np.ndarray], *,
+                  sample_rate: int) -> np.ndarray:
+    """BSS Eval v4 SDR on 1 s frames, as ``museval.evaluate(refs, ests, win=sr, hop=sr)``.
+
+    Parameters
+    ----------
+    references, estimates : sequence of ndarray, shape (channels, samples)
+        One per source, all the same shape; none all zeros.
+    sample_rate : int
+        In Hz; sets the frame length.
+
+    Returns
+    -------
+    ndarray, shape (sources, frames), float64
+        SDR in dB; NaN where a reference or an estimate of any source is silent in the frame.
+    """
+    frame = int(round(FRAME_SECONDS * sample_rate))
+    sdr, _isr, _sir, _sar, _perm = _museval_bss_eval()(
+        sources_samples_channels(references), sources_samples_channels(estimates),
+        window=frame, hop=frame, compute_permutation=False, framewise_filters=False,
+        bsseval_sources_version=False,
+    )
+    return np.asarray(sdr, dtype=np.float64)
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Scale-invariant SDR in dB over the whole signal, channels concatenated.
+
+    ``+inf`` for an exact multiple of the reference, ``-inf`` for a silent estimate, ``nan`` for
+    a silent reference.
+    """
+    s = np.asarray(reference, dtype=np.float64).ravel()
+    e = np.asarray(estimate, dtype=np.float64).ravel()
+    energy = s @ s
+    if energy == 0:
+        return math.nan
+    target = (e @ s) / energy * s
+    error = e - target
+    num, den = target @ target, error @ error
+    if num == 0:
+        return -math.inf
+    if den == 0:
+        return math.inf
+    return float(10 * np.log10(num / den))
+
+
+def _median(values) -> float:
+    values = np.asarray(list(values), dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else math.nan
+
+
+# --- the oracle -----------------------------------------------------------------------------------
+
+def ideal_ratio_mask(mixture: np.ndarray, sources: Mapping[str, np.ndarray], *, n_fft: int = ORACLE_N_FFT,
+                     hop: int = ORACLE_HOP) -> dict[str, np.ndarray]:
+    """The oracle: each source's Wiener-style mask ``|S_i|^2 / sum_j |S_j|^2`` applied to the mixture.
+
+    Parameters
+    ----------
+    mixture : ndarray, shape (channels, samples), float32
+    sources : mapping of str to ndarray, shape (channels, samples)
+        The references that make up the mixture (no source may be the sum of others).
+    n_fft, hop : int
+        STFT window and hop in samples (periodic Hann, centred).
+
+    Returns
+    -------
+    dict of str to ndarray, shape (channels, samples), float32
+    """
+    from .separation.spectral import Stft
+
+    samples = mixture.shape[-1]
+    if samples <= n_fft // 2:
+        raise AudioError(f"the oracle needs more than {n_fft // 2} samples per song, got {samples}")
+    stft = Stft(n_fft, hop)
+    mix = stft.forward(np.asarray(mixture, dtype=np.float32))
+    powers = {name: np.abs(stft.forward(np.asarray(s, dtype=np.float32))) ** 2 for name, s in sources.items()}
+    total = sum(powers.values())
+    # Bins where every source is silent are shared equally, so the masks still sum to one.
+    share = np.float32(1.0 / len(powers))
+    out = {}
+    for name, power in powers.items():
+        mask = np.divide(power, total, out=np.full_like(power, share), where=total > 0)
+        out[name] = stft.inverse(mix * mask, samples)
+    return out
+
+
+class Oracle:
+    """Ideal-ratio-mask "separator" for one song, built from its references."""
+
+    name = "oracle"
+
+    def __init__(self, song: "Song"):
+        self.song = song
+        self.stems = tuple(song.references)
+
+    def __call__(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+        atoms = {s: self.song.references[s] for s in self.song.atoms}
+        out = ideal_ratio_mask(audio, atoms)
+        if "instrumental" in self.song.references and "instrumental" not in out:
+            out["instrumental"] = sum(a for s, a in out.items() if s != "vocals")
+        return out
+
+
+# --- reference folders ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SongFiles:
+    """A song's files, checked from their headers: ``{stem: path}`` plus the common geometry."""
+
+    name: str
+    mixture: Path
+    stems: dict[str, Path]
+    sample_rate: int
+    channels: int
+    frames: int
+    trimmed: int  # samples cut from the longest file to match the shortest
+
+
+@dataclasses.dataclass
+class Song:
+    """A loaded song: mixture and references, all ``(channels, samples)`` float32, same length."""
+
+    name: str
+    sample_rate: int
+    mixture: np.ndarray
+    references: dict[str, np.ndarray]
+    atoms: tuple[str, ...]  # references that partition the mixture (the oracle masks these)
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lstrip(".").lower() in io.FORMATS)
+
+
+def find_songs(references) -> list[SongFiles]:
+    """Every song under ``references`` (any folder holding a ``mixture.*``), checked from headers.
+
+    Raises
+    ------
+    AudioError
+        Missing folder, no songs, two files for one stem, or files that disagree in sample rate,
+        channels or length (over one second).
+    """
+    root = Path(references)
+    if not root.is_dir():
+        raise AudioError(f"{root}: no such folder; pass a folder of songs laid out as <song>/mixture.wav, <song>/vocals.wav, ...")
+    folders = sorted({p.parent for p in root.rglob("*") if p.is_file() and p.stem.lower() == MIXTURE
+                      and p.suffix.lstrip(".").lower() in io.FORMATS})
+    if not folders:
+        raise AudioError(
+            f"{root}: no song found (no mixture.wav/.flac/... in it or its subfolders); lay references out as "
+            "<song>/mixture.<ext> with the stems beside it: <song>/vocals.<ext>, <song>/drums.<ext>, ..."
+        )
+    return [_song_files(root, folder) for folder in folders]
+
+
+def _song_files(root: Path, folder: Path) -> SongFiles:
+    name = folder.relative_to(root).as_posix() if folder != root else folder.name
+    by_stem: dict[str, Path] = {}
+    for path in _audio_files(folder):
+        stem = canonical_stem(path.stem)
+        if stem in by_stem:
+            raise AudioError(f"{path}: a second file for stem '{stem}' (also {by_stem[stem].name}); keep one of them")
+        by_stem[stem] = path
+    mixture = by_stem.pop(MIXTURE)
+    head = io.info(mixture)
+    frames = [head.frames]
+    for stem, path in by_stem.items():
+        ref = io.info(path)
+        if ref.sample_rate != head.sample_rate:
+            raise AudioError(
+                f"{path}: sample rate {ref.sample_rate} Hz, but the mixture {mixture.name} is {head.sample_rate} Hz; "
+                f"resample the reference to {head.sample_rate} Hz (e.g. ffmpeg -i {path.name} -ar {head.sample_rate} ...)"
+            )
+        if ref.channels != head.channels:
+            raise AudioError(
+                f"{path}: {ref.channels} channel(s), but the mixture {mixture.name} has {head.channels}; "
+                "export the stems with the mixture's channel layout"
+            )
+        frames.append(ref.frames)
+    shortest, longest = min(frames), max(frames)
+    if longest - shortest > MAX_TRIM_SECONDS * head.sample_rate:
+        lengths = ", ".join(f"{p.name} {io.info(p).seconds:.2f} s" for p in [mixture, *by_stem.values()])
+        raise AudioError(
+            f"{folder}: the song's files differ in length by more than {MAX_TRIM_SECONDS:g} s ({lengths}); "
+            "check that they are stems of the same song and the same edit"
+        )
+    return SongFiles(name, mixture, by_stem, head.sample_rate, head.channels, shortest, longest - shortest)
+
+
+def load_song(files: SongFiles) -> Song:
+    """Read a song whole, trimmed to its shortest file, and derive the instrumental reference."""
+    def read(path: Path) -> np.ndarray:
+        audio, _ = io.read(path)
+        return audio[:, : files.frames]
+
+    references = {stem: read(path) for stem, path in files.stems.items()}
+    others = [s for s in references if s not in ("vocals", "instrumental")]
+    atoms = tuple(s for s in references if not (s == "instrumental" and others))
+    if "instrumental" not in references and "vocals" in references and others:
+        references["instrumental"] = np.sum([references[s] for s in others], axis=0, dtype=np.float32)
+    return Song(files.name, files.sample_rate, read(files.mixture), references, atoms)
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StemScore:
+    """One stem of one song. ``frames`` counts the 1 s frames the SDR median is taken over."""
+
+    song: str
+    stem: str
+    sdr: float
+    si_sdr: float
+    frames: int
+
+
+def _json_number(value: float):
+    return round(value, 4) if math.isfinite(value) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Scores of one model over a references folder.
+
+    Attributes
+    ----------
+    model : str
+    references : Path
+    scores : tuple of StemScore
+        In song order, then in the model's stem order.
+    notes : tuple of str
+        Trimmed files, unscored stems, silent references or estimates.
+    seconds : float
+        Wall time of the whole evaluation.
+    """
+
+    model: str
+    references: Path
+    scores: tuple[StemScore, ...]
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def stems(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.stem for s in self.scores))
+
+    @property
+    def songs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.song for s in self.scores))
+
+    def medians(self) -> dict[str, dict[str, float]]:
+        """Per stem: median SDR and SI-SDR over songs (NaN songs left out), and how many songs count."""
+        out = {}
+        for stem in self.stems:
+            rows = [s for s in self.scores if s.stem == stem]
+            out[stem] = {"sdr": _median(s.sdr for s in rows), "si_sdr": _median(s.si_sdr for s in rows),
+                         "songs": len(rows)}
+        return out
+
+    def table(self) -> str:
+        """Aligned plain text: song, stem, SDR, SI-SDR (dB), then a median row per stem."""
+        width = max([len(s.song) for s in self.scores] + [len("median (999 songs)")])
+        stem_width = max([len(s) for s in self.stems] + [len("stem")])
+        lines = [f"{'song':<{width}}  {'stem':<{stem_width}}  {'SDR':>7}  {'SI-SDR':>7}"]
+        lines += [f"{s.song:<{width}}  {s.stem:<{stem_width}}  {s.sdr:7.2f}  {s.si_sdr:7.2f}" for s in self.scores]
+        lines.append("-" * len(lines[0]))
+        for stem, m in self.medians().items():
+            label = f"median ({m['songs']} song{'s' if m['songs'] != 1 else ''})"
+            lines.append(f"{label:<{width}}  {stem:<{stem_width}}  {m['sdr']:7.2f}  {m['si_sdr']:7.2f}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict; non-finite scores (see the module notes) become ``null``."""
+        songs: dict[str, dict] = {}
+        for s in self.scores:
+            songs.setdefault(s.song, {})[s.stem] = {"sdr": _json_number(s.sdr), "si_sdr": _json_number(s.si_sdr),
+                                                    "frames": s.frames}
+        return {
+            "model": self.model,
+            "references": str(self.references),
+            "metrics": {"sdr": "BSS Eval v4 (museval), median over 1 s frames, dB",
+                        "si_sdr": "scale-invariant SDR over the whole song, dB"},
+            "median": {stem: {"sdr": _json_number(m["sdr"]), "si_sdr": _json_number(m["si_sdr"]), "songs": m["songs"]}
+                       for stem, m in self.medians().items()},
+            "songs": songs,
+            "notes": list(self.notes),
+            "seconds": round(self.seconds, 2),
+        }
+
+    def write_json(self, path) -> Path:
+        """Write :meth:`to_json` to ``path`` atomically (a partial file renamed when complete)."""
+        path = Path(path)
+        partial = io.partial_path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            os.replace(partial, path)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise OutputError(f"{path}: cannot write the report ({exc.strerror}); check the folder exists and is writable") from None
+        return path
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+def _groups(stems: Sequence[str]) -> list[list[str]]:
+    """SiSEC's scoring groups: the stems without instrumental, and vocals + instrumental."""
+    if "instrumental" not in stems or len([s for s in stems if s not in ("vocals", "instrumental")]) == 0:
+        return [list(stems)]
+    rest = [s for s in stems if s != "instrumental"]
+    pair = [s for s in stems if s in ("vocals", "instrumental")]
+    return [rest, pair]  # later groups win: vocals is scored with the instrumental
+
+
+def score_song(song: Song, estimates: Mapping[str, np.ndarray], stems: Sequence[str]) -> tuple[list[StemScore], list[str]]:
+    """Score ``stems`` of one song; return the scores (in ``stems`` order) and notes."""
+    notes: list[str] = []
+    result: dict[str, tuple[float, int]] = {}
+    for group in _groups(stems):
+        live = []
+        for stem in group:
+            if _silent(song.references[stem]):
+                result[stem] = (math.nan, 0)
+                notes.append(f"{song.name}: the {stem} reference is silence; not scored (nan)")
+            elif _silent(estimates[stem]):
+                result[stem] = (-math.inf, 0)
+                notes.append(f"{song.name}: the {stem} estimate is silence; scored -inf")
+            else:
+                live.append(stem)
+        if not live:
+            continue
+        sdr = framewise_sdr([song.references[s] for s in live], [estimates[s] for s in live],
+                            sample_rate=song.sample_rate)
+        for stem, frames in zip(live, sdr):
+            counted = int(np.count_nonzero(~np.isnan(frames)))
+            result[stem] = (_median(frames), counted)
+    scores = []
+    for stem in stems:
+        sdr, frames = result[stem]
+        scores.append(StemScore(song.name, stem, sdr, si_sdr(song.references[stem], estimates[stem]), frames))
+    return scores, notes
+
+
+def evaluate(separator, references, *, progress: Progress | None = None) -> Report:
+    """Separate every song under ``references`` and score each stem that has a reference.
+
+    Songs are loaded whole (reference folders hold short excerpts; see the module notes).
+
+    Parameters
+    ----------
+    separator : Separator or "oracle" or str
+        A separator (``separator(audio, sample_rate) -> {stem: audio}`` with a ``stems`` tuple),
+        ``"oracle"`` for the ideal ratio mask of each song's own references (an upper yardstick,
+        not a model), or a model name for :func:`bridge.separation.load_separator`.
+    references : path-like
+        Folder of songs: ``<song>/mixture.<ext>`` and ``<song>/<stem>.<ext>``, found recursively.
+    progress : callable, optional
+        Called as ``progress(songs_done, songs_total)``.
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    AudioError
+        No songs, unreadable files, files of a song that disagree (named in the message).
+    ModelError
+        A separator returning stems of the wrong shape; no stem of the model has a reference.
+    """
+    start = time.perf_counter()
+    oracle = isinstance(separator, str) and separator == "oracle"
+    if isinstance(separator, str) and not oracle:
+        from .separation import load_separator
+        separator = load_separator(separator)
+    model = "oracle" if oracle else getattr(separator, "name", type(separator).__name__)
+    songs = find_songs(references)  # every header checked before any separation
+    notes = [f"{s.name}: files trimmed by up to {s.trimmed} samples to the shortest ({s.frames} samples)"
+             for s in songs if s.trimmed]
+    scores: list[StemScore] = []
+    if progress:
+        progress(0, len(songs))
+    for done, files in enumerate(songs, 1):
+        song = load_song(files)
+        run = Oracle(song) if oracle else separator
+        raw = run(song.mixture, song.sample_rate)
+        estimates = {canonical_stem(k): v for k, v in raw.items()}
+        for stem, audio in estimates.items():
+            if audio.shape != song.mixture.shape:
+                raise ModelError(f"{model}: stem '{stem}' of {files.mixture} has shape {audio.shape}, "
+                                 f"expected the mixture's {song.mixture.shape}; the separator breaks the buffer contract")
+        stems = [s for s in estimates if s in song.references]
+        missing = [s for s in estimates if s not in song.references]
+        if missing:
+            notes.append(f"{files.name}: no reference for {', '.join(missing)}; not scored")
+        song_scores, song_notes = score_song(song, estimates, stems)
+        scores += song_scores
+        notes += song_notes
+        if progress:
+            progress(done, len(songs))
+    if not scores:
+        held = sorted({s for f in songs for s in f.stems})
+        raise ModelError(
+            f"{references}: no stem of {model} has a reference (the references hold {', '.join(held) or 'no stems'}); "
+            "add <song>/<stem>.<ext> files named like the model's stems (vocals, drums, bass, other, instrumental)"
+        )
+    return Report(model, Path(references), tuple(scores), tuple(notes), time.perf_counter() - start)
+
+
+__all__ = ["Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",
+           "framewise_sdr", "si_sdr", "ideal_ratio_mask", "Oracle", "sources_samples_channels"]
