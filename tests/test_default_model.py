@@ -84,3 +84,15 @@ def test_drums_and_bass_only_song_gives_a_near_silent_vocal_stem(default):
     level = {k: 10 * np.log10(np.mean(v.astype(np.float64) ** 2)) for k, v in stems.items()}
     # Measured (first 15 s): vocals -70.1 dB, instrumental -27.0 dB (mean power, dBFS).
     assert level["vocals"] < level["instrumental"] - 30.0
+
+
+def test_separate_command_streams_real_music_into_stems_that_sum_to_it(tmp_path, music):
+    from bridge import io
+    from bridge.cli import main as cli
+
+    mixture = music / "mixture.flac"
+    assert cli(["separate", str(mixture), "--out", str(tmp_path), "--bit-depth", "32", "--quiet"]) == 0
+    source, rate = io.read(mixture)
+    stems = {s: io.read(tmp_path / "mixture" / f"{s}.wav")[0] for s in ("vocals", "instrumental")}
+    assert all(a.shape == source.shape for a in stems.values())
+    np.testing.assert_allclose(stems["vocals"] + stems["instrumental"], source, atol=1e-5)
