@@ -12,13 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any
 
 import pedalboard
 
-from .errors import PluginError
+from .errors import PluginError, suggest
 
 #: pedalboard classes that are containers, bases or need arguments no YAML can give.
 _NOT_EFFECTS = {"Plugin", "PluginContainer", "Pedalboard", "Chain", "Mix", "ExternalPlugin", "VST3Plugin",
@@ -80,24 +79,18 @@ class EffectSpec:
         return path if path.is_absolute() else self.base / path
 
 
-def suggest(name: str, choices) -> str:
-    hint = difflib.get_close_matches(name, list(choices), n=1)
-    return f"; did you mean '{hint[0]}'?" if hint else ""
-
-
 def check(spec: EffectSpec, *, where: str) -> None:
     """Check names without building anything (built-in effect and parameter names)."""
     if spec.kind != "builtin":
         return
     effects = builtin_effects()
     if spec.name not in effects:
-        raise PluginError(f"{where}: unknown effect '{spec.name}'{suggest(spec.name, effects)} Known: {', '.join(effects)}")
+        raise PluginError(f"{where}: unknown effect '{spec.name}'{suggest(spec.name, effects)}")
     known = builtin_parameters(effects[spec.name]) + (sorted(_PATH_PARAMS) if spec.name == "Convolution" else [])
     defaults = _defaults(effects[spec.name])
     for key, value in spec.params:
         if key not in known:
-            raise PluginError(f"{where}: {spec.name} has no parameter '{key}'{suggest(key, known)} "
-                              f"Known: {', '.join(known) or '(none)'}")
+            raise PluginError(f"{where}: {spec.name} has no parameter '{key}'{suggest(key, known)}")
         if key in defaults:
             _check_value(value, defaults[key], where=f"{where}.{key}")
 
@@ -176,8 +169,7 @@ def _load_vst3(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
     known = list(plugin.parameters)
     for key, value in spec.params:
         if key not in plugin.parameters:
-            raise PluginError(f"{where}.params.{key}: {path.name} has no parameter '{key}'{suggest(key, known)} "
-                              f"Known: {', '.join(known)}")
+            raise PluginError(f"{where}.params.{key}: {path.name} has no parameter '{key}'{suggest(key, known)}")
         try:
             _set_parameter(plugin, key, value)
         except (ValueError, TypeError) as exc:

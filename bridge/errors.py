@@ -5,6 +5,8 @@ builtin a caller would expect (as soundfile does), so ``except ValueError`` keep
 A message names the value, what was expected, and how to fix it; the CLI prints it on one line.
 """
 
+import difflib
+
 
 class BridgeError(Exception):
     """Base class of every error stembridge raises on purpose."""
@@ -28,3 +30,11 @@ class PresetError(BridgeError, ValueError):
 
 class PluginError(BridgeError, RuntimeError):
     """An effect or VST3 plugin that cannot be created, loaded or configured."""
+
+
+def suggest(name: str, choices) -> str:
+    """The tail of an unknown-name message: the nearest choice if one is close, then all of them."""
+    choices = [str(c) for c in choices]
+    hint = difflib.get_close_matches(name, choices, n=1)
+    known = ", ".join(choices) or "(none)"
+    return f"; did you mean '{hint[0]}'? Known: {known}" if hint else f"; known: {known}"

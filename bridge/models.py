@@ -22,7 +22,6 @@ then in the models shipped with the package.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import os
 from importlib import resources
@@ -31,7 +30,7 @@ from typing import Literal
 
 import yaml
 
-from .errors import ModelError
+from .errors import ModelError, suggest
 
 DEFAULT_MODEL = "spleeter-2stems"
 UVR_HASH_BYTES = 10_000 * 1024
@@ -106,11 +105,7 @@ def parse_card(data, *, source: str, folder: Path) -> ModelCard:
         raise ModelError(f"{source}: a model card must be a YAML mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - _CARD_KEYS)
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], sorted(_CARD_KEYS), n=1)
-        raise ModelError(
-            f"{source}: unknown card key '{unknown[0]}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
-            + f" Known: {', '.join(sorted(_CARD_KEYS))}"
-        )
+        raise ModelError(f"{source}: unknown card key '{unknown[0]}'{suggest(unknown[0], sorted(_CARD_KEYS))}")
     for key in ("name", "family", "stems"):
         if key not in data:
             raise ModelError(f"{source}: the card needs '{key}'")
@@ -223,11 +218,8 @@ def resolve(spec: str) -> ModelCard:
     cards = known_cards()
     if spec in cards:
         return cards[spec]
-    hint = difflib.get_close_matches(spec, list(cards) + ["dsp"], n=1)
-    raise ModelError(
-        f"unknown model '{spec}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
-        + f" Known: {', '.join(sorted(cards) + ['dsp'])}; or pass a path to a .onnx file or a card .yaml"
-    )
+    raise ModelError(f"unknown model '{spec}'{suggest(spec, sorted(cards) + ['dsp'])}; "
+                     "or pass a path to a .onnx file or a card .yaml")
 
 
 def verify_file(card: ModelCard) -> Path:

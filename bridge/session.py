@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from . import effects
-from .errors import BridgeError, PresetError
+from .errors import BridgeError, PresetError, suggest
 from .io import FORMATS
 from .outputs import check_template
 
@@ -144,7 +144,7 @@ class _Reader:
         for key in value:
             if not isinstance(key, str) or key not in keys:
                 self.fail(f"{where}.{key}" if where else str(key),
-                          f"unknown key '{key}'{effects.suggest(str(key), keys)} Known: {', '.join(keys)}")
+                          f"unknown key '{key}'{suggest(str(key), keys)}")
         return value
 
     def number(self, value, where: str, *, low=-math.inf, high=math.inf, integer=False) -> float:
@@ -369,13 +369,15 @@ def load(path, *, overrides=()) -> Session:
     except IsADirectoryError:
         raise PresetError(f"{source}: is a folder; pass a preset .yaml file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PresetError(f"{source}: cannot read the preset ({exc})") from None
+        hint = "; save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else "; check its permissions"
+        raise PresetError(f"{source}: cannot read the preset ({exc}){hint}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise PresetError(f"{source}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, as every message
+        raise PresetError(f"{source}: not valid YAML{at} ({reason})") from None
     except RecursionError:
         raise PresetError(f"{source}: the YAML is nested too deeply") from None
     if overrides:
