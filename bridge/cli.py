@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import BridgeError
+from .errors import BridgeError, ModelError, PresetError
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -36,6 +36,11 @@ def _error(message: str) -> None:
     print(f"stembridge: error: {message}", file=sys.stderr)
 
 
+def _warn_clipped(target: Path, count: int) -> None:
+    print(f"stembridge: warning: {target}: {count} samples were over full scale and clipped; "
+          "lower the input level or write 32-bit float (--bit-depth 32)", file=sys.stderr)
+
+
 def cmd_separate(args) -> int:
     from .render import SeparateOptions, run_many, separate_file
     from .separation import load_separator
@@ -50,7 +55,7 @@ def cmd_separate(args) -> int:
     def job(path: Path):
         update, close = _progress(path.name, show)
         try:
-            written = separate_file(path, separator, options, progress=update)
+            written = separate_file(path, separator, options, progress=update, on_clip=_warn_clipped)
         finally:
             close()
         if not args.quiet:
@@ -87,7 +92,10 @@ def _session_graph(args):
 
     session = load(args.preset, overrides=args.set or ())
     sep = session.separator
-    separator = load_separator(sep.model, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads)
+    try:
+        separator = load_separator(sep.model, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads)
+    except ModelError as exc:  # name the preset key the bad model came from
+        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
     graph = RenderGraph(session, separator)
     graph.check()  # every plugin loads before any audio work
     return graph
@@ -125,7 +133,6 @@ def cmd_preset_check(args) -> int:
         card = resolve(session.separator.model)
         for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
             if name not in card.stems:
-                from .errors import PresetError
                 raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
                                   f"it gives {', '.join(card.stems)}")
         effects.build_chain(session.pre, where=f"{preset}: pre")

@@ -56,16 +56,42 @@ def _open_error(path: Path, exc: Exception) -> AudioError:
         return AudioError(f"{path}: no such file; check the path")
     if path.stat().st_size == 0:
         return AudioError(f"{path}: the file is empty (0 bytes); re-export or re-download it")
+    if not os.access(path, os.R_OK):
+        return AudioError(f"{path}: permission denied; make the file readable (chmod u+r) or copy it")
     reason = str(exc).split(":")[-1].strip() or type(exc).__name__
+    if "does not exist" in reason:  # libsndfile's words for a regular file it cannot identify
+        reason = "format not recognised"
     return AudioError(
         f"{path}: cannot be read as audio ({reason}); "
         f"expected a wav, flac, ogg, mp3 or aiff file: re-export it or convert it with ffmpeg"
     )
 
 
+@contextlib.contextmanager
+def _quiet_decoders() -> Iterator[None]:
+    """Keep libsndfile's decoders (libmpg123) from printing to file descriptor 2.
+
+    They write warnings about damaged mp3 or unknown data straight to the C ``stderr`` while a
+    file is opened; the error we raise is the one line the user should see.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _open(path: Path) -> sf.SoundFile:
     try:
-        return sf.SoundFile(str(path))
+        with _quiet_decoders():
+            return sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as exc:
         raise _open_error(path, exc) from None
 
@@ -83,7 +109,8 @@ def info(path) -> AudioInfo:
         result = AudioInfo(path, f.samplerate, f.channels, f.frames, f.format, f.subtype)
     check_sample_rate(result.sample_rate, name=str(path))
     if result.frames == 0:
-        raise AudioError(f"{path}: the file holds no samples (a header without audio); re-export it")
+        raise AudioError(f"{path}: the file holds no samples (a header without audio, or cut off before its "
+                         "first samples); re-export or re-download it")
     return result
 
 
@@ -133,7 +160,7 @@ def _declares_more_data(path: Path) -> bool:
     there. A streaming writer's placeholder size (0 or 0xFFFFFFFF) is not a truncation.
     """
     try:
-        with sf.SoundFile(str(path)) as f:
+        with _quiet_decoders(), sf.SoundFile(str(path)) as f:
             log = f.extra_info
     except (sf.LibsndfileError, RuntimeError):
         return False

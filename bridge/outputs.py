@@ -13,9 +13,13 @@ FIELDS = {"track", "stem", "ext", "model"}
 def check_template(template: str, *, where: str = "output name") -> str:
     """Raise :class:`OutputError` unless ``template`` only uses known fields and stays relative."""
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parts = [(f, spec, conversion) for _, f, spec, conversion in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
         raise OutputError(f"{where}: '{template}' is not a valid template ({exc}); use fields like {{track}}/{{stem}}.{{ext}}") from None
+    fields = {f for f, _, _ in parts}
+    if any(spec or conversion for _, spec, conversion in parts):
+        raise OutputError(f"{where}: '{template}' uses a format spec or conversion ('{{field:...}}', '{{field!r}}'); "
+                          "write plain fields like {track}/{stem}.{ext}")
     unknown = fields - FIELDS
     if unknown:
         raise OutputError(f"{where}: unknown field {{{sorted(unknown)[0]}}} in '{template}'; known: "

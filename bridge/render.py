@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
@@ -24,6 +25,18 @@ from .separation import ChunkedSeparator
 #: Samples read per block; memory stays flat with song length.
 BLOCK_SECONDS = 10.0
 Progress = Callable[[int, int], None]  # (samples done, samples total)
+Clipped = Callable[[Path, int], None]  # (file written, samples clipped)
+
+
+class ClippingWarning(UserWarning):
+    """Samples over full scale were clipped in a PCM output."""
+
+
+def check_channels(path: Path, channels: int) -> None:
+    """Refuse, naming the file, audio the separators cannot take (they take mono or stereo)."""
+    if channels not in (1, 2):
+        raise AudioError(f"{path}: has {channels} channels, and the separator takes mono or stereo; "
+                         f"downmix it to stereo first (e.g. ffmpeg -i in.wav -ac 2 out.wav)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +51,12 @@ class SeparateOptions:
 
 
 def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
-                  *, progress: Progress | None = None) -> dict[str, Path]:
+                  *, progress: Progress | None = None, on_clip: Clipped | None = None) -> dict[str, Path]:
     """Separate one file into one file per stem, streaming.
+
+    A stem can exceed full scale where the mix does not (a mask rings around a full-scale
+    square wave); PCM outputs are then clipped and reported to ``on_clip``, or as a
+    :class:`ClippingWarning` without one, never silently.
 
     Returns
     -------
@@ -48,6 +65,7 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
     """
     path = Path(path)
     header = io.info(path)
+    check_channels(path, header.channels)
     stems = options.stems or separator.stems
     unknown = [s for s in stems if s not in separator.stems]
     if unknown:
@@ -71,11 +89,23 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
             if progress:
                 progress(done, header.frames)
         _write(writers, stream.finish())
-    except BaseException:
+        written = {stem: writer.close() for stem, writer in writers.items()}
+    except BaseException:  # Ctrl-C while closing too: no partial file may outlive the run
         for writer in writers.values():
             writer.abort()
         raise
-    return {stem: writer.close() for stem, writer in writers.items()}
+    for stem, writer in writers.items():
+        if writer.clipped:
+            _report_clipping(written[stem], writer.clipped, on_clip)
+    return written
+
+
+def _report_clipping(target: Path, count: int, on_clip: Clipped | None) -> None:
+    if on_clip is not None:
+        on_clip(target, count)
+        return
+    warnings.warn(f"{target}: {count} samples were over full scale and clipped; lower the input level or "
+                  "write 32-bit float (--bit-depth 32)", ClippingWarning, stacklevel=3)
 
 
 def _write(writers: dict, stems: dict) -> None:
@@ -136,6 +166,7 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
     path = Path(path)
     out_dir = Path(out_dir)
     header = io.info(path)
+    check_channels(path, header.channels)
     session, separator = graph.session, graph.separator
     o = session.output
     rate = o.sample_rate or header.sample_rate
@@ -149,7 +180,10 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
     # Beside the mix and named after it, so renders of one song with several presets keep theirs.
     manifest = (targets["mix"].with_suffix(".manifest.json") if "mix" in targets
                 else expand("{track}.manifest.json", out_dir, **names))
-    check_unique({**targets, "manifest": manifest})
+    try:
+        check_unique({**targets, "manifest": manifest})
+    except OutputError as exc:
+        raise OutputError(f"{session.source}: output.files: {exc}") from None
     if io.same_file(manifest, path):
         raise OutputError(f"{manifest}: the manifest would overwrite the input; choose another output folder")
 
@@ -280,4 +314,7 @@ def write_manifest(target: Path, *, source: Path, header, session, separator, ou
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise OutputError(f"{target}: cannot write the manifest ({exc}); check the output folder") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return target

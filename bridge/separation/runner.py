@@ -106,7 +106,7 @@ class SeparationStream:
         if channels not in (1, 2):
             raise AudioError(
                 f"the separator takes mono or stereo audio, got {channels} channels; "
-                "downmix to stereo first (e.g. ffmpeg -ac 2, or pass --downmix)"
+                "downmix to stereo first (e.g. ffmpeg -i in.wav -ac 2 out.wav)"
             )
         engine = separator.engine
         self.stems = engine.stems
