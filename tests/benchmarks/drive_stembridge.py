@@ -1,0 +1,67 @@
+"""Run ``stembridge separate`` once and write timings as JSON.
+
+    python drive_stembridge.py --result R.json [--patch NAME ...] -- separate INPUT --model ... --out ...
+
+Everything after ``--`` goes to ``bridge.cli.main`` unchanged, so this is the CLI plus two
+perf_counter pairs: onnxruntime's ``InferenceSession.run`` is wrapped to sum the model's time
+(as drive_audiosep.py does for python-audio-separator), and the whole call is timed.
+
+``--patch NAME`` applies a monkeypatch from patches.py first: proposed pipeline changes measured
+without editing ``bridge/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--patch", action="append", default=[])
+    args = parser.parse_args(argv[:split])
+    cli_args = argv[split + 1:]
+
+    import onnxruntime as ort
+
+    ort_time = [0.0, 0]
+    original_run = ort.InferenceSession.run
+
+    def timed_run(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return original_run(self, *a, **k)
+        finally:
+            ort_time[0] += time.perf_counter() - t
+            ort_time[1] += 1
+
+    ort.InferenceSession.run = timed_run
+
+    if args.patch:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import patches
+
+        for name in args.patch:
+            patches.apply(name)
+
+    from bridge import cli
+
+    t_import = time.perf_counter()
+    code = cli.main(cli_args)
+    t_end = time.perf_counter()
+    result = {"import_s": t_import - T0, "run_s": t_end - t_import, "ort_s": ort_time[0], "ort_calls": ort_time[1],
+              "exit": code, "patches": args.patch}
+    Path(args.result).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
