@@ -75,11 +75,12 @@ class MdxEngine:
             out[self.primary] = self.stft.inverse(primary_spec, self.chunk)
             out[self.secondary] = self.stft.inverse(other_spec.astype(np.complex64), self.chunk)
             return out
-        primary = self.stft.inverse(primary_spec, self.chunk)
         if self.residual_stem != self.primary:
-            return {self.primary: primary}
-        matchmix = self.stft.inverse(unpack_mdx(x, self.stft.bins), self.chunk)
-        return {self.secondary: matchmix - primary}
+            return {self.primary: self.stft.inverse(primary_spec, self.chunk)}
+        # match-mix minus primary, in one inverse STFT (it is linear) instead of two.
+        other_spec = unpack_mdx(x, self.stft.bins)
+        other_spec -= primary_spec
+        return {self.secondary: self.stft.inverse(other_spec, self.chunk)}
 
     def _model(self, x: np.ndarray) -> np.ndarray:
         outputs = self.runner(x)

@@ -66,4 +66,6 @@ class Runner:
         step = self.max_batch or x.shape[0]
         parts = [self.session.run(None, {self.input.name: np.ascontiguousarray(x[i:i + step])})
                  for i in range(0, x.shape[0], step)]
+        if len(parts) == 1:  # the usual case: no copy
+            return dict(zip(self.outputs, parts[0]))
         return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.outputs)}

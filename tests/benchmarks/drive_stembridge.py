@@ -1,13 +1,10 @@
 """Run ``stembridge separate`` once and write timings as JSON.
 
-    python drive_stembridge.py --result R.json [--patch NAME ...] -- separate INPUT --model ... --out ...
+    python drive_stembridge.py --result R.json -- separate INPUT --model ... --out ...
 
 Everything after ``--`` goes to ``bridge.cli.main`` unchanged, so this is the CLI plus two
 perf_counter pairs: onnxruntime's ``InferenceSession.run`` is wrapped to sum the model's time
 (as drive_audiosep.py does for python-audio-separator), and the whole call is timed.
-
-``--patch NAME`` applies a monkeypatch from patches.py first: proposed pipeline changes measured
-without editing ``bridge/``.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ def main() -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser()
     parser.add_argument("--result", required=True)
-    parser.add_argument("--patch", action="append", default=[])
     args = parser.parse_args(argv[:split])
     cli_args = argv[split + 1:]
 
@@ -45,20 +41,13 @@ def main() -> int:
 
     ort.InferenceSession.run = timed_run
 
-    if args.patch:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import patches
-
-        for name in args.patch:
-            patches.apply(name)
-
     from bridge import cli
 
     t_import = time.perf_counter()
     code = cli.main(cli_args)
     t_end = time.perf_counter()
     result = {"import_s": t_import - T0, "run_s": t_end - t_import, "ort_s": ort_time[0], "ort_calls": ort_time[1],
-              "exit": code, "patches": args.patch}
+              "exit": code}
     Path(args.result).write_text(json.dumps(result, indent=1), encoding="utf-8")
     return code
 

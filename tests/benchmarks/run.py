@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 import inputs  # noqa: E402
 import models  # noqa: E402
 
-SECTIONS = ("trivial", "real", "floor", "knobs", "default", "patched", "pydub")
+SECTIONS = ("trivial", "real", "floor", "knobs", "default", "pydub")
 
 
 # --------------------------------------------------------------------------- running one process
@@ -80,13 +80,11 @@ class Runner:
         self.work = cache / "runs"
 
     def stembridge(self, tag: str, song: Path, model: Path, *, overlap=0.25, batch=1, threads=None,
-                   bit_depth=24, patches=(), keep=False) -> dict:
+                   bit_depth=24, keep=False) -> dict:
         out = self.work / tag
         shutil.rmtree(out, ignore_errors=True)
         result = out.with_suffix(".json")
         cmd = [sys.executable, str(HERE / "drive_stembridge.py"), "--result", str(result)]
-        for p in patches:
-            cmd += ["--patch", p]
         cmd += ["--", "separate", str(song), "--model", str(model), "--out", str(out), "--quiet",
                 "--batch-size", str(batch), "--bit-depth", str(bit_depth)]
         if overlap is not None:
@@ -229,21 +227,17 @@ def summarise(runs: list[dict]) -> dict:
     return {k: median_of(runs, k) for k in keys if all(k in r for r in runs)} | {"n": len(runs)}
 
 
-def section_trivial(r: Runner, prep: dict, repeats: int, long_repeats: int, results: dict, *, patched: bool) -> None:
-    """Trivial model, 1/4/16 min, both tools interleaved (and patched stembridge if asked)."""
+def section_trivial(r: Runner, prep: dict, repeats: int, long_repeats: int, results: dict) -> None:
+    """Trivial model, 1/4/16 min, both tools interleaved."""
     out = results.setdefault("trivial", {})
     for minutes, song in prep["songs"].items():
         if minutes == "20s":
             continue
         n = long_repeats if minutes == 16 else repeats
         runs = {"stembridge": [], "audio-separator": []}
-        if patched:
-            runs["stembridge+patches"] = []
         for rep in range(n):
             tag = f"trivial_{minutes}min"
             runs["stembridge"].append(r.stembridge(f"{tag}_sb", song, prep["trivial_card"]))
-            if patched:
-                runs["stembridge+patches"].append(r.stembridge(f"{tag}_sbp", song, prep["trivial_card"], patches=["all"]))
             runs["audio-separator"].append(r.audiosep(f"{tag}_as", song, prep["trivial_audiosep"]))
             log(f"trivial {minutes} min rep {rep}: " + ", ".join(f"{k} {v[-1]['wall_s']:.1f} s {v[-1]['peak_rss_mb']:.0f} MB" for k, v in runs.items()))
         entry = {k: summarise(v) | {"runs": v} for k, v in runs.items()}
@@ -258,10 +252,6 @@ def section_trivial(r: Runner, prep: dict, repeats: int, long_repeats: int, resu
             "stembridge_vs_audiosep_primary_raw": snr_db(Path(sb["instrumental"]), Path(asp["instrumental"])),
             "audiosep_primary_scale": scale,
         }
-        if patched:
-            sbp = runs["stembridge+patches"][-1]["outputs"]
-            entry["snr_db"]["stembridge_vs_patched_primary"] = snr_db(Path(sb["instrumental"]), Path(sbp["instrumental"]))
-            entry["snr_db"]["stembridge_vs_patched_secondary"] = snr_db(Path(sb["vocals"]), Path(sbp["vocals"]))
         out[f"{minutes}min"] = entry
         save(results)
 
@@ -505,7 +495,7 @@ def markdown(res: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for key, entry in triv.items():
             minutes = int(key.removesuffix("min"))
-            for tool in ("stembridge", "stembridge+patches", "audio-separator"):
+            for tool in ("stembridge", "audio-separator"):
                 if tool in entry:
                     s = entry[tool]
                     lines.append(f"| {key} | {tool} | {s['n']} | {s['wall_s']:.2f} | {s['wall_s'] / minutes:.2f} | "
@@ -518,11 +508,6 @@ def markdown(res: dict) -> str:
             lines.append(f"| {key} | {asp['wall_s'] / sb['wall_s']:.1f}x | {asp['cpu_s'] / sb['cpu_s']:.1f}x | "
                          f"{asp['peak_rss_mb'] / sb['peak_rss_mb']:.1f}x | "
                          f"{snr['stembridge_vs_audiosep_primary_rescaled']:.1f} ({snr['stembridge_vs_audiosep_primary_raw']:.1f}) |")
-            if "stembridge+patches" in entry:
-                p = entry["stembridge+patches"]
-                lines.append(f"| {key}, patched | {asp['wall_s'] / p['wall_s']:.1f}x | {asp['cpu_s'] / p['cpu_s']:.1f}x | "
-                             f"{asp['peak_rss_mb'] / p['peak_rss_mb']:.1f}x | patched vs unpatched: "
-                             f"{snr['stembridge_vs_patched_primary']:.1f} / {snr['stembridge_vs_patched_secondary']:.1f} (primary / secondary) |")
         if "1min" in triv and "16min" in triv:
             r16 = triv["16min"]["stembridge"]["peak_rss_mb"] / triv["1min"]["stembridge"]["peak_rss_mb"]
             a16 = triv["16min"]["audio-separator"]["peak_rss_mb"] / triv["1min"]["audio-separator"]["peak_rss_mb"]
@@ -653,7 +638,7 @@ def main() -> int:
     save(results)
     r = Runner(args.cache, args.venv)
     if "trivial" in only:
-        section_trivial(r, prep, args.repeats, args.long_repeats, results, patched="patched" in only)
+        section_trivial(r, prep, args.repeats, args.long_repeats, results)
     if "real" in only:
         section_real(r, prep, results, repeats=args.real_repeats, grid_chunks=args.grid_chunks, floor="floor" in only)
     elif "floor" in only:
