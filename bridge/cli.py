@@ -253,9 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks instead of handing them back to the kernel.
+
+    Each chunk allocates a few arrays of 6-13 MB and frees them; by default glibc returns such
+    blocks to the kernel, and the next chunk pays a page fault for every 4 KiB of them again
+    (about 0.5 s of system time per 4 minutes of audio with an MDX model). Peak memory grows by
+    a few MB (253 -> 262 MB measured); the command owns its process, so it may choose. A no-op
+    where glibc is not the C library.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling for this setting on 64-bit
+    mallopt(M_TRIM_THRESHOLD, 512 << 20)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _keep_freed_memory()
     try:
         return args.run(args)
     except BridgeError as exc:

@@ -10,9 +10,7 @@ True peak is the peak of the signal upsampled 4x (BS.1770-4 annex 2), with soxr.
 from __future__ import annotations
 
 import numpy as np
-import pyloudnorm
 import soxr
-from scipy.signal import lfilter, lfilter_zi
 
 BLOCK_S, STEP_S = 0.4, 0.1
 ABSOLUTE_GATE, RELATIVE_GATE = -70.0, -10.0
@@ -28,6 +26,10 @@ class LoudnessMeter:
     """Feed ``(channels, samples)`` blocks; read :attr:`integrated` (LUFS) and :attr:`true_peak_db`."""
 
     def __init__(self, *, sample_rate: int, channels: int):
+        import pyloudnorm  # with scipy.signal, 0.7 s to import: only when something is measured
+        from scipy.signal import lfilter
+
+        self._lfilter = lfilter
         self.sample_rate = sample_rate
         self.channels = channels
         meter = pyloudnorm.Meter(sample_rate)
@@ -51,7 +53,7 @@ class LoudnessMeter:
         self._peak = max(self._peak, float(np.max(np.abs(block))))
         weighted = block.astype(np.float64)
         for k, (b, a, gain) in enumerate(self._stages):
-            weighted, self._state[k] = lfilter(b, a, weighted, axis=1, zi=self._state[k])
+            weighted, self._state[k] = self._lfilter(b, a, weighted, axis=1, zi=self._state[k])
             weighted = weighted * gain
         at = 0
         total = weighted.shape[1]

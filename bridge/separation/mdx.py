@@ -66,9 +66,11 @@ class MdxEngine:
             y = 0.5 * (y[: len(x)] - y[len(x):])
         else:
             y = self._model(x)
-        primary_spec = unpack_mdx(y, self.stft.bins) * np.float32(card.compensate)
+        if card.compensate != 1.0:
+            y = y * np.float32(card.compensate)
         out = {}
         if self.invert:
+            primary_spec = unpack_mdx(y, self.stft.bins)
             matched = unpack_mdx(x, self.stft.bins)
             magnitude = np.maximum(np.abs(matched), np.abs(primary_spec))
             other_spec = magnitude * np.exp(1j * np.angle(matched)) - primary_spec
@@ -76,11 +78,11 @@ class MdxEngine:
             out[self.secondary] = self.stft.inverse(other_spec.astype(np.complex64), self.chunk)
             return out
         if self.residual_stem != self.primary:
-            return {self.primary: self.stft.inverse(primary_spec, self.chunk)}
-        # match-mix minus primary, in one inverse STFT (it is linear) instead of two.
-        other_spec = unpack_mdx(x, self.stft.bins)
-        other_spec -= primary_spec
-        return {self.secondary: self.stft.inverse(other_spec, self.chunk)}
+            return {self.primary: self.stft.inverse(unpack_mdx(y, self.stft.bins), self.chunk)}
+        # Match-mix minus primary: packing and the inverse STFT are linear, so the difference
+        # is taken on the packed spectrogram and inverted once.
+        x -= y
+        return {self.secondary: self.stft.inverse(unpack_mdx(x, self.stft.bins), self.chunk)}
 
     def _model(self, x: np.ndarray) -> np.ndarray:
         outputs = self.runner(x)

@@ -95,25 +95,35 @@ def _overlap_add(frames: np.ndarray, hop: int) -> np.ndarray:
 
 
 def pack_mdx(spec: np.ndarray, dim_f: int) -> np.ndarray:
-    """``(batch, 2, bins, frames)`` complex -> ``(batch, 4, dim_f, frames)`` float32.
+    """``(batch, 2, bins, frames)`` complex -> ``(batch, 4, dim_f, frames)`` float32, C-contiguous.
 
     Channel order L.re, L.im, R.re, R.im, as UVR's MDX-Net models were trained; bins from
     ``dim_f`` up are cut and the lowest 3 zeroed (UVR's ``spek[:, :, :3, :] *= 0``).
     """
+    batch, channels, _, frames = spec.shape
     cut = spec[:, :, :dim_f, :]
-    packed = np.stack([cut.real, cut.imag], axis=2)  # (batch, 2, 2, dim_f, frames)
-    packed = packed.reshape(spec.shape[0], 4, dim_f, spec.shape[-1]).astype(np.float32, copy=False)
+    # Written into a C-ordered array: np.stack of strided views keeps their order, and
+    # onnxruntime would then copy it again.
+    packed = np.empty((batch, channels, 2, dim_f, frames), np.float32)
+    packed[:, :, 0] = cut.real
+    packed[:, :, 1] = cut.imag
+    packed = packed.reshape(batch, 2 * channels, dim_f, frames)
     packed[:, :, :3, :] = 0.0
     return packed
 
 
 def unpack_mdx(packed: np.ndarray, bins: int) -> np.ndarray:
     """Inverse of :func:`pack_mdx`: ``(batch, 4, dim_f, frames)`` -> ``(batch, 2, bins, frames)``
-    complex64, the cut bins padded back with zeros."""
-    batch, _, dim_f, frames = packed.shape
-    pairs = packed.reshape(batch, 2, 2, dim_f, frames)
-    spec = np.zeros((batch, 2, bins, frames), np.complex64)
-    # Written part by part: `re + 1j * im` would go through complex128 temporaries.
-    spec.real[:, :, :dim_f, :] = pairs[:, :, 0]
-    spec.imag[:, :, :dim_f, :] = pairs[:, :, 1]
-    return spec
+    complex64, the cut bins padded back with zeros.
+
+    The result is a view of a frames-major array, the layout :meth:`Stft.inverse` transforms
+    without a copy; real and imaginary parts are written in place (``re + 1j * im`` would go
+    through complex128 temporaries).
+    """
+    batch, channels, dim_f, frames = packed.shape
+    pairs = packed.reshape(batch, channels // 2, 2, dim_f, frames)
+    spec = np.empty((batch, channels // 2, frames, bins), np.complex64)
+    spec[..., dim_f:] = 0
+    spec.real[..., :dim_f] = np.swapaxes(pairs[:, :, 0], -1, -2)
+    spec.imag[..., :dim_f] = np.swapaxes(pairs[:, :, 1], -1, -2)
+    return np.swapaxes(spec, -1, -2)
