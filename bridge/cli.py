@@ -46,7 +46,7 @@ def cmd_separate(args) -> int:
     from .separation import load_separator
 
     separator = load_separator(args.model, overlap=args.overlap, batch_size=args.batch_size, threads=args.threads,
-                               denoise=args.denoise, invert=args.invert)
+                               denoise=args.denoise, invert=args.invert, wiener=args.wiener)
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
     options = SeparateOptions(out_dir=Path(args.out), template=args.name, ext=args.format,
                               bit_depth=args.bit_depth, stems=stems)
@@ -93,9 +93,12 @@ def _session_graph(args):
     session = load(args.preset, overrides=args.set or ())
     sep = session.separator
     try:
-        separator = load_separator(sep.model, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads)
+        separator = load_separator(sep.model, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads,
+                                   wiener=sep.wiener)
     except ModelError as exc:  # name the preset key the bad model came from
-        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
+        # load_separator's family-mismatch message starts "wiener=N:"; that one is the wiener key's fault.
+        key = "separator.wiener" if sep.wiener and str(exc).startswith("wiener=") else "separator.model"
+        raise PresetError(f"{session.source}: {key}: {exc}") from exc
     graph = RenderGraph(session, separator)
     graph.check()  # every plugin loads before any audio work
     return graph
@@ -131,6 +134,9 @@ def cmd_preset_check(args) -> int:
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
         card = resolve(session.separator.model)
+        if session.separator.wiener and card.family != "mask":
+            raise PresetError(f"{preset}: separator.wiener: Wiener filtering needs a mask model, '{card.name}' is "
+                              f"a {card.family} model; set separator.wiener: 0 or pick a mask model")
         for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
             if name not in card.stems:
                 raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
@@ -159,8 +165,11 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .separation import load_separator
 
+    if args.model == "oracle" and args.wiener:
+        raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
+                         "drop --wiener with --model oracle")
     separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
-                                                                        threads=args.threads)
+                                                                        threads=args.threads, wiener=args.wiener)
     update, close = _progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
@@ -211,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
     sep.add_argument("--denoise", action="store_true", help="MDX-Net: average model(x) and -model(-x)")
     sep.add_argument("--invert", action="store_true", help="MDX-Net: spectral inversion for the other stem")
+    sep.add_argument("--wiener", type=int, default=0, metavar="N",
+                     help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
     sep.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
     sep.add_argument("--quiet", action="store_true", help="print nothing but errors")
     sep.set_defaults(run=cmd_separate)
@@ -235,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")
     ev.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
     ev.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    ev.add_argument("--wiener", type=int, default=0, metavar="N",
+                    help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
     ev.add_argument("--quiet", action="store_true", help="print the table only (no progress, no notes)")
     ev.set_defaults(run=cmd_eval)
 

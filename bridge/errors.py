@@ -21,7 +21,8 @@ class OutputError(BridgeError, OSError):
 
 
 class ModelError(BridgeError, RuntimeError):
-    """A model card or model file that is missing, corrupt or inconsistent."""
+    """A model card or model file that is missing, corrupt or inconsistent, or a setting of how
+    a model runs (overlap, batch size, threads, Wiener iterations) out of range."""
 
 
 class PresetError(BridgeError, ValueError):

@@ -8,7 +8,7 @@ Every error names the preset file and the path inside it, e.g.
 Schema (every key but ``version`` may be left out)::
 
     version: 1
-    separator: {model: default, stems: [vocals, instrumental], overlap: 0.25, batch_size: 1}
+    separator: {model: default, stems: [vocals, instrumental], overlap: 0.25, batch_size: 1, wiener: 0}
     pre: [<effect>, ...]                 # before separation
     stems:
       <stem>:
@@ -54,6 +54,7 @@ LAYOUTS = ("stereo", "5.1")
 MAX_DEPTH = 12
 MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
+MAX_WIENER = 10  # bridge.separation.mask.MAX_WIENER, kept here so loading a preset imports no DSP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,7 @@ class SeparatorSettings:
     stems: tuple[str, ...] | None = None
     overlap: float | None = None
     batch_size: int = 1
+    wiener: int = 0  # EM iterations of the multichannel Wiener filter (mask models); 0 = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +109,7 @@ class Session:
 
     def to_dict(self) -> dict:
         sep = {"model": self.separator.model, "overlap": self.separator.overlap,
-               "batch_size": self.separator.batch_size}
+               "batch_size": self.separator.batch_size, "wiener": self.separator.wiener}
         if self.separator.stems is not None:
             sep["stems"] = list(self.separator.stems)
         stems = {}
@@ -143,8 +145,9 @@ class _Reader:
             self.fail(where, f"expected a mapping with keys {', '.join(keys)}, got {_kind(value)}")
         for key in value:
             if not isinstance(key, str) or key not in keys:
-                self.fail(f"{where}.{key}" if where else str(key),
-                          f"unknown key '{key}'{suggest(str(key), keys)}")
+                shown = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line, always
+                self.fail(f"{where}.{shown}" if where else shown,
+                          f"unknown key '{shown}'{suggest(str(key), keys)}")
         return value
 
     def number(self, value, where: str, *, low=-math.inf, high=math.inf, integer=False) -> float:
@@ -268,7 +271,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if top.get("version") != VERSION:
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
-    s = r.mapping(top.get("separator"), "separator", ("model", "stems", "overlap", "batch_size"))
+    s = r.mapping(top.get("separator"), "separator", ("model", "stems", "overlap", "batch_size", "wiener"))
     stems_list = s.get("stems")
     if stems_list is not None and (not isinstance(stems_list, list) or not all(isinstance(x, str) for x in stems_list)):
         r.fail("separator.stems", f"expected a list of stem names, got {stems_list!r}")
@@ -276,7 +279,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         model=r.text(s.get("model", "default"), "separator.model"),
         stems=tuple(stems_list) if stems_list is not None else None,
         overlap=r.number(s["overlap"], "separator.overlap", low=0.0, high=0.99) if s.get("overlap") is not None else None,
-        batch_size=r.number(s.get("batch_size", 1), "separator.batch_size", low=1, high=64, integer=True))
+        batch_size=r.number(s.get("batch_size", 1), "separator.batch_size", low=1, high=64, integer=True),
+        wiener=r.number(s.get("wiener", 0), "separator.wiener", low=0, high=MAX_WIENER, integer=True))
 
     stems_raw = top.get("stems") or {}
     if not isinstance(stems_raw, dict):

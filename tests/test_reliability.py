@@ -529,6 +529,8 @@ BAD_PRESETS = {
                                 "output.files", ["would both be written to", "include {stem}"]),
     "stems without {stem}": ({"version": 1, "output": {"files": {"stems": "{track}.x.{ext}"}}}, "output.files",
                              ["would both be written to"]),
+    # Found by the fuzzer: a key holding a newline made the message two lines.
+    "unknown key with a newline": ({"version": 1, "a\nb": None}, "'a\\nb'", ["unknown key"]),
     "unknown model": ({"version": 1, "separator": {"model": "nosuch"}}, None,
                       ["preset.yaml: separator.model: unknown model 'nosuch'"]),
 }
@@ -596,6 +598,23 @@ def test_a_read_only_output_folder_fails_cleanly(kind, tmp_path, preset, capsys)
     finally:
         out.chmod(0o755)
     one_error(code, err, str(out))
+
+
+# --- command-line settings ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--overlap", "1.5"], ["overlap=1.5", "[0, 1)"]),
+    (["--overlap", "-0.1"], ["overlap=-0.1", "[0, 1)"]),
+    (["--batch-size", "0"], ["batch_size=0", ">= 1"]),
+    (["--threads", "0"], ["threads=0", ">= 1"]),
+])
+def test_out_of_range_settings_are_one_line_before_any_work(argv, needles, tmp_path, capsys):
+    song = write(tmp_path / "song.wav", tone(SR // 10))
+    out = tmp_path / "out"
+    code, _, err = run(capsys, ["separate", song, "--model", "dsp", "--out", out, *argv])
+    line = one_error(code, err, *needles)
+    assert not out.exists()
+    record(" ".join(argv), "separate", f"exit 2: `{line}`; nothing created")
 
 
 # --- models --------------------------------------------------------------------------------------------

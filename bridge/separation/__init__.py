@@ -11,6 +11,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import ModelError
 from ..models import ModelCard, resolve
 from .runner import ChunkedSeparator, SeparationStream
 
@@ -31,7 +32,8 @@ class Separator(Protocol):
 
 def load_separator(model: str | ModelCard = "default", *, overlap: float | None = None, batch_size: int = 1,
                    threads: int | None = None, denoise: bool = False, invert: bool = False,
-                   high_band: Literal["instrumental", "average"] = "instrumental") -> ChunkedSeparator:
+                   high_band: Literal["instrumental", "average"] = "instrumental",
+                   wiener: int = 0) -> ChunkedSeparator:
     """Build a separator.
 
     Parameters
@@ -50,25 +52,51 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         MDX-Net only: UVR's denoise (mean of model(x) and -model(-x)) and spectral inversion.
     high_band : {"instrumental", "average"}
         Mask models only: who gets the band the model does not cover.
+    wiener : int
+        Mask models only: EM iterations of the multichannel Wiener filter over the model's
+        estimates (norbert, as Spleeter's MWF option), in [0, 10]; 0 (default) keeps the ratio
+        masks with the mixture phase.
 
     Raises
     ------
     ModelError
-        Unknown model, missing or corrupt file, card and model disagree.
+        Unknown model, missing or corrupt file, card and model disagree; ``overlap``,
+        ``batch_size``, ``threads`` or ``wiener`` out of range, or ``wiener`` asked of a model that
+        is not a mask model.
     """
+    from .mask import check_wiener
+
+    wiener = check_wiener(wiener)
+    _check_settings(overlap=overlap, batch_size=batch_size, threads=threads)
     card = model if isinstance(model, ModelCard) else resolve(model)
+    if wiener and card.family != "mask":
+        raise ModelError(f"wiener={wiener}: Wiener filtering needs a mask model (e.g. 'default'), "
+                         f"but '{card.name}' is a {card.family} model; use wiener=0 (--wiener 0) with it")
     if card.family == "mdx":
         from .mdx import MdxEngine
         engine = MdxEngine(card, threads=threads, batch_size=batch_size, denoise=denoise, invert=invert)
     elif card.family == "mask":
         from .mask import MaskEngine
-        engine = MaskEngine(card, threads=threads, batch_size=batch_size, high_band=high_band)
+        engine = MaskEngine(card, threads=threads, batch_size=batch_size, high_band=high_band, wiener=wiener)
     else:
         from .dsp import DspEngine
         engine = DspEngine()
     if overlap is None:
         overlap = 0.5 if card.family == "dsp" else 0.25
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)
+
+
+def _check_settings(*, overlap, batch_size, threads) -> None:
+    """Refuse settings out of range before any model is loaded (the CLI passes them through)."""
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float))
+                                or not 0.0 <= overlap < 1.0):
+        raise ModelError(f"overlap={overlap!r}: the overlap is the fraction of each chunk shared with the next, "
+                         "in [0, 1); 0.25 is the usual choice (--overlap 0.25)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ModelError(f"batch_size={batch_size!r}: chunks per model call must be a whole number >= 1 (--batch-size 1)")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ModelError(f"threads={threads!r}: onnxruntime threads must be a whole number >= 1, "
+                         "or left out for every core (--threads 2)")
 
 
 __all__ = ["Separator", "SeparationStream", "ChunkedSeparator", "load_separator"]
