@@ -1,11 +1,14 @@
-"""Peak memory of `stembridge render` against song length: it must stay flat (streaming).
+"""Peak memory of `stembridge render` (or `separate`) against song length: it must stay flat.
 
-    python tests/benchmarks/render_memory.py [--model dsp|default] [--minutes 1 4 16]
+    python tests/benchmarks/render_memory.py [--model dsp|default] [--minutes 1 4 16] [--command separate]
+    python tests/benchmarks/render_memory.py --model default --minutes 60 --command render separate
+
 
 Writes synthetic 44.1 kHz stereo songs (tones and noise bursts, 24-bit wav) to
 /work/bench-cache/render (or $STEMBRIDGE_BENCH_CACHE), renders each in a fresh process through a
 preset with chains, a loudness target (the two-pass path) and stems, and prints wall time, CPU time
-and peak RSS of the whole process.
+and peak RSS of the whole process. ``--minutes 60`` is the reliability corpus's very long file
+(issue 5: an hour of audio, about 635 MB of 24-bit wav, written block by block).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +67,12 @@ MEASURE = ("import json, resource, subprocess, sys, time; t = time.perf_counter(
            "'peak_rss_mb': round(r.ru_maxrss / 1024, 1)}))")
 
 
-def run(song: Path, preset: Path, out: Path) -> dict:
-    command = [sys.executable, "-m", "bridge.cli", "render", str(preset), str(song), "--out", str(out), "--quiet"]
+def run(command_name: str, song: Path, preset: Path, model: str, out: Path) -> dict:
+    command = [sys.executable, "-m", "bridge.cli", command_name]
+    if command_name == "render":
+        command += [str(preset), str(song), "--out", str(out), "--quiet"]
+    else:
+        command += [str(song), "--model", model, "--out", str(out), "--quiet"]
     result = subprocess.run([sys.executable, "-c", MEASURE, *command], check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -73,14 +81,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dsp")
     parser.add_argument("--minutes", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--command", nargs="+", choices=["render", "separate"], default=["render"])
     args = parser.parse_args()
     preset = CACHE / f"preset-{args.model}.yaml"
     CACHE.mkdir(parents=True, exist_ok=True)
     preset.write_text(PRESET.format(model=args.model))
     results = {}
-    for minutes in sorted(args.minutes):
-        results[minutes] = run(make_song(minutes), preset, CACHE / "out")
-        print(f"{minutes:>3} min: {results[minutes]}", flush=True)
+    for command in args.command:
+        for minutes in sorted(args.minutes):
+            out = CACHE / "out"
+            result = run(command, make_song(minutes), preset, args.model, out)
+            result["real_time_factor"] = round(minutes * 60 / result["wall_s"], 1)
+            results[f"{command} {minutes} min"] = result
+            print(f"{command} {minutes:>3} min: {result}", flush=True)
+            shutil.rmtree(out, ignore_errors=True)  # an hour of stems is gigabytes
     print(json.dumps({"model": args.model, "results": results}, indent=2))
 
 
