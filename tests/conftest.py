@@ -32,6 +32,20 @@ def noise(rng, channels: int, samples: int, level: float = 0.1) -> np.ndarray:
     return (level * rng.standard_normal((channels, samples))).astype(np.float32)
 
 
+def assert_streaming_equals_one_pass(separator, x: np.ndarray, sample_rate: int, sizes) -> None:
+    """Feed ``x`` to a stream in blocks of ``sizes`` (then the rest): the stems must equal one pass."""
+    whole = separator(x, sample_rate)
+    stream = separator.stream(sample_rate=sample_rate, channels=x.shape[0])
+    parts, at = [], 0
+    for size in sizes:
+        parts.append(stream.process(x[:, at:at + size]))
+        at += size
+    parts.append(stream.process(x[:, at:]))
+    parts.append(stream.finish())
+    for stem in whole:
+        np.testing.assert_allclose(np.concatenate([p[stem] for p in parts], axis=1), whole[stem], atol=1e-6)
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """Cards + tiny ONNX models: identity (primary instrumental / vocals), lowpass, nonlinear, mask."""

@@ -392,20 +392,23 @@ def _where(path) -> str:
     return text
 
 
-def _set(data: dict, path, value) -> dict:
+def _copy_to_parent(data: dict, path) -> tuple[dict, dict]:
+    """A deep copy of ``data`` and, inside the copy, the node that holds ``path[-1]``."""
     data = copy.deepcopy(data)
     node = data
     for part in path[:-1]:
         node = node[part]
+    return data, node
+
+
+def _set(data: dict, path, value) -> dict:
+    data, node = _copy_to_parent(data, path)
     node[path[-1]] = value
     return data
 
 
 def _rename(data: dict, path, new_key) -> dict:
-    data = copy.deepcopy(data)
-    node = data
-    for part in path[:-1]:
-        node = node[part]
+    data, node = _copy_to_parent(data, path)
     node[new_key] = node.pop(path[-1])
     return data
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DIM_T, N_FFT, noise
+from conftest import DIM_T, N_FFT, assert_streaming_equals_one_pass, noise
 
 from bridge import AudioError, ModelError, load_separator
 from bridge.audio import power_db
@@ -104,17 +104,7 @@ def test_mask_family_ratio_masks(models_dir):
 def test_streaming_equals_one_pass(models_dir, rng):
     separator = load_separator(models_dir / "nonlinear.yaml", overlap=0.25, batch_size=3)
     x = noise(rng, 2, 48000 * 2, level=0.3)
-    whole = separator(x, 48000)
-    stream = separator.stream(sample_rate=48000, channels=2)
-    sizes = rng.integers(1, 20000, 50)
-    parts, at = [], 0
-    for size in sizes:
-        parts.append(stream.process(x[:, at:at + size]))
-        at += size
-    parts.append(stream.process(x[:, at:]))
-    parts.append(stream.finish())
-    for stem in whole:
-        np.testing.assert_allclose(np.concatenate([p[stem] for p in parts], axis=1), whole[stem], atol=1e-6)
+    assert_streaming_equals_one_pass(separator, x, 48000, rng.integers(1, 20000, 50))
 
 
 def test_callers_array_untouched_and_silence_stays_silent(models_dir, rng):

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from conftest import noise
+from conftest import assert_streaming_equals_one_pass, noise
 from onnx import TensorProto, helper, numpy_helper
 
 from bridge import ModelError, PresetError, load_separator
@@ -47,16 +47,7 @@ def test_stems_sum_to_the_mix_and_silence_stays_silent(panned_model, rng, wiener
 def test_streaming_equals_one_pass(panned_model, rng):
     separator = load_separator(panned_model, wiener=2, batch_size=3)
     x = noise(rng, 2, 30000, level=0.3)
-    whole = separator(x, 44100)
-    stream = separator.stream(sample_rate=44100, channels=2)
-    parts, at = [], 0
-    for size in rng.integers(1, 4000, 15):
-        parts.append(stream.process(x[:, at:at + size]))
-        at += size
-    parts.append(stream.process(x[:, at:]))
-    parts.append(stream.finish())
-    for stem in whole:
-        np.testing.assert_allclose(np.concatenate([p[stem] for p in parts], axis=1), whole[stem], atol=1e-6)
+    assert_streaming_equals_one_pass(separator, x, 44100, rng.integers(1, 4000, 15))
 
 
 def save(graph, path):
