@@ -330,6 +330,8 @@ class Report:
         Trimmed files, unscored stems, silent references or estimates.
     seconds : float
         Wall time of the whole evaluation.
+    settings : dict
+        The separator's settings besides the model (overlap, Wiener iterations, ...).
     """
 
     model: str
@@ -337,6 +339,7 @@ class Report:
     scores: tuple[StemScore, ...]
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    settings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def stems(self) -> tuple[str, ...]:
@@ -375,6 +378,7 @@ class Report:
                                                     "frames": s.frames}
         return {
             "model": self.model,
+            "settings": self.settings,
             "references": str(self.references),
             "metrics": {"sdr": "BSS Eval v4 (museval), median over 1 s frames, dB",
                         "si_sdr": "scale-invariant SDR over the whole song, dB"},
@@ -502,7 +506,8 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
             f"{references}: no stem of {model} has a reference (the references hold {', '.join(held) or 'no stems'}); "
             "add <song>/<stem>.<ext> files named like the model's stems (vocals, drums, bass, other, instrumental)"
         )
-    return Report(model, Path(references), tuple(scores), tuple(notes), time.perf_counter() - start)
+    return Report(model, Path(references), tuple(scores), tuple(notes), time.perf_counter() - start,
+                  settings=getattr(separator, "settings", {}) if not oracle else {})
 
 
 __all__ = ["Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",

@@ -293,7 +293,7 @@ def write_manifest(target: Path, *, source: Path, header, session, separator, ou
                    loudness) -> Path:
     """The render's record, written atomically: input and hash, preset, model, versions, outputs."""
     card = getattr(getattr(separator, "engine", None), "card", None)
-    model = {"name": separator.name}
+    model = {"name": separator.name, "settings": getattr(separator, "settings", {})}
     if card is not None:
         model.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family,
                      card=card.source)

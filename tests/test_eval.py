@@ -239,7 +239,8 @@ def test_dsp_on_real_excerpt(tmp_path):
     for name in ("mixture", "vocals", "accompaniment"):  # the first 5 s keep the test short
         audio, rate = sf.read(str(source / f"{name}.flac"), frames=5 * 44100, dtype="float32", always_2d=True)
         sf.write(str(song / f"{name}.wav"), audio, rate, subtype="FLOAT")
-    report = evaluate(load_separator("dsp"), tmp_path)
+    report = evaluate(load_separator("dsp", overlap=0.4), tmp_path)
+    assert report.to_json()["settings"] == {"overlap": 0.4}  # a score file says how it was made
     got = scores(report)
     assert set(got) == {"vocals", "instrumental"}
     assert all(np.isfinite(v) for pair in got.values() for v in pair)

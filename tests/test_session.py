@@ -278,6 +278,7 @@ def test_manifest_records_input_preset_model_and_outputs(tmp_path, separator):
     assert manifest["input"]["sha256"] == file_sha256(DEMO)
     assert manifest["preset"]["session"]["stems"]["vocals"]["gain_db"] == -2.0
     assert manifest["model"]["name"] == "dsp"
+    assert manifest["model"]["settings"] == {"overlap": separator.plan.overlap}
     assert set(manifest["versions"]) >= {"stembridge", "numpy", "onnxruntime", "pedalboard"}
     mix = manifest["outputs"]["mix"]
     audio, _ = io.read(written["mix"])

@@ -82,6 +82,11 @@ def panned_model(tmp_path_factory):
     return card(d / "panned.yaml")
 
 
+def test_settings_name_the_filter_for_manifests_and_score_files(panned_model):
+    separator = load_separator(panned_model, wiener=2, overlap=0.5)
+    assert separator.settings == {"overlap": 0.5, "high_band": "instrumental", "wiener": 2}
+
+
 def test_subtract_cards_get_the_filter_too(panned_model, rng):
     x = noise(rng, 2, 12000, level=0.3)
     x[1] = 0.6 * x[1] + 0.4 * x[0]

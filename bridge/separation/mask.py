@@ -78,6 +78,7 @@ class MaskEngine:
         self.card = card
         self.high_band = high_band
         self.wiener = wiener
+        self.options = {"high_band": high_band, "wiener": wiener}
         self.stft = Stft(card.n_fft, card.hop)
         self.sample_rate = card.sample_rate
         self.chunk = card.hop * (card.dim_t - 1)

@@ -49,6 +49,7 @@ class MdxEngine:
         self.trim = card.n_fft // 2
         self.denoise = denoise
         self.invert = invert
+        self.options = {"denoise": denoise, "invert": invert}
         self.primary = card.primary
         self.secondary = next(s for s in card.stems if s != card.primary)
         self.stems = card.stems

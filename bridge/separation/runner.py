@@ -66,6 +66,11 @@ class ChunkedSeparator:
         return self.engine.stems
 
     @property
+    def settings(self) -> dict:
+        """What changes this separator's output besides the model: for manifests and score files."""
+        return {"overlap": self.plan.overlap, **getattr(self.engine, "options", {})}
+
+    @property
     def sample_rate(self) -> int:
         return self.engine.sample_rate
 
