@@ -33,6 +33,10 @@ def open_session(path: Path, *, threads: int | None = None):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory patterns pre-plan one block for every intermediate tensor; without them the arena
+    # reuses freed blocks. Measured on 2 cores: a UVR-size MDX model 3.13 -> 1.72 GB peak and
+    # 28.5 -> 25.5 s on a 20 s song; the default model 690 -> 558 MB, no slower.
+    options.enable_mem_pattern = False
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
