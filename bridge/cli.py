@@ -37,8 +37,9 @@ def _error(message: str) -> None:
 
 
 def _warn_clipped(target: Path, count: int) -> None:
-    print(f"stembridge: warning: {target}: {count} samples were over full scale and clipped; "
-          "lower the input level or write 32-bit float (--bit-depth 32)", file=sys.stderr)
+    from .render import clipping_message
+
+    print(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 
 
 def cmd_separate(args) -> int:
@@ -85,6 +86,22 @@ def _report_file(name: str, written: dict, manifest_path) -> None:
                   "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
 
 
+def _separator_card(session):
+    """The session's model card, with model errors named by the preset key they come from."""
+    from .models import resolve
+    from .separation import check_wiener_fits
+
+    try:
+        card = resolve(session.separator.model)
+    except ModelError as exc:
+        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
+    try:
+        check_wiener_fits(card, session.separator.wiener)
+    except ModelError as exc:
+        raise PresetError(f"{session.source}: separator.wiener: {exc}") from exc
+    return card
+
+
 def _session_graph(args):
     from .graph import RenderGraph
     from .separation import load_separator
@@ -92,13 +109,12 @@ def _session_graph(args):
 
     session = load(args.preset, overrides=args.set or ())
     sep = session.separator
+    card = _separator_card(session)
     try:
-        separator = load_separator(sep.model, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads,
+        separator = load_separator(card, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads,
                                    wiener=sep.wiener)
-    except ModelError as exc:  # name the preset key the bad model came from
-        # load_separator's family-mismatch message starts "wiener=N:"; that one is the wiener key's fault.
-        key = "separator.wiener" if sep.wiener and str(exc).startswith("wiener=") else "separator.model"
-        raise PresetError(f"{session.source}: {key}: {exc}") from exc
+    except ModelError as exc:  # a missing or corrupt model file: the model key's
+        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
     graph = RenderGraph(session, separator)
     graph.check()  # every plugin loads before any audio work
     return graph
@@ -128,15 +144,11 @@ def cmd_render(args) -> int:
 
 def cmd_preset_check(args) -> int:
     from . import effects
-    from .models import resolve
     from .session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
-        card = resolve(session.separator.model)
-        if session.separator.wiener and card.family != "mask":
-            raise PresetError(f"{preset}: separator.wiener: Wiener filtering needs a mask model, '{card.name}' is "
-                              f"a {card.family} model; set separator.wiener: 0 or pick a mask model")
+        card = _separator_card(session)
         for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
             if name not in card.stems:
                 raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "

@@ -507,7 +507,7 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
             "add <song>/<stem>.<ext> files named like the model's stems (vocals, drums, bass, other, instrumental)"
         )
     return Report(model, Path(references), tuple(scores), tuple(notes), time.perf_counter() - start,
-                  settings=getattr(separator, "settings", {}) if not oracle else {})
+                  settings=getattr(separator, "settings", {}))
 
 
 __all__ = ["Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",

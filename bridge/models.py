@@ -32,6 +32,9 @@ import yaml
 
 from .errors import ModelError, suggest
 
+#: Most EM iterations of the multichannel Wiener filter accepted (norbert's and Spleeter's usual is 1).
+MAX_WIENER = 10
+
 DEFAULT_MODEL = "spleeter-2stems"
 UVR_HASH_BYTES = 10_000 * 1024
 Family = Literal["mdx", "mask", "dsp"]

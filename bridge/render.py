@@ -21,6 +21,7 @@ from .graph import RenderGraph
 from .loudness import LoudnessMeter
 from .outputs import check_template, check_unique, expand
 from .separation import ChunkedSeparator
+from .separation.runner import check_channels
 
 #: Samples read per block; memory stays flat with song length.
 BLOCK_SECONDS = 10.0
@@ -32,11 +33,9 @@ class ClippingWarning(UserWarning):
     """Samples over full scale were clipped in a PCM output."""
 
 
-def check_channels(path: Path, channels: int) -> None:
-    """Refuse, naming the file, audio the separators cannot take (they take mono or stereo)."""
-    if channels not in (1, 2):
-        raise AudioError(f"{path}: has {channels} channels, and the separator takes mono or stereo; "
-                         f"downmix it to stereo first (e.g. ffmpeg -i in.wav -ac 2 out.wav)")
+def clipping_message(target: Path, count: int) -> str:
+    return (f"{target}: {count} samples were over full scale and clipped; lower the input level or "
+            "write 32-bit float (--bit-depth 32)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +64,7 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
     """
     path = Path(path)
     header = io.info(path)
-    check_channels(path, header.channels)
+    check_channels(header.channels, source=str(path))
     stems = options.stems or separator.stems
     unknown = [s for s in stems if s not in separator.stems]
     if unknown:
@@ -104,8 +103,7 @@ def _report_clipping(target: Path, count: int, on_clip: Clipped | None) -> None:
     if on_clip is not None:
         on_clip(target, count)
         return
-    warnings.warn(f"{target}: {count} samples were over full scale and clipped; lower the input level or "
-                  "write 32-bit float (--bit-depth 32)", ClippingWarning, stacklevel=3)
+    warnings.warn(clipping_message(target, count), ClippingWarning, stacklevel=3)
 
 
 def _write(writers: dict, stems: dict) -> None:
@@ -166,7 +164,7 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
     path = Path(path)
     out_dir = Path(out_dir)
     header = io.info(path)
-    check_channels(path, header.channels)
+    check_channels(header.channels, source=str(path))
     session, separator = graph.session, graph.separator
     o = session.output
     rate = o.sample_rate or header.sample_rate

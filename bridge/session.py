@@ -46,6 +46,7 @@ import yaml
 from . import effects
 from .errors import BridgeError, PresetError, suggest
 from .io import FORMATS
+from .models import MAX_WIENER
 from .outputs import check_template
 
 VERSION = 1
@@ -54,7 +55,6 @@ LAYOUTS = ("stereo", "5.1")
 MAX_DEPTH = 12
 MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
-MAX_WIENER = 10  # bridge.separation.mask.MAX_WIENER, kept here so loading a preset imports no DSP
 
 
 @dataclasses.dataclass(frozen=True)

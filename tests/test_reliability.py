@@ -620,6 +620,13 @@ def test_out_of_range_settings_are_one_line_before_any_work(argv, needles, tmp_p
     record(" ".join(argv), "separate", f"exit 2: `{line}`; nothing created")
 
 
+def test_preset_check_names_the_model_key_of_an_unknown_model(tmp_path, capsys):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("version: 1\nseparator: {model: nosuch}\n")
+    code, _, err = run(capsys, ["preset", "check", preset])
+    one_error(code, err, "p.yaml: separator.model: unknown model 'nosuch'")
+
+
 # --- models --------------------------------------------------------------------------------------------
 
 @pytest.fixture

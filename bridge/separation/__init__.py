@@ -69,9 +69,7 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     wiener = check_wiener(wiener)
     _check_settings(overlap=overlap, batch_size=batch_size, threads=threads)
     card = model if isinstance(model, ModelCard) else resolve(model)
-    if wiener and card.family != "mask":
-        raise ModelError(f"wiener={wiener}: Wiener filtering needs a mask model (e.g. 'default'), "
-                         f"but '{card.name}' is a {card.family} model; use wiener=0 (--wiener 0) with it")
+    check_wiener_fits(card, wiener)
     if card.family == "mdx":
         from .mdx import MdxEngine
         engine = MdxEngine(card, threads=threads, batch_size=batch_size, denoise=denoise, invert=invert)
@@ -84,6 +82,13 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     if overlap is None:
         overlap = 0.5 if card.family == "dsp" else 0.25
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)
+
+
+def check_wiener_fits(card: ModelCard, wiener: int) -> None:
+    """Refuse Wiener filtering for a model that is not a mask model."""
+    if wiener and card.family != "mask":
+        raise ModelError(f"wiener={wiener}: Wiener filtering needs a mask model (e.g. 'default'), "
+                         f"but '{card.name}' is a {card.family} model; use wiener=0 (--wiener 0) with it")
 
 
 def _check_settings(*, overlap, batch_size, threads) -> None:
@@ -99,4 +104,4 @@ def _check_settings(*, overlap, batch_size, threads) -> None:
                          "or left out for every core (--threads 2)")
 
 
-__all__ = ["Separator", "SeparationStream", "ChunkedSeparator", "load_separator"]
+__all__ = ["Separator", "SeparationStream", "ChunkedSeparator", "check_wiener_fits", "load_separator"]

@@ -32,15 +32,13 @@ from typing import Literal
 import numpy as np
 
 from ..errors import ModelError
-from ..models import ModelCard, verify_file
+from ..models import MAX_WIENER, ModelCard, verify_file
 from .runtime import Runner, open_session, static_dims
 from .spectral import Stft
 
 #: Spleeter's EPSILON for its ratio masks.
 EPS = 1e-10
 HighBand = Literal["instrumental", "average"]
-#: Most EM iterations accepted; norbert's default is 1, Spleeter's MWF uses 1, open-unmix 1.
-MAX_WIENER = 10
 
 
 def check_wiener(iterations) -> int:

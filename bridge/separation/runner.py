@@ -99,6 +99,13 @@ class ChunkedSeparator:
         return SeparationStream(self, sample_rate=int(sample_rate), channels=channels)
 
 
+def check_channels(channels: int, *, source: str = "the input") -> None:
+    """Refuse audio the separators cannot take: they take mono or stereo."""
+    if channels not in (1, 2):
+        raise AudioError(f"{source}: has {channels} channels, and the separator takes mono or stereo; "
+                         "downmix it to stereo first (e.g. ffmpeg -i in.wav -ac 2 out.wav)")
+
+
 class SeparationStream:
     """Block-by-block separation; concatenated outputs equal one :meth:`ChunkedSeparator.__call__`.
 
@@ -108,11 +115,7 @@ class SeparationStream:
     """
 
     def __init__(self, separator: ChunkedSeparator, *, sample_rate: int, channels: int):
-        if channels not in (1, 2):
-            raise AudioError(
-                f"the separator takes mono or stereo audio, got {channels} channels; "
-                "downmix to stereo first (e.g. ffmpeg -i in.wav -ac 2 out.wav)"
-            )
+        check_channels(channels)
         engine = separator.engine
         self.stems = engine.stems
         self.channels = channels
