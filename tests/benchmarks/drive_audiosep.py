@@ -4,8 +4,7 @@ Run by run.py as ``VENV/bin/python drive_audiosep.py ...`` (with the torchvision
 PYTHONPATH); the whole process is the measured unit. Only the standard library and
 audio-separator's own dependencies are imported here.
 
-The onnxruntime time is summed by wrapping ``InferenceSession.run`` (a perf_counter pair per
-call), exactly as drive_stembridge.py does for stembridge.
+The onnxruntime time is summed by ort_timer.OrtTimer, the same wrapper drive_stembridge.py uses.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ import argparse
 import json
 import logging
 import time
+
+from ort_timer import OrtTimer  # beside this script
 
 T0 = time.perf_counter()
 
@@ -31,20 +32,7 @@ def main() -> None:
                         help="write with pydub (its default: always 16-bit) instead of soundfile (the input's subtype)")
     args = parser.parse_args()
 
-    import onnxruntime as ort
-
-    ort_time = [0.0, 0]
-    original_run = ort.InferenceSession.run
-
-    def timed_run(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return original_run(self, *a, **k)
-        finally:
-            ort_time[0] += time.perf_counter() - t
-            ort_time[1] += 1
-
-    ort.InferenceSession.run = timed_run
+    ort_time = OrtTimer()
 
     from audio_separator.separator import Separator
 
@@ -58,7 +46,7 @@ def main() -> None:
     files = separator.separate(args.input)
     t_sep = time.perf_counter()
     result = {"import_s": t_import - T0, "load_s": t_load - t_import, "separate_s": t_sep - t_load,
-              "ort_s": ort_time[0], "ort_calls": ort_time[1], "outputs": [str(f) for f in files]}
+              "ort_s": ort_time.seconds, "ort_calls": ort_time.calls, "outputs": [str(f) for f in files]}
     with open(args.result, "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1)
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from ort_timer import OrtTimer  # beside this script
+
 T0 = time.perf_counter()
 
 
@@ -26,27 +28,14 @@ def main() -> int:
     args = parser.parse_args(argv[:split])
     cli_args = argv[split + 1:]
 
-    import onnxruntime as ort
-
-    ort_time = [0.0, 0]
-    original_run = ort.InferenceSession.run
-
-    def timed_run(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return original_run(self, *a, **k)
-        finally:
-            ort_time[0] += time.perf_counter() - t
-            ort_time[1] += 1
-
-    ort.InferenceSession.run = timed_run
+    ort_time = OrtTimer()
 
     from bridge import cli
 
     t_import = time.perf_counter()
     code = cli.main(cli_args)
     t_end = time.perf_counter()
-    result = {"import_s": t_import - T0, "run_s": t_end - t_import, "ort_s": ort_time[0], "ort_calls": ort_time[1],
+    result = {"import_s": t_import - T0, "run_s": t_end - t_import, "ort_s": ort_time.seconds, "ort_calls": ort_time.calls,
               "exit": code}
     Path(args.result).write_text(json.dumps(result, indent=1), encoding="utf-8")
     return code
