@@ -295,14 +295,18 @@ class AudioWriter:
         self.frames = 0
         self.peak = 0.0
         self._pcm = subtype.startswith("PCM")
+        self._partial = partial_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_partials(self.path)
-            self._partial = partial_path(self.path)
             self._file = sf.SoundFile(str(self._partial), "w", samplerate=sample_rate, channels=channels,
                                       format=major, subtype=subtype)
-        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
-            raise OutputError(f"{self.path}: cannot create the output ({exc}); check that the folder is writable and has space") from None
+        except BaseException as exc:  # Ctrl-C here too: the caller never gets a writer to abort
+            Path(self._partial).unlink(missing_ok=True)
+            if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
+                raise OutputError(f"{self.path}: cannot create the output ({exc}); "
+                                  "check that the folder is writable and has space") from None
+            raise
 
     def write(self, block: np.ndarray) -> None:
         """Append ``block``, shape (channels, samples), float32."""

@@ -627,6 +627,22 @@ def test_preset_check_names_the_model_key_of_an_unknown_model(tmp_path, capsys):
     one_error(code, err, "p.yaml: separator.model: unknown model 'nosuch'")
 
 
+def test_ctrl_c_while_an_output_is_being_created_leaves_no_partial(tmp_path, monkeypatch):
+    """The window the SIGINT test hits now and then: the partial exists, the writer is not returned yet."""
+    from bridge import io
+
+    real = io.sf.SoundFile
+
+    def created_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs).close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io.sf, "SoundFile", created_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.AudioWriter(tmp_path / "vocals.wav", sample_rate=SR, channels=2)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- models --------------------------------------------------------------------------------------------
 
 @pytest.fixture
