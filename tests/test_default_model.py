@@ -3,7 +3,6 @@ checked, and it separates real music clearly better than the weight-free fallbac
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

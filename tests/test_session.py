@@ -17,13 +17,12 @@ import numpy as np
 import pedalboard
 import pyloudnorm
 import pytest
-import soundfile as sf
 import yaml
 
 from bridge import io
 from bridge.audio import resample
 from bridge.cli import main as cli
-from bridge.errors import BridgeError, PluginError, PresetError
+from bridge.errors import PluginError, PresetError
 from bridge.graph import RenderGraph, StemSplit
 from bridge.mixer import StreamChain, fold_down, gain_curve, pan_gains
 from bridge.render import file_sha256, render_file
