@@ -50,7 +50,7 @@ def cmd_separate(args) -> int:
                                denoise=args.denoise, invert=args.invert, wiener=args.wiener)
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
     options = SeparateOptions(out_dir=Path(args.out), template=args.name, ext=args.format,
-                              bit_depth=args.bit_depth, stems=stems)
+                              bit_depth=args.bit_depth, stems=stems, bwf=not args.no_bwf, project=args.project)
     show = sys.stderr.isatty() and not args.quiet
 
     def job(path: Path):
@@ -75,7 +75,9 @@ def _report_file(name: str, written: dict, manifest_path) -> None:
 
     outputs = json.loads(manifest_path.read_text(encoding="utf-8"))["outputs"]
     for label, target in written.items():
-        if label == "manifest":
+        if label not in outputs:  # the manifest, the DAW project
+            if label != "manifest":
+                print(f"{name}: {label} -> {target}")
             continue
         stats = outputs[label]
         loud = "-inf" if stats["loudness_lufs"] is None else f"{stats['loudness_lufs']:.1f}"
@@ -107,7 +109,8 @@ def _session_graph(args):
     from .separation import load_separator
     from .session import load
 
-    session = load(args.preset, overrides=args.set or ())
+    overrides = list(args.set or ()) + ([f"output.project={args.project}"] if getattr(args, "project", None) else [])
+    session = load(args.preset, overrides=overrides)
     sep = session.separator
     card = _separator_card(session)
     try:
@@ -234,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--invert", action="store_true", help="MDX-Net: spectral inversion for the other stem")
     sep.add_argument("--wiener", type=int, default=0, metavar="N",
                      help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
+    sep.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the stems")
+    sep.add_argument("--no-bwf", action="store_true", help="plain wav: no bext/iXML (Broadcast WAV) chunks")
     sep.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
     sep.add_argument("--quiet", action="store_true", help="print nothing but errors")
     sep.set_defaults(run=cmd_separate)
@@ -245,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a preset value, e.g. --set stems.vocals.gain_db=6 (repeatable)")
     ren.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    ren.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the "
+                     "session (= --set output.project=reaper)")
     ren.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
     ren.add_argument("--quiet", action="store_true", help="print nothing but errors")
     ren.set_defaults(run=cmd_render)

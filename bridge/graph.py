@@ -55,18 +55,20 @@ class RenderGraph:
         for name, stem in s.stems:
             effects.build_chain(stem.chain, where=f"{s.source}: stems.{name}.chain")
 
-    def stream(self, *, sample_rate: int, channels: int) -> "GraphStream":
-        return GraphStream(self, sample_rate=sample_rate, channels=channels)
+    def stream(self, *, sample_rate: int, channels: int, taps=()) -> "GraphStream":
+        return GraphStream(self, sample_rate=sample_rate, channels=channels, taps=taps)
 
 
 class GraphStream:
     """One song through the graph: ``process(block)`` and ``finish()`` return ``(mix, stems)``.
 
     The output is ``tail_seconds`` longer than the input: silence is fed at the end so reverbs
-    and delays ring out.
+    and delays ring out. ``taps`` asks for more views of each call's stems, left in :attr:`taps`:
+    ``"raw"`` (the separator's stems, as many samples as it gave) and ``"prefader"`` (after the
+    chains, before gain, mute and solo; aligned with the processed stems).
     """
 
-    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int):
+    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int, taps=()):
         s = graph.session
         self.sample_rate = sample_rate
         pre = graph._pre if graph._pre is not None else effects.build_chain(s.pre, where=f"{s.source}: pre")
@@ -75,7 +77,10 @@ class GraphStream:
             chain.reset()  # ready-made chains are shared between songs: no tail of the last one
         self._pre = StreamChain(pre, sample_rate=sample_rate, channels=channels)
         self._separation = graph.separator.stream(sample_rate=sample_rate, channels=channels)
-        self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains)
+        self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains,
+                            prefader="prefader" in taps)
+        self._taps = tuple(taps)
+        self.taps: dict[str, dict[str, np.ndarray]] = {}
         self._master = StreamChain(master, sample_rate=sample_rate, channels=graph.channels)
         self._tail = int(round(s.output.tail_seconds * sample_rate))
         self._channels = channels
@@ -90,6 +95,10 @@ class GraphStream:
 
     def _run(self, stems, *, last: bool):
         mix, processed = self._mixer.process(stems, last=last)
+        if "raw" in self._taps:
+            self.taps["raw"] = stems
+        if "prefader" in self._taps:
+            self.taps["prefader"] = self._mixer.prefader_out
         return self._master.process(mix, last=last), processed
 
 

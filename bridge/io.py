@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import soundfile as sf
@@ -326,13 +326,22 @@ class AudioWriter:
             raise OutputError(f"{self.path}: writing failed ({exc}); check free space on the output disk") from None
         self.frames += block.shape[1]
 
-    def close(self) -> Path:
-        """Finish the file and move it to its final name; return that name."""
+    def close(self, *, finish: Callable[[Path], None] | None = None) -> Path:
+        """Finish the file and move it to its final name; return that name.
+
+        ``finish(partial)`` runs on the complete partial file before the fsync and the rename
+        (e.g. to add Broadcast WAV chunks), so what it adds is part of the atomic write.
+        """
         try:
             self._file.close()
+            if finish is not None:
+                finish(self._partial)
             with open(self._partial, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(self._partial, self.path)
+        except OutputError:
+            self.abort()
+            raise
         except OSError as exc:
             self.abort()
             raise OutputError(f"{self.path}: could not finish the output ({exc}); check free space and permissions") from None

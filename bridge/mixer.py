@@ -120,9 +120,14 @@ class Mixer:
         Channels of the stems (1 or 2).
     chains : dict of str to pedalboard.Pedalboard, optional
         Ready chains by stem, instead of building them from the session's effect specs.
+    prefader : bool
+        Also keep each stem before its fader (after the chain; for 5.1 panned and routed at unity
+        gain) in :attr:`prefader_out`, sample-aligned with what :meth:`process` returns: the stems a
+        DAW project references, its tracks carrying the gain, mute and solo.
     """
 
-    def __init__(self, session: Session, stems, *, sample_rate: int, channels: int, chains=None):
+    def __init__(self, session: Session, stems, *, sample_rate: int, channels: int, chains=None,
+                 prefader: bool = False):
         self.session = session
         self.stems = tuple(stems)
         self.sample_rate = sample_rate
@@ -142,6 +147,10 @@ class Mixer:
         self._fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
         self._position = {name: 0 for name in self.stems}
         self._routers = {name: _Router(self.roles[name], sample_rate) for name in self.stems} if self.layout == "5.1" else {}
+        self.prefader = prefader
+        self.prefader_out: dict[str, np.ndarray] = {}
+        self._pre_fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
+        self._pre_routers = {name: _Router(self.roles[name], sample_rate) for name in self.stems} if self.layout == "5.1" else {}
 
     def process(self, stems: dict[str, np.ndarray], *, last: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Take one block per stem (equal lengths); return ``(mix, processed stems)`` that are ready."""
@@ -152,11 +161,16 @@ class Mixer:
             out = self.chains[name].process(audio, last=last)
             routed = self._place(name, out)
             self._fifo[name] = np.concatenate([self._fifo[name], routed], axis=1)
+            if self.prefader:
+                self._pre_fifo[name] = np.concatenate([self._pre_fifo[name], self._unity(name, out)], axis=1)
         ready = min(f.shape[1] for f in self._fifo.values())
         processed = {}
         for name in self.stems:
             processed[name] = self._fifo[name][:, :ready]
             self._fifo[name] = self._fifo[name][:, ready:]
+            if self.prefader:
+                self.prefader_out[name] = self._pre_fifo[name][:, :ready]
+                self._pre_fifo[name] = self._pre_fifo[name][:, ready:]
         mix = np.zeros((self.channels, ready), np.float32)
         for name, audio in processed.items():
             if self.audible[name]:
@@ -179,6 +193,15 @@ class Mixer:
         if self.layout == "stereo":
             return stereo
         return self._routers[name](stereo)
+
+
+    def _unity(self, name: str, audio: np.ndarray) -> np.ndarray:
+        """A stem before its fader: the chain's output; in 5.1 also panned and routed (a DAW's 5.1
+        track cannot redo the stereo pan that comes before the routing)."""
+        if self.layout == "stereo":
+            return audio.astype(np.float32, copy=True)
+        left, right = pan_gains(self.settings[name].pan)
+        return self._pre_routers[name](np.stack([audio[0] * left, audio[1] * right]).astype(np.float32))
 
 
 class _Router:

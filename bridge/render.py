@@ -22,6 +22,7 @@ from .loudness import LoudnessMeter
 from .outputs import check_template, check_unique, expand
 from .separation import ChunkedSeparator
 from .separation.runner import check_channels
+from .daw import bwf, handoff as daw
 
 #: Samples read per block; memory stays flat with song length.
 BLOCK_SECONDS = 10.0
@@ -47,6 +48,8 @@ class SeparateOptions:
     ext: str = "wav"
     bit_depth: io.BitDepth = 24
     stems: tuple[str, ...] | None = None
+    bwf: bool = True  # wav stems carry bext (EBU Tech 3285 v2) and iXML chunks
+    project: str | None = None  # "reaper": <track>.rpp beside the stems
 
 
 def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
@@ -74,6 +77,7 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
     targets = {s: expand(options.template, Path(options.out_dir), track=path.stem, stem=s,
                          ext=options.ext, model=separator.name) for s in stems}
     check_unique(targets)
+    hand = daw.separation_plan(path, header=header, options=options, separator_name=separator.name, targets=targets)
     stream = separator.stream(sample_rate=header.sample_rate, channels=header.channels)
     writers = {}
     try:
@@ -88,7 +92,10 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
             if progress:
                 progress(done, header.frames)
         _write(writers, stream.finish())
-        written = {stem: writer.close() for stem, writer in writers.items()}
+        written = {stem: writer.close(finish=hand.finisher(stem, writer.path, channels=writer.channels,
+                                                           bit_depth=options.bit_depth, loudness=bwf.Loudness(),
+                                                           kind="separate"))
+                   for stem, writer in writers.items()}
     except BaseException:  # Ctrl-C while closing too: no partial file may outlive the run
         for writer in writers.values():
             writer.abort()
@@ -96,6 +103,11 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
     for stem, writer in writers.items():
         if writer.clipped:
             _report_clipping(written[stem], writer.clipped, on_clip)
+    if hand.project is not None:
+        project = daw.separation_project(hand.project, source=path, source_seconds=header.seconds, files=dict(written),
+                                         frames={s: w.frames for s, w in writers.items()}, channels=header.channels,
+                                         sample_rate=header.sample_rate, model=separator.name)
+        written["project"] = daw.reaper.write(hand.project, project)
     return written
 
 
@@ -184,10 +196,13 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
         raise OutputError(f"{session.source}: output.files: {exc}") from None
     if io.same_file(manifest, path):
         raise OutputError(f"{manifest}: the manifest would overwrite the input; choose another output folder")
+    hand = daw.plan(path, header=header, session=session, separator_name=separator.name, targets=targets, rate=rate)
+    raw_channels = header.channels if hand.tap == "raw" else graph.channels  # raw stems keep the input's channels
 
-    outputs = [_Output(label, target, graph.channels,
-                       StreamResampler(orig_sr=header.sample_rate, target_sr=rate, channels=graph.channels),
-                       LoudnessMeter(sample_rate=rate, channels=graph.channels))
+    outputs = [_Output(label, target, graph.channels if label == "mix" else raw_channels,
+                       StreamResampler(orig_sr=header.sample_rate, target_sr=rate,
+                                       channels=graph.channels if label == "mix" else raw_channels),
+                       LoudnessMeter(sample_rate=rate, channels=graph.channels if label == "mix" else raw_channels))
                for label, target in targets.items()]
     target_lufs = o.loudness_lufs
     with io.scratch_folder(out_dir) as scratch:
@@ -196,21 +211,25 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
                 first_pass = scratch / f"{out.label}.wav" if target_lufs is not None else out.path
                 out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
                                             bit_depth=32 if target_lufs is not None else o.bit_depth, inputs=[path])
-            stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels)
+            stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels, taps=hand.taps)
             done = 0
             block = max(1, int(BLOCK_SECONDS * header.sample_rate))
             for audio in io.stream(path, block_frames=block):
-                _emit(outputs, *stream.process(audio))
+                mix, stems = stream.process(audio)
+                _emit(outputs, mix, stream.taps[hand.tap] if hand.tap else stems)
                 done += audio.shape[1]
                 if progress:
                     progress(done, header.frames)
-            _emit(outputs, *stream.finish(), last=True)
+            mix, stems = stream.finish()
+            _emit(outputs, mix, stream.taps[hand.tap] if hand.tap else stems, last=True)
             gain_db = 0.0
             if target_lufs is None:
-                written = {out.label: out.writer.close() for out in outputs}
+                written = {out.label: out.writer.close(finish=_finisher(hand, out, gain_db, o.bit_depth))
+                           for out in outputs}
             else:
                 gain_db = _loudness_gain(outputs, target_lufs, o.true_peak_db)
-                written = {out.label: _apply_gain(out, gain_db, bit_depth=o.bit_depth, inputs=[path])
+                written = {out.label: _apply_gain(out, gain_db, bit_depth=o.bit_depth, inputs=[path],
+                                                  finish=_finisher(hand, out, gain_db, o.bit_depth))
                            for out in outputs}
         except BaseException:
             for out in outputs:
@@ -220,9 +239,24 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
     report = {out.label: _measure(out, gain_db) for out in outputs}
     loudness = None if target_lufs is None else {"target_lufs": target_lufs, "true_peak_ceiling_db": o.true_peak_db,
                                                  "gain_db": round(gain_db, 3)}
+    if hand.project is not None:
+        stems = {label: written[label] for label in written if label != "mix"}
+        project = daw.session_project(hand, session=session, source=path, source_seconds=header.seconds, files=stems,
+                                      frames={s: report[s]["frames"] for s in stems},
+                                      channels={s: report[s]["channels"] for s in stems}, layout_channels=graph.channels)
+        written["project"] = daw.reaper.write(hand.project, project)
     written["manifest"] = write_manifest(manifest, source=path, header=header, session=session,
                                          separator=separator, outputs=report, written=written, loudness=loudness)
     return written
+
+
+def _finisher(hand: "daw.HandOff", out: _Output, gain_db: float, bit_depth):
+    """Broadcast WAV chunks for ``out``, with the loudness measured on it (shifted by the loudness gain)."""
+    def shifted(value: float) -> float | None:
+        return value + gain_db if np.isfinite(value) else None
+
+    loudness = bwf.Loudness(integrated=shifted(out.meter.integrated), true_peak=shifted(out.meter.true_peak_db))
+    return hand.finisher(out.label, out.path, channels=out.channels, bit_depth=bit_depth, loudness=loudness)
 
 
 def _emit(outputs: list[_Output], mix, stems, *, last: bool = False) -> None:
@@ -243,7 +277,7 @@ def _loudness_gain(outputs: list[_Output], target: float, ceiling: float) -> flo
     return min(target - loudness, ceiling - meter.true_peak_db)
 
 
-def _apply_gain(out: _Output, gain_db: float, *, bit_depth, inputs) -> Path:
+def _apply_gain(out: _Output, gain_db: float, *, bit_depth, inputs, finish=None) -> Path:
     """Second pass: the float first-pass file, times the gain, into the final file (atomically)."""
     scratch = out.writer.close()
     gain = np.float32(db_to_gain(gain_db))
@@ -251,7 +285,7 @@ def _apply_gain(out: _Output, gain_db: float, *, bit_depth, inputs) -> Path:
                                 bit_depth=bit_depth, inputs=inputs)
     for block in io.stream(scratch):
         out.writer.write(block * gain)
-    return out.writer.close()
+    return out.writer.close(finish=finish)
 
 
 def _measure(out: _Output, gain_db: float) -> dict:

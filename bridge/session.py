@@ -29,6 +29,11 @@ Schema (every key but ``version`` may be left out)::
       loudness_lufs: null                # integrated loudness target (BS.1770)
       true_peak_db: -1.0                 # ceiling, dBTP
       tail_seconds: 2.0                  # let reverbs ring out
+      bwf: true                          # wav outputs carry bext (EBU Tech 3285 v2) and iXML chunks
+      project: null                      # reaper: <track>.rpp beside the stems (files.stems defaults
+                                         # to "{track}/{stem}.{ext}"), stems written before the fader
+      project_stems: processed           # or raw: the separator's stems, chains listed in track notes
+      # files.nistems: "{track}.stem.mp4" writes NI Stems from a vocals/drums/bass/other session
 
 An ``<effect>`` is ``{effect: Name, <param>: value, ...}`` (pedalboard built-ins) or
 ``{vst3: path.vst3, params: {...}, preset: file.vstpreset, raw_state: base64}``.
@@ -51,6 +56,9 @@ from .outputs import check_template
 VERSION = 1
 ROLES = ("center", "front", "bass", "ambience")
 LAYOUTS = ("stereo", "5.1")
+PROJECTS = ("reaper",)
+PROJECT_STEMS = ("processed", "raw")
+PROJECT_STEMS_TEMPLATE = "{track}/{stem}.{ext}"  # output.files.stems when a project is asked without it
 MAX_DEPTH = 12
 MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
@@ -89,6 +97,10 @@ class OutputSettings:
     loudness_lufs: float | None = None
     true_peak_db: float = -1.0
     tail_seconds: float = 2.0
+    bwf: bool = True  # Broadcast WAV chunks in wav outputs
+    project: str | None = None  # "reaper": a DAW project of the session
+    project_stems: str = "processed"  # or "raw"
+    nistems: str | None = None  # NI Stems name template, e.g. "{track}.stem.mp4"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +133,10 @@ class Session:
             "version": VERSION, "separator": sep, "pre": [e.to_yaml() for e in self.pre], "stems": stems,
             "master": [e.to_yaml() for e in self.master],
             "output": {"layout": o.layout, "format": o.format, "bit_depth": o.bit_depth,
-                       "sample_rate": o.sample_rate or "source", "files": {"mix": o.mix, "stems": o.stems},
+                       "sample_rate": o.sample_rate or "source", "files": {"mix": o.mix, "stems": o.stems, "nistems": o.nistems},
                        "loudness_lufs": o.loudness_lufs, "true_peak_db": o.true_peak_db,
-                       "tail_seconds": o.tail_seconds},
+                       "tail_seconds": o.tail_seconds, "bwf": o.bwf, "project": o.project,
+                       "project_stems": o.project_stems},
         }
 
 
@@ -301,10 +314,11 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
             upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None)))
 
     o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
-                                                  "loudness_lufs", "true_peak_db", "tail_seconds"))
-    files = r.mapping(o.get("files"), "output.files", ("mix", "stems"))
+                                                  "loudness_lufs", "true_peak_db", "tail_seconds", "bwf", "project",
+                                                  "project_stems"))
+    files = r.mapping(o.get("files"), "output.files", ("mix", "stems", "nistems"))
     templates = {}
-    for key, default in (("mix", OutputSettings.mix), ("stems", None)):
+    for key, default in (("mix", OutputSettings.mix), ("stems", None), ("nistems", None)):
         value = files.get(key, default) if key in files or key == "mix" else default
         if value is not None:
             r.text(value, f"output.files.{key}")
@@ -313,7 +327,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
             except BridgeError as exc:
                 raise PresetError(f"{source}: {exc}") from None
         templates[key] = value
-    if templates["mix"] is None and templates["stems"] is None:
+    if templates["mix"] is None and templates["stems"] is None and templates["nistems"] is None:
         r.fail("output.files", "nothing to write: give a 'mix' and/or a 'stems' name template")
     rate = o.get("sample_rate", "source")
     fmt = r.choice(o.get("format", "wav"), "output.format", tuple(sorted(FORMATS)))
@@ -328,7 +342,16 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         loudness_lufs=r.number(o["loudness_lufs"], "output.loudness_lufs", low=-70.0, high=0.0)
         if o.get("loudness_lufs") is not None else None,
         true_peak_db=r.number(o.get("true_peak_db", -1.0), "output.true_peak_db", low=-20.0, high=0.0),
-        tail_seconds=r.number(o.get("tail_seconds", 2.0), "output.tail_seconds", low=0.0, high=60.0))
+        tail_seconds=r.number(o.get("tail_seconds", 2.0), "output.tail_seconds", low=0.0, high=60.0),
+        bwf=r.boolean(o.get("bwf", True), "output.bwf"),
+        project=r.choice(o["project"], "output.project", PROJECTS) if o.get("project") is not None else None,
+        project_stems=r.choice(o.get("project_stems", "processed"), "output.project_stems", PROJECT_STEMS),
+        nistems=templates["nistems"])
+    if output.project and not output.stems:  # a project needs stem files to reference
+        output = dataclasses.replace(output, stems=PROJECT_STEMS_TEMPLATE)
+    if output.nistems is not None and not output.nistems.endswith(".stem.mp4"):
+        r.fail("output.files.nistems", f"'{output.nistems}' must end in .stem.mp4, the extension Traktor and "
+                                       "Mixxx look for; e.g. \"{track}.stem.mp4\"")
     if output.layout == "5.1" and output.format == "mp3":
         r.fail("output.format", "mp3 holds at most 2 channels; use wav or flac for 5.1")
     return Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),

@@ -1,0 +1,172 @@
+"""What a render hands off besides its audio files, decided once per song before any audio work.
+
+:func:`plan` reads the session's ``output.bwf``, ``output.project``, ``output.project_stems`` and
+``output.files.nistems``, checks what can be checked up front (the input's timecode, names and
+collisions, the stems NI Stems needs) and returns a :class:`HandOff` that :mod:`bridge.render`
+asks at three points: which view of the stems to write (:attr:`HandOff.tap`), what to add to each
+WAV before its rename (:meth:`HandOff.finisher`), and what to write once the files exist
+(:meth:`HandOff.write_project`).
+
+Stems a project references are written *before the fader* (after the chains for ``processed``,
+straight from the separator for ``raw``): the project's tracks carry the gain, pan, mute, solo
+and automation, and would apply them twice to stems that already had them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from ..errors import OutputError
+from . import bwf, reaper
+
+#: Channel-count of a stem a project references, per layout (raw stems keep the input's).
+LAYOUT_CHANNELS = {"stereo": 2, "5.1": 6}
+
+
+@dataclasses.dataclass(frozen=True)
+class HandOff:
+    """A song's hand-off plan; see the module docstring.
+
+    Attributes
+    ----------
+    bwf : bool
+        WAV outputs get bext and iXML chunks.
+    time_reference : int
+        Samples since midnight at the output rate (bext TimeReference).
+    project : Path or None
+        Where the ``.rpp`` goes.
+    tap : {"prefader", "raw"} or None
+        The view of the stems written to ``output.files.stems``; None: after the fader, as always.
+    """
+
+    bwf: bool
+    time_reference: int
+    sample_rate: int
+    track: str
+    take: str
+    model: str
+    project: Path | None = None
+    tap: str | None = None
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        return (self.tap,) if self.tap else ()
+
+    def finisher(self, label: str, path: Path, *, channels: int, bit_depth: int, loudness: bwf.Loudness,
+                 kind: str = "render") -> Callable[[Path], None] | None:
+        """The hook that adds Broadcast WAV chunks to output ``label`` before its rename, or None."""
+        if not self.bwf or path.suffix.lower() != ".wav":
+            return None
+        what = "mix" if label == "mix" else f"stem {label}" + (f" ({self.tap})" if self.tap else "")
+        info = bwf.Broadcast(
+            description=f"stembridge {kind}: {what}; model {self.model}; "
+                        + (f"preset {self.take}; " if kind == "render" else "") + f"song {self.track}",
+            sample_rate=self.sample_rate, channels=channels, time_reference=self.time_reference,
+            project=self.track, take=self.take, track_names=bwf.channel_names(label, channels),
+            loudness=loudness, bit_depth=None if bit_depth == 32 else bit_depth)
+        return lambda partial: bwf.embed(partial, info)
+
+
+def plan(path: Path, *, header, session, separator_name: str, targets: dict[str, Path], rate: int) -> HandOff:
+    """Decide and check a song's hand-off before rendering it.
+
+    Raises
+    ------
+    AudioError
+        The input's bext TimeReference is past 24 hours.
+    OutputError
+        The project file would land on a stem, the mix or the input.
+    """
+    o = session.output
+    reference = bwf.source_time_reference(path, source_rate=header.sample_rate, target_rate=rate) if o.bwf else 0
+    stems = {label: target for label, target in targets.items() if label != "mix"}
+    project = None
+    if o.project == "reaper" and stems:
+        project = project_path(stems, track=path.stem)
+        _check_project(project, targets, path, where=f"{session.source}: output.project")
+    tap = None
+    if project is not None:
+        tap = "raw" if o.project_stems == "raw" else "prefader"
+    take = Path(session.source).stem if session.source not in ("<session>", "") else "session"
+    return HandOff(bwf=o.bwf, time_reference=reference, sample_rate=rate, track=path.stem, take=take,
+                   model=separator_name, project=project, tap=tap)
+
+
+def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path]) -> HandOff:
+    """:func:`plan` for :func:`bridge.render.separate_file` (no session: its options instead)."""
+    rate = header.sample_rate
+    reference = bwf.source_time_reference(path, source_rate=rate, target_rate=rate) if options.bwf else 0
+    project = project_path(targets, track=path.stem) if options.project == "reaper" else None
+    if project is not None:
+        _check_project(project, targets, path, where="--project")
+    return HandOff(bwf=options.bwf, time_reference=reference, sample_rate=rate, track=path.stem, take="separate",
+                   model=separator_name, project=project)
+
+
+def _check_project(project: Path, targets: dict[str, Path], source: Path, *, where: str) -> None:
+    for label, target in targets.items():
+        if project == target:
+            what = "mix" if label == "mix" else f"stem {label}"
+            raise OutputError(f"{where}: the REAPER project {project} would be written over the {what} file; "
+                              "change the output names so they differ")
+    if project == source.resolve() or (project.exists() and project.samefile(source)):
+        raise OutputError(f"{where}: the REAPER project {project} would overwrite the input; choose another output folder")
+
+
+def project_path(stems: dict[str, Path], *, track: str) -> Path:
+    """``<track>.rpp`` in the folder that holds every stem file."""
+    folders = [p.parent for p in stems.values()]
+    common = folders[0]
+    while not all(common == f or common in f.parents for f in folders):
+        common = common.parent
+    return common / f"{track}.rpp"
+
+
+def session_project(handoff: HandOff, *, session, source: Path, source_seconds: float, files: dict[str, Path],
+                    frames: dict[str, int], channels: dict[str, int], layout_channels: int) -> reaper.Project:
+    """The REAPER project of a rendered song: a muted reference track, then one track per stem."""
+    project = handoff.project
+    tracks = [reaper.Track(name="original mix (reference)", file=reaper.relative_source(source, project),
+                           length=source_seconds, channels=2, mute=True,
+                           notes="The input song, muted: the reference the stems came from.")]
+    surround = layout_channels == 6
+    for stem, file in files.items():
+        s = session.stem(stem)
+        automated = not isinstance(s.gain_db, (int, float))
+        points = reaper.volume_points(s.gain_db) if automated else ()
+        volume = points[0][1] if automated else 10 ** (s.gain_db / 20)
+        # In 5.1 the pan comes before the routing and is in the file already (see Mixer.prefader).
+        pan = 0.0 if surround and handoff.tap == "prefader" else s.pan
+        notes = []
+        if handoff.tap == "raw" and s.chain:
+            notes.append("stembridge applied these effects in the session (this stem is before them):")
+            notes += [f"{i + 1}. {_describe(effect)}" for i, effect in enumerate(s.chain)]
+        elif handoff.tap == "prefader" and s.chain:
+            notes.append("This stem is after its chain: " + ", ".join(_describe(e) for e in s.chain))
+        if surround and handoff.tap == "prefader" and s.pan:
+            notes.append(f"pan {s.pan:+g} is applied in the file, before the 5.1 routing")
+        tracks.append(reaper.Track(
+            name=stem, file=reaper.relative_source(file, project), length=frames[stem] / handoff.sample_rate,
+            channels=channels[stem] if channels[stem] > 2 else 2, volume=volume, pan=pan, mute=s.mute, solo=s.solo,
+            invert=s.invert, volume_envelope=points, notes="\n".join(notes)))
+    return reaper.Project(sample_rate=handoff.sample_rate, tracks=tuple(tracks), channels=layout_channels,
+                          notes=f"stembridge: {session.source}, song {source.name}, model {handoff.model}")
+
+
+def separation_project(project: Path, *, source: Path, source_seconds: float, files: dict[str, Path],
+                       frames: dict[str, int], channels: int, sample_rate: int, model: str) -> reaper.Project:
+    """The REAPER project of a plain separation: the reference track, then each stem at unity."""
+    tracks = [reaper.Track(name="original mix (reference)", file=reaper.relative_source(source, project),
+                           length=source_seconds, channels=2, mute=True)]
+    tracks += [reaper.Track(name=stem, file=reaper.relative_source(file, project), length=frames[stem] / sample_rate,
+                            channels=2) for stem, file in files.items()]
+    return reaper.Project(sample_rate=sample_rate, tracks=tuple(tracks), channels=max(2, channels),
+                          notes=f"stembridge separate: song {source.name}, model {model}")
+
+
+def _describe(effect) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in effect.params)
+    name = effect.name if effect.kind == "builtin" else f"VST3 {effect.name}"
+    return f"{name}({params})" if params else name

@@ -1,0 +1,224 @@
+"""REAPER projects (``.rpp``): a session's stems as tracks, ready to open in REAPER.
+
+An ``.rpp`` file is nested ``<CHUNK ...>`` ... ``>`` text, one chunk or one value line per line,
+values separated by spaces. What this module writes, per track::
+
+    <TRACK {guid}
+      NAME "lead vocals"
+      VOLPAN <linear volume> <pan -1 left .. +1 right> -1 -1 1
+      MUTESOLO <mute 0|1> <solo 0|2 (solo in place)> 0
+      IPHASE <polarity inverted 0|1>
+      NCHAN <channels>
+      <VOLENV2 ...  PT <seconds> <linear volume> 0 ...>     gain automation
+      <PANENV2 ...  PT <seconds> <value> 0 ...>             pan automation
+      <ITEM POSITION 0  LENGTH <seconds>  <SOURCE WAVE FILE "relative/path.wav">>
+    >
+
+Strings are quoted when they hold spaces, quotes or nothing, with the first of ``"``, ``'`` and
+`````` they do not contain (REAPER's own rule, as its files show); a string holding all three, or
+a line break, cannot be written and is refused. Files are UTF-8, so any other character is fine.
+Numbers are plain decimals (no exponent), as REAPER writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+
+from .. import __version__
+from ..errors import OutputError
+
+#: REAPER's source type per file extension (the word after ``<SOURCE``).
+SOURCE_TYPES = {"wav": "WAVE", "aiff": "WAVE", "aif": "WAVE", "flac": "FLAC", "mp3": "MP3", "ogg": "VORBIS"}
+#: Largest gain step (dB) between two volume envelope points. REAPER interpolates points linearly
+#: in amplitude and the session linearly in dB; over 1 dB the two differ by at most 0.015 dB
+#: (at the middle of a step, 20 log10((1 + r) / (2 sqrt r)) with r = 10^(1/20)).
+MAX_ENVELOPE_STEP_DB = 1.0
+_GUID_NAMESPACE = uuid.UUID("5b0d3c62-4f2e-4b8e-9d59-6a2f0d1e7c14")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tempo:
+    """Tempo in beats per minute and the time signature (``numerator/denominator``)."""
+
+    bpm: float
+    numerator: int = 4
+    denominator: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """One REAPER track holding one item, the whole of one file, at position 0.
+
+    Parameters
+    ----------
+    name : str
+    file : str
+        The item's source, relative to the project file (or absolute).
+    length : float
+        The item's length in seconds (the file's exact length: frames / sample rate).
+    channels : int
+    volume : float
+        Linear gain (1.0 = 0 dB).
+    pan : float
+        -1 (left) .. +1 (right).
+    mute, solo, invert : bool
+    volume_envelope : tuple of (seconds, linear gain)
+        Breakpoints, linear between points; empty for none.
+    pan_envelope : tuple of (seconds, pan)
+        Breakpoints in the session's sign (-1 left); empty for none.
+    notes : str
+        The track's notes (REAPER shows them in the track's notes window).
+    """
+
+    name: str
+    file: str
+    length: float
+    channels: int = 2
+    volume: float = 1.0
+    pan: float = 0.0
+    mute: bool = False
+    solo: bool = False
+    invert: bool = False
+    volume_envelope: tuple[tuple[float, float], ...] = ()
+    pan_envelope: tuple[tuple[float, float], ...] = ()
+    notes: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    """A REAPER project: sample rate, master channels, tempo and the tracks, top to bottom."""
+
+    sample_rate: int
+    tracks: tuple[Track, ...]
+    channels: int = 2
+    tempo: Tempo | None = None
+    notes: str = ""
+
+
+def quote(text: str, *, what: str = "a name") -> str:
+    """``text`` as one REAPER value: bare if it can be, else in the first quote it does not hold."""
+    if any(c in text for c in "\r\n\0"):
+        raise OutputError(f"{what} {text!r} holds a line break, which a REAPER project cannot carry; rename it")
+    if text and not any(c.isspace() for c in text) and text[0] not in "\"'`" and not text.startswith(("<", ">", "|")):
+        return text
+    for mark in "\"'`":
+        if mark not in text:
+            return f"{mark}{text}{mark}"
+    raise OutputError(f"{what} {text!r} holds all three quote characters (\" ' `), which a REAPER project cannot "
+                      "carry; rename it without one of them")
+
+
+def number(value: float) -> str:
+    """A plain decimal as REAPER writes numbers: no exponent, no trailing zeros."""
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    text = f"{value:.14f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def guid(*parts: str) -> str:
+    """A GUID in REAPER's ``{...}`` form, the same for the same names (so projects diff well)."""
+    return "{" + str(uuid.uuid5(_GUID_NAMESPACE, "\0".join(parts))).upper() + "}"
+
+
+def volume_points(gain_db) -> tuple[tuple[float, float], ...]:
+    """Session gain breakpoints ``((seconds, dB), ...)`` as linear-gain envelope points.
+
+    Steps over :data:`MAX_ENVELOPE_STEP_DB` are split, so REAPER's amplitude-linear segments
+    follow the session's dB-linear ones within 0.015 dB.
+    """
+    points = [(float(t), float(db)) for t, db in gain_db]
+    out = [(points[0][0], 10 ** (points[0][1] / 20))]
+    for (t0, g0), (t1, g1) in zip(points, points[1:]):
+        steps = max(1, math.ceil(abs(g1 - g0) / MAX_ENVELOPE_STEP_DB))
+        for k in range(1, steps + 1):
+            f = k / steps
+            out.append((t0 + f * (t1 - t0), 10 ** ((g0 + f * (g1 - g0)) / 20)))
+    return tuple(out)
+
+
+def _envelope(tag: str, points, *, pad: str) -> list[str]:
+    lines = [f"{pad}<{tag}", f"{pad}  EGUID {guid(tag, str(points))}", f"{pad}  ACT 1 -1", f"{pad}  VIS 1 1 1",
+             f"{pad}  LANEHEIGHT 0 0", f"{pad}  ARM 0", f"{pad}  DEFSHAPE 0 -1 -1"]
+    lines += [f"{pad}  PT {number(t)} {number(v)} 0" for t, v in points]
+    return lines + [f"{pad}>"]
+
+
+def _track(track: Track, index: int) -> list[str]:
+    name = quote(track.name, what="track name")
+    source = SOURCE_TYPES.get(Path(track.file).suffix.lstrip(".").lower())
+    if source is None:
+        raise OutputError(f"{track.file}: REAPER takes wav, aiff, flac, mp3 or ogg sources here; "
+                          "write the stems in one of those formats")
+    ident = guid("track", str(index), track.name)
+    lines = [f"  <TRACK {ident}", f"    NAME {name}", f"    TRACKID {ident}",
+             f"    VOLPAN {number(track.volume)} {number(track.pan)} -1 -1 1",
+             f"    MUTESOLO {int(track.mute)} {2 if track.solo else 0} 0",
+             f"    IPHASE {int(track.invert)}", f"    NCHAN {track.channels}"]
+    if track.notes:
+        lines += ["    <NOTES 0 2"] + [f"      |{line}" for line in track.notes.splitlines()] + ["    >"]
+    if track.volume_envelope:
+        lines += _envelope("VOLENV2", track.volume_envelope, pad="    ")
+    if track.pan_envelope:
+        # REAPER keeps pan envelope points with left positive (its lane draws L at the top).
+        lines += _envelope("PANENV2", tuple((t, -p) for t, p in track.pan_envelope), pad="    ")
+    lines += ["    <ITEM", "      POSITION 0", "      SNAPOFFS 0", f"      LENGTH {number(track.length)}",
+              "      LOOP 0", "      ALLTAKES 0", "      FADEIN 1 0 0 1 0 0 0", "      FADEOUT 1 0 0 1 0 0 0",
+              "      MUTE 0 0", f"      IGUID {guid('item', str(index), track.name)}", f"      NAME {name}",
+              "      VOLPAN 1 0 1 -1", "      SOFFS 0", "      PLAYRATE 1 1 0 -1 0 0.0025", "      CHANMODE 0",
+              f"      GUID {guid('take', str(index), track.name)}",
+              f"      <SOURCE {source}", f"        FILE {quote(track.file, what='file name')}", "      >",
+              "    >", "  >"]
+    return lines
+
+
+def dumps(project: Project) -> str:
+    """The ``.rpp`` text of ``project``."""
+    lines = [f"<REAPER_PROJECT 0.1 {quote(f'stembridge {__version__}')} {int(time.time())}",
+             "  RIPPLE 0", f"  SAMPLERATE {project.sample_rate} 1 0"]
+    if project.tempo is not None:
+        t = project.tempo
+        lines.append(f"  TEMPO {number(t.bpm)} {t.numerator} {t.denominator}")
+    lines += [f"  MASTER_NCH {project.channels} 2", "  MASTER_VOLUME 1 0 -1 -1 1"]
+    if project.notes:
+        lines += ["  <NOTES 0 2"] + [f"    |{line}" for line in project.notes.splitlines()] + ["  >"]
+    for index, track in enumerate(project.tracks):
+        lines += _track(track, index)
+    return "\n".join(lines + [">"]) + "\n"
+
+
+def write(path, project: Project) -> Path:
+    """Write ``project`` to ``path`` atomically (a hidden partial file, fsynced, then renamed)."""
+    from ..io import partial_path
+
+    path = Path(path)
+    text = dumps(project)  # every refusal happens before anything is written
+    partial = partial_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the REAPER project ({exc}); check the output folder") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def relative_source(file: Path, project: Path) -> str:
+    """How the project names ``file``: relative (forward slashes) when it is inside the project's
+    folder, so the folder can be moved; absolute otherwise (the input song, wherever it is)."""
+    file, folder = Path(file).resolve(), Path(project).resolve().parent
+    if folder in file.parents:
+        return file.relative_to(folder).as_posix()
+    return str(file)
