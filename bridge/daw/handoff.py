@@ -113,6 +113,13 @@ def _check_project(project: Path, targets: dict[str, Path], source: Path, *, whe
                               "change the output names so they differ")
     if project == source.resolve() or (project.exists() and project.samefile(source)):
         raise OutputError(f"{where}: the REAPER project {project} would overwrite the input; choose another output folder")
+    if project.is_dir():
+        raise OutputError(f"{where}: the REAPER project {project} is the name of a folder; remove or rename it")
+    # Every name the project will hold must be one REAPER can read: refuse now, before any audio work.
+    reaper.quote(reaper.relative_source(source, project), what=f"{where}: the input's path")
+    for label, target in targets.items():
+        reaper.quote(label, what=f"{where}: the stem name")
+        reaper.quote(reaper.relative_source(target, project), what=f"{where}: the file name")
 
 
 def project_path(stems: dict[str, Path], *, track: str) -> Path:

@@ -1,0 +1,275 @@
+"""REAPER projects: parsed with the independent PyPI parser ``rpp``, checked against the session,
+and played back by hand (the audible tracks' files times their volume envelopes) against the mix.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rpp
+import soundfile as sf
+
+from bridge.cli import main as cli
+from bridge.daw import reaper
+from bridge.errors import OutputError
+from bridge.graph import RenderGraph
+from bridge.mixer import gain_curve
+from bridge.render import SeparateOptions, render_file, separate_file
+from bridge.separation import load_separator
+from bridge.session import parse
+
+SR = 44100
+
+
+@pytest.fixture(scope="module")
+def separator():
+    return load_separator("dsp")
+
+
+def synth(seconds: float = 1.5, seed: int = 14) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    centre = 0.25 * np.sin(2 * np.pi * 440 * t)  # the dsp separator's "vocals"
+    sides = 0.1 * rng.standard_normal((2, t.size))
+    return (centre + sides).astype(np.float32)
+
+
+def write_song(path: Path, seconds: float = 1.5) -> Path:
+    sf.write(str(path), synth(seconds).T, SR, subtype="FLOAT")
+    return path
+
+
+def render(tmp_path, separator, source, *, stems=None, **output):
+    session = parse({"version": 1, "stems": stems or {},
+                     "output": {"files": {"mix": "{track}.remix.{ext}", "stems": "{track}/{stem}.{ext}"},
+                                "bit_depth": 32, "tail_seconds": 0.25, "project": "reaper", **output}},
+                    source=str(tmp_path / "session.yaml"))
+    return render_file(source, RenderGraph(session, separator), tmp_path / "out"), session
+
+
+def children(element, tag: str) -> list:
+    return [c for c in element if isinstance(c, rpp.Element) and c.tag == tag]
+
+
+def value(element, key: str) -> list[str]:
+    found = [c for c in element if isinstance(c, list) and c[0] == key]
+    assert len(found) == 1, f"{key}: {len(found)} lines"
+    return found[0][1:]
+
+
+def load(path: Path):
+    text = path.read_text(encoding="utf-8")
+    project = rpp.loads(text)
+    assert rpp.loads(rpp.dumps(project)) == project  # round trip through the independent parser
+    return project
+
+
+def envelope(track, tag: str) -> np.ndarray | None:
+    found = children(track, tag)
+    if not found:
+        return None
+    return np.array([[float(v) for v in c[1:3]] for c in found[0] if isinstance(c, list) and c[0] == "PT"])
+
+
+def playback(project, folder: Path, frames: int, channels: int) -> np.ndarray:
+    """What REAPER plays: audible tracks (unmuted; the soloed ones if any), polarity, volume or its
+    envelope (linear between points, held outside them). Pan is 0 on every track used here."""
+    tracks = children(project, "TRACK")
+    soloed = any(int(value(t, "MUTESOLO")[1]) for t in tracks)
+    out = np.zeros((channels, frames))
+    for track in tracks:
+        mute, solo = int(value(track, "MUTESOLO")[0]), int(value(track, "MUTESOLO")[1])
+        if mute or (soloed and not solo):
+            continue
+        assert float(value(track, "VOLPAN")[1]) == 0.0
+        source = children(children(track, "ITEM")[0], "SOURCE")[0]
+        audio = sf.read(str(folder / value(source, "FILE")[0]), dtype="float64", always_2d=True)[0].T
+        points = envelope(track, "VOLENV2")
+        t = np.arange(audio.shape[1]) / SR
+        gain = np.interp(t, points[:, 0], points[:, 1]) if points is not None else float(value(track, "VOLPAN")[0])
+        sign = -1.0 if int(value(track, "IPHASE")[0]) else 1.0
+        out[:, : audio.shape[1]] += sign * gain * audio
+    return out
+
+
+def test_tracks_items_and_sources_match_the_session(tmp_path, separator):
+    source = write_song(tmp_path / "song.wav")
+    stems = {"vocals": {"gain_db": 4.5, "pan": -0.4, "solo": True, "invert": True},
+             "instrumental": {"gain_db": -7.25, "pan": 0.75, "mute": True}}
+    written, session = render(tmp_path, separator, source, stems=stems)
+    project_file = written["project"]
+    assert project_file == tmp_path / "out" / "song" / "song.rpp"  # beside the stem files
+    project = load(project_file)
+    assert project.tag == "REAPER_PROJECT"
+    assert value(project, "SAMPLERATE")[0] == str(SR) and value(project, "MASTER_NCH")[0] == "2"
+    tracks = children(project, "TRACK")
+    assert [value(t, "NAME")[0] for t in tracks] == ["original mix (reference)", "vocals", "instrumental"]
+    reference = tracks[0]
+    assert value(reference, "MUTESOLO")[0] == "1"
+    ref_source = children(children(reference, "ITEM")[0], "SOURCE")[0]
+    assert Path(value(ref_source, "FILE")[0]) == source.resolve()
+    assert float(value(children(reference, "ITEM")[0], "LENGTH")[0]) == pytest.approx(1.5, abs=1e-12)
+    for track in tracks[1:]:
+        name = value(track, "NAME")[0]
+        s = session.stem(name)
+        volume, pan = (float(v) for v in value(track, "VOLPAN")[:2])
+        assert volume == pytest.approx(10 ** (s.gain_db / 20), rel=1e-12)
+        assert pan == pytest.approx(s.pan, abs=1e-12)
+        assert value(track, "MUTESOLO")[:2] == [str(int(s.mute)), "2" if s.solo else "0"]
+        assert value(track, "IPHASE") == [str(int(s.invert))]
+        assert value(track, "NCHAN") == ["2"]
+        item = children(track, "ITEM")
+        assert len(item) == 1
+        assert float(value(item[0], "POSITION")[0]) == 0.0 and float(value(item[0], "SOFFS")[0]) == 0.0
+        src = children(item[0], "SOURCE")[0]
+        assert src.attrib == ["WAVE"]
+        relative = value(src, "FILE")[0]
+        assert not Path(relative).is_absolute()  # the folder can be moved
+        assert (project_file.parent / relative) == written[name]
+        info = sf.info(str(written[name]))
+        assert float(value(item[0], "LENGTH")[0]) == pytest.approx(info.frames / info.samplerate, abs=1e-12)
+
+
+def test_processed_stems_are_before_the_fader_so_the_project_plays_the_mix(tmp_path, separator):
+    source = write_song(tmp_path / "song.wav")
+    stems = {"vocals": {"gain_db": [[0.0, 0.0], [0.5, -9.0], [1.2, 3.0]], "invert": True,
+                        "chain": [{"effect": "Gain", "gain_db": -2.0}]},
+             "instrumental": {"gain_db": -3.0}}
+    written, _ = render(tmp_path, separator, source, stems=stems)
+    mix = sf.read(str(written["mix"]), dtype="float64", always_2d=True)[0].T
+    played = playback(load(written["project"]), written["project"].parent, mix.shape[1], 2)
+    # float32 files; the envelope's 1 dB steps follow the dB-linear session curve within 0.015 dB
+    # (0.17 %), on signals under 0.6 peak.
+    np.testing.assert_allclose(played, mix, atol=0.6 * 0.0018)
+    assert np.max(np.abs(mix)) > 0.1
+
+
+def test_gain_automation_becomes_a_volume_envelope_within_0_02_db(tmp_path, separator):
+    source = write_song(tmp_path / "song.wav")
+    lane = [[0.0, -20.0], [0.3, 0.0], [0.9, 6.0], [1.1, -60.0]]
+    written, session = render(tmp_path, separator, source, stems={"vocals": {"gain_db": lane}})
+    track = [t for t in children(load(written["project"]), "TRACK") if value(t, "NAME") == ["vocals"]][0]
+    points = envelope(track, "VOLENV2")
+    assert points[0].tolist() == [0.0, pytest.approx(0.1, rel=1e-12)]
+    assert [p for p in lane if not np.any(np.isclose(points[:, 0], p[0], atol=1e-12))] == []  # every breakpoint
+    rate = 5000 / 1.6  # a dense grid: 5000 points over 1.6 s
+    grid = np.arange(5000) / rate
+    expected_db = 20 * np.log10(gain_curve(session.stem("vocals").gain_db, 0, 5000, rate))
+    got_db = 20 * np.log10(np.interp(grid, points[:, 0], points[:, 1]))
+    np.testing.assert_allclose(got_db, expected_db, atol=0.02)
+
+
+def test_5_1_tracks_are_six_channel_and_play_the_5_1_mix(tmp_path, separator):
+    source = write_song(tmp_path / "song.wav")
+    stems = {"vocals": {"gain_db": [[0.0, -6.0], [1.0, 0.0]], "pan": 0.3}, "instrumental": {"gain_db": -2.0}}
+    written, _ = render(tmp_path, separator, source, stems=stems, layout="5.1")
+    project = load(written["project"])
+    assert value(project, "MASTER_NCH")[0] == "6"
+    tracks = children(project, "TRACK")
+    assert [value(t, "NCHAN")[0] for t in tracks] == ["2", "6", "6"]  # the reference is the stereo input
+    for track in tracks[1:]:
+        name = value(track, "NAME")[0]
+        assert sf.info(str(written[name])).channels == 6
+    assert "pan +0.3 is applied in the file" in "".join(children(tracks[1], "NOTES")[0])
+    mix = sf.read(str(written["mix"]), dtype="float64", always_2d=True)[0].T
+    assert mix.shape[0] == 6
+    played = playback(project, written["project"].parent, mix.shape[1], 6)
+    np.testing.assert_allclose(played, mix, atol=0.6 * 0.0018)
+
+
+def test_raw_stems_are_the_separator_s_and_the_chains_go_to_the_notes(tmp_path, separator):
+    source = write_song(tmp_path / "song.wav")
+    stems = {"vocals": {"gain_db": 2.0, "chain": [{"effect": "Reverb", "room_size": 0.7},
+                                                  {"effect": "Compressor", "threshold_db": -20}]}}
+    written, _ = render(tmp_path, separator, source, stems=stems, project_stems="raw", tail_seconds=0.0)
+    raw = separator(synth(), SR)
+    for name in ("vocals", "instrumental"):
+        audio = sf.read(str(written[name]), dtype="float32", always_2d=True)[0].T
+        np.testing.assert_allclose(audio, raw[name], atol=1e-6)  # untouched by chain, gain or pan
+    track = [t for t in children(load(written["project"]), "TRACK") if value(t, "NAME") == ["vocals"]][0]
+    notes = children(track, "NOTES")[0]
+    assert "|1. Reverb(room_size=0.7)" in notes and "|2. Compressor(threshold_db=-20)" in notes
+    assert float(value(track, "VOLPAN")[0]) == pytest.approx(10 ** 0.1, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["my song", 'the "live" take', "it's \"it\"", "Ünïcødé – ボーカル", "tab\there"])
+def test_names_with_spaces_quotes_and_non_ascii_parse_back_exactly(tmp_path, separator, name):
+    source = write_song(tmp_path / f"{name}.wav", seconds=0.5)
+    written, _ = render(tmp_path, separator, source)
+    project = load(written["project"])
+    ref = children(children(children(project, "TRACK")[0], "ITEM")[0], "SOURCE")[0]
+    assert value(ref, "FILE")[0] == str(source.resolve())
+    assert written["project"].name == f"{name}.rpp"
+
+
+def test_quoting_follows_reaper_and_refuses_what_it_cannot_carry():
+    assert reaper.quote("vocals") == "vocals"
+    assert reaper.quote("a b") == '"a b"' and reaper.quote('a "b"') == "'a \"b\"'"
+    assert reaper.quote("""it's "x" """) == """`it's "x" `""" and reaper.quote("") == '""'
+    with pytest.raises(OutputError, match="all three quote characters"):
+        reaper.quote("""`it's` "x\"""")
+    with pytest.raises(OutputError, match="line break"):
+        reaper.quote("a\nb")
+    assert [reaper.number(x) for x in (1.0, 0.5, -0.0, 1e-8, 123.456)] == ["1", "0.5", "0", "0.00000001", "123.456"]
+
+
+def test_a_name_reaper_cannot_carry_is_refused_before_anything_is_written(tmp_path, separator):
+    source = write_song(tmp_path / """`it's` "x".wav""", seconds=0.5)
+    with pytest.raises(OutputError, match=r"output\.project: the input's path .* all three quote characters"):
+        render(tmp_path, separator, source)
+    assert not (tmp_path / "out").exists() or [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_a_project_path_that_collides_with_a_stem_file_is_refused(tmp_path, separator):
+    source = write_song(tmp_path / "vocals.wav", seconds=0.5)
+    session = parse({"version": 1, "output": {"project": "reaper", "files": {"stems": "{track}/{stem}.rpp"}}},
+                    source="clash.yaml")
+    with pytest.raises(OutputError, match=r"clash\.yaml: output\.project: the REAPER project .*vocals\.rpp would be "
+                                          r"written over the stem vocals file"):
+        render_file(source, RenderGraph(session, separator), tmp_path / "out")
+    assert not (tmp_path / "out").exists() or [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_writer_tempo_pan_envelope_and_numbers():
+    project = reaper.Project(sample_rate=48000, channels=2, tempo=reaper.Tempo(bpm=92.5, numerator=7, denominator=8),
+                             tracks=(reaper.Track(name="bass", file="bass.flac", length=3.25,
+                                                  pan_envelope=((0.0, -1.0), (2.0, 0.5))),))
+    parsed = rpp.loads(reaper.dumps(project))
+    assert value(parsed, "TEMPO") == ["92.5", "7", "8"]
+    track = children(parsed, "TRACK")[0]
+    assert children(children(track, "ITEM")[0], "SOURCE")[0].attrib == ["FLAC"]
+    # REAPER keeps pan envelope points with left positive.
+    assert envelope(track, "PANENV2").tolist() == [[0.0, 1.0], [2.0, -0.5]]
+
+
+def test_project_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "song.rpp"
+    target.write_text("old")
+    project = reaper.Project(sample_rate=SR, tracks=(reaper.Track(name="x", file="x.wav", length=1.0),))
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reaper.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        reaper.write(target, project)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["song.rpp"]
+
+
+def test_separate_and_render_take_project_reaper_on_the_command_line(tmp_path, capsys):
+    source = write_song(tmp_path / "song.wav", seconds=0.5)
+    assert cli(["separate", str(source), "--model", "dsp", "--out", str(tmp_path / "sep"), "--project", "reaper"]) == 0
+    project = load(tmp_path / "sep" / "song" / "song.rpp")
+    names = [value(t, "NAME")[0] for t in children(project, "TRACK")]
+    assert names == ["original mix (reference)", "vocals", "instrumental"]
+    preset = tmp_path / "p.yaml"
+    preset.write_text("version: 1\nseparator: {model: dsp}\noutput: {tail_seconds: 0}\n")
+    assert cli(["render", str(preset), str(source), "--out", str(tmp_path / "ren"), "--project", "reaper"]) == 0
+    out = capsys.readouterr().out
+    assert f"song.wav: project -> {tmp_path / 'ren' / 'song' / 'song.rpp'}" in out
+    assert (tmp_path / "ren" / "song" / "vocals.wav").exists()  # files.stems defaults with a project
+    assert math.isclose(float(value(children(children(load(tmp_path / "ren" / "song" / "song.rpp"), "TRACK")[1],
+                                             "ITEM")[0], "LENGTH")[0]), 0.5, abs_tol=1e-12)
