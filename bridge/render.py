@@ -22,7 +22,7 @@ from .loudness import LoudnessMeter
 from .outputs import check_template, check_unique, expand
 from .separation import ChunkedSeparator
 from .separation.runner import check_channels
-from .daw import bwf, handoff as daw
+from .daw import bwf, handoff as daw, nistems
 
 #: Samples read per block; memory stays flat with song length.
 BLOCK_SECONDS = 10.0
@@ -196,7 +196,8 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
         raise OutputError(f"{session.source}: output.files: {exc}") from None
     if io.same_file(manifest, path):
         raise OutputError(f"{manifest}: the manifest would overwrite the input; choose another output folder")
-    hand = daw.plan(path, header=header, session=session, separator_name=separator.name, targets=targets, rate=rate)
+    hand = daw.plan(path, header=header, session=session, separator_name=separator.name, targets=targets, rate=rate,
+                    separator_stems=separator.stems, out_dir=out_dir)
     raw_channels = header.channels if hand.tap == "raw" else graph.channels  # raw stems keep the input's channels
 
     outputs = [_Output(label, target, graph.channels if label == "mix" else raw_channels,
@@ -206,7 +207,11 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
                for label, target in targets.items()]
     target_lufs = o.loudness_lufs
     with io.scratch_folder(out_dir) as scratch:
+        feed = None
         try:
+            if hand.nistems is not None:
+                feed = nistems.RenderFeed(hand.nistems, scratch, orig_sr=header.sample_rate, sample_rate=rate,
+                                          title=path.stem)
             for out in outputs:
                 first_pass = scratch / f"{out.label}.wav" if target_lufs is not None else out.path
                 out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
@@ -217,11 +222,15 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
             for audio in io.stream(path, block_frames=block):
                 mix, stems = stream.process(audio)
                 _emit(outputs, mix, stream.taps[hand.tap] if hand.tap else stems)
+                if feed is not None:
+                    feed.process(mix, stems)
                 done += audio.shape[1]
                 if progress:
                     progress(done, header.frames)
             mix, stems = stream.finish()
             _emit(outputs, mix, stream.taps[hand.tap] if hand.tap else stems, last=True)
+            if feed is not None:
+                feed.process(mix, stems, last=True)
             gain_db = 0.0
             if target_lufs is None:
                 written = {out.label: out.writer.close(finish=_finisher(hand, out, gain_db, o.bit_depth))
@@ -231,10 +240,14 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
                 written = {out.label: _apply_gain(out, gain_db, bit_depth=o.bit_depth, inputs=[path],
                                                   finish=_finisher(hand, out, gain_db, o.bit_depth))
                            for out in outputs}
+            if feed is not None:
+                written["nistems"] = feed.finish(gain_db)
         except BaseException:
             for out in outputs:
                 if out.writer is not None:
                     out.writer.abort()
+            if feed is not None:
+                feed.abort()
             raise
     report = {out.label: _measure(out, gain_db) for out in outputs}
     loudness = None if target_lufs is None else {"target_lufs": target_lufs, "true_peak_ceiling_db": o.true_peak_db,

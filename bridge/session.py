@@ -349,6 +349,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         nistems=templates["nistems"])
     if output.project and not output.stems:  # a project needs stem files to reference
         output = dataclasses.replace(output, stems=PROJECT_STEMS_TEMPLATE)
+    if output.nistems is not None and output.layout != "stereo":
+        r.fail("output.files.nistems", "NI Stems files are stereo; use layout stereo for them")
     if output.nistems is not None and not output.nistems.endswith(".stem.mp4"):
         r.fail("output.files.nistems", f"'{output.nistems}' must end in .stem.mp4, the extension Traktor and "
                                        "Mixxx look for; e.g. \"{track}.stem.mp4\"")

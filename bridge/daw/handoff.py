@@ -39,6 +39,8 @@ class HandOff:
         Where the ``.rpp`` goes.
     tap : {"prefader", "raw"} or None
         The view of the stems written to ``output.files.stems``; None: after the fader, as always.
+    nistems : Path or None
+        Where the ``.stem.mp4`` goes.
     """
 
     bwf: bool
@@ -49,6 +51,7 @@ class HandOff:
     model: str
     project: Path | None = None
     tap: str | None = None
+    nistems: Path | None = None
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -69,7 +72,8 @@ class HandOff:
         return lambda partial: bwf.embed(partial, info)
 
 
-def plan(path: Path, *, header, session, separator_name: str, targets: dict[str, Path], rate: int) -> HandOff:
+def plan(path: Path, *, header, session, separator_name: str, targets: dict[str, Path], rate: int,
+         separator_stems=(), out_dir: Path | None = None) -> HandOff:
     """Decide and check a song's hand-off before rendering it.
 
     Raises
@@ -86,12 +90,23 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
     if o.project == "reaper" and stems:
         project = project_path(stems, track=path.stem)
         _check_project(project, targets, path, where=f"{session.source}: output.project")
+    nistems = None
+    if o.nistems is not None:
+        from . import nistems as ni
+        from ..outputs import expand
+
+        ni.check_stems(tuple(separator_stems), where=f"{session.source}: output.files.nistems")
+        nistems = expand(o.nistems, Path(out_dir), track=path.stem, stem="mix", ext="stem.mp4", model=separator_name)
+        for label, target in {**targets, "project": project}.items():
+            if nistems == target:
+                raise OutputError(f"{session.source}: output.files.nistems: {nistems} is also the {label} output; "
+                                  "give the NI Stems file its own name")
     tap = None
     if project is not None:
         tap = "raw" if o.project_stems == "raw" else "prefader"
     take = Path(session.source).stem if session.source not in ("<session>", "") else "session"
     return HandOff(bwf=o.bwf, time_reference=reference, sample_rate=rate, track=path.stem, take=take,
-                   model=separator_name, project=project, tap=tap)
+                   model=separator_name, project=project, tap=tap, nistems=nistems)
 
 
 def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path]) -> HandOff:
