@@ -156,6 +156,10 @@ def cmd_preset_check(args) -> int:
             if name not in card.stems:
                 raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
                                   f"it gives {', '.join(card.stems)}")
+        if session.output.nistems is not None:
+            from .daw.nistems import check_stems
+
+            check_stems(card.stems, where=f"{preset}: output.files.nistems")
         effects.build_chain(session.pre, where=f"{preset}: pre")
         effects.build_chain(session.master, where=f"{preset}: master")
         for name, stem in session.stems:

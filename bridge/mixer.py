@@ -150,7 +150,8 @@ class Mixer:
         self.prefader = prefader
         self.prefader_out: dict[str, np.ndarray] = {}
         self._pre_fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
-        self._pre_routers = {name: _Router(self.roles[name], sample_rate) for name in self.stems} if self.layout == "5.1" else {}
+        self._pre_routers = ({name: _Router(self.roles[name], sample_rate) for name in self.stems}
+                             if self.layout == "5.1" and prefader else {})
 
     def process(self, stems: dict[str, np.ndarray], *, last: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Take one block per stem (equal lengths); return ``(mix, processed stems)`` that are ready."""

@@ -350,6 +350,7 @@ def write_manifest(target: Path, *, source: Path, header, session, separator, ou
         "model": model,
         "loudness": loudness,
         "outputs": {label: {**outputs[label], "path": str(written[label])} for label in outputs},
+        "handoff": {label: str(written[label]) for label in ("project", "nistems") if label in written},
         "versions": versions(),
     }
     partial = io.partial_path(target)

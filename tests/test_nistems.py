@@ -1,8 +1,8 @@
 """NI Stems files, read back with PyAV (ffmpeg's demuxer and AAC decoder) and the ``stem`` atom
 parsed by hand (ISO/IEC 14496-12 box headers), never with bridge.daw.nistems's own reader.
 
-The 4-stem separator is a test fake (FFT bands per chunk, the rest as "other"), since the real
-4-stem model is another issue's; it satisfies the Separator protocol through ChunkedSeparator.
+The 4-stem separator is a test fake (tests/four_stems.py: FFT bands, the rest as "other"), since
+the real 4-stem model is another issue's.
 """
 
 from __future__ import annotations
@@ -22,34 +22,16 @@ from bridge.daw import nistems  # noqa: E402
 from bridge.errors import PresetError  # noqa: E402
 from bridge.graph import RenderGraph  # noqa: E402
 from bridge.render import render_file  # noqa: E402
-from bridge.separation import ChunkedSeparator, load_separator  # noqa: E402
+from bridge.separation import load_separator  # noqa: E402
+from four_stems import four_stem_separator  # noqa: E402
 from bridge.session import parse  # noqa: E402
 
 SR = 44100
 
 
-class BandEngine:
-    """bass < 250 Hz, drums 250-2000 Hz, vocals 2-6 kHz, other = the rest (an Engine for ChunkedSeparator)."""
-
-    sample_rate = SR
-    chunk = 8192
-    trim = 1024
-    stems = ("vocals", "drums", "bass", "other")
-    residual_stem = "other"
-
-    def run(self, chunks: np.ndarray) -> dict[str, np.ndarray]:
-        spectrum = np.fft.rfft(chunks, axis=-1)
-        freqs = np.fft.rfftfreq(self.chunk, 1.0 / SR)
-
-        def band(low, high):
-            return np.fft.irfft(spectrum * ((freqs >= low) & (freqs < high)), n=self.chunk, axis=-1).astype(np.float32)
-
-        return {"bass": band(0, 250), "drums": band(250, 2000), "vocals": band(2000, 6000)}
-
-
 @pytest.fixture(scope="module")
 def four_stems():
-    return ChunkedSeparator(BandEngine(), overlap=0.25, name="bands")
+    return four_stem_separator()
 
 
 def song(path: Path, seconds: float = 2.0) -> Path:
@@ -173,6 +155,7 @@ def test_the_loudness_gain_applies_to_every_stream(tmp_path, four_stems):
     manifest = json.loads(next((tmp_path / "b" / "out").glob("*.manifest.json")).read_text())
     gain = 10 ** (manifest["loudness"]["gain_db"] / 20)
     assert abs(manifest["loudness"]["gain_db"]) > 3
+    assert manifest["handoff"] == {"nistems": str(tmp_path / "b" / "out" / "song.stem.mp4")}
     for a, b in zip(plain, loud):
         assert snr_db(a * gain, b) > 28  # as above: AAC precision
 
@@ -189,3 +172,14 @@ def test_add_movie_box_creates_udta_when_the_file_has_none(tmp_path):
     udta_at, udta_size = boxes(data, moov_at + 8, moov_at + moov_size)[b"udta"]
     stem_at, stem_size = boxes(data, udta_at + 8, udta_at + udta_size)[b"stem"]
     assert data[stem_at + 8:stem_at + stem_size] == b'{"a":1}' and data[24:28] == b"abcd"  # mdat untouched
+
+
+def test_preset_check_refuses_nistems_for_a_two_stem_model(tmp_path, capsys):
+    from bridge.cli import main as cli
+
+    preset = tmp_path / "dj.yaml"
+    preset.write_text('version: 1\nseparator: {model: dsp}\noutput: {files: {nistems: "{track}.stem.mp4"}}\n')
+    assert cli(["preset", "check", str(preset)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dj.yaml: output.files.nistems: NI Stems holds the mix and exactly four stems" in err[0]
+    assert "missing drums, bass, other" in err[0]

@@ -4,6 +4,7 @@ and played back by hand (the audible tracks' files times their volume envelopes)
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def test_tracks_items_and_sources_match_the_session(tmp_path, separator):
     written, session = render(tmp_path, separator, source, stems=stems)
     project_file = written["project"]
     assert project_file == tmp_path / "out" / "song" / "song.rpp"  # beside the stem files
+    assert json.loads(written["manifest"].read_text())["handoff"] == {"project": str(project_file)}
     project = load(project_file)
     assert project.tag == "REAPER_PROJECT"
     assert value(project, "SAMPLERATE")[0] == str(SR) and value(project, "MASTER_NCH")[0] == "2"
