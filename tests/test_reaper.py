@@ -18,7 +18,7 @@ from bridge.daw import reaper
 from bridge.errors import OutputError
 from bridge.graph import RenderGraph
 from bridge.mixer import gain_curve
-from bridge.render import SeparateOptions, render_file, separate_file
+from bridge.render import render_file
 from bridge.separation import load_separator
 from bridge.session import parse
 

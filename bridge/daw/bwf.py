@@ -216,7 +216,8 @@ def embed(path: Path, info: Broadcast) -> None:
 
 
 def read_time_reference(path: Path) -> int | None:
-    """The TimeReference of a WAV file's ``bext`` chunk (samples since midnight), or None without one."""
+    """The TimeReference of a RIFF/WAVE file's ``bext`` chunk (samples since midnight), or None
+    without one (and for other formats: FLAC, MP3, RF64 are not searched)."""
     try:
         with open(path, "rb") as handle:
             for tag, offset, size in _chunks(handle):

@@ -21,10 +21,6 @@ from typing import Callable
 from ..errors import OutputError
 from . import bwf, reaper
 
-#: Channel-count of a stem a project references, per layout (raw stems keep the input's).
-LAYOUT_CHANNELS = {"stereo": 2, "5.1": 6}
-
-
 @dataclasses.dataclass(frozen=True)
 class HandOff:
     """A song's hand-off plan; see the module docstring.

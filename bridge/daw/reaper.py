@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OutputError
+from ..io import partial_path
 
 #: REAPER's source type per file extension (the word after ``<SOURCE``).
 SOURCE_TYPES = {"wav": "WAVE", "aiff": "WAVE", "aif": "WAVE", "flac": "FLAC", "mp3": "MP3", "ogg": "VORBIS"}
@@ -194,8 +195,6 @@ def dumps(project: Project) -> str:
 
 def write(path, project: Project) -> Path:
     """Write ``project`` to ``path`` atomically (a hidden partial file, fsynced, then renamed)."""
-    from ..io import partial_path
-
     path = Path(path)
     text = dumps(project)  # every refusal happens before anything is written
     partial = partial_path(path)
