@@ -120,16 +120,15 @@ def _run(args, spec, *, graph=None, album: bool = False) -> int:
 
     from .batch import discover, run_batch, write_record
     from .batch.executors import threads_per_job
-    from .batch.jobs import _WORKERS
+    from .batch.jobs import _WORKERS, plan
 
     songs, notes = discover(args.inputs, out_dir=Path(args.out))
+    songs = plan(spec, songs)
     jobs = _jobs(args, songs=len(songs))
     spec = dataclasses.replace(spec, threads=threads_per_job(jobs, args.threads))
     if graph is not None:  # built here for the checks: the serial executor reuses it
         _WORKERS.clear()
         _WORKERS[dataclasses.replace(spec, force=False)] = graph
-    elif spec.kind == "separate" and jobs == 1 and not args.scheduler:
-        pass
     for note in notes:
         print(f"stembridge: warning: {note}", file=sys.stderr)
     show = sys.stderr.isatty() and not args.quiet

@@ -24,6 +24,7 @@ class Song:
     path: Path
     naming: Naming
     album: str  # the resolved folder the song is in: the unit of album loudness
+    error: str | None = None  # known bad before any work (an empty folder, a clash): fails at its turn
 
 
 def natural_key(path: Path) -> list:
@@ -46,10 +47,8 @@ def discover(inputs, *, out_dir: Path | None = None) -> tuple[list[Song], list[s
     notes : list of str
         Files that were found but cannot be decoded here (m4a, aac, ...), one line each.
 
-    Raises
-    ------
-    BridgeError
-        A folder that holds no audio file.
+    A folder named on the command line that holds no audio file is a song with an ``error``:
+    it is reported as a failed input at its turn, like a bad file, and the run goes on.
     """
     out = _resolved(out_dir) if out_dir is not None else None
     songs, notes, seen = [], [], set()
@@ -80,8 +79,9 @@ def discover(inputs, *, out_dir: Path | None = None) -> tuple[list[Song], list[s
             relpath = Path(_resolved(named).name) / below
             add(path, Naming(track=path.stem, album=path.parent.resolve().name, relpath=relpath.as_posix()))
         if not found:
-            raise BridgeError(f"{named}: the folder holds no audio files ({', '.join(e[1:] for e in AUDIO_EXTENSIONS)}); "
-                              "check the path")
+            songs.append(Song(named, Naming.of(named), str(_resolved(named).parent),
+                              error=f"{named}: the folder holds no audio files "
+                                    f"({', '.join(e[1:] for e in AUDIO_EXTENSIONS)}); check the path"))
     return songs, notes
 
 

@@ -131,6 +131,8 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
     """Run one song; a bad song is reported in the outcome, never raised (Ctrl-C is)."""
     from .. import render
 
+    if song.error:
+        return SongOutcome(song.path, "failed", error=song.error, worker=os.getpid())
     started = time.perf_counter()
     force = spec.force if force is None else force
     clipped = []
@@ -154,3 +156,67 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
     return SongOutcome(song.path, result.status, written=result.written, seconds=result.seconds,
                        wall=time.perf_counter() - started, pending=result.pending, worker=os.getpid(),
                        clipped=clipped)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Named:
+    """A separator's name and stems, for planning output names without loading its model."""
+
+    name: str
+    stems: tuple[str, ...]
+
+
+def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
+    """Every song's output names, before any work.
+
+    Returns
+    -------
+    list of Song
+        The songs, where one that would write a file an earlier song of the run writes carries
+        an ``error``: it fails at its turn, the others run.
+
+    Raises
+    ------
+    BridgeError
+        A template that cannot be expanded, or two outputs of one song that would write one
+        file: a usage error, so nothing is rendered.
+    """
+    from ..graph import RenderGraph
+    from ..models import resolve
+    from ..render import SeparateOptions, render_targets, separate_targets
+    from ..session import load
+
+    if spec.kind == "render":
+        session = load(spec.preset, overrides=spec.overrides or ())
+        card = separator_card(session)
+        graph = RenderGraph(session, _Named(card.name, card.stems))
+
+        def names(song):
+            return render_targets(song.path, graph, Path(spec.out_dir), song.naming)
+    else:
+        card = resolve(spec.model)
+        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
+                                  bit_depth=spec.bit_depth, stems=spec.stems)
+        named = _Named(card.name, card.stems)
+
+        def names(song):
+            return separate_targets(song.path, named, options, song.naming)
+
+    seen: dict[Path, Path] = {}
+    planned = []
+    for song in songs:
+        if song.error:
+            planned.append(song)
+            continue
+        targets, manifest = names(song)
+        paths = [*targets.values(), manifest]
+        other = next((seen[p] for p in paths if p in seen), None)
+        if other is not None:
+            song = dataclasses.replace(song, error=(
+                f"{song.path}: its outputs ({paths[0]}) would overwrite those of {other.name}, named earlier; "
+                "name their folders instead of the files (outputs then mirror the folders), or add {album} or "
+                "{relpath} to the name template"))
+        else:
+            seen.update({p: song.path for p in paths})
+        planned.append(song)
+    return planned
