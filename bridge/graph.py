@@ -55,20 +55,30 @@ class RenderGraph:
         for name, stem in s.stems:
             effects.build_chain(stem.chain, where=f"{s.source}: stems.{name}.chain")
 
-    def stream(self, *, sample_rate: int, channels: int, taps=()) -> "GraphStream":
-        return GraphStream(self, sample_rate=sample_rate, channels=channels, taps=taps)
+    def stream(self, *, sample_rate: int, channels: int, separation=None, taps=()) -> "GraphStream":
+        """One song through the graph.
+
+        ``separation`` replaces the separator's own stream (anything with ``process(block)`` and
+        ``finish()`` returning ``{stem: audio}``, e.g. a replay of cached stems). ``taps``: see
+        :class:`GraphStream`.
+        """
+        return GraphStream(self, sample_rate=sample_rate, channels=channels, separation=separation, taps=taps)
 
 
 class GraphStream:
     """One song through the graph: ``process(block)`` and ``finish()`` return ``(mix, stems)``.
 
-    The output is ``tail_seconds`` longer than the input: silence is fed at the end so reverbs
-    and delays ring out. ``taps`` asks for more views of each call's stems, left in :attr:`taps`:
-    ``"raw"`` (the separator's stems, as many samples as it gave) and ``"prefader"`` (after the
-    chains, before gain, mute and solo; aligned with the processed stems).
+    The output is ``tail_seconds`` longer than the input: silence is fed to the stem chains after
+    the separated song so reverbs and delays ring out. The separator sees exactly the song (after
+    the pre chain), so its stems do not depend on the preset's tail and can be cached and shared
+    between presets; a pre chain's own tail past the end of the song is not separated.
+
+    ``taps`` asks for more views of each call's stems, left in :attr:`taps`: ``"raw"`` (the
+    separator's stems, as many samples as it gave) and ``"prefader"`` (after the chains, before
+    gain, mute and solo; aligned with the processed stems).
     """
 
-    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int, taps=()):
+    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int, separation=None, taps=()):
         s = graph.session
         self.sample_rate = sample_rate
         pre = graph._pre if graph._pre is not None else effects.build_chain(s.pre, where=f"{s.source}: pre")
@@ -76,7 +86,8 @@ class GraphStream:
         for chain in [pre, master, *(graph._chains or {}).values()]:
             chain.reset()  # ready-made chains are shared between songs: no tail of the last one
         self._pre = StreamChain(pre, sample_rate=sample_rate, channels=channels)
-        self._separation = graph.separator.stream(sample_rate=sample_rate, channels=channels)
+        self._separation = separation if separation is not None else \
+            graph.separator.stream(sample_rate=sample_rate, channels=channels)
         self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains,
                             prefader="prefader" in taps)
         self._taps = tuple(taps)
@@ -89,9 +100,10 @@ class GraphStream:
         return self._run(self._separation.process(self._pre.process(block)), last=False)
 
     def finish(self):
+        empty = np.zeros((self._channels, 0), np.float32)
+        stems = _join(self._separation.process(self._pre.process(empty, last=True)), self._separation.finish())
         tail = np.zeros((self._channels, self._tail), np.float32)
-        stems = _join(self._separation.process(self._pre.process(tail, last=True)), self._separation.finish())
-        return self._run(stems, last=True)
+        return self._run({k: np.concatenate([v, tail], axis=1) for k, v in stems.items()}, last=True)
 
     def _run(self, stems, *, last: bool):
         mix, processed = self._mixer.process(stems, last=last)

@@ -29,6 +29,7 @@ Schema (every key but ``version`` may be left out)::
       loudness_lufs: null                # integrated loudness target (BS.1770)
       true_peak_db: -1.0                 # ceiling, dBTP
       tail_seconds: 2.0                  # let reverbs ring out
+      loudness_scope: track              # or album: one gain for every song of a folder
       bwf: true                          # wav outputs carry bext (EBU Tech 3285 v2) and iXML chunks
       project: null                      # reaper: <track>.rpp beside the stems (files.stems defaults
                                          # to "{track}/{stem}.{ext}"), stems written before the fader
@@ -59,6 +60,7 @@ LAYOUTS = ("stereo", "5.1")
 PROJECTS = ("reaper",)
 PROJECT_STEMS = ("processed", "raw")
 PROJECT_STEMS_TEMPLATE = "{track}/{stem}.{ext}"  # output.files.stems when a project is asked without it
+SCOPES = ("track", "album")
 MAX_DEPTH = 12
 MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
@@ -97,6 +99,7 @@ class OutputSettings:
     loudness_lufs: float | None = None
     true_peak_db: float = -1.0
     tail_seconds: float = 2.0
+    loudness_scope: str = "track"  # "album": one loudness gain for all songs of a folder in a run
     bwf: bool = True  # Broadcast WAV chunks in wav outputs
     project: str | None = None  # "reaper": a DAW project of the session
     project_stems: str = "processed"  # or "raw"
@@ -135,8 +138,8 @@ class Session:
             "output": {"layout": o.layout, "format": o.format, "bit_depth": o.bit_depth,
                        "sample_rate": o.sample_rate or "source", "files": {"mix": o.mix, "stems": o.stems, "nistems": o.nistems},
                        "loudness_lufs": o.loudness_lufs, "true_peak_db": o.true_peak_db,
-                       "tail_seconds": o.tail_seconds, "bwf": o.bwf, "project": o.project,
-                       "project_stems": o.project_stems},
+                       "tail_seconds": o.tail_seconds, "loudness_scope": o.loudness_scope, "bwf": o.bwf,
+                       "project": o.project, "project_stems": o.project_stems},
         }
 
 
@@ -314,8 +317,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
             upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None)))
 
     o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
-                                                  "loudness_lufs", "true_peak_db", "tail_seconds", "bwf", "project",
-                                                  "project_stems"))
+                                                  "loudness_lufs", "true_peak_db", "tail_seconds", "loudness_scope",
+                                                  "bwf", "project", "project_stems"))
     files = r.mapping(o.get("files"), "output.files", ("mix", "stems", "nistems"))
     templates = {}
     for key, default in (("mix", OutputSettings.mix), ("stems", None), ("nistems", None)):
@@ -343,6 +346,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         if o.get("loudness_lufs") is not None else None,
         true_peak_db=r.number(o.get("true_peak_db", -1.0), "output.true_peak_db", low=-20.0, high=0.0),
         tail_seconds=r.number(o.get("tail_seconds", 2.0), "output.tail_seconds", low=0.0, high=60.0),
+        loudness_scope=r.choice(o.get("loudness_scope", "track"), "output.loudness_scope", SCOPES),
         bwf=r.boolean(o.get("bwf", True), "output.bwf"),
         project=r.choice(o["project"], "output.project", PROJECTS) if o.get("project") is not None else None,
         project_stems=r.choice(o.get("project_stems", "processed"), "output.project_stems", PROJECT_STEMS),

@@ -233,3 +233,29 @@ def test_a_crash_while_adding_chunks_leaves_no_finished_looking_file(tmp_path, s
     with pytest.raises(KeyboardInterrupt):
         render(tmp_path, separator, source)
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_album_loudness_renders_carry_the_album_gain_in_bext_and_get_their_project(tmp_path, song):
+    from bridge.cli import main as cli
+
+    album = tmp_path / "album"
+    album.mkdir()
+    wav_with_bext(album / "one.wav", song, TEN_AM)
+    wav_with_bext(album / "two.wav", 0.5 * song, TEN_AM + SR)
+    preset = tmp_path / "album.yaml"
+    preset.write_text("version: 1\nseparator: {model: dsp}\noutput: {loudness_lufs: -20, loudness_scope: album, "
+                      "tail_seconds: 0.1, project: reaper}\n")
+    assert cli(["render", str(preset), str(album), "--out", str(tmp_path / "out"), "--no-cache", "--quiet"]) == 0
+    manifests = sorted((tmp_path / "out").rglob("*.manifest.json"))
+    assert len(manifests) == 2
+    gains = set()
+    for manifest in manifests:
+        record = json.loads(manifest.read_text())
+        assert record["loudness"]["scope"] == "album"
+        gains.add(record["loudness"]["gain_db"])
+        for label, stats in record["outputs"].items():
+            bext = parse_bext(dict(riff_chunks(Path(stats["path"])))[b"bext"])
+            assert bext["loudness_value"] == round(stats["loudness_lufs"] * 100), label
+            assert bext["time_reference"] in (TEN_AM, TEN_AM + SR)
+        assert Path(record["handoff"]["project"]).is_file()
+    assert len(gains) == 1  # one gain for the album

@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..errors import OutputError
 from . import bwf, reaper
+from .nistems import ScratchStems
 
 @dataclasses.dataclass(frozen=True)
 class HandOff:
@@ -68,8 +69,33 @@ class HandOff:
         return lambda partial: bwf.embed(partial, info)
 
 
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+    """What a render hands off once its audio files are final: the REAPER project (built when
+    the first pass ended, so every length is known) and the NI Stems scratch files. Picklable,
+    so album loudness can finish it in another process."""
+
+    plan: HandOff
+    project: reaper.Project | None = None
+    nistems: "ScratchStems | None" = None
+
+    def write(self, gain_db: float) -> dict[str, Path]:
+        """Write the project and encode the NI Stems file (its streams times ``gain_db``)."""
+        written = {}
+        try:
+            if self.project is not None:
+                written["project"] = reaper.write(self.plan.project, self.project)
+            if self.nistems is not None:
+                written["nistems"] = self.nistems.encode(gain_db)
+        except BaseException:
+            for path in written.values():
+                path.unlink(missing_ok=True)
+            raise
+        return written
+
+
 def plan(path: Path, *, header, session, separator_name: str, targets: dict[str, Path], rate: int,
-         separator_stems=(), out_dir: Path | None = None) -> HandOff:
+         separator_stems=(), out_dir: Path | None = None, track: str | None = None) -> HandOff:
     """Decide and check a song's hand-off before rendering it.
 
     Raises
@@ -80,11 +106,12 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
         The project file would land on a stem, the mix or the input.
     """
     o = session.output
+    track = track or path.stem
     reference = bwf.source_time_reference(path, source_rate=header.sample_rate, target_rate=rate) if o.bwf else 0
     stems = {label: target for label, target in targets.items() if label != "mix"}
     project = None
     if o.project == "reaper" and stems:
-        project = project_path(stems, track=path.stem)
+        project = project_path(stems, track=track)
         _check_project(project, targets, path, where=f"{session.source}: output.project")
     nistems = None
     if o.nistems is not None:
@@ -92,7 +119,7 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
         from ..outputs import expand
 
         ni.check_stems(tuple(separator_stems), where=f"{session.source}: output.files.nistems")
-        nistems = expand(o.nistems, Path(out_dir), track=path.stem, stem="mix", ext="stem.mp4", model=separator_name)
+        nistems = expand(o.nistems, Path(out_dir), track=track, stem="mix", ext="stem.mp4", model=separator_name)
         for label, target in {**targets, "project": project}.items():
             if nistems == target:
                 raise OutputError(f"{session.source}: output.files.nistems: {nistems} is also the {label} output; "
@@ -101,7 +128,7 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
     if project is not None:
         tap = "raw" if o.project_stems == "raw" else "prefader"
     take = Path(session.source).stem if session.source not in ("<session>", "") else "session"
-    return HandOff(bwf=o.bwf, time_reference=reference, sample_rate=rate, track=path.stem, take=take,
+    return HandOff(bwf=o.bwf, time_reference=reference, sample_rate=rate, track=track, take=take,
                    model=separator_name, project=project, tap=tap, nistems=nistems)
 
 

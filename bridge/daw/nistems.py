@@ -18,6 +18,7 @@ for this output.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -174,7 +175,7 @@ class NiStemsWriter:
 
 class RenderFeed:
     """A render's NI Stems output: the mix and the four audible stems go to float scratch files as
-    the song streams, and are encoded by :meth:`finish` once the loudness gain is known.
+    the song streams, and are encoded (:meth:`ScratchStems.encode`) once the loudness gain is known.
 
     Parameters
     ----------
@@ -196,7 +197,6 @@ class RenderFeed:
         self._resamplers = {label: StreamResampler(orig_sr=orig_sr, target_sr=sample_rate, channels=2)
                             for label in self._labels}
         self._scratch = {}
-        self._encoder: NiStemsWriter | None = None
         try:
             for label in self._labels:
                 self._scratch[label] = io.AudioWriter(scratch / f"nistems-{label}.wav", sample_rate=sample_rate,
@@ -211,22 +211,39 @@ class RenderFeed:
             audio = mix if label == "mix" else stems[label]
             self._scratch[label].write(self._resamplers[label].process(audio, last=last))
 
-    def finish(self, gain_db: float = 0.0) -> Path:
-        """Encode the scratch files times ``gain_db`` into the target; return it."""
+    def close_scratch(self) -> "ScratchStems":
+        """Finish the scratch files; what :meth:`ScratchStems.encode` turns into the target."""
         files = {label: writer.close() for label, writer in self._scratch.items()}
         self._scratch = {}
-        gain = np.float32(db_to_gain(gain_db))
-        self._encoder = NiStemsWriter(self.target, sample_rate=self.sample_rate, title=self.title)
-        streams = [io.stream(files[label], block_frames=64 * AAC_FRAME) for label in self._labels]
-        for blocks in zip(*streams, strict=True):
-            self._encoder.write(blocks[0] * gain, {s: b * gain for s, b in zip(STEMS, blocks[1:])})
-        return self._encoder.close()
+        return ScratchStems(target=self.target, files=files, sample_rate=self.sample_rate, title=self.title)
 
     def abort(self) -> None:
         for writer in self._scratch.values():
             writer.abort()
-        if self._encoder is not None:
-            self._encoder.abort()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScratchStems:
+    """The float scratch files of a render's NI Stems output (``mix`` and each of :data:`STEMS`)."""
+
+    target: Path
+    files: dict
+    sample_rate: int
+    title: str = ""
+
+    def encode(self, gain_db: float = 0.0) -> Path:
+        """Encode the scratch files times ``gain_db`` into :attr:`target`, atomically; return it."""
+        gain = np.float32(db_to_gain(gain_db))
+        encoder = NiStemsWriter(self.target, sample_rate=self.sample_rate, title=self.title)
+        labels = ("mix",) + STEMS
+        try:
+            streams = [io.stream(self.files[label], block_frames=64 * AAC_FRAME) for label in labels]
+            for blocks in zip(*streams, strict=True):
+                encoder.write(blocks[0] * gain, {s: b * gain for s, b in zip(STEMS, blocks[1:])})
+        except BaseException:
+            encoder.abort()
+            raise
+        return encoder.close()
 
 
 def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
