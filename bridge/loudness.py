@@ -5,6 +5,11 @@ song of any length is measured in constant memory; the gating (400 ms blocks eve
 -70 LUFS absolute and -10 LU relative gates) follows BS.1770-4 as pyloudnorm does. Channel
 weights: 1.0 for L, R, C; 1.41 for the surrounds; the LFE is not measured (BS.1770 table 3).
 True peak is the peak of the signal upsampled 4x (BS.1770-4 annex 2), with soxr.
+
+From the same 100 ms step energies, :func:`descriptors` gives the maximum momentary (400 ms) and
+short-term (3 s) loudness of EBU Tech 3341 and the loudness range of EBU Tech 3342 (short-term
+values every 100 ms, gated at -70 LUFS and 20 LU below their power mean, 95th minus 10th
+percentile): the loudness fields of a Broadcast WAV bext chunk (EBU Tech 3285 v2).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import soxr
 
 BLOCK_S, STEP_S = 0.4, 0.1
 ABSOLUTE_GATE, RELATIVE_GATE = -70.0, -10.0
+SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window
+LRA_RELATIVE_GATE, LRA_PERCENTILES = -20.0, (10.0, 95.0)  # EBU Tech 3342
 
 
 def channel_weights(channels: int) -> np.ndarray:
@@ -78,6 +85,10 @@ class LoudnessMeter:
         """Gated integrated loudness in LUFS (-inf for silence or under 400 ms)."""
         return gated_loudness(_block_powers(np.array(self._steps), self._step, self.channels))
 
+    def descriptors(self) -> "Descriptors":
+        """Maximum momentary and short-term loudness and the loudness range; see :func:`descriptors`."""
+        return descriptors(np.array(self._steps), self._step, self.channels)
+
     def state(self) -> "MeterState":
         """What the album measurement needs of this meter: small, picklable."""
         return MeterState(steps=np.array(self._steps), step=self._step, channels=self.channels, peak=self._peak)
@@ -95,6 +106,46 @@ class MeterState:
     @property
     def true_peak_db(self) -> float:
         return 20 * np.log10(self.peak) if self.peak > 0 else float("-inf")
+
+    def descriptors(self) -> "Descriptors":
+        return descriptors(self.steps, self.step, self.channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Descriptors:
+    """EBU Tech 3341/3342 measures of one programme: LUFS (or -inf) and LU."""
+
+    max_momentary: float
+    max_short_term: float
+    loudness_range: float | None  # None under 3 s of audio (no short-term value)
+
+
+def descriptors(steps: np.ndarray, step: int, channels: int) -> Descriptors:
+    """Max momentary (400 ms) and short-term (3 s) loudness, and the loudness range (EBU Tech 3342),
+    from 100 ms step energies. Windows slide by 100 ms; under 3 s of audio there is no range."""
+    momentary = _window_loudness(steps, step, channels, BLOCK_S)
+    short = _window_loudness(steps, step, channels, SHORT_TERM_S)
+    gated = short[short >= ABSOLUTE_GATE]
+    lra = None if not short.size else 0.0
+    if gated.size:
+        relative = 10 * np.log10(np.mean(10 ** (gated / 10))) + LRA_RELATIVE_GATE
+        kept = gated[gated >= relative]
+        if kept.size:
+            low, high = np.percentile(kept, LRA_PERCENTILES)
+            lra = float(high - low)
+    return Descriptors(max_momentary=float(momentary.max()) if momentary.size else float("-inf"),
+                       max_short_term=float(short.max()) if short.size else float("-inf"), loudness_range=lra)
+
+
+def _window_loudness(steps: np.ndarray, step: int, channels: int, seconds: float) -> np.ndarray:
+    """Loudness (LUFS, -inf for silence) of every ``seconds`` window, sliding by one 100 ms step."""
+    per_window = int(round(seconds / STEP_S))
+    if len(steps) < per_window:
+        return np.zeros(0)
+    window = np.lib.stride_tricks.sliding_window_view(steps, per_window, axis=0).sum(axis=-1)
+    power = (window / (per_window * step)) @ channel_weights(channels)
+    with np.errstate(divide="ignore"):
+        return -0.691 + 10 * np.log10(power)
 
 
 def album_loudness(states) -> tuple[float, float]:

@@ -561,9 +561,13 @@ def finish_render(pending: PendingRender, *, gain_db: float, album: dict) -> dic
             shifted = _shift(pending.report[label], gain_db)
             finish = None
             if pending.handoff is not None:
+                extra = pending.loudness[label].descriptors()
                 finish = pending.handoff.plan.finisher(
                     label, target, channels=shifted["channels"], bit_depth=pending.bit_depth,
-                    loudness=bwf.Loudness(integrated=shifted["loudness_lufs"], true_peak=shifted["true_peak_dbtp"]))
+                    loudness=bwf.Loudness(integrated=shifted["loudness_lufs"], true_peak=shifted["true_peak_dbtp"],
+                                          max_momentary=extra.max_momentary + gain_db,
+                                          max_short_term=extra.max_short_term + gain_db,
+                                          range=extra.loudness_range))
             writer = _apply_gain(pending.scratch[label], target, gain_db, channels=pending.report[label]["channels"],
                                  bit_depth=pending.bit_depth, inputs=[pending.path], finish=finish)
             written[label] = writer.path
@@ -634,7 +638,10 @@ def _finisher(hand: "daw.HandOff", out: _Output, gain_db: float, bit_depth):
     def shifted(value: float) -> float | None:
         return value + gain_db if np.isfinite(value) else None
 
-    loudness = bwf.Loudness(integrated=shifted(out.meter.integrated), true_peak=shifted(out.meter.true_peak_db))
+    extra = out.meter.descriptors()
+    loudness = bwf.Loudness(integrated=shifted(out.meter.integrated), true_peak=shifted(out.meter.true_peak_db),
+                            max_momentary=shifted(extra.max_momentary), max_short_term=shifted(extra.max_short_term),
+                            range=extra.loudness_range)
     return hand.finisher(out.label, out.path, channels=out.channels, bit_depth=bit_depth, loudness=loudness)
 
 

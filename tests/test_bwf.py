@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pedalboard
+import pyloudnorm
 import pytest
 import soundfile as sf
 
@@ -109,7 +110,9 @@ def test_every_wav_output_carries_bext_v2_and_ixml_before_the_data(tmp_path, sep
         # Tech 3285 v2 section 2.4: hundredths of LUFS / dBTP; 0x7FFF where not measured.
         assert bext["loudness_value"] == round(stats["loudness_lufs"] * 100)
         assert bext["max_true_peak"] == round(stats["true_peak_dbtp"] * 100)
-        assert bext["loudness_range"] == bext["max_momentary"] == bext["max_short_term"] == 0x7FFF
+        # 1.75 s of audio: a momentary maximum, but no 3 s short-term window and so no range.
+        assert bext["max_momentary"] >= bext["loudness_value"] and bext["max_momentary"] != 0x7FFF
+        assert bext["loudness_range"] == bext["max_short_term"] == 0x7FFF
         assert bext["coding_history"] == f"A=PCM,F={SR},W=24,M=stereo,T=stembridge {__version__}\r\n"
         ixml = ElementTree.fromstring(dict(chunks)[b"iXML"].rstrip(b"\0").decode("utf-8"))
         assert ixml.findtext("PROJECT") == "take 3" and ixml.findtext("TAKE") == "vocal-up"
@@ -259,3 +262,32 @@ def test_album_loudness_renders_carry_the_album_gain_in_bext_and_get_their_proje
             assert bext["time_reference"] in (TEN_AM, TEN_AM + SR)
         assert Path(record["handoff"]["project"]).is_file()
     assert len(gains) == 1  # one gain for the album
+
+
+def test_loudness_descriptors_follow_ebu_tech_3341_and_3342():
+    """10 s of a 1 kHz tone, then 10 s of it 10 dB down: LRA 10 LU, maxima the loud part's loudness."""
+    from bridge.loudness import LoudnessMeter
+
+    t = np.arange(10 * SR) / SR
+    loud = np.stack([0.3 * np.sin(2 * np.pi * 1000 * t)] * 2).astype(np.float32)
+    signal = np.concatenate([loud, loud * np.float32(10 ** (-10 / 20))], axis=1)
+    meter = LoudnessMeter(sample_rate=SR, channels=2)
+    for start in range(0, signal.shape[1], 44100 // 3):  # odd block sizes, as a render feeds them
+        meter.process(signal[:, start:start + 44100 // 3])
+    extra = meter.descriptors()
+    reference = pyloudnorm.Meter(SR).integrated_loudness(loud.T.astype(np.float64))  # independent: the loud part
+    assert extra.max_momentary == pytest.approx(reference, abs=0.05)
+    assert extra.max_short_term == pytest.approx(reference, abs=0.05)
+    assert extra.loudness_range == pytest.approx(10.0, abs=0.1)
+    assert meter.state().descriptors() == extra
+
+
+def test_a_long_enough_output_carries_every_loudness_field(tmp_path, separator, song):
+    source = wav_with_bext(tmp_path / "song.wav", np.tile(song, 3), TEN_AM)  # 4.5 s of a steady signal
+    written = render(tmp_path, separator, source, tail_seconds=0.0)
+    bext = parse_bext(dict(riff_chunks(written["mix"]))[b"bext"])
+    assert 0x7FFF not in (bext["loudness_value"], bext["loudness_range"], bext["max_true_peak"],
+                          bext["max_momentary"], bext["max_short_term"])
+    assert 0 <= bext["loudness_range"] < 100  # a steady signal: under 1 LU
+    assert abs(bext["max_short_term"] - bext["loudness_value"]) < 50  # within 0.5 LU of the integrated
+    assert bext["max_momentary"] >= bext["max_short_term"] - 1
