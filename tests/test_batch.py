@@ -243,6 +243,25 @@ def test_a_second_preset_over_cached_stems_calls_the_model_zero_times(counted, m
         np.testing.assert_allclose(stems[0] + stems[1], io.read(song.path)[0], atol=1e-6)
 
 
+def test_a_flac_is_named_by_its_own_md5_of_the_samples_and_retagging_keeps_its_entry(tmp_path):
+    song = tmp_path / "song.flac"
+    rng = np.random.default_rng(3)
+    samples = (rng.standard_normal((SR, 2)) * 0.1 * 2 ** 23).astype(np.int32)
+    sf.write(str(song), samples << 8, SR, subtype="PCM_24")
+    packed = (samples.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3]).tobytes()  # 24-bit little-endian
+    import hashlib
+
+    assert io.flac_audio_md5(song) == hashlib.md5(packed).hexdigest()
+    cache = tmp_path / "cache"
+    argv = ["separate", "--model", "dsp", "--quiet", "--cache-dir", str(cache)]
+    assert cli([*argv, str(song), "--out", str(tmp_path / "a")]) == 0
+    with sf.SoundFile(str(song), "r+") as f:  # retag: the bytes change, the audio does not
+        f.title = "a new title"
+    assert cli([*argv, str(song), "--out", str(tmp_path / "b")]) == 0
+    assert run_record(tmp_path / "b")["songs"][0]["status"] == "cached"
+    assert io.flac_audio_md5(tmp_path / "cache") is None  # not a FLAC file: decoded and hashed instead
+
+
 def test_separate_reads_and_fills_the_same_cache(tmp_path, capsys):
     song = write_song(tmp_path / "song.wav", 1.0, seed=7)
     cache = tmp_path / "cache"
@@ -418,8 +437,9 @@ def test_jobs_2_equals_jobs_1_also_with_vst3_chains(album, tmp_path, vst3_plugin
     stembridge("render", preset, album, "--out", one, "--no-cache", "--quiet")
     stembridge("render", preset, album, "--out", two, "--no-cache", "--quiet", "--jobs", "2")
     assert audio_files(one) == audio_files(two) and len(audio_files(one)) == 15
-    workers = {s["status"] for s in run_record(two)["songs"]}
-    assert workers == {"rendered"}
+    songs = run_record(two)["songs"]
+    assert {s["status"] for s in songs} == {"rendered"}
+    assert len({s["worker_pid"] for s in songs}) == 2  # two workers, each loaded once for its songs
     # An ONNX model with 2 onnxruntime threads (--jobs 1) and 1 thread each (--jobs 2).
     model = tmp_path / "onnx.yaml"
     model.write_text(f"version: 1\nseparator: {{model: {models_dir / 'mask.yaml'}}}\noutput: {{tail_seconds: 0, "
@@ -549,8 +569,10 @@ def test_dask_run_equals_the_local_run_also_with_vst3_chains(dask_cluster, album
     result = stembridge("render", preset, album, "--out", remote, "--no-cache", "--scheduler", dask_cluster)
     assert "5 rendered" in result.stdout
     assert audio_files(local) == audio_files(remote) and len(audio_files(local)) == 15
-    pids = {s["status"] for s in run_record(remote)["songs"]}
-    assert pids == {"rendered"}
+    songs = run_record(remote)["songs"]
+    assert {s["status"] for s in songs} == {"rendered"}
+    # One render host per worker process, reused song after song (the model and plugins load once each).
+    assert len({s["worker_pid"] for s in songs}) <= 2
 
 
 def _parent(pid: int) -> int:
