@@ -189,6 +189,24 @@ def _declares_more_data(path: Path) -> bool:
     return False
 
 
+def flac_audio_md5(path) -> str | None:
+    """The MD5 of the decoded samples that a FLAC file's STREAMINFO block records, or None.
+
+    Every FLAC encoder stores it (all zeros when it did not compute one); it names the audio
+    content without decoding it, and stays the same when the tags change.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4 + 4 + 34)
+    except OSError:
+        return None
+    # 'fLaC', then the first metadata block, which is always STREAMINFO (type 0) of 34 bytes.
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0 or int.from_bytes(head[5:8], "big") != 34:
+        return None
+    md5 = head[8 + 18:8 + 34]
+    return None if md5 == bytes(16) else md5.hex()
+
+
 def read(path) -> tuple[np.ndarray, int]:
     """Read a whole file: ``(audio, sample_rate)``, audio ``(channels, samples)`` float32.
 

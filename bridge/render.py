@@ -127,6 +127,16 @@ def _stat(path: Path) -> tuple[int, int]:
     return (st.st_size, st.st_mtime_ns)
 
 
+def _audio_identity(path: Path, header: io.AudioInfo) -> str:
+    """A hash of the song's decoded audio: FLAC's own MD5 of its samples where the file has one
+    (no decoding needed), else sha256 of the decoded float32 samples."""
+    md5 = io.flac_audio_md5(path) if header.format == "FLAC" else None
+    if md5 is not None:
+        return f"flac-md5:{md5}:{header.subtype}"
+    block = max(1, int(BLOCK_SECONDS * header.sample_rate))
+    return audio_digest(io.stream(path, block_frames=block))
+
+
 class _Separation:
     """The separation stream for one song: replayed from the cache, filled into it, or plain."""
 
@@ -140,8 +150,7 @@ class _Separation:
             return
         residual = getattr(separator.engine, "residual_stem", None)
         computed = tuple(s for s in separator.stems if s != residual)
-        block = max(1, int(BLOCK_SECONDS * header.sample_rate))
-        key = entry_key(audio=audio_digest(io.stream(path, block_frames=block)), sample_rate=header.sample_rate,
+        key = entry_key(audio=_audio_identity(path, header), sample_rate=header.sample_rate,
                         channels=header.channels, frames=header.frames, pre=_pre_identity(pre), model=identity,
                         settings=identity["settings"], stems=computed, residual=residual)
         entry = cache.open(key, stems=computed, frames=header.frames, channels=header.channels)

@@ -161,7 +161,7 @@ class DaskExecutor:
             future = self.client.submit(_dask_task, self.spec, song, kwargs, pure=False, retries=1)
             by_future[future] = song
         self._futures = list(by_future)
-        for future in as_completed(self._futures):
+        for future in as_completed(self._futures, loop=self.client.loop):
             if self.stop.is_set():
                 return
             song = by_future[future]

@@ -55,7 +55,7 @@ class RunReport:
                 "counts": {s: self.count(s) for s in ("rendered", "cached", "skipped", "failed")},
                 "notes": self.notes,
                 "songs": [{"input": str(o.path), "status": o.status, "audio_seconds": round(o.seconds, 3),
-                           "wall_seconds": round(o.wall, 3), "error": o.error,
+                           "wall_seconds": round(o.wall, 3), "error": o.error, "worker_pid": o.worker or None,
                            "outputs": {k: str(v) for k, v in o.written.items()}} for o in self.outcomes]}
 
 
