@@ -218,10 +218,12 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     targets, manifest = separate_targets(path, separator, options, naming)
     digest = file_sha256(path)
     expected = {"kind": "separate", "input_sha256": digest, "model": model_identity(separator) or separator.name,
-                "stems": list(targets), "ext": options.ext, "bit_depth": options.bit_depth, "stembridge": __version__}
-    if not force and _separate_up_to_date(manifest, expected, targets):
-        return SongResult(path, "skipped", written=targets, seconds=header.seconds)
+                "stems": list(targets), "ext": options.ext, "bit_depth": options.bit_depth, "stembridge": __version__,
+                "bwf": options.bwf, "project": options.project}
     hand = daw.separation_plan(path, header=header, options=options, separator_name=separator.name, targets=targets)
+    handoff = {"project": hand.project} if hand.project is not None else {}
+    if not force and _separate_up_to_date(manifest, expected, {**targets, **handoff}):
+        return SongResult(path, "skipped", written={**targets, **handoff}, seconds=header.seconds)
     created = _missing_folders([*targets.values()], Path(options.out_dir))
     separation = None
     writers = {}
@@ -430,8 +432,9 @@ def up_to_date(manifest: Path, *, input_sha256: str, graph: RenderGraph, targets
         outputs = record["outputs"]
     except (KeyError, TypeError):
         return False
+    handoff = record.get("handoff") or {}  # a deleted REAPER project or NI Stems file is rendered again
     return same and all(label in outputs and Path(outputs[label]["path"]) == target and target.is_file()
-                        for label, target in targets.items())
+                        for label, target in targets.items()) and all(Path(p).is_file() for p in handoff.values())
 
 
 def _model_sha(separator) -> str | None:

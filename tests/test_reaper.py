@@ -275,3 +275,25 @@ def test_separate_and_render_take_project_reaper_on_the_command_line(tmp_path, c
     assert (tmp_path / "ren" / "song" / "vocals.wav").exists()  # files.stems defaults with a project
     assert math.isclose(float(value(children(children(load(tmp_path / "ren" / "song" / "song.rpp"), "TRACK")[1],
                                              "ITEM")[0], "LENGTH")[0]), 0.5, abs_tol=1e-12)
+
+
+def test_resume_writes_a_project_that_is_missing_or_newly_asked_for(tmp_path):
+    source = write_song(tmp_path / "song.wav", seconds=0.5)
+    sep = ["separate", str(source), "--model", "dsp", "--out", str(tmp_path / "sep"), "--no-cache", "--quiet"]
+    assert cli(sep) == 0
+    project = tmp_path / "sep" / "song" / "song.rpp"
+    assert not project.exists()
+    assert cli([*sep, "--project", "reaper"]) == 0  # not "up to date": the project is new
+    assert project.is_file()
+    project.unlink()
+    assert cli([*sep, "--project", "reaper"]) == 0
+    assert project.is_file()
+    preset = tmp_path / "p.yaml"
+    preset.write_text("version: 1\nseparator: {model: dsp}\noutput: {tail_seconds: 0, project: reaper}\n")
+    ren = ["render", str(preset), str(source), "--out", str(tmp_path / "ren"), "--no-cache", "--quiet"]
+    assert cli(ren) == 0
+    rendered = tmp_path / "ren" / "song" / "song.rpp"
+    before = rendered.stat().st_mtime_ns
+    assert cli(ren) == 0 and rendered.stat().st_mtime_ns == before  # up to date: skipped
+    rendered.unlink()
+    assert cli(ren) == 0 and rendered.is_file()  # gone: rendered again
