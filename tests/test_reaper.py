@@ -297,3 +297,16 @@ def test_resume_writes_a_project_that_is_missing_or_newly_asked_for(tmp_path):
     assert cli(ren) == 0 and rendered.stat().st_mtime_ns == before  # up to date: skipped
     rendered.unlink()
     assert cli(ren) == 0 and rendered.is_file()  # gone: rendered again
+
+
+def test_the_readme_hand_off_snippet_is_a_valid_output_section():
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## DAW hand-off", 1)[1]
+    snippet = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    output = parse({"version": 1, **yaml.safe_load(snippet)}, source="README.md").output
+    assert (output.bwf, output.project, output.project_stems) == (True, "reaper", "processed")
+    assert output.nistems == "{track}.stem.mp4"
