@@ -220,7 +220,8 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     expected = {"kind": "separate", "input_sha256": digest, "model": model_identity(separator) or separator.name,
                 "stems": list(targets), "ext": options.ext, "bit_depth": options.bit_depth, "stembridge": __version__,
                 "bwf": options.bwf, "project": options.project}
-    hand = daw.separation_plan(path, header=header, options=options, separator_name=separator.name, targets=targets)
+    hand = daw.separation_plan(path, header=header, options=options, separator_name=separator.name, targets=targets,
+                               track=naming.track)
     handoff = {"project": hand.project} if hand.project is not None else {}
     if not force and _separate_up_to_date(manifest, expected, {**targets, **handoff}):
         return SongResult(path, "skipped", written={**targets, **handoff}, seconds=header.seconds)

@@ -4,8 +4,8 @@
 ``output.files.nistems``, checks what can be checked up front (the input's timecode, names and
 collisions, the stems NI Stems needs) and returns a :class:`HandOff` that :mod:`bridge.render`
 asks at three points: which view of the stems to write (:attr:`HandOff.tap`), what to add to each
-WAV before its rename (:meth:`HandOff.finisher`), and what to write once the files exist
-(:meth:`HandOff.write_project`).
+WAV before its rename (:meth:`HandOff.finisher`), and what to write once the audio files are
+final (:class:`Deferred`: the REAPER project and the NI Stems file).
 
 Stems a project references are written *before the fader* (after the chains for ``processed``,
 straight from the separator for ``raw``): the project's tracks carry the gain, pan, mute, solo
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import OutputError
+from ..outputs import expand
 from . import bwf, reaper
-from .nistems import ScratchStems
+from .nistems import ScratchStems, check_stems
+
 
 @dataclasses.dataclass(frozen=True)
 class HandOff:
@@ -77,7 +79,7 @@ class Deferred:
 
     plan: HandOff
     project: reaper.Project | None = None
-    nistems: "ScratchStems | None" = None
+    nistems: ScratchStems | None = None
 
     def write(self, gain_db: float) -> dict[str, Path]:
         """Write the project and encode the NI Stems file (its streams times ``gain_db``)."""
@@ -115,10 +117,7 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
         _check_project(project, targets, path, where=f"{session.source}: output.project")
     nistems = None
     if o.nistems is not None:
-        from . import nistems as ni
-        from ..outputs import expand
-
-        ni.check_stems(tuple(separator_stems), where=f"{session.source}: output.files.nistems")
+        check_stems(tuple(separator_stems), where=f"{session.source}: output.files.nistems")
         nistems = expand(o.nistems, Path(out_dir), track=track, stem="mix", ext="stem.mp4", model=separator_name)
         for label, target in {**targets, "project": project}.items():
             if nistems == target:
@@ -132,14 +131,16 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
                    model=separator_name, project=project, tap=tap, nistems=nistems)
 
 
-def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path]) -> HandOff:
+def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path],
+                    track: str | None = None) -> HandOff:
     """:func:`plan` for :func:`bridge.render.separate_file` (no session: its options instead)."""
     rate = header.sample_rate
+    track = track or path.stem
     reference = bwf.source_time_reference(path, source_rate=rate, target_rate=rate) if options.bwf else 0
-    project = project_path(targets, track=path.stem) if options.project == "reaper" else None
+    project = project_path(targets, track=track) if options.project == "reaper" else None
     if project is not None:
         _check_project(project, targets, path, where="--project")
-    return HandOff(bwf=options.bwf, time_reference=reference, sample_rate=rate, track=path.stem, take="separate",
+    return HandOff(bwf=options.bwf, time_reference=reference, sample_rate=rate, track=track, take="separate",
                    model=separator_name, project=project)
 
 
