@@ -255,9 +255,13 @@ def test_a_flac_is_named_by_its_own_md5_of_the_samples_and_retagging_keeps_its_e
     cache = tmp_path / "cache"
     argv = ["separate", "--model", "dsp", "--quiet", "--cache-dir", str(cache)]
     assert cli([*argv, str(song), "--out", str(tmp_path / "a")]) == 0
-    with sf.SoundFile(str(song), "r+") as f:  # retag: the bytes change, the audio does not
+    tagged = tmp_path / "tagged" / "song.flac"  # the same samples with a title: other bytes, same audio
+    tagged.parent.mkdir()
+    with sf.SoundFile(str(tagged), "w", samplerate=SR, channels=2, subtype="PCM_24") as f:
         f.title = "a new title"
-    assert cli([*argv, str(song), "--out", str(tmp_path / "b")]) == 0
+        f.write(samples << 8)
+    assert tagged.read_bytes() != song.read_bytes()
+    assert cli([*argv, str(tagged), "--out", str(tmp_path / "b")]) == 0
     assert run_record(tmp_path / "b")["songs"][0]["status"] == "cached"
     assert io.flac_audio_md5(tmp_path / "cache") is None  # not a FLAC file: decoded and hashed instead
 
