@@ -291,3 +291,9 @@ def test_a_long_enough_output_carries_every_loudness_field(tmp_path, separator, 
     assert 0 <= bext["loudness_range"] < 100  # a steady signal: under 1 LU
     assert abs(bext["max_short_term"] - bext["loudness_value"]) < 50  # within 0.5 LU of the integrated
     assert bext["max_momentary"] >= bext["max_short_term"] - 1
+
+
+def test_ixml_stays_well_formed_with_control_characters_in_a_name():
+    info = bwf.Broadcast(description="d", sample_rate=SR, channels=2, project="a\x01b\x1fc & <d>", take="t\x0b")
+    root = ElementTree.fromstring(bwf.ixml_payload(info).decode("utf-8"))  # an XML parser accepts it
+    assert root.findtext("PROJECT") == "a?b?c & <d>" and root.findtext("TAKE") == "t?"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import struct
 import unicodedata
 import uuid
@@ -42,6 +43,8 @@ IXML_VERSION = "2.10"
 #: Channel names of the layouts stembridge writes (5.1 in WAVE_FORMAT_EXTENSIBLE order, mask 0x3F).
 CHANNEL_NAMES = {1: ("M",), 2: ("L", "R"), 6: ("L", "R", "C", "LFE", "Ls", "Rs")}
 _COPY_BLOCK = 1 << 22
+#: Characters XML 1.0 cannot hold even escaped (a file name may); iXML text shows them as '?'.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +139,7 @@ def ixml_payload(info: Broadcast) -> bytes:
     def add(parent, tag, text=None):
         node = ElementTree.SubElement(parent, tag)
         if text is not None:
-            node.text = str(text)
+            node.text = _XML_INVALID.sub("?", str(text))
         return node
 
     add(root, "IXML_VERSION", IXML_VERSION)
