@@ -195,7 +195,6 @@ class Mixer:
             return stereo
         return self._routers[name](stereo)
 
-
     def _unity(self, name: str, audio: np.ndarray) -> np.ndarray:
         """A stem before its fader: the chain's output; in 5.1 also panned and routed (a DAW's 5.1
         track cannot redo the stereo pan that comes before the routing)."""

@@ -18,13 +18,13 @@ import numpy as np
 from . import __version__, io
 from .audio import StreamResampler, db_to_gain
 from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
+from .daw import bwf, handoff as daw, nistems
 from .errors import AudioError, BridgeError, OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
 from .outputs import check_template, check_unique, expand
 from .separation import ChunkedSeparator
 from .separation.runner import check_channels
-from .daw import bwf, handoff as daw, nistems
 
 #: Samples read per block; memory stays flat with song length.
 BLOCK_SECONDS = 10.0
