@@ -183,3 +183,32 @@ def test_preset_check_refuses_nistems_for_a_two_stem_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dj.yaml: output.files.nistems: NI Stems holds the mix and exactly four stems" in err[0]
     assert "missing drums, bass, other" in err[0]
+
+
+def test_album_loudness_encodes_the_stem_file_with_the_album_gain(tmp_path, four_stems):
+    """The deferred path: the first pass keeps the streams as scratch, the album's gain comes later."""
+    from bridge.render import finish_render, render_song
+
+    source = song(tmp_path / "song.wav", seconds=1.0)
+    plain = decode(render(tmp_path / "a", four_stems, source)["nistems"])
+    session = parse({"version": 1, "stems": GAINS,
+                     "output": {"files": {"mix": "{track}.remix.{ext}", "nistems": "{track}.stem.mp4"},
+                                "bit_depth": 32, "tail_seconds": 0.1, "loudness_lufs": -30.0,
+                                "loudness_scope": "album"}}, source=str(tmp_path / "dj.yaml"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = render_song(source, RenderGraph(session, four_stems), tmp_path / "b", defer_gain_to=scratch)
+    assert result.status == "measured" and not (tmp_path / "b" / "song.stem.mp4").exists()
+    written = finish_render(result.pending, gain_db=-6.0, album={"folder": "x"})
+    deferred = decode(written["nistems"])
+    for a, b in zip(plain, deferred):
+        assert snr_db(a * 10 ** (-6 / 20), b) > 28  # AAC precision, as above
+    assert json.loads(written["manifest"].read_text())["handoff"] == {"nistems": str(written["nistems"])}
+
+
+def test_a_48_khz_render_writes_48_khz_streams(tmp_path, four_stems):
+    written = render(tmp_path, four_stems, song(tmp_path / "song.wav", seconds=0.5), sample_rate=48000)
+    with av.open(str(written["nistems"])) as container:
+        assert {s.codec_context.sample_rate for s in container.streams.audio} == {48000}
+    frames = sf.info(str(written["mix"])).frames
+    assert {d.shape[1] for d in decode(written["nistems"])} == {math.ceil(frames / 1024) * 1024}
