@@ -14,7 +14,7 @@ import rpp
 import soundfile as sf
 
 from bridge.cli import main as cli
-from bridge.daw import reaper
+from bridge.daw import handoff, reaper
 from bridge.errors import OutputError
 from bridge.graph import RenderGraph
 from bridge.mixer import gain_curve
@@ -106,6 +106,7 @@ def test_tracks_items_and_sources_match_the_session(tmp_path, separator):
     assert json.loads(written["manifest"].read_text())["handoff"] == {"project": str(project_file)}
     project = load(project_file)
     assert project.tag == "REAPER_PROJECT"
+    assert "|" + handoff.PAN_LAW_NOTE in children(project, "NOTES")[0]  # panned tracks: how to match the law
     assert value(project, "SAMPLERATE")[0] == str(SR) and value(project, "MASTER_NCH")[0] == "2"
     tracks = children(project, "TRACK")
     assert [value(t, "NAME")[0] for t in tracks] == ["original mix (reference)", "vocals", "instrumental"]

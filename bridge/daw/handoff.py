@@ -24,6 +24,13 @@ from . import bwf, reaper
 from .nistems import ScratchStems, check_stems
 
 
+#: The project's notes when a track is panned: stembridge's pan law is constant power with unity at
+#: the centre (bridge.mixer.pan_gains), nearest REAPER's -3 dB law with gain compensation, not its
+#: default; the .rpp does not set it (its encoding there is not documented; not checked in REAPER).
+PAN_LAW_NOTE = ("Pan law: stembridge pans at constant power with unity at the centre (+3 dB hard-panned); "
+                "the closest REAPER setting is Project settings > Pan law -3.0 dB with gain compensation.")
+
+
 @dataclasses.dataclass(frozen=True)
 class HandOff:
     """A song's hand-off plan; see the module docstring.
@@ -197,8 +204,11 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
             name=stem, file=reaper.relative_source(file, project), length=frames[stem] / handoff.sample_rate,
             channels=channels[stem] if channels[stem] > 2 else 2, volume=volume, pan=pan, mute=s.mute, solo=s.solo,
             invert=s.invert, volume_envelope=points, notes="\n".join(notes)))
+    notes = [f"stembridge: {session.source}, song {source.name}, model {handoff.model}"]
+    if any(t.pan for t in tracks):
+        notes.append(PAN_LAW_NOTE)
     return reaper.Project(sample_rate=handoff.sample_rate, tracks=tuple(tracks), channels=layout_channels,
-                          notes=f"stembridge: {session.source}, song {source.name}, model {handoff.model}")
+                          notes="\n".join(notes))
 
 
 def separation_project(project: Path, *, source: Path, source_seconds: float, files: dict[str, Path],
