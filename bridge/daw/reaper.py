@@ -39,6 +39,8 @@ SOURCE_TYPES = {"wav": "WAVE", "aiff": "WAVE", "aif": "WAVE", "flac": "FLAC", "m
 #: in amplitude and the session linearly in dB; over 1 dB the two differ by at most 0.015 dB
 #: (at the middle of a step, 20 log10((1 + r) / (2 sqrt r)) with r = 10^(1/20)).
 MAX_ENVELOPE_STEP_DB = 1.0
+#: The REAPER version whose project format this module writes.
+FORMAT_VERSION = "6.0"
 _GUID_NAMESPACE = uuid.UUID("5b0d3c62-4f2e-4b8e-9d59-6a2f0d1e7c14")
 
 
@@ -180,7 +182,9 @@ def _track(track: Track, index: int) -> list[str]:
 
 def dumps(project: Project) -> str:
     """The ``.rpp`` text of ``project``."""
-    lines = [f"<REAPER_PROJECT 0.1 {quote(f'stembridge {__version__}')} {int(time.time())}",
+    # REAPER reads the leading number of the version field to decide which format rules apply (old
+    # projects get legacy pan and mixing behaviour); the chunks here are REAPER 6's.
+    lines = [f"<REAPER_PROJECT 0.1 {quote(f'{FORMAT_VERSION}/stembridge-{__version__}')} {int(time.time())}",
              "  RIPPLE 0", f"  SAMPLERATE {project.sample_rate} 1 0"]
     if project.tempo is not None:
         t = project.tempo
