@@ -13,6 +13,7 @@ import pytest
 import rpp
 import soundfile as sf
 
+from bridge import __version__
 from bridge.cli import main as cli
 from bridge.daw import handoff, reaper
 from bridge.errors import OutputError
@@ -106,7 +107,7 @@ def test_tracks_items_and_sources_match_the_session(tmp_path, separator):
     assert json.loads(written["manifest"].read_text())["handoff"] == {"project": str(project_file)}
     project = load(project_file)
     assert project.tag == "REAPER_PROJECT"
-    assert project.attrib[:2] == ["0.1", "6.0/stembridge-0.1.0"] and int(project.attrib[2]) > 1.7e9
+    assert project.attrib[:2] == ["0.1", f"6.0/stembridge-{__version__}"] and int(project.attrib[2]) > 1.7e9
     assert "|" + handoff.PAN_LAW_NOTE in children(project, "NOTES")[0]  # panned tracks: how to match the law
     assert value(project, "SAMPLERATE")[0] == str(SR) and value(project, "MASTER_NCH")[0] == "2"
     tracks = children(project, "TRACK")
