@@ -77,8 +77,9 @@ def envelope(track, tag: str) -> np.ndarray | None:
 
 
 def playback(project, folder: Path, frames: int, channels: int) -> np.ndarray:
-    """What REAPER plays: audible tracks (unmuted; the soloed ones if any), polarity, volume or its
-    envelope (linear between points, held outside them). Pan is 0 on every track used here."""
+    """What REAPER plays: audible tracks (unmuted; the soloed ones if any), polarity, the fader
+    volume times the volume envelope (trim/read, a new track's mode; the envelope linear between
+    points, held outside them). Pan is 0 on every track used here."""
     tracks = children(project, "TRACK")
     soloed = any(int(value(t, "MUTESOLO")[1]) for t in tracks)
     out = np.zeros((channels, frames))
@@ -91,7 +92,8 @@ def playback(project, folder: Path, frames: int, channels: int) -> np.ndarray:
         audio = sf.read(str(folder / value(source, "FILE")[0]), dtype="float64", always_2d=True)[0].T
         points = envelope(track, "VOLENV2")
         t = np.arange(audio.shape[1]) / SR
-        gain = np.interp(t, points[:, 0], points[:, 1]) if points is not None else float(value(track, "VOLPAN")[0])
+        gain = float(value(track, "VOLPAN")[0]) * (np.interp(t, points[:, 0], points[:, 1]) if points is not None else 1.0)
+        assert value(track, "AUTOMODE") == ["0"]  # trim/read, as this playback models it
         sign = -1.0 if int(value(track, "IPHASE")[0]) else 1.0
         out[:, : audio.shape[1]] += sign * gain * audio
     return out

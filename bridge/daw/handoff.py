@@ -189,7 +189,9 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
         s = session.stem(stem)
         automated = not isinstance(s.gain_db, (int, float))
         points = reaper.volume_points(s.gain_db) if automated else ()
-        volume = points[0][1] if automated else 10 ** (s.gain_db / 20)
+        # New REAPER tracks are in trim/read mode, where the fader scales the envelope: with an
+        # envelope the fader stays at unity so the gain is applied once.
+        volume = 1.0 if automated else 10 ** (s.gain_db / 20)
         # In 5.1 the pan comes before the routing and is in the file already (see Mixer.prefader).
         pan = 0.0 if surround and handoff.tap == "prefader" else s.pan
         notes = []

@@ -9,6 +9,7 @@ values separated by spaces. What this module writes, per track::
       MUTESOLO <mute 0|1> <solo 0|2 (solo in place)> 0
       IPHASE <polarity inverted 0|1>
       NCHAN <channels>
+      AUTOMODE 0                                        trim/read: the fader scales the envelopes
       <VOLENV2 ...  PT <seconds> <linear volume> 0 ...>     gain automation
       <PANENV2 ...  PT <seconds> <value> 0 ...>             pan automation
       <ITEM POSITION 0  LENGTH <seconds>  <SOURCE WAVE FILE "relative/path.wav">>
@@ -162,7 +163,8 @@ def _track(track: Track, index: int) -> list[str]:
     lines = [f"  <TRACK {ident}", f"    NAME {name}", f"    TRACKID {ident}",
              f"    VOLPAN {number(track.volume)} {number(track.pan)} -1 -1 1",
              f"    MUTESOLO {int(track.mute)} {2 if track.solo else 0} 0",
-             f"    IPHASE {int(track.invert)}", f"    NCHAN {track.channels}"]
+             f"    IPHASE {int(track.invert)}", f"    NCHAN {track.channels}",
+             "    AUTOMODE 0"]  # trim/read: envelopes play, the fader scales them
     if track.notes:
         lines += ["    <NOTES 0 2"] + [f"      |{line}" for line in track.notes.splitlines()] + ["    >"]
     if track.volume_envelope:
