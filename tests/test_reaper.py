@@ -315,3 +315,20 @@ def test_the_readme_hand_off_snippet_is_a_valid_output_section():
     output = parse({"version": 1, **yaml.safe_load(snippet)}, source="README.md").output
     assert (output.bwf, output.project, output.project_stems) == (True, "reaper", "processed")
     assert output.nistems == "{track}.stem.mp4"
+
+
+def test_guids_are_unique_in_a_project_and_differ_between_songs():
+    import re
+    from collections import Counter
+
+    def project(song: str) -> str:
+        tracks = tuple(reaper.Track(name=n, file=f"{song}/{n}.wav", length=1.0,
+                                    volume_envelope=((0.0, 1.0), (1.0, 0.5))) for n in ("a", "b"))
+        return reaper.dumps(reaper.Project(sample_rate=SR, tracks=tracks))
+
+    one, two = project("one"), project("two")
+    counts = Counter(re.findall(r"\{[0-9A-F-]{36}\}", one))
+    # Per track: TRACK and TRACKID share one GUID; the item, the take and the envelope have their own.
+    assert sorted(counts.values()) == [1] * 6 + [2] * 2
+    assert not set(counts) & set(re.findall(r"\{[0-9A-F-]{36}\}", two))
+    assert one.split("\n", 1)[1] == project("one").split("\n", 1)[1]  # the same song: the same GUIDs

@@ -146,20 +146,20 @@ def volume_points(gain_db) -> tuple[tuple[float, float], ...]:
     return tuple(out)
 
 
-def _envelope(tag: str, points, *, pad: str) -> list[str]:
-    lines = [f"{pad}<{tag}", f"{pad}  EGUID {guid(tag, str(points))}", f"{pad}  ACT 1 -1", f"{pad}  VIS 1 1 1",
+def _envelope(tag: str, points, *, pad: str, seed: str) -> list[str]:
+    lines = [f"{pad}<{tag}", f"{pad}  EGUID {guid(seed, tag)}", f"{pad}  ACT 1 -1", f"{pad}  VIS 1 1 1",
              f"{pad}  LANEHEIGHT 0 0", f"{pad}  ARM 0", f"{pad}  DEFSHAPE 0 -1 -1"]
     lines += [f"{pad}  PT {number(t)} {number(v)} 0" for t, v in points]
     return lines + [f"{pad}>"]
 
 
-def _track(track: Track, index: int) -> list[str]:
+def _track(track: Track, index: int, seed: str) -> list[str]:
     name = quote(track.name, what="track name")
     source = SOURCE_TYPES.get(Path(track.file).suffix.lstrip(".").lower())
     if source is None:
         raise OutputError(f"{track.file}: REAPER takes wav, aiff, flac, mp3 or ogg sources here; "
                           "write the stems in one of those formats")
-    ident = guid("track", str(index), track.name)
+    ident = guid(seed, "track", str(index), track.name)
     lines = [f"  <TRACK {ident}", f"    NAME {name}", f"    TRACKID {ident}",
              f"    VOLPAN {number(track.volume)} {number(track.pan)} -1 -1 1",
              f"    MUTESOLO {int(track.mute)} {2 if track.solo else 0} 0",
@@ -168,15 +168,15 @@ def _track(track: Track, index: int) -> list[str]:
     if track.notes:
         lines += ["    <NOTES 0 2"] + [f"      |{line}" for line in track.notes.splitlines()] + ["    >"]
     if track.volume_envelope:
-        lines += _envelope("VOLENV2", track.volume_envelope, pad="    ")
+        lines += _envelope("VOLENV2", track.volume_envelope, pad="    ", seed=ident)
     if track.pan_envelope:
         # REAPER keeps pan envelope points with left positive (its lane draws L at the top).
-        lines += _envelope("PANENV2", tuple((t, -p) for t, p in track.pan_envelope), pad="    ")
+        lines += _envelope("PANENV2", tuple((t, -p) for t, p in track.pan_envelope), pad="    ", seed=ident)
     lines += ["    <ITEM", "      POSITION 0", "      SNAPOFFS 0", f"      LENGTH {number(track.length)}",
               "      LOOP 0", "      ALLTAKES 0", "      FADEIN 1 0 0 1 0 0 0", "      FADEOUT 1 0 0 1 0 0 0",
-              "      MUTE 0 0", f"      IGUID {guid('item', str(index), track.name)}", f"      NAME {name}",
+              "      MUTE 0 0", f"      IGUID {guid(seed, 'item', str(index), track.name)}", f"      NAME {name}",
               "      VOLPAN 1 0 1 -1", "      SOFFS 0", "      PLAYRATE 1 1 0 -1 0 0.0025", "      CHANMODE 0",
-              f"      GUID {guid('take', str(index), track.name)}",
+              f"      GUID {guid(seed, 'take', str(index), track.name)}",
               f"      <SOURCE {source}", f"        FILE {quote(track.file, what='file name')}", "      >",
               "    >", "  >"]
     return lines
@@ -194,8 +194,9 @@ def dumps(project: Project) -> str:
     lines += [f"  MASTER_NCH {project.channels} 2", "  MASTER_VOLUME 1 0 -1 -1 1"]
     if project.notes:
         lines += ["  <NOTES 0 2"] + [f"    |{line}" for line in project.notes.splitlines()] + ["  >"]
+    seed = "\0".join(t.file for t in project.tracks)  # GUIDs differ between songs, not between runs
     for index, track in enumerate(project.tracks):
-        lines += _track(track, index)
+        lines += _track(track, index, seed)
     return "\n".join(lines + [">"]) + "\n"
 
 
