@@ -297,3 +297,12 @@ def test_ixml_stays_well_formed_with_control_characters_in_a_name():
     info = bwf.Broadcast(description="d", sample_rate=SR, channels=2, project="a\x01b\x1fc & <d>", take="t\x0b")
     root = ElementTree.fromstring(bwf.ixml_payload(info).decode("utf-8"))  # an XML parser accepts it
     assert root.findtext("PROJECT") == "a?b?c & <d>" and root.findtext("TAKE") == "t?"
+
+
+def test_separate_refuses_a_time_reference_past_24_hours_and_writes_nothing(tmp_path, separator, song):
+    source = wav_with_bext(tmp_path / "song.wav", song, 24 * 3600 * SR)  # exactly midnight of the next day
+    with pytest.raises(AudioError, match=r"song\.wav: bext TimeReference .* 24\.0 h after midnight"):
+        separate_file(source, separator, SeparateOptions(out_dir=tmp_path / "sep"))
+    assert not (tmp_path / "sep").exists() or [p for p in (tmp_path / "sep").rglob("*") if p.is_file()] == []
+    written = separate_file(source, separator, SeparateOptions(out_dir=tmp_path / "sep", bwf=False))
+    assert b"bext" not in [tag for tag, _ in riff_chunks(written["vocals"])]
