@@ -212,3 +212,14 @@ def test_a_48_khz_render_writes_48_khz_streams(tmp_path, four_stems):
         assert {s.codec_context.sample_rate for s in container.streams.audio} == {48000}
     frames = sf.info(str(written["mix"])).frames
     assert {d.shape[1] for d in decode(written["nistems"])} == {math.ceil(frames / 1024) * 1024}
+
+
+def test_without_pyav_the_error_names_the_pip_command_and_nothing_is_written(tmp_path, four_stems, monkeypatch):
+    import sys
+
+    from bridge.errors import OutputError
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    with pytest.raises(OutputError, match=r'NI Stems output needs PyAV: pip install "stembridge\[nistems\]"'):
+        render(tmp_path, four_stems, song(tmp_path / "song.wav", seconds=0.5))
+    assert not (tmp_path / "out").exists() or [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
