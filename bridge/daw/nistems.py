@@ -9,8 +9,8 @@ libraries) encodes and muxes, and :func:`add_movie_box` writes the atom.
 
 Traps others hit, handled here: every stream holds the same number of samples, padded with
 silence to whole AAC frames (1024 samples; a decoder gives back whole frames, and DJ software
-compares stream lengths); the file is named ``*.stem.mp4``; the ``stem`` box goes inside the
-movie's ``udta``, which the muxer writes after ``mdat``, so no chunk offset moves.
+compares stream lengths); the file is named ``*.stem.mp4``; the ``stem`` box goes into
+``moov/udta``, and the muxer writes ``moov`` after ``mdat``, so growing it moves no chunk offset.
 
 PyAV is optional (``pip install "stembridge[nistems]"``); it is imported only when a session asks
 for this output.
