@@ -45,38 +45,37 @@ def _warn_clipped(target: Path, count: int) -> None:
 
 def cmd_separate(args) -> int:
     from .batch import RunSpec
-    from .separation import load_separator
 
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
-    # Checked here, before any work: a bad model or setting is a usage error (exit 2).
-    load_separator(args.model, overlap=args.overlap, batch_size=args.batch_size, threads=args.threads,
-                   denoise=args.denoise, invert=args.invert, wiener=args.wiener) if _local(args) else None
     spec = RunSpec(kind="separate", out_dir=Path(args.out), model=args.model, overlap=args.overlap,
                    batch_size=args.batch_size, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, **_batch_options(args))
+    _check_model(args)
     return _run(args, spec)
 
 
 def cmd_render(args) -> int:
     from .batch import RunSpec
-    from .batch.jobs import session_graph
 
-    graph = session_graph(args.preset, args.set or (), threads=args.threads) if _local(args) else None
-    if graph is None:
-        _check_session(args.preset, args.set or ())
+    session = _check_session(args.preset, args.set or ())
     spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
                    **_batch_options(args))
-    session = graph.session if graph is not None else None
-    if session is None:
-        from .session import load
-        session = load(args.preset, overrides=args.set or ())
     album = session.output.loudness_scope == "album" and session.output.loudness_lufs is not None
-    return _run(args, spec, graph=graph, album=album)
+    return _run(args, spec, album=album)
 
 
-def _local(args) -> bool:
-    """Songs run in this process (so the model and plugins are loaded here, once)."""
-    return not args.scheduler and _jobs(args, songs=1) == 1
+def _check_model(args) -> None:
+    """The model and settings of ``separate``, checked before any work without loading the model."""
+    from .models import resolve, verify_file
+    from .separation import _check_settings, check_wiener_fits
+    from .separation.mask import check_wiener
+
+    wiener = check_wiener(args.wiener)
+    _check_settings(overlap=args.overlap, batch_size=args.batch_size, threads=args.threads)
+    card = resolve(args.model)
+    check_wiener_fits(card, wiener)
+    if card.family != "dsp":
+        verify_file(card)
 
 
 def _jobs(args, *, songs: int) -> int:
@@ -95,8 +94,8 @@ def _batch_options(args) -> dict:
     return {"threads": args.threads, "cache_dir": cache_dir, "cache_max_gb": max_gb, "force": args.force}
 
 
-def _check_session(preset, overrides) -> None:
-    """Validate a preset, its model card and its plugins without loading the model."""
+def _check_session(preset, overrides):
+    """Validate a preset, its model card and its plugins without loading the model; the session."""
     from . import effects
     from .batch.jobs import separator_card
     from .models import verify_file
@@ -113,23 +112,23 @@ def _check_session(preset, overrides) -> None:
     effects.build_chain(session.master, where=f"{session.source}: master")
     for name, stem in session.stems:
         effects.build_chain(stem.chain, where=f"{session.source}: stems.{name}.chain")
+    return session
 
 
-def _run(args, spec, *, graph=None, album: bool = False) -> int:
+def _run(args, spec, *, album: bool = False) -> int:
     """Discover the songs, run them, print one line per song and the summary; the exit code."""
     import dataclasses
 
     from .batch import discover, run_batch, write_record
     from .batch.executors import threads_per_job
-    from .batch.jobs import _WORKERS, plan
+    from .batch.jobs import plan, worker_for
 
     songs, notes = discover(args.inputs, out_dir=Path(args.out))
     songs = plan(spec, songs)
     jobs = _jobs(args, songs=len(songs))
     spec = dataclasses.replace(spec, threads=threads_per_job(jobs, args.threads))
-    if graph is not None:  # built here for the checks: the serial executor reuses it
-        _WORKERS.clear()
-        _WORKERS[dataclasses.replace(spec, force=False)] = graph
+    if jobs == 1 and not args.scheduler:
+        worker_for(spec)  # the model and plugins load here, before any song: their errors are usage errors
     for note in notes:
         print(f"stembridge: warning: {note}", file=sys.stderr)
     show = sys.stderr.isatty() and not args.quiet
