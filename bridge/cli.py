@@ -33,14 +33,27 @@ def _progress(label: str, enabled: bool):
     return update, bar.close
 
 
+#: True while progress bars are on the terminal: lines then go through tqdm, which moves the bars.
+_BARS = {"on": False}
+
+
+def _say(line: str, *, file=None) -> None:
+    if _BARS["on"]:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=file or sys.stdout)
+    else:
+        print(line, file=file or sys.stdout)
+
+
 def _error(message: str) -> None:
-    print(f"stembridge: error: {message}", file=sys.stderr)
+    _say(f"stembridge: error: {message}", file=sys.stderr)
 
 
 def _warn_clipped(target: Path, count: int) -> None:
     from .render import clipping_message
 
-    print(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
+    _say(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 
 
 def cmd_separate(args) -> int:
@@ -130,7 +143,7 @@ def _run(args, spec, *, album: bool = False) -> int:
     if jobs == 1 and not args.scheduler:
         worker_for(spec)  # the model and plugins load here, before any song: their errors are usage errors
     for note in notes:
-        print(f"stembridge: warning: {note}", file=sys.stderr)
+        _say(f"stembridge: warning: {note}", file=sys.stderr)
     show = sys.stderr.isatty() and not args.quiet
     overall = _Overall(len(songs), sum(_seconds(s.path) for s in songs) if show else 0.0, show)
 
@@ -140,14 +153,14 @@ def _run(args, spec, *, album: bool = False) -> int:
             _error(outcome.error)
             return
         if not args.quiet:
-            _report_song(song.path.name if song else outcome.path.name, outcome, spec.kind)
+            _report_song(_label(song) if song else outcome.path.name, outcome, spec.kind)
         for target, count in outcome.clipped:
             _warn_clipped(target, count)
 
     def progress_for(song):
         if not show:
             return None
-        return overall.song(song.path.name)
+        return overall.song(_label(song))
 
     try:
         report = run_batch(spec, songs, jobs=jobs, scheduler=args.scheduler, album_loudness=album,
@@ -164,6 +177,11 @@ def _run(args, spec, *, album: bool = False) -> int:
             if not line.startswith("  failed"):
                 print(line)
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _label(song) -> str:
+    """A song as the user named it: its folders from the named one down, then its file name."""
+    return f"{song.naming.relpath}/{song.path.name}" if song.naming.relpath else song.path.name
 
 
 def _seconds(path: Path) -> float:
@@ -187,11 +205,12 @@ class _Overall:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="songs", unit="song", position=0, leave=False, file=sys.stderr,
-                            bar_format="{desc}: {n}/{total} |{bar}| {postfix} {elapsed}<{remaining}")
+                            bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining}{postfix}")
             self._postfix()
+            _BARS["on"] = True
 
     def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"{self.done_seconds / 60:.1f} of {self.seconds / 60:.1f} min", refresh=True)
+        self.bar.set_postfix_str(f"{self.done_seconds / 60:.1f} of {self.seconds / 60:.1f} min of audio", refresh=True)
 
     def done(self, outcome) -> None:
         if self.bar is not None:
@@ -216,16 +235,17 @@ class _Overall:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            _BARS["on"] = False
 
 
 def _report_song(name: str, outcome, kind: str) -> None:
     if outcome.status == "skipped":
-        print(f"{name}: up to date, skipped")
+        _say(f"{name}: up to date, skipped")
         return
     source = " (from cached stems)" if outcome.status == "cached" else ""
     if kind == "separate":
         for stem, target in outcome.written.items():
-            print(f"{name}: {stem} -> {target}{source}")
+            _say(f"{name}: {stem} -> {target}{source}")
         return
     _report_file(name, outcome.written, outcome.written["manifest"], suffix=source)
 
@@ -240,10 +260,10 @@ def _report_file(name: str, written: dict, manifest_path, suffix: str = "") -> N
         stats = outputs[label]
         loud = "-inf" if stats["loudness_lufs"] is None else f"{stats['loudness_lufs']:.1f}"
         peak = "-inf" if stats["true_peak_dbtp"] is None else f"{stats['true_peak_dbtp']:.1f}"
-        print(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP){suffix}")
+        _say(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP){suffix}")
         if stats["clipped_samples"]:
-            print(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
-                  "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
+            _say(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
+                 "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
 
 
 def _separator_card(session):
