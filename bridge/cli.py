@@ -143,7 +143,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_preset_check(args) -> int:
-    from . import effects
+    from .graph import check_chains
     from .session import load
 
     for preset in args.presets:
@@ -153,10 +153,7 @@ def cmd_preset_check(args) -> int:
             if name not in card.stems:
                 raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
                                   f"it gives {', '.join(card.stems)}")
-        effects.build_chain(session.pre, where=f"{preset}: pre")
-        effects.build_chain(session.master, where=f"{preset}: master")
-        for name, stem in session.stems:
-            effects.build_chain(stem.chain, where=f"{preset}: stems.{name}.chain")
+        check_chains(session)  # at the real channel counts and rates: "ok" means it renders
         o = session.output
         print(f"{preset}: ok (model {card.name}, stems {', '.join(card.stems)}, {o.layout} {o.format}"
               f" {o.bit_depth}-bit)")
@@ -170,6 +167,24 @@ def cmd_effects(args) -> int:
     for name, cls in builtin_effects().items():
         print(f"  {name:<18} {', '.join(builtin_parameters(cls)) or '(none)'}")
     print("VST3 plugins: {vst3: path/to/Plugin.vst3, params: {name: value}, preset: file.vstpreset}")
+    return EXIT_OK
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import listing, listing_json, search_folders
+
+    folders = [Path(d) for d in args.dirs] if args.dirs else list(search_folders())
+    infos = listing(folders)
+    if args.json:
+        print(listing_json(infos))
+        return EXIT_OK
+    print(f"VST3 plugins in {', '.join(map(str, folders))} (use as {{vst3: NAME, params: {{name: value}}}}):")
+    for info in infos:
+        print(f"  {info.line()}")
+        for p in info.parameters:
+            print(f"      {p.name:<22} {p.span()}, default {p.default}")
+    if not infos:
+        print("  (none found; add folders as arguments or to VST3_PATH)")
     return EXIT_OK
 
 
@@ -272,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fx = commands.add_parser("effects", help="list the built-in effects a preset can name")
     fx.set_defaults(run=cmd_effects)
+
+    plug = commands.add_parser("plugins", help="list VST3 plugins: kind, channels, latency, parameters")
+    plug.add_argument("dirs", nargs="*", metavar="DIR", help="folders to search (default: $VST3_PATH, ~/.vst3, "
+                      "/usr/lib/vst3, /usr/local/lib/vst3)")
+    plug.add_argument("--json", action="store_true", help="print the same as JSON")
+    plug.set_defaults(run=cmd_plugins)
 
     models = commands.add_parser("models", help="list known models and where they are looked for")
     models.set_defaults(run=cmd_models)

@@ -2,7 +2,7 @@
 
 A built-in is written ``{effect: Compressor, threshold_db: -18, ratio: 3}``; a VST3 plugin is
 written ``{vst3: path/to/Plugin.vst3, params: {mix: 0.2}, preset: file.vstpreset}`` or with
-``raw_state: <base64>``. Parameter names are checked here, because pedalboard silently accepts
+``raw_state: <base64>``; ``vst3:`` may also be a plugin name, looked up by :mod:`bridge.plugins`. Parameter names are checked here, because pedalboard silently accepts
 any attribute name on a plugin; values are checked by pedalboard and its errors are reworded to
 name the preset path.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 import pedalboard
 
+from . import plugins
 from .errors import PluginError, suggest
 
 #: pedalboard classes that are containers, bases or need arguments no YAML can give.
@@ -145,14 +146,8 @@ def build(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
 
 
 def _load_vst3(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
-    path = spec.resolve(spec.name)
-    if not path.exists():
-        raise PluginError(f"{where}: VST3 plugin {path} does not exist; install it or fix the path")
-    try:
-        plugin = pedalboard.load_plugin(str(path))
-    except (ImportError, RuntimeError, ValueError) as exc:
-        raise PluginError(f"{where}: {path} could not be loaded as a VST3 plugin ({_reason(exc)}); "
-                          "check that it is a VST3 bundle built for this platform") from None
+    path = plugins.resolve(spec.name, base=spec.base, where=f"{where}.vst3")
+    plugin = plugins.load(path, where=where)
     if spec.preset:
         preset = spec.resolve(spec.preset)
         if not preset.is_file():
@@ -200,6 +195,17 @@ def _set_parameter(plugin: pedalboard.Plugin, key: str, value: Any) -> None:
 
 def build_chain(specs, *, where: str) -> pedalboard.Pedalboard:
     return pedalboard.Pedalboard([build(s, where=f"{where}[{i}]") for i, s in enumerate(specs)])
+
+
+def prepare_chain(specs, *, where: str, channels: int, sample_rate: int) -> list[plugins.Segment]:
+    """Build a chain for a buffer of ``channels`` at ``sample_rate``, adapted to each plugin's bus.
+
+    Returns the chain cut into :class:`bridge.plugins.Segment` s (one per channel arrangement);
+    a mono VST3 on a stereo buffer becomes two linked instances built from the same spec.
+    Raises :class:`PluginError` naming ``where[i]`` for a plugin no arrangement fits.
+    """
+    return plugins.build_segments(specs, lambda spec, i: build(spec, where=f"{where}[{i}]"), channels=channels,
+                                  sample_rate=sample_rate, where=where)
 
 
 def latency(chain: pedalboard.Pedalboard) -> int:

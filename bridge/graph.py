@@ -16,9 +16,31 @@ import pedalboard
 from . import effects
 from .audio import validate
 from .errors import PresetError
-from .mixer import LAYOUT_CHANNELS, Mixer, StreamChain
+from .mixer import LAYOUT_CHANNELS, ChainStream, Mixer, StreamChain
 from .separation import Separator
 from .session import Session, StemSettings
+
+
+#: Sample rates :func:`check_chains` prepares chains at when the song's is not known yet.
+CHECK_RATES = (44100, 48000)
+
+
+def check_chains(session: Session, *, sample_rates=CHECK_RATES, input_channels=(1, 2)) -> None:
+    """Build and prepare every chain at the channel counts and rates a render runs it at.
+
+    The pre chain runs at the input's channels (``input_channels``), stem chains on stereo, the
+    master chain at the output layout's channels; every VST3 is loaded and asked which channel
+    counts it takes, so a preset that passes renders. Raises :class:`PluginError` naming the
+    preset key of the first chain that cannot be built.
+    """
+    s = session
+    for rate in sample_rates:
+        for channels in input_channels:
+            effects.prepare_chain(s.pre, where=f"{s.source}: pre", channels=channels, sample_rate=rate)
+        for name, stem in s.stems:
+            effects.prepare_chain(stem.chain, where=f"{s.source}: stems.{name}.chain", channels=2, sample_rate=rate)
+        effects.prepare_chain(s.master, where=f"{s.source}: master", channels=LAYOUT_CHANNELS[s.output.layout],
+                              sample_rate=rate)
 
 
 class RenderGraph:
@@ -47,13 +69,9 @@ class RenderGraph:
     def channels(self) -> int:
         return LAYOUT_CHANNELS[self.session.output.layout]
 
-    def check(self) -> None:
-        """Build every chain once (loads VST3 plugins), so a preset can be checked without rendering."""
-        s = self.session
-        effects.build_chain(s.pre, where=f"{s.source}: pre")
-        effects.build_chain(s.master, where=f"{s.source}: master")
-        for name, stem in s.stems:
-            effects.build_chain(stem.chain, where=f"{s.source}: stems.{name}.chain")
+    def check(self, *, sample_rates=CHECK_RATES, input_channels=(1, 2)) -> None:
+        """Prepare every chain as a render would (see :func:`check_chains`), without rendering."""
+        check_chains(self.session, sample_rates=sample_rates, input_channels=input_channels)
 
     def stream(self, *, sample_rate: int, channels: int) -> "GraphStream":
         return GraphStream(self, sample_rate=sample_rate, channels=channels)
@@ -69,14 +87,17 @@ class GraphStream:
     def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int):
         s = graph.session
         self.sample_rate = sample_rate
-        pre = graph._pre if graph._pre is not None else effects.build_chain(s.pre, where=f"{s.source}: pre")
-        master = graph._master if graph._master is not None else effects.build_chain(s.master, where=f"{s.source}: master")
-        for chain in [pre, master, *(graph._chains or {}).values()]:
-            chain.reset()  # ready-made chains are shared between songs: no tail of the last one
-        self._pre = StreamChain(pre, sample_rate=sample_rate, channels=channels)
+        for chain in [graph._pre, graph._master, *(graph._chains or {}).values()]:
+            if chain is not None:
+                chain.reset()  # ready-made chains are shared between songs: no tail of the last one
+        self._pre = (StreamChain(graph._pre, sample_rate=sample_rate, channels=channels) if graph._pre is not None
+                     else ChainStream.build(s.pre, where=f"{s.source}: pre", sample_rate=sample_rate, channels=channels))
         self._separation = graph.separator.stream(sample_rate=sample_rate, channels=channels)
         self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains)
-        self._master = StreamChain(master, sample_rate=sample_rate, channels=graph.channels)
+        self._master = (StreamChain(graph._master, sample_rate=sample_rate, channels=graph.channels)
+                        if graph._master is not None
+                        else ChainStream.build(s.master, where=f"{s.source}: master", sample_rate=sample_rate,
+                                               channels=graph.channels))
         self._tail = int(round(s.output.tail_seconds * sample_rate))
         self._channels = channels
 

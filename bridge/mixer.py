@@ -64,10 +64,11 @@ class StreamChain:
     out, so the output is exactly as long as the input and aligned with it.
     """
 
-    def __init__(self, chain: pedalboard.Pedalboard, *, sample_rate: int, channels: int):
+    def __init__(self, chain: pedalboard.Pedalboard, *, sample_rate: int, channels: int, block: int = BLOCK):
         self.chain = chain
         self.sample_rate = sample_rate
         self.channels = channels
+        self.block = block
         self.latency = effects.latency(chain)
         self._pending = np.zeros((channels, 0), np.float32)
         self._received = 0
@@ -82,14 +83,14 @@ class StreamChain:
             return block
         self._pending = np.concatenate([self._pending, block], axis=1)
         outs = []
-        while self._pending.shape[1] >= BLOCK:
-            outs.append(self._run(self._pending[:, :BLOCK]))
-            self._pending = self._pending[:, BLOCK:]
+        while self._pending.shape[1] >= self.block:
+            outs.append(self._run(self._pending[:, :self.block]))
+            self._pending = self._pending[:, self.block:]
         if last:
             produced = sum(o.shape[1] for o in outs)
-            budget = (self._pending.shape[1] + self.latency) // BLOCK + 2
+            budget = (self._pending.shape[1] + self.latency) // self.block + 2
             while self._emitted + produced < self._received and budget:
-                todo = np.pad(self._pending, ((0, 0), (0, BLOCK - self._pending.shape[1])))
+                todo = np.pad(self._pending, ((0, 0), (0, self.block - self._pending.shape[1])))
                 self._pending = np.zeros((self.channels, 0), np.float32)
                 outs.append(self._run(todo))
                 produced += outs[-1].shape[1]
@@ -105,6 +106,29 @@ class StreamChain:
     def _run(self, block: np.ndarray) -> np.ndarray:
         out = self.chain(block, self.sample_rate, reset=False)
         return np.asarray(out, dtype=np.float32).reshape(self.channels, -1)
+
+
+class ChainStream:
+    """A preset's chain, adapted to the buffer's channels, streamed: a :class:`StreamChain` per segment.
+
+    Each segment (see :mod:`bridge.plugins`) compensates its own latency, so the chain's output
+    stays aligned with its input however its plugins are laid over the channels.
+    """
+
+    def __init__(self, segments, *, sample_rate: int, channels: int):
+        self.segments = list(segments)
+        self.stages = [StreamChain(s, sample_rate=sample_rate, channels=channels) for s in self.segments]
+        self.latency = sum(stage.latency for stage in self.stages)
+
+    @classmethod
+    def build(cls, specs, *, where: str, sample_rate: int, channels: int) -> "ChainStream":
+        segments = effects.prepare_chain(specs, where=where, channels=channels, sample_rate=sample_rate)
+        return cls(segments, sample_rate=sample_rate, channels=channels)
+
+    def process(self, block: np.ndarray, *, last: bool = False) -> np.ndarray:
+        for stage in self.stages:
+            block = stage.process(block, last=last)
+        return block
 
 
 class Mixer:
@@ -134,10 +158,10 @@ class Mixer:
         self.settings = settings
         self.audible = {name: (s.solo if soloed else True) and not s.mute for name, s in settings.items()}
         chains = dict(chains or {})
-        for name, s in settings.items():
-            if name not in chains:
-                chains[name] = effects.build_chain(s.chain, where=f"{session.source}: stems.{name}.chain")
-        self.chains = {name: StreamChain(chains[name], sample_rate=sample_rate, channels=2) for name in self.stems}
+        self.chains = {name: StreamChain(chains[name], sample_rate=sample_rate, channels=2) if name in chains
+                       else ChainStream.build(settings[name].chain, where=f"{session.source}: stems.{name}.chain",
+                                              sample_rate=sample_rate, channels=2)
+                       for name in self.stems}
         self.roles = {name: s.upmix or DEFAULT_ROLES.get(name, "ambience") for name, s in settings.items()}
         self._fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
         self._position = {name: 0 for name in self.stems}

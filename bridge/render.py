@@ -190,13 +190,15 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
                        LoudnessMeter(sample_rate=rate, channels=graph.channels))
                for label, target in targets.items()]
     target_lufs = o.loudness_lufs
+    # Chains are built and fitted to the song's channels and rate before anything is created on
+    # disk: a plugin that cannot run leaves no empty output folder behind.
+    stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels)
     with io.scratch_folder(out_dir) as scratch:
         try:
             for out in outputs:
                 first_pass = scratch / f"{out.label}.wav" if target_lufs is not None else out.path
                 out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
                                             bit_depth=32 if target_lufs is not None else o.bit_depth, inputs=[path])
-            stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels)
             done = 0
             block = max(1, int(BLOCK_SECONDS * header.sample_rate))
             for audio in io.stream(path, block_frames=block):

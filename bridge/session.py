@@ -31,7 +31,7 @@ Schema (every key but ``version`` may be left out)::
       tail_seconds: 2.0                  # let reverbs ring out
 
 An ``<effect>`` is ``{effect: Name, <param>: value, ...}`` (pedalboard built-ins) or
-``{vst3: path.vst3, params: {...}, preset: file.vstpreset, raw_state: base64}``.
+``{vst3: path.vst3 or a plugin name, params: {...}, preset: file.vstpreset, raw_state: base64}``.
 """
 
 from __future__ import annotations
