@@ -208,6 +208,53 @@ def prepare_chain(specs, *, where: str, channels: int, sample_rate: int) -> list
                                   sample_rate=sample_rate, where=where)
 
 
+def check_automation(spec: EffectSpec, param: str, lane, *, where: str) -> None:
+    """A lane on a built-in's parameter: the name exists, takes numbers, and the lane's values are
+    accepted (by our unit limits and by pedalboard itself). VST3 lanes are checked against the
+    loaded plugin by :func:`automate`."""
+    if spec.kind != "builtin":
+        return
+    cls = builtin_effects()[spec.name]
+    known = builtin_parameters(cls)
+    if param not in known:
+        raise PluginError(f"{where}: {spec.name} has no parameter '{param}'{suggest(param, known)}")
+    default = _defaults(cls).get(param)
+    if default is None or isinstance(default, bool):
+        raise PluginError(f"{where}: {spec.name}'s '{param}' does not take numbers, so it cannot be automated")
+    plugin = build(spec, where=where)
+    for value in (lane.minimum, lane.maximum):
+        _check_value(value, default, where=where)
+        try:
+            setattr(plugin, param, value)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise PluginError(f"{where}: {value:g} is not accepted by {spec.name}.{param} ({_reason(exc)})") from None
+
+
+def automate(segments, lanes: dict, *, where: str) -> dict:
+    """Bind lanes to the plugins of prepared segments.
+
+    ``lanes`` is ``{chain index: ((param, Lane), ...)}``; ``where`` the automation key prefix of
+    the chain (e.g. ``"p.yaml: automation.master"``). Returns ``{segment index: [ParameterLane]}``;
+    every linked instance of a plugin gets the same values.
+    """
+    from .automation import ParameterLane
+
+    bound: dict = {}
+    for index, pairs in lanes.items():
+        found = [(n, s) for n, s in enumerate(segments) if index in s.indices]
+        if not found:
+            raise PluginError(f"{where}[{index}]: the chain has no effect [{index}]")
+        number, segment = found[0]
+        linked = segment.linked(segment.indices.index(index))
+        for param, lane in pairs:
+            at = f"{where}[{index}].{param}"
+            if isinstance(linked[0], pedalboard.ExternalPlugin):
+                plugins.check_parameter(linked[0], param, lane.minimum, lane.maximum, where=at)
+            setters = [plugins.parameter_setter(p, param, probe=(lane.minimum, lane.maximum)) for p in linked]
+            bound.setdefault(number, []).append(ParameterLane(setters, lane))
+    return bound
+
+
 def latency(chain: pedalboard.Pedalboard) -> int:
     """Samples of delay the chain's plugins report (VST3 plugins report theirs)."""
     return int(sum(getattr(p, "reported_latency_samples", 0) or 0 for p in chain))

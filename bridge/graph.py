@@ -34,13 +34,21 @@ def check_chains(session: Session, *, sample_rates=CHECK_RATES, input_channels=(
     preset key of the first chain that cannot be built.
     """
     s = session
+    stems = {name for name, _ in s.stems} | {t.stem for t, _ in s.automation if t.stem is not None}
     for rate in sample_rates:
         for channels in input_channels:
-            effects.prepare_chain(s.pre, where=f"{s.source}: pre", channels=channels, sample_rate=rate)
-        for name, stem in s.stems:
-            effects.prepare_chain(stem.chain, where=f"{s.source}: stems.{name}.chain", channels=2, sample_rate=rate)
-        effects.prepare_chain(s.master, where=f"{s.source}: master", channels=LAYOUT_CHANNELS[s.output.layout],
-                              sample_rate=rate)
+            _chain(s, s.pre, "pre", None, channels=channels, sample_rate=rate)
+        for name in sorted(stems):
+            _chain(s, s.stem(name).chain, f"stems.{name}.chain", name, channels=2, sample_rate=rate)
+        _chain(s, s.master, "master", None, channels=LAYOUT_CHANNELS[s.output.layout], sample_rate=rate)
+
+
+def _chain(session: Session, specs, key: str, stem, *, channels: int, sample_rate: int) -> ChainStream:
+    """One of the session's chains, prepared and with its automation lanes bound."""
+    section = "stems" if stem is not None else key
+    lanes = {i: v for i, v in session.lanes(section, stem).items() if i is not None}
+    return ChainStream.build(specs, where=f"{session.source}: {key}", sample_rate=sample_rate, channels=channels,
+                             lanes=lanes, lane_where=f"{session.source}: automation.{key}")
 
 
 class RenderGraph:
@@ -54,7 +62,8 @@ class RenderGraph:
     """
 
     def __init__(self, session: Session, separator: Separator, *, chains=None, pre=None, master=None):
-        named = [name for name, _ in session.stems] + list(session.separator.stems or ())
+        named = [name for name, _ in session.stems] + list(session.separator.stems or ()) \
+            + [t.stem for t, _ in session.automation if t.stem is not None]
         for name in named:
             if name not in separator.stems:
                 raise PresetError(f"{session.source}: stems.{name}: the model gives no stem '{name}'; "
@@ -91,13 +100,12 @@ class GraphStream:
             if chain is not None:
                 chain.reset()  # ready-made chains are shared between songs: no tail of the last one
         self._pre = (StreamChain(graph._pre, sample_rate=sample_rate, channels=channels) if graph._pre is not None
-                     else ChainStream.build(s.pre, where=f"{s.source}: pre", sample_rate=sample_rate, channels=channels))
+                     else _chain(s, s.pre, "pre", None, channels=channels, sample_rate=sample_rate))
         self._separation = graph.separator.stream(sample_rate=sample_rate, channels=channels)
         self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains)
         self._master = (StreamChain(graph._master, sample_rate=sample_rate, channels=graph.channels)
                         if graph._master is not None
-                        else ChainStream.build(s.master, where=f"{s.source}: master", sample_rate=sample_rate,
-                                               channels=graph.channels))
+                        else _chain(s, s.master, "master", None, channels=graph.channels, sample_rate=sample_rate))
         self._tail = int(round(s.output.tail_seconds * sample_rate))
         self._channels = channels
 

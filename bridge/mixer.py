@@ -27,7 +27,7 @@ import math
 import numpy as np
 import pedalboard
 
-from . import effects
+from . import automation, effects
 from .errors import PluginError
 from .session import Session, StemSettings
 
@@ -64,11 +64,14 @@ class StreamChain:
     out, so the output is exactly as long as the input and aligned with it.
     """
 
-    def __init__(self, chain: pedalboard.Pedalboard, *, sample_rate: int, channels: int, block: int = BLOCK):
+    def __init__(self, chain: pedalboard.Pedalboard, *, sample_rate: int, channels: int, block: int = BLOCK,
+                 lanes=()):
         self.chain = chain
         self.sample_rate = sample_rate
         self.channels = channels
         self.block = block
+        self.lanes = list(lanes)  # ParameterLanes, set before each block from the time of its first sample
+        self._fed = 0
         self.latency = effects.latency(chain)
         self._pending = np.zeros((channels, 0), np.float32)
         self._received = 0
@@ -104,6 +107,9 @@ class StreamChain:
         return out
 
     def _run(self, block: np.ndarray) -> np.ndarray:
+        for lane in self.lanes:
+            lane.update(self._fed / self.sample_rate)
+        self._fed += block.shape[1]
         out = self.chain(block, self.sample_rate, reset=False)
         return np.asarray(out, dtype=np.float32).reshape(self.channels, -1)
 
@@ -115,15 +121,23 @@ class ChainStream:
     stays aligned with its input however its plugins are laid over the channels.
     """
 
-    def __init__(self, segments, *, sample_rate: int, channels: int):
+    def __init__(self, segments, *, sample_rate: int, channels: int, lanes=None):
         self.segments = list(segments)
-        self.stages = [StreamChain(s, sample_rate=sample_rate, channels=channels) for s in self.segments]
+        lanes = lanes or {}
+        # Only a segment with automation runs in short blocks; the others keep BLOCK (no cost).
+        self.stages = [StreamChain(s, sample_rate=sample_rate, channels=channels, lanes=lanes.get(n, ()),
+                                   block=automation.update_block(sample_rate) if n in lanes else BLOCK)
+                       for n, s in enumerate(self.segments)]
         self.latency = sum(stage.latency for stage in self.stages)
 
     @classmethod
-    def build(cls, specs, *, where: str, sample_rate: int, channels: int) -> "ChainStream":
+    def build(cls, specs, *, where: str, sample_rate: int, channels: int, lanes=None,
+              lane_where: str = "automation") -> "ChainStream":
+        """Prepare ``specs`` for ``channels`` at ``sample_rate`` and bind ``lanes``
+        (``{chain index: ((param, Lane), ...)}``, errors named from ``lane_where``)."""
         segments = effects.prepare_chain(specs, where=where, channels=channels, sample_rate=sample_rate)
-        return cls(segments, sample_rate=sample_rate, channels=channels)
+        bound = effects.automate(segments, lanes or {}, where=lane_where)
+        return cls(segments, sample_rate=sample_rate, channels=channels, lanes=bound)
 
     def process(self, block: np.ndarray, *, last: bool = False) -> np.ndarray:
         for stage in self.stages:
@@ -158,10 +172,14 @@ class Mixer:
         self.settings = settings
         self.audible = {name: (s.solo if soloed else True) and not s.mute for name, s in settings.items()}
         chains = dict(chains or {})
+        lanes = {name: session.lanes("stems", name) for name in self.stems}
         self.chains = {name: StreamChain(chains[name], sample_rate=sample_rate, channels=2) if name in chains
                        else ChainStream.build(settings[name].chain, where=f"{session.source}: stems.{name}.chain",
-                                              sample_rate=sample_rate, channels=2)
+                                              sample_rate=sample_rate, channels=2,
+                                              lanes={i: v for i, v in lanes[name].items() if i is not None},
+                                              lane_where=f"{session.source}: automation.stems.{name}.chain")
                        for name in self.stems}
+        self.mix_lanes = {name: dict(lanes[name].get(None, ())) for name in self.stems}  # gain_db / pan lanes
         self.roles = {name: s.upmix or DEFAULT_ROLES.get(name, "ambience") for name, s in settings.items()}
         self._fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
         self._position = {name: 0 for name in self.stems}
@@ -191,11 +209,22 @@ class Mixer:
         """Gain, polarity, pan and routing of one stem's chain output."""
         s: StemSettings = self.settings[name]
         count = audio.shape[1]
-        gain = gain_curve(s.gain_db, self._position[name], count, self.sample_rate)
+        lanes = self.mix_lanes[name]
+        if lanes:
+            t = (self._position[name] + np.arange(count)) / self.sample_rate
+        if "gain_db" in lanes:  # per sample: a gain lane is as smooth as its curve
+            gain = (10.0 ** (lanes["gain_db"].at(t) / 20.0)).astype(np.float32)
+        else:
+            gain = gain_curve(s.gain_db, self._position[name], count, self.sample_rate)
         self._position[name] += count
         if s.invert:
             gain = -gain
-        left, right = pan_gains(s.pan)
+        if "pan" in lanes:
+            theta = (lanes["pan"].at(t) + 1.0) * (math.pi / 4.0)
+            left, right = (math.sqrt(2.0) * np.cos(theta)).astype(np.float32), \
+                (math.sqrt(2.0) * np.sin(theta)).astype(np.float32)
+        else:
+            left, right = pan_gains(s.pan)
         stereo = np.stack([audio[0] * left, audio[1] * right]) * gain
         stereo = stereo.astype(np.float32)
         if not self.audible[name]:

@@ -20,6 +20,10 @@ Schema (every key but ``version`` may be left out)::
         chain: [<effect>, ...]
         upmix: center                    # 5.1 role: center | front | bass | ambience
     master: [<effect>, ...]
+    tempo: {bpm: 120, time_signature: 4/4}    # for "bar:beat" times
+    automation:                          # target -> lane (see bridge.automation)
+      stems.vocals.chain[0].mix: [[0, 0.1], ["9:1", 0.6]]
+      master[0].threshold_db: {midi: song.mid, cc: 11, channel: 1, range: [-30, 0], curve: hold}
     output:
       layout: stereo                     # or 5.1
       format: wav                        # wav flac ogg mp3 aiff
@@ -42,7 +46,8 @@ from pathlib import Path
 
 import yaml
 
-from . import effects
+from . import automation, effects, midi
+from .automation import Lane, MidiSource, Target, Tempo
 from .errors import BridgeError, PresetError, suggest
 from .io import FORMATS
 from .models import MAX_WIENER
@@ -99,9 +104,20 @@ class Session:
     master: tuple[effects.EffectSpec, ...] = ()
     output: OutputSettings = OutputSettings()
     source: str = "<session>"
+    tempo: Tempo | None = None
+    automation: tuple[tuple[Target, Lane], ...] = ()
 
     def stem(self, name: str) -> StemSettings:
         return dict(self.stems).get(name, StemSettings())
+
+    def lanes(self, section: str, stem: str | None = None) -> dict:
+        """Lanes of one chain (``section`` ``"pre"``, ``"master"`` or ``"stems"`` with ``stem``),
+        as ``{effect index: ((param, lane), ...)}``; stem ``gain_db``/``pan`` lanes under key None."""
+        out: dict = {}
+        for target, lane in self.automation:
+            if target.section == section and target.stem == stem:
+                out.setdefault(target.index, []).append((target.param, lane))
+        return {k: tuple(v) for k, v in out.items()}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -117,7 +133,7 @@ class Session:
             stems[name] = {"gain_db": gain, "pan": s.pan, "mute": s.mute, "solo": s.solo, "invert": s.invert,
                            "chain": [e.to_yaml() for e in s.chain], "upmix": s.upmix}
         o = self.output
-        return {
+        out = {
             "version": VERSION, "separator": sep, "pre": [e.to_yaml() for e in self.pre], "stems": stems,
             "master": [e.to_yaml() for e in self.master],
             "output": {"layout": o.layout, "format": o.format, "bit_depth": o.bit_depth,
@@ -125,6 +141,11 @@ class Session:
                        "loudness_lufs": o.loudness_lufs, "true_peak_db": o.true_peak_db,
                        "tail_seconds": o.tail_seconds},
         }
+        if self.tempo is not None:
+            out["tempo"] = self.tempo.to_yaml()
+        if self.automation:
+            out["automation"] = {str(target): lane.to_yaml() for target, lane in self.automation}
+        return out
 
 
 class _Reader:
@@ -266,7 +287,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if not isinstance(data, dict):
         r.fail("", f"a preset must be a YAML mapping with 'version: {VERSION}' at the top, got {_kind(data)}")
     _check_size(data, r)
-    top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output"))
+    top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output", "tempo", "automation"))
     if top.get("version") != VERSION:
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
@@ -331,8 +352,135 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         tail_seconds=r.number(o.get("tail_seconds", 2.0), "output.tail_seconds", low=0.0, high=60.0))
     if output.layout == "5.1" and output.format == "mp3":
         r.fail("output.format", "mp3 holds at most 2 channels; use wav or flac for 5.1")
-    return Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),
-                   master=r.chain(top.get("master"), "master"), output=output, source=source)
+    session = Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),
+                      master=r.chain(top.get("master"), "master"), output=output, source=source)
+    tempo = _tempo(r, top.get("tempo"))
+    return dataclasses.replace(session, tempo=tempo, automation=_automation(r, top.get("automation"), session, tempo))
+
+
+# --- tempo and automation lanes (see bridge.automation) --------------------------------------------
+
+def _tempo(r: _Reader, value) -> Tempo | None:
+    if value is None:
+        return None
+    t = r.mapping(value, "tempo", ("bpm", "time_signature"))
+    if "bpm" not in t:
+        r.fail("tempo", "a tempo needs 'bpm', e.g. {bpm: 120, time_signature: 4/4}")
+    signature = t.get("time_signature", "4/4")
+    parts = signature.split("/") if isinstance(signature, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) < 1 \
+            or int(parts[1]) not in (1, 2, 4, 8, 16, 32):
+        r.fail("tempo.time_signature", f"expected beats/note like 4/4, 3/4 or 6/8, got {signature!r}")
+    return Tempo(bpm=r.number(t["bpm"], "tempo.bpm", low=1.0, high=999.0), beats_per_bar=int(parts[0]),
+                 beat_unit=int(parts[1]))
+
+
+#: Value ranges of the stem stage's own targets.
+_STEM_RANGES = {"gain_db": (-150.0, 48.0), "pan": (-1.0, 1.0)}
+
+
+def _automation(r: _Reader, value, session: Session, tempo: Tempo | None) -> tuple[tuple[Target, Lane], ...]:
+    """Parse ``automation:``; targets are checked against the session's chains and, for built-in
+    effects, their parameters and ranges (VST3 parameters when the chain is prepared)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        r.fail("automation", f"expected a mapping of target to lane, got {_kind(value)}")
+    lanes = []
+    for key, raw in value.items():
+        where = f"automation.{key}"
+        try:
+            target = automation.parse_target(key)
+        except ValueError as exc:
+            r.fail(where, str(exc))
+        lane = _lane(r, raw, where, tempo)
+        if target.index is None and target.section == "stems":
+            low, high = _STEM_RANGES[target.param]
+            if lane.minimum < low or lane.maximum > high:
+                r.fail(where, f"values {lane.minimum:g} .. {lane.maximum:g} are outside {target.param}'s range "
+                              f"[{low:g}, {high:g}]")
+            if target.param == "gain_db" and not isinstance(session.stem(target.stem).gain_db, (int, float)):
+                r.fail(where, f"stems.{target.stem}.gain_db already has breakpoints; give the gain one way")
+        else:
+            chain = session.stem(target.stem).chain if target.section == "stems" else getattr(session, target.section)
+            if target.index >= len(chain):
+                r.fail(where, f"{target.chain} has {len(chain)} effect(s), so there is no [{target.index}]")
+            try:
+                effects.check_automation(chain[target.index], target.param, lane,
+                                         where=f"{r.source}: {where}")
+            except BridgeError as exc:
+                raise PresetError(str(exc)) from None
+        lanes.append((target, lane))
+    return tuple(lanes)
+
+
+def _lane(r: _Reader, raw, where: str, tempo: Tempo | None) -> Lane:
+    if isinstance(raw, list):
+        raw = {"points": raw}
+    if not isinstance(raw, dict) or not ("points" in raw or "midi" in raw):
+        r.fail(where, "expected [[time, value], ...], {points: [...], curve: linear|hold|exponential} or "
+                      "{midi: file.mid, cc: N, range: [low, high]}")
+    if "midi" in raw:
+        return _midi_lane(r, raw, where)
+    spec = r.mapping(raw, where, ("points", "curve"))
+    curve = r.choice(spec.get("curve", "linear"), f"{where}.curve", automation.CURVES)
+    points = spec["points"]
+    if not isinstance(points, list) or not points:
+        r.fail(f"{where}.points" if "curve" in spec else where, "a lane needs at least one [time, value] point")
+    times, values, written = [], [], []
+    for i, point in enumerate(points):
+        at = f"{where}[{i}]"
+        if not isinstance(point, list) or len(point) != 2:
+            r.fail(at, f"expected [time, value], got {point!r}")
+        try:
+            times.append(automation.parse_time(point[0], tempo=tempo))
+        except ValueError as exc:
+            r.fail(f"{at}[0]", str(exc))
+        written.append(point[0])
+        values.append(r.number(point[1], f"{at}[1]"))
+    if any(b < a for a, b in zip(times, times[1:])):
+        r.fail(where, "lane times must not decrease")
+    try:
+        return Lane(tuple(times), tuple(values), curve, written=tuple(written))
+    except ValueError as exc:
+        r.fail(where, str(exc))
+
+
+def _midi_lane(r: _Reader, raw, where: str) -> Lane:
+    spec = r.mapping(raw, where, ("midi", "cc", "pitchbend", "pressure", "channel", "track", "range", "curve",
+                                  "default"))
+    kinds = [k for k in ("cc", "pitchbend", "pressure") if spec.get(k) not in (None, False)]
+    if len(kinds) != 1:
+        r.fail(where, "a MIDI lane reads one source: 'cc: N', 'pitchbend: true' or 'pressure: true'")
+    kind = kinds[0]
+    number = r.number(spec["cc"], f"{where}.cc", low=0, high=127, integer=True) if kind == "cc" else None
+    channel = r.number(spec["channel"], f"{where}.channel", low=1, high=16, integer=True) \
+        if spec.get("channel") is not None else None
+    track = r.number(spec["track"], f"{where}.track", low=0, high=65535, integer=True) \
+        if spec.get("track") is not None else None
+    span = spec.get("range")
+    if not isinstance(span, list) or len(span) != 2:
+        r.fail(f"{where}.range", f"expected [low, high], the values the controller's 0 and maximum give, got {span!r}")
+    low, high = r.number(span[0], f"{where}.range[0]"), r.number(span[1], f"{where}.range[1]")
+    default = r.number(spec["default"], f"{where}.default") if spec.get("default") is not None else None
+    curve = r.choice(spec.get("curve", "hold"), f"{where}.curve", automation.CURVES)
+    path = r.text(spec["midi"], f"{where}.midi")
+    source = MidiSource(path=path, kind=kind, number=number, channel=channel, track=track,
+                        value_range=(low, high), default=default)
+    full = Path(path).expanduser()
+    song = midi.read(full if full.is_absolute() else r.base / full, where=f"{r.source}: {where}.midi")
+    try:
+        events = midi.controller(song, kind=kind, number=number, channel=channel, track=track,
+                                 where=f"{r.source}: {where}")
+    except BridgeError:
+        if default is None:
+            raise
+        return Lane((0.0,), (default,), curve, source=source)  # the file has no such event: the default holds
+    try:
+        return Lane(tuple(t for t, _ in events), tuple(low + v * (high - low) for _, v in events), curve,
+                    source=source)
+    except ValueError as exc:
+        r.fail(where, str(exc))
 
 
 def apply_overrides(data, overrides, *, source: str):
