@@ -143,15 +143,15 @@ def cmd_render(args) -> int:
 
 
 def cmd_preset_check(args) -> int:
-    from .graph import check_chains
+    from .graph import check_chains, referenced_stems
     from .session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
         card = _separator_card(session)
-        for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
+        for name, key in referenced_stems(session).items():
             if name not in card.stems:
-                raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
+                raise PresetError(f"{preset}: {key}: model '{card.name}' gives no stem '{name}'; "
                                   f"it gives {', '.join(card.stems)}")
         check_chains(session)  # at the real channel counts and rates: "ok" means it renders
         o = session.output

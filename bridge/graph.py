@@ -21,6 +21,22 @@ from .separation import Separator
 from .session import Session, StemSettings
 
 
+def referenced_stems(session: Session) -> dict[str, str]:
+    """Every stem name the session refers to, with the preset key that first names it."""
+    found: dict[str, str] = {}
+    for name, stem in session.stems:
+        found.setdefault(name, f"stems.{name}")
+    for name in session.separator.stems or ():
+        found.setdefault(name, "separator.stems")
+    for name, stem in session.stems:
+        if stem.duck is not None:
+            found.setdefault(stem.duck.by, f"stems.{name}.duck.by")
+    for target, _ in session.automation:
+        if target.stem is not None:
+            found.setdefault(target.stem, f"automation.{target}")
+    return found
+
+
 #: Sample rates :func:`check_chains` prepares chains at when the song's is not known yet.
 CHECK_RATES = (44100, 48000)
 
@@ -62,11 +78,9 @@ class RenderGraph:
     """
 
     def __init__(self, session: Session, separator: Separator, *, chains=None, pre=None, master=None):
-        named = [name for name, _ in session.stems] + list(session.separator.stems or ()) \
-            + [t.stem for t, _ in session.automation if t.stem is not None]
-        for name in named:
+        for name, key in referenced_stems(session).items():
             if name not in separator.stems:
-                raise PresetError(f"{session.source}: stems.{name}: the model gives no stem '{name}'; "
+                raise PresetError(f"{session.source}: {key}: the model gives no stem '{name}'; "
                                   f"it gives {', '.join(separator.stems)}")
         self.session = session
         self.separator = separator

@@ -1,4 +1,4 @@
-"""The stem stage: per-stem chains, gain and automation, polarity, pan, mute/solo, routing, sum.
+"""The stem stage: per-stem chains, ducking, gain and automation, polarity, pan, mute/solo, routing, sum.
 
 Streaming: every stage keeps its state between blocks (pedalboard's ``reset=False``), so a song
 is mixed block by block. A chain's reported latency (VST3 plugins report theirs) is trimmed
@@ -28,6 +28,7 @@ import numpy as np
 import pedalboard
 
 from . import automation, effects
+from .ducking import Ducker
 from .errors import PluginError
 from .session import Session, StemSettings
 
@@ -181,7 +182,9 @@ class Mixer:
                        for name in self.stems}
         self.mix_lanes = {name: dict(lanes[name].get(None, ())) for name in self.stems}  # gain_db / pan lanes
         self.roles = {name: s.upmix or DEFAULT_ROLES.get(name, "ambience") for name, s in settings.items()}
-        self._fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
+        self._fifo = {name: np.zeros((2, 0), np.float32) for name in self.stems}  # chain outputs, stereo
+        self.duckers = {name: Ducker(s.duck, sample_rate=sample_rate) for name, s in settings.items()
+                        if s.duck is not None}
         self._position = {name: 0 for name in self.stems}
         self._routers = {name: _Router(self.roles[name], sample_rate) for name in self.stems} if self.layout == "5.1" else {}
 
@@ -192,13 +195,20 @@ class Mixer:
             if audio.shape[0] == 1:
                 audio = np.repeat(audio, 2, axis=0)
             out = self.chains[name].process(audio, last=last)
-            routed = self._place(name, out)
-            self._fifo[name] = np.concatenate([self._fifo[name], routed], axis=1)
+            self._fifo[name] = np.concatenate([self._fifo[name], out], axis=1)
+        # Chains hand back different amounts per call; the stems are placed once every stem's
+        # chain output covers the same samples, which is also what a ducker's key needs.
         ready = min(f.shape[1] for f in self._fifo.values())
+        chained = {}
+        for name in self.stems:
+            chained[name] = self._fifo[name][:, :ready]
+            self._fifo[name] = self._fifo[name][:, ready:]
         processed = {}
         for name in self.stems:
-            processed[name] = self._fifo[name][:, :ready]
-            self._fifo[name] = self._fifo[name][:, ready:]
+            audio = chained[name]
+            if name in self.duckers:
+                audio = audio * self.duckers[name](chained[self.settings[name].duck.by])
+            processed[name] = self._place(name, audio)
         mix = np.zeros((self.channels, ready), np.float32)
         for name, audio in processed.items():
             if self.audible[name]:

@@ -48,6 +48,7 @@ import yaml
 
 from . import automation, effects, midi
 from .automation import Lane, MidiSource, Target, Tempo
+from .ducking import DuckSettings
 from .errors import BridgeError, PresetError, suggest
 from .io import FORMATS
 from .models import MAX_WIENER
@@ -81,6 +82,7 @@ class StemSettings:
     invert: bool = False
     chain: tuple[effects.EffectSpec, ...] = ()
     upmix: str | None = None
+    duck: DuckSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,8 @@ class Session:
             gain = float(s.gain_db) if isinstance(s.gain_db, (int, float)) else [list(p) for p in s.gain_db]
             stems[name] = {"gain_db": gain, "pan": s.pan, "mute": s.mute, "solo": s.solo, "invert": s.invert,
                            "chain": [e.to_yaml() for e in s.chain], "upmix": s.upmix}
+            if s.duck is not None:
+                stems[name]["duck"] = s.duck.to_yaml()
         o = self.output
         out = {
             "version": VERSION, "separator": sep, "pre": [e.to_yaml() for e in self.pre], "stems": stems,
@@ -306,7 +310,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if not isinstance(stems_raw, dict):
         r.fail("stems", f"expected a mapping of stem name to settings, got {_kind(stems_raw)}")
     stems = []
-    keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix")
+    keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix", "duck")
     for name, raw in stems_raw.items():
         where = f"stems.{name}"
         if not isinstance(name, str):
@@ -319,7 +323,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
             solo=r.boolean(st.get("solo", False), f"{where}.solo"),
             invert=r.boolean(st.get("invert", False), f"{where}.invert"),
             chain=r.chain(st.get("chain"), f"{where}.chain"),
-            upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None)))
+            upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None,
+            duck=_duck(r, st.get("duck"), f"{where}.duck", name))))
 
     o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
                                                   "loudness_lufs", "true_peak_db", "tail_seconds"))
@@ -358,7 +363,26 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     return dataclasses.replace(session, tempo=tempo, automation=_automation(r, top.get("automation"), session, tempo))
 
 
-# --- tempo and automation lanes (see bridge.automation) --------------------------------------------
+# --- ducking, tempo and automation lanes (see bridge.ducking, bridge.automation) ------------------
+
+def _duck(r: _Reader, value, where: str, stem: str) -> DuckSettings | None:
+    if value is None:
+        return None
+    d = r.mapping(value, where, ("by", "depth_db", "threshold_db", "attack_ms", "release_ms"))
+    if "by" not in d:
+        r.fail(where, "ducking needs 'by: <stem>', the stem whose level lowers this one")
+    by = r.text(d["by"], f"{where}.by")
+    if by == stem:
+        r.fail(f"{where}.by", f"a stem cannot duck itself; name another stem (a compressor does this to one stem)")
+    defaults = DuckSettings(by=by)
+    return DuckSettings(
+        by=by,
+        depth_db=r.number(d.get("depth_db", defaults.depth_db), f"{where}.depth_db", low=0.0, high=60.0),
+        threshold_db=r.number(d.get("threshold_db", defaults.threshold_db), f"{where}.threshold_db",
+                              low=-100.0, high=0.0),
+        attack_ms=r.number(d.get("attack_ms", defaults.attack_ms), f"{where}.attack_ms", low=0.0, high=1000.0),
+        release_ms=r.number(d.get("release_ms", defaults.release_ms), f"{where}.release_ms", low=0.0, high=10000.0))
+
 
 def _tempo(r: _Reader, value) -> Tempo | None:
     if value is None:
