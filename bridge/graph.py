@@ -16,6 +16,7 @@ import pedalboard
 from . import effects
 from .audio import validate
 from .errors import PresetError
+from .layers import load_instrument, open_layer
 from .mixer import LAYOUT_CHANNELS, ChainStream, Mixer, StreamChain
 from .separation import Separator
 from .session import Session, StemSettings
@@ -34,6 +35,8 @@ def referenced_stems(session: Session) -> dict[str, str]:
     for target, _ in session.automation:
         if target.stem is not None:
             found.setdefault(target.stem, f"automation.{target}")
+    for name in session.layer_names:  # a layer is a stem the separator does not give
+        found.pop(name, None)
     return found
 
 
@@ -50,7 +53,10 @@ def check_chains(session: Session, *, sample_rates=CHECK_RATES, input_channels=(
     preset key of the first chain that cannot be built.
     """
     s = session
-    stems = {name for name, _ in s.stems} | {t.stem for t, _ in s.automation if t.stem is not None}
+    stems = {name for name, _ in s.stems} | {t.stem for t, _ in s.automation if t.stem is not None} \
+        | set(s.layer_names)
+    for name, layer, _ in s.layers:
+        load_instrument(layer.instrument, where=f"{s.source}: layers.{name}.instrument")
     for rate in sample_rates:
         for channels in input_channels:
             _chain(s, s.pre, "pre", None, channels=channels, sample_rate=rate)
@@ -63,7 +69,8 @@ def _chain(session: Session, specs, key: str, stem, *, channels: int, sample_rat
     """One of the session's chains, prepared and with its automation lanes bound."""
     section = "stems" if stem is not None else key
     lanes = {i: v for i, v in session.lanes(section, stem).items() if i is not None}
-    return ChainStream.build(specs, where=f"{session.source}: {key}", sample_rate=sample_rate, channels=channels,
+    shown = f"layers.{stem}.chain" if stem in session.layer_names else key
+    return ChainStream.build(specs, where=f"{session.source}: {shown}", sample_rate=sample_rate, channels=channels,
                              lanes=lanes, lane_where=f"{session.source}: automation.{key}")
 
 
@@ -82,6 +89,10 @@ class RenderGraph:
             if name not in separator.stems:
                 raise PresetError(f"{session.source}: {key}: the model gives no stem '{name}'; "
                                   f"it gives {', '.join(separator.stems)}")
+        for name in session.layer_names:
+            if name in separator.stems:
+                raise PresetError(f"{session.source}: layers.{name}: the model already gives a stem '{name}'; "
+                                  "name the layer differently")
         self.session = session
         self.separator = separator
         self._chains = chains
@@ -116,7 +127,10 @@ class GraphStream:
         self._pre = (StreamChain(graph._pre, sample_rate=sample_rate, channels=channels) if graph._pre is not None
                      else _chain(s, s.pre, "pre", None, channels=channels, sample_rate=sample_rate))
         self._separation = graph.separator.stream(sample_rate=sample_rate, channels=channels)
-        self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains)
+        self._layers = {name: open_layer(name, layer, source=s.source, sample_rate=sample_rate)
+                        for name, layer, _ in s.layers}
+        self._mixer = Mixer(s, tuple(graph.separator.stems) + s.layer_names, sample_rate=sample_rate,
+                            channels=channels, chains=graph._chains)
         self._master = (StreamChain(graph._master, sample_rate=sample_rate, channels=graph.channels)
                         if graph._master is not None
                         else _chain(s, s.master, "master", None, channels=graph.channels, sample_rate=sample_rate))
@@ -132,6 +146,12 @@ class GraphStream:
         return self._run(stems, last=True)
 
     def _run(self, stems, *, last: bool):
+        if self._layers:
+            count = next(iter(stems.values())).shape[1]  # layers follow the song, block for block
+            stems = {**stems, **{name: layer.render(count) for name, layer in self._layers.items()}}
+            if last:
+                for layer in self._layers.values():
+                    layer.finish()
         mix, processed = self._mixer.process(stems, last=last)
         return self._master.process(mix, last=last), processed
 

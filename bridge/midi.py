@@ -150,3 +150,31 @@ def _inventory(song: Song, track: int | None) -> str:
         elif message.type == "aftertouch":
             seen.add(f"pressure ch {message.channel + 1}")
     return "it has " + ", ".join(sorted(seen)) if seen else "it has no controller events"
+
+
+#: Channel messages a layer sends its instrument (notes, controllers such as sustain, bends).
+PLAYED = ("note_on", "note_off", "control_change", "pitchwheel", "aftertouch", "polytouch", "program_change")
+
+
+def performance(song: Song, *, track: int | None = None, channel: int | None = None,
+                where: str) -> list[tuple[float, object]]:
+    """The channel messages a layer plays, as ``(seconds, mido message)`` in time order.
+
+    Raises
+    ------
+    MidiError
+        The track does not exist, or the filter leaves no notes (naming the channels that have some).
+    """
+    if track is not None and not 0 <= track < song.tracks:
+        raise MidiError(f"{where}.track: {song.path} has tracks 0 to {song.tracks - 1}, not {track}")
+    played = [(seconds, message) for seconds, number, message in song.events
+              if message.type in PLAYED and (track is None or number == track)
+              and (channel is None or message.channel == channel - 1)]
+    if not any(m.type == "note_on" and m.velocity > 0 for _, m in played):
+        channels = sorted({m.channel + 1 for _, n, m in song.events if m.type == "note_on" and m.velocity > 0
+                           and (track is None or n == track)})
+        scope = (f" on channel {channel}" if channel is not None else "") + (f" in track {track}" if track is not None
+                                                                             else "")
+        found = f"notes are on channel(s) {', '.join(map(str, channels))}" if channels else "it has no notes at all"
+        raise MidiError(f"{where}: {song.path} has no notes{scope} ({found}); fix the track or channel filter")
+    return played

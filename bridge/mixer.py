@@ -175,7 +175,8 @@ class Mixer:
         chains = dict(chains or {})
         lanes = {name: session.lanes("stems", name) for name in self.stems}
         self.chains = {name: StreamChain(chains[name], sample_rate=sample_rate, channels=2) if name in chains
-                       else ChainStream.build(settings[name].chain, where=f"{session.source}: stems.{name}.chain",
+                       else ChainStream.build(settings[name].chain, where=f"{session.source}: "
+                                              f"{'layers' if name in session.layer_names else 'stems'}.{name}.chain",
                                               sample_rate=sample_rate, channels=2,
                                               lanes={i: v for i, v in lanes[name].items() if i is not None},
                                               lane_where=f"{session.source}: automation.stems.{name}.chain")

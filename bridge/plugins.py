@@ -214,12 +214,15 @@ def listing_json(infos: Sequence[PluginInfo]) -> str:
 def takes_channels(plugin: pedalboard.Plugin, channels: int, *, sample_rate: int) -> bool:
     """True if the plugin's main bus takes ``channels`` at ``sample_rate`` (asked with silence).
 
-    Leaves the plugin reset. pedalboard raises ``ValueError: ... does not support N-channel
+    Leaves an effect reset. pedalboard raises ``ValueError: ... does not support N-channel
     output`` for a bus that does not fit; any other error is the plugin's and is raised.
+    An instrument is asked without a reset: pedalboard's reset of an instrument that stays
+    silent waits its whole 10 s initialisation timeout, and a call without notes leaves no state.
     """
     try:
         if plugin.is_instrument:
-            plugin([], duration=_PROBE_SAMPLES / sample_rate, sample_rate=sample_rate, num_channels=channels)
+            plugin([], duration=_PROBE_SAMPLES / sample_rate, sample_rate=sample_rate, num_channels=channels,
+                   reset=False)
         else:
             plugin(np.zeros((channels, _PROBE_SAMPLES), np.float32), sample_rate, reset=True)
     except ValueError as exc:
@@ -227,7 +230,8 @@ def takes_channels(plugin: pedalboard.Plugin, channels: int, *, sample_rate: int
             return False
         raise
     finally:
-        plugin.reset()
+        if not plugin.is_instrument:
+            plugin.reset()
     return True
 
 

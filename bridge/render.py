@@ -173,7 +173,7 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
     if o.mix:
         targets["mix"] = expand(o.mix, out_dir, stem="mix", **names)
     if o.stems:
-        for stem in session.separator.stems or separator.stems:
+        for stem in tuple(session.separator.stems or separator.stems) + session.layer_names:
             targets[stem] = expand(o.stems, out_dir, stem=stem, **names)
     # Beside the mix and named after it, so renders of one song with several presets keep theirs.
     manifest = (targets["mix"].with_suffix(".manifest.json") if "mix" in targets

@@ -49,6 +49,7 @@ import yaml
 from . import automation, effects, midi
 from .automation import Lane, MidiSource, Target, Tempo
 from .ducking import DuckSettings
+from .layers import LayerSettings
 from .errors import BridgeError, PresetError, suggest
 from .io import FORMATS
 from .models import MAX_WIENER
@@ -108,9 +109,18 @@ class Session:
     source: str = "<session>"
     tempo: Tempo | None = None
     automation: tuple[tuple[Target, Lane], ...] = ()
+    layers: tuple[tuple[str, LayerSettings, StemSettings], ...] = ()
 
     def stem(self, name: str) -> StemSettings:
+        """A stem's or a layer's mixer settings (defaults for a stem the preset does not name)."""
+        for layer, _, settings in self.layers:
+            if layer == name:
+                return settings
         return dict(self.stems).get(name, StemSettings())
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.layers)
 
     def lanes(self, section: str, stem: str | None = None) -> dict:
         """Lanes of one chain (``section`` ``"pre"``, ``"master"`` or ``"stems"`` with ``stem``),
@@ -149,7 +159,18 @@ class Session:
             out["tempo"] = self.tempo.to_yaml()
         if self.automation:
             out["automation"] = {str(target): lane.to_yaml() for target, lane in self.automation}
+        if self.layers:
+            out["layers"] = {name: {**layer.to_yaml(), **_stem_yaml(s)} for name, layer, s in self.layers}
         return out
+
+
+def _stem_yaml(s: StemSettings) -> dict:
+    gain = float(s.gain_db) if isinstance(s.gain_db, (int, float)) else [list(p) for p in s.gain_db]
+    out = {"gain_db": gain, "pan": s.pan, "mute": s.mute, "solo": s.solo, "invert": s.invert,
+           "chain": [e.to_yaml() for e in s.chain], "upmix": s.upmix}
+    if s.duck is not None:
+        out["duck"] = s.duck.to_yaml()
+    return out
 
 
 class _Reader:
@@ -255,6 +276,19 @@ class _Reader:
         return self.number(value, where, low=-150.0, high=48.0)
 
 
+def _stem_settings(r: _Reader, st: dict, where: str, name: str) -> StemSettings:
+    """A stem's (or a layer's) mixer settings from its checked mapping."""
+    return StemSettings(
+        gain_db=r.gain(st.get("gain_db", 0.0), f"{where}.gain_db"),
+        pan=r.number(st.get("pan", 0.0), f"{where}.pan", low=-1.0, high=1.0),
+        mute=r.boolean(st.get("mute", False), f"{where}.mute"),
+        solo=r.boolean(st.get("solo", False), f"{where}.solo"),
+        invert=r.boolean(st.get("invert", False), f"{where}.invert"),
+        chain=r.chain(st.get("chain"), f"{where}.chain"),
+        upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None,
+        duck=_duck(r, st.get("duck"), f"{where}.duck", name))
+
+
 def _kind(value) -> str:
     return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else repr(value)
 
@@ -291,7 +325,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if not isinstance(data, dict):
         r.fail("", f"a preset must be a YAML mapping with 'version: {VERSION}' at the top, got {_kind(data)}")
     _check_size(data, r)
-    top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output", "tempo", "automation"))
+    top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output", "tempo", "automation",
+                               "layers"))
     if top.get("version") != VERSION:
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
@@ -315,16 +350,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         where = f"stems.{name}"
         if not isinstance(name, str):
             r.fail("stems", f"stem names must be strings, got {name!r}")
-        st = r.mapping(raw, where, keys)
-        stems.append((name, StemSettings(
-            gain_db=r.gain(st.get("gain_db", 0.0), f"{where}.gain_db"),
-            pan=r.number(st.get("pan", 0.0), f"{where}.pan", low=-1.0, high=1.0),
-            mute=r.boolean(st.get("mute", False), f"{where}.mute"),
-            solo=r.boolean(st.get("solo", False), f"{where}.solo"),
-            invert=r.boolean(st.get("invert", False), f"{where}.invert"),
-            chain=r.chain(st.get("chain"), f"{where}.chain"),
-            upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None,
-            duck=_duck(r, st.get("duck"), f"{where}.duck", name))))
+        stems.append((name, _stem_settings(r, r.mapping(raw, where, keys), where, name)))
 
     o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
                                                   "loudness_lufs", "true_peak_db", "tail_seconds"))
@@ -360,7 +386,56 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     session = Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),
                       master=r.chain(top.get("master"), "master"), output=output, source=source)
     tempo = _tempo(r, top.get("tempo"))
-    return dataclasses.replace(session, tempo=tempo, automation=_automation(r, top.get("automation"), session, tempo))
+    session = dataclasses.replace(session, tempo=tempo, layers=_layers(r, top.get("layers"), tempo, session))
+    return dataclasses.replace(session, automation=_automation(r, top.get("automation"), session, tempo))
+
+
+_LAYER_KEYS = ("instrument", "midi", "track", "channel", "transpose", "velocity", "start")
+
+
+def _layers(r: _Reader, value, tempo: Tempo | None, session: Session):
+    """Parse ``layers:``; each MIDI file is read now, so a bad one fails before any audio work."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        r.fail("layers", f"expected a mapping of layer name to settings, got {_kind(value)}")
+    out = []
+    stem_keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix", "duck")
+    for name, raw in value.items():
+        where = f"layers.{name}"
+        if not isinstance(name, str) or not name.isidentifier():
+            r.fail("layers", f"layer names must be plain words (they name files and automation targets), got {name!r}")
+        if name in dict(session.stems):
+            r.fail(where, f"'{name}' is already a stem in 'stems:'; name the layer differently")
+        st = r.mapping(raw, where, _LAYER_KEYS + stem_keys)
+        for key in ("instrument", "midi"):
+            if key not in st:
+                r.fail(where, f"a layer needs '{key}:' (instrument: a VST3 instrument by name or path; midi: a .mid file)")
+        instrument = st["instrument"]
+        if isinstance(instrument, str):
+            instrument = {"vst3": instrument}
+        if not isinstance(instrument, dict) or "vst3" not in instrument:
+            r.fail(f"{where}.instrument", "expected a VST3 instrument: a name, a path, or {vst3: ..., params: {...}}")
+        spec = r.effect(instrument, f"{where}.instrument")
+        try:
+            start = automation.parse_time(st.get("start", 0.0), tempo=tempo)
+        except ValueError as exc:
+            r.fail(f"{where}.start", str(exc))
+        path = r.text(st["midi"], f"{where}.midi")
+        layer = LayerSettings(
+            instrument=spec, midi=path,
+            track=r.number(st["track"], f"{where}.track", low=0, high=65535, integer=True)
+            if st.get("track") is not None else None,
+            channel=r.number(st["channel"], f"{where}.channel", low=1, high=16, integer=True)
+            if st.get("channel") is not None else None,
+            transpose=r.number(st.get("transpose", 0), f"{where}.transpose", low=-48, high=48, integer=True),
+            velocity=r.number(st.get("velocity", 1.0), f"{where}.velocity", low=0.0, high=4.0),
+            start=start, start_written=st.get("start", 0.0), base=r.base)
+        song = midi.read(layer.path(), where=f"{r.source}: {where}.midi")
+        midi.performance(song, track=layer.track, channel=layer.channel, where=f"{r.source}: {where}")
+        out.append((name, layer, _stem_settings(r, st, where, name)))
+    return tuple(out)
+
 
 
 # --- ducking, tempo and automation lanes (see bridge.ducking, bridge.automation) ------------------

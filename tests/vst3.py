@@ -5,7 +5,8 @@
 - ``sblatency``: stereo effect that delays by :data:`LATENCY` samples and reports them as latency
   (DPF also exposes its read-only ``latency_frames`` parameter).
 - ``sbsine``: MIDI instrument, ``level * sin(2 pi f t)`` on both channels while a note is held,
-  ``f = 440 * 2**((note - 69) / 12)``; ``level`` is 0..1, default 0.5.
+  ``f = 440 * 2**((note - 69) / 12)``; ``level`` is 0..1, default 0.5; the sustain pedal (CC 64
+  >= 64) holds a released note until it is lifted.
 - ``sbwiden``: one input copied to two outputs, a main bus pedalboard cannot host at all.
 """
 
