@@ -36,6 +36,26 @@ def _error(message: str) -> None:
     print(f"stembridge: error: {message}", file=sys.stderr)
 
 
+def _show_layer_warnings() -> None:
+    """Print a layer's warnings (silent instrument, notes after the end) as one stembridge line."""
+    import warnings
+
+    from .layers import LayerWarning
+
+    default = warnings.showwarning
+    if getattr(default, "stembridge", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LayerWarning):
+            print(f"stembridge: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.stembridge = True
+    warnings.showwarning = show
+
+
 def _warn_clipped(target: Path, count: int) -> None:
     from .render import clipping_message
 
@@ -122,6 +142,8 @@ def _session_graph(args):
 
 def cmd_render(args) -> int:
     from .render import render_file, run_many
+
+    _show_layer_warnings()
 
     graph = _session_graph(args)
     show = sys.stderr.isatty() and not args.quiet

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bridge import io
+from bridge.cli import main as cli
 from bridge.errors import MidiError, PluginError, PresetError
 from bridge.graph import RenderGraph, check_chains
 from bridge.layers import LayerWarning, arrange, block_size
@@ -243,6 +244,22 @@ def test_a_silent_instrument_is_reported(tmp_path, vst3_plugins, silence):
     with warnings.catch_warnings():
         warnings.simplefilter("error", LayerWarning)
         render(layer_preset(tmp_path, vst3_plugins["sbsine"]), silence)  # a sounding one is not
+
+
+def test_the_cli_prints_a_layer_warning_as_one_line(tmp_path, vst3_plugins, capsys):
+    write_song(tmp_path / "song.mid")
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"version: 1\nseparator: {{model: dsp}}\nlayers:\n  synth: {{instrument: "
+                      f"{vst3_plugins['sbsine']}, midi: song.mid}}\noutput: {{tail_seconds: 0}}\n")
+    song = tmp_path / "short.wav"
+    io.write(song, np.zeros((2, SR), np.float32), SR)
+    import warnings as w
+    with w.catch_warnings():
+        w.simplefilter("always")
+        assert cli(["render", str(preset), str(song), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"stembridge: warning: {preset}: layers.synth: 5 note(s) start after the render ends at 1.000 s "
+                   "and are not played; lengthen output.tail_seconds or move the layer's start\n")
 
 
 @pytest.mark.parametrize(("instrument", "message"), [
