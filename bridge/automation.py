@@ -27,6 +27,7 @@ value at the block's first sample; chains without automation keep their large bl
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import re
@@ -170,7 +171,18 @@ class Lane:
         return _interp(t, times, values)
 
     def value(self, seconds: float) -> float:
-        return float(self.at(np.asarray([seconds]))[0])
+        """The value at one time, as :meth:`at` gives it, without numpy (it runs once per 5 ms block)."""
+        times, values = self.times, self.values
+        i = bisect.bisect_right(times, seconds)
+        if i == 0:
+            return float(values[0])
+        if i == len(times) or self.curve == "hold":
+            return float(values[i - 1])
+        t0, t1, v0, v1 = times[i - 1], times[i], values[i - 1], values[i]
+        frac = (seconds - t0) / (t1 - t0)
+        if self.curve == "exponential":
+            return float(v0 * (v1 / v0) ** frac)
+        return float(v0 + frac * (v1 - v0))
 
     def to_yaml(self):
         if self.source is not None:

@@ -68,6 +68,13 @@ def test_curves_between_two_points():
                                rtol=1e-12)  # geometric mean half-way: sqrt(100 * 400)
 
 
+@pytest.mark.parametrize("curve", ["linear", "hold", "exponential"])
+def test_one_value_equals_the_vectorised_values(curve):
+    lane = Lane((0.5, 1.0, 1.0, 2.0, 4.0), (100.0, 200.0, 50.0, 800.0, 800.0), curve)
+    t = np.linspace(0.0, 5.0, 1001)
+    np.testing.assert_allclose([lane.value(x) for x in t], lane.at(t), rtol=1e-12)
+
+
 def test_equal_times_make_a_jump_not_an_average():
     lane = Lane((0.0, 1.0, 1.0, 2.0), (0.0, 0.0, 1.0, 1.0))
     np.testing.assert_allclose(lane.at(np.array([0.999, 1.0, 1.001])), [0.0, 1.0, 1.0])
