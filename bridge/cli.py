@@ -188,7 +188,8 @@ def cmd_effects(args) -> int:
     print("pedalboard built-in effects and their parameters (use as {effect: Name, parameter: value}):")
     for name, cls in builtin_effects().items():
         print(f"  {name:<18} {', '.join(builtin_parameters(cls)) or '(none)'}")
-    print("VST3 plugins: {vst3: path/to/Plugin.vst3, params: {name: value}, preset: file.vstpreset}")
+    print("VST3 plugins: {vst3: path/to/Plugin.vst3 or a name, params: {name: value}, preset: file.vstpreset}"
+          " (stembridge plugins lists them)")
     return EXIT_OK
 
 

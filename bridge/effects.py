@@ -18,6 +18,7 @@ from typing import Any
 import pedalboard
 
 from . import plugins
+from .automation import ParameterLane
 from .errors import PluginError, suggest
 
 #: pedalboard classes that are containers, bases or need arguments no YAML can give.
@@ -237,8 +238,6 @@ def automate(segments, lanes: dict, *, where: str) -> dict:
     the chain (e.g. ``"p.yaml: automation.master"``). Returns ``{segment index: [ParameterLane]}``;
     every linked instance of a plugin gets the same values.
     """
-    from .automation import ParameterLane
-
     bound: dict = {}
     for index, pairs in lanes.items():
         found = [(n, s) for n, s in enumerate(segments) if index in s.indices]

@@ -13,7 +13,6 @@ import dataclasses
 import numpy as np
 import pedalboard
 
-from . import effects
 from .audio import validate
 from .errors import PresetError
 from .layers import load_instrument, open_layer

@@ -54,11 +54,17 @@ def find_bundles(folders: Iterable) -> dict[str, Path]:
     The search does not descend into a bundle (a bundle holds no other plugins).
     """
     found: dict[str, Path] = {}
+    seen: set[str] = set()  # real paths walked: a symlink loop is followed once
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             continue
         for root, dirs, _ in os.walk(folder, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
             bundles = sorted(d for d in dirs if d.endswith(".vst3"))
             dirs[:] = sorted(d for d in dirs if not d.endswith(".vst3"))
             for bundle in bundles:

@@ -19,7 +19,10 @@ Schema (every key but ``version`` may be left out)::
         invert: false                    # polarity
         chain: [<effect>, ...]
         upmix: center                    # 5.1 role: center | front | bass | ambience
+        duck: {by: vocals, depth_db: 6, threshold_db: -30, attack_ms: 10, release_ms: 250}
     master: [<effect>, ...]
+    layers:                              # stems played by a VST3 instrument from a MIDI file
+      <name>: {instrument: Nekobi, midi: bass.mid, channel: 1, transpose: 0, velocity: 1, start: 0, ...}
     tempo: {bpm: 120, time_signature: 4/4}    # for "bar:beat" times
     automation:                          # target -> lane (see bridge.automation)
       stems.vocals.chain[0].mix: [[0, 0.1], ["9:1", 0.6]]
@@ -448,7 +451,7 @@ def _duck(r: _Reader, value, where: str, stem: str) -> DuckSettings | None:
         r.fail(where, "ducking needs 'by: <stem>', the stem whose level lowers this one")
     by = r.text(d["by"], f"{where}.by")
     if by == stem:
-        r.fail(f"{where}.by", f"a stem cannot duck itself; name another stem (a compressor does this to one stem)")
+        r.fail(f"{where}.by", "a stem cannot duck itself; name another stem (a compressor does this to one stem)")
     defaults = DuckSettings(by=by)
     return DuckSettings(
         by=by,

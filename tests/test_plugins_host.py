@@ -146,9 +146,12 @@ def test_plugins_lists_as_text_one_plugin_a_line_and_its_parameters(plugin_dir, 
     assert any("sbwiden" in x and "BROKEN" in x for x in out.splitlines())
 
 
-def test_find_bundles_does_not_descend_into_bundles(plugin_dir):
-    assert set(find_bundles([plugin_dir])) >= {"ZamEQ2", "Kars"}
-    assert all(path.parent == plugin_dir for path in find_bundles([plugin_dir]).values())
+def test_find_bundles_does_not_descend_into_bundles_and_survives_a_link_loop(plugin_dir):
+    (plugin_dir / "vendor").mkdir()
+    (plugin_dir / "vendor" / "loop").symlink_to(plugin_dir)  # ~/.vst3/vendor/loop -> ~/.vst3
+    found = find_bundles([plugin_dir])
+    assert set(found) >= {"ZamEQ2", "Kars"}
+    assert all(path.parent == plugin_dir for path in found.values())
 
 
 # --- channel adaptation ---------------------------------------------------------------------------
