@@ -166,9 +166,12 @@ class Lane:
         if self.curve == "hold" or len(times) == 1:
             # Equal times make a jump: the later point wins from that instant on.
             return values[np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(values) - 1)]
+        # np.interp (C, ~4x faster per sample) where times strictly increase; its result at a
+        # repeated time is not specified, so a lane with jumps takes _interp.
+        interp = np.interp if np.all(np.diff(times) > 0) else _interp
         if self.curve == "exponential":
-            return np.exp(_interp(t, times, np.log(values)))
-        return _interp(t, times, values)
+            return np.exp(interp(t, times, np.log(values)))
+        return interp(t, times, values)
 
     def value(self, seconds: float) -> float:
         """The value at one time, as :meth:`at` gives it, without numpy (it runs once per 5 ms block)."""

@@ -19,6 +19,7 @@ layer against. Needs the third-party plugins (built into tests/.cache/thirdparty
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -70,10 +71,12 @@ def eighths(path: Path, seconds: float) -> Path:
     return path
 
 
-def timed(job) -> float:
-    start = time.perf_counter()
+def timed(job) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process: user + sys, every thread)."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     job()
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv=None) -> int:
@@ -103,16 +106,18 @@ def main(argv=None) -> int:
             times[name].append(timed(lambda: render_file(song, graph, args.cache / "out" / name)))
         options = SeparateOptions(out_dir=args.cache / "out" / "separate")
         times["separate"].append(timed(lambda: separate_file(song, separator, options)))
-    median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{args.minutes:g}-minute stereo song, model {args.model}, {args.repeats} repeats, medians:")
-    for name, value in median.items():
-        print(f"  {name:<9} {value:7.2f} s   (all: {', '.join(f'{v:.2f}' for v in times[name])})")
-    extra = median["lanes"] / median["plain"] - 1
-    print(f"automation, 4 active lanes: {100 * extra:+.1f} % wall time over no lanes (target < 15 %)")
-    layer = median["layer"] - median["plain"]
-    per_stem = median["separate"] / len(separator.stems)
-    print(f"instrument layer: {layer:+.2f} s; the separator: {per_stem:.2f} s per stem "
-          f"({len(separator.stems)} stems in {median['separate']:.2f} s)")
+    print(f"{args.minutes:g}-minute stereo song, model {args.model}, {args.repeats} repeats, medians "
+          "(wall s / CPU s of the process):")
+    for name, values in times.items():
+        wall, cpu = (statistics.median(v[i] for v in values) for i in (0, 1))
+        print(f"  {name:<9} {wall:7.2f} / {cpu:7.2f}   (all: {', '.join(f'{w:.2f}/{c:.2f}' for w, c in values)})")
+    for i, label in ((0, "wall"), (1, "CPU")):
+        median = {name: statistics.median(v[i] for v in values) for name, values in times.items()}
+        extra = median["lanes"] / median["plain"] - 1
+        layer = median["layer"] - median["plain"]
+        per_stem = median["separate"] / len(separator.stems)
+        print(f"{label}: 4 active lanes {100 * extra:+.1f} % over none (target < 15 %); instrument layer "
+              f"{layer:+.2f} s against {per_stem:.2f} s per separator stem")
     return 0
 
 
