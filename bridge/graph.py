@@ -106,18 +106,25 @@ class RenderGraph:
         """Prepare every chain as a render would (see :func:`check_chains`), without rendering."""
         check_chains(self.session, sample_rates=sample_rates, input_channels=input_channels)
 
-    def stream(self, *, sample_rate: int, channels: int) -> "GraphStream":
-        return GraphStream(self, sample_rate=sample_rate, channels=channels)
+    def stream(self, *, sample_rate: int, channels: int, separation=None) -> "GraphStream":
+        """One song through the graph.
+
+        ``separation`` replaces the separator's own stream (anything with ``process(block)`` and
+        ``finish()`` returning ``{stem: audio}``, e.g. a replay of cached stems).
+        """
+        return GraphStream(self, sample_rate=sample_rate, channels=channels, separation=separation)
 
 
 class GraphStream:
     """One song through the graph: ``process(block)`` and ``finish()`` return ``(mix, stems)``.
 
-    The output is ``tail_seconds`` longer than the input: silence is fed at the end so reverbs
-    and delays ring out.
+    The output is ``tail_seconds`` longer than the input: silence is fed to the stem chains after
+    the separated song so reverbs and delays ring out. The separator sees exactly the song (after
+    the pre chain), so its stems do not depend on the preset's tail and can be cached and shared
+    between presets; a pre chain's own tail past the end of the song is not separated.
     """
 
-    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int):
+    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int, separation=None):
         s = graph.session
         self.sample_rate = sample_rate
         for chain in [graph._pre, graph._master, *(graph._chains or {}).values()]:
@@ -125,7 +132,8 @@ class GraphStream:
                 chain.reset()  # ready-made chains are shared between songs: no tail of the last one
         self._pre = (StreamChain(graph._pre, sample_rate=sample_rate, channels=channels) if graph._pre is not None
                      else _chain(s, s.pre, "pre", None, channels=channels, sample_rate=sample_rate))
-        self._separation = graph.separator.stream(sample_rate=sample_rate, channels=channels)
+        self._separation = separation if separation is not None else \
+            graph.separator.stream(sample_rate=sample_rate, channels=channels)
         self._layers = {name: open_layer(name, layer, source=s.source, sample_rate=sample_rate)
                         for name, layer, _ in s.layers}
         self._mixer = Mixer(s, tuple(graph.separator.stems) + s.layer_names, sample_rate=sample_rate,
@@ -140,9 +148,10 @@ class GraphStream:
         return self._run(self._separation.process(self._pre.process(block)), last=False)
 
     def finish(self):
+        empty = np.zeros((self._channels, 0), np.float32)
+        stems = _join(self._separation.process(self._pre.process(empty, last=True)), self._separation.finish())
         tail = np.zeros((self._channels, self._tail), np.float32)
-        stems = _join(self._separation.process(self._pre.process(tail, last=True)), self._separation.finish())
-        return self._run(stems, last=True)
+        return self._run({k: np.concatenate([v, tail], axis=1) for k, v in stems.items()}, last=True)
 
     def _run(self, stems, *, last: bool):
         if self._layers:
