@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, io
+from . import __version__, io, plugins
 from .audio import StreamResampler, db_to_gain
 from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
 from .errors import AudioError, BridgeError, OutputError
@@ -103,13 +103,20 @@ def model_identity(separator) -> dict | None:
     return identity
 
 
-def _pre_identity(specs) -> list:
-    """The pre chain as the cache sees it: its specs, and for plugins their files' sizes and times."""
+def _pre_identity(specs, lanes=None) -> list:
+    """The pre chain as the cache sees it: its specs, for plugins their files' sizes and times,
+    and the automation lanes on its effects (``{index: ((param, Lane), ...)}``), as evaluated."""
     out = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         item = spec.to_yaml()
+        if (lanes or {}).get(index):
+            item["automation"] = [[param, lane.curve, list(lane.times), list(lane.values)]
+                                  for param, lane in lanes[index]]
         if spec.kind == "vst3":
-            bundle = spec.resolve(spec.name)
+            try:  # a name is looked up as a render would; an unknown one fails the render later
+                bundle = plugins.resolve(spec.name, base=spec.base, where="pre")
+            except BridgeError:
+                bundle = spec.resolve(spec.name)
             files = sorted(p for p in bundle.rglob("*") if p.is_file()) if bundle.is_dir() else [bundle]
             item["files"] = [(str(p.relative_to(bundle)) if bundle.is_dir() else p.name, *_stat(p)) for p in files]
         out.append(item)
@@ -137,7 +144,8 @@ def _audio_identity(path: Path, header: io.AudioInfo) -> str:
 class _Separation:
     """The separation stream for one song: replayed from the cache, filled into it, or plain."""
 
-    def __init__(self, path: Path, header: io.AudioInfo, separator, *, cache: StemCache | None, pre=()):
+    def __init__(self, path: Path, header: io.AudioInfo, separator, *, cache: StemCache | None, pre=(),
+                 pre_lanes=None):
         self.stream = None
         self.writer = None
         self.cached = False
@@ -148,7 +156,7 @@ class _Separation:
         residual = getattr(separator.engine, "residual_stem", None)
         computed = tuple(s for s in separator.stems if s != residual)
         key = entry_key(audio=_audio_identity(path, header), sample_rate=header.sample_rate,
-                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre), model=identity,
+                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre, pre_lanes), model=identity,
                         settings=identity["settings"], stems=computed, residual=residual)
         entry = cache.open(key, stems=computed, frames=header.frames, channels=header.channels)
         if entry is not None:
@@ -475,7 +483,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                 out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
                                             bit_depth=32 if two_pass else o.bit_depth, inputs=[path])
             separation = _Separation(path, header, separator, cache=None if graph._pre is not None else cache,
-                                     pre=session.pre)
+                                     pre=session.pre, pre_lanes=session.lanes("pre"))
             stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels,
                                   separation=separation.stream)
             done = 0

@@ -6,6 +6,7 @@ applied to every stem scales the whole song and the expected output is known sam
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -384,3 +385,20 @@ automation:
 
 def test_errors_are_bridge_errors():
     assert issubclass(MidiError, BridgeError) and issubclass(MidiError, ValueError)
+
+
+def test_the_stem_cache_tells_pre_chain_lanes_apart(tmp_path):
+    """Stems separated after an automated pre chain depend on its lanes: a changed lane is not a cache hit."""
+    song = tmp_path / "song.wav"
+    audio, _ = io.read(REPO / "examples" / "demo.flac")
+    io.write(song, audio[:, : 2 * SR], SR, bit_depth=32)
+    base = ("version: 1\nseparator: {model: dsp}\npre: [{effect: Gain}]\noutput: {tail_seconds: 0}\n"
+            "automation:\n  pre[0].gain_db: [[0, 0], [1, DEPTH]]\n")
+    statuses = []
+    for run, depth in enumerate((-6, -6, -12)):
+        preset = write(tmp_path, base.replace("DEPTH", str(depth)))
+        out = tmp_path / f"out{run}"
+        assert cli(["render", str(preset), str(song), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                    "--quiet"]) == 0
+        statuses.append(json.loads((out / "stembridge-run.json").read_text())["songs"][0]["status"])
+    assert statuses == ["rendered", "cached", "rendered"]
