@@ -33,8 +33,21 @@ def _progress(label: str, enabled: bool):
     return update, bar.close
 
 
+#: True while progress bars are on the terminal: lines then go through tqdm, which moves the bars.
+_BARS = {"on": False}
+
+
+def _say(line: str, *, file=None) -> None:
+    if _BARS["on"]:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=file or sys.stdout)
+    else:
+        print(line, file=file or sys.stdout)
+
+
 def _error(message: str) -> None:
-    print(f"stembridge: error: {message}", file=sys.stderr)
+    _say(f"stembridge: error: {message}", file=sys.stderr)
 
 
 def _show_layer_warnings() -> None:
@@ -49,7 +62,7 @@ def _show_layer_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, LayerWarning):
-            print(f"stembridge: warning: {message}", file=sys.stderr)
+            _say(f"stembridge: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -60,45 +73,43 @@ def _show_layer_warnings() -> None:
 def _warn_clipped(target: Path, count: int) -> None:
     from .render import clipping_message
 
-    print(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
+    _say(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 
 
 def cmd_separate(args) -> int:
     from .batch import RunSpec
-    from .separation import load_separator
 
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
-    # Checked here, before any work: a bad model or setting is a usage error (exit 2).
-    load_separator(args.model, overlap=args.overlap, batch_size=args.batch_size, threads=args.threads,
-                   denoise=args.denoise, invert=args.invert, wiener=args.wiener) if _local(args) else None
     spec = RunSpec(kind="separate", out_dir=Path(args.out), model=args.model, overlap=args.overlap,
                    batch_size=args.batch_size, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, **_batch_options(args))
+    _check_model(args)
     return _run(args, spec)
 
 
 def cmd_render(args) -> int:
     from .batch import RunSpec
-    from .batch.jobs import session_graph
 
     _show_layer_warnings()
-
-    graph = session_graph(args.preset, args.set or (), threads=args.threads) if _local(args) else None
-    if graph is None:
-        _check_session(args.preset, args.set or ())
+    session = _check_session(args.preset, args.set or ())
     spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
                    **_batch_options(args))
-    session = graph.session if graph is not None else None
-    if session is None:
-        from .session import load
-        session = load(args.preset, overrides=args.set or ())
     album = session.output.loudness_scope == "album" and session.output.loudness_lufs is not None
-    return _run(args, spec, graph=graph, album=album)
+    return _run(args, spec, album=album)
 
 
-def _local(args) -> bool:
-    """Songs run in this process (so the model and plugins are loaded here, once)."""
-    return not args.scheduler and _jobs(args, songs=1) == 1
+def _check_model(args) -> None:
+    """The model and settings of ``separate``, checked before any work without loading the model."""
+    from .models import resolve, verify_file
+    from .separation import _check_settings, check_wiener_fits
+    from .separation.mask import check_wiener
+
+    wiener = check_wiener(args.wiener)
+    _check_settings(overlap=args.overlap, batch_size=args.batch_size, threads=args.threads)
+    card = resolve(args.model)
+    check_wiener_fits(card, wiener)
+    if card.family != "dsp":
+        verify_file(card)
 
 
 def _jobs(args, *, songs: int) -> int:
@@ -117,8 +128,8 @@ def _batch_options(args) -> dict:
     return {"threads": args.threads, "cache_dir": cache_dir, "cache_max_gb": max_gb, "force": args.force}
 
 
-def _check_session(preset, overrides) -> None:
-    """Validate a preset, its model card and its plugins without loading the model."""
+def _check_session(preset, overrides):
+    """Validate a preset, its model card and its plugins without loading the model; the session."""
     from .batch.jobs import separator_card
     from .graph import check_chains
     from .models import verify_file
@@ -132,25 +143,25 @@ def _check_session(preset, overrides) -> None:
     except ModelError as exc:
         raise PresetError(f"{session.source}: separator.model: {exc}") from exc
     check_chains(session)  # at the real channel counts and rates, lanes bound, instruments loaded
+    return session
 
 
-def _run(args, spec, *, graph=None, album: bool = False) -> int:
+def _run(args, spec, *, album: bool = False) -> int:
     """Discover the songs, run them, print one line per song and the summary; the exit code."""
     import dataclasses
 
     from .batch import discover, run_batch, write_record
     from .batch.executors import threads_per_job
-    from .batch.jobs import _WORKERS, plan
+    from .batch.jobs import plan, worker_for
 
     songs, notes = discover(args.inputs, out_dir=Path(args.out))
     songs = plan(spec, songs)
     jobs = _jobs(args, songs=len(songs))
     spec = dataclasses.replace(spec, threads=threads_per_job(jobs, args.threads))
-    if graph is not None:  # built here for the checks: the serial executor reuses it
-        _WORKERS.clear()
-        _WORKERS[dataclasses.replace(spec, force=False)] = graph
+    if jobs == 1 and not args.scheduler:
+        worker_for(spec)  # the model and plugins load here, before any song: their errors are usage errors
     for note in notes:
-        print(f"stembridge: warning: {note}", file=sys.stderr)
+        _say(f"stembridge: warning: {note}", file=sys.stderr)
     show = sys.stderr.isatty() and not args.quiet
     overall = _Overall(len(songs), sum(_seconds(s.path) for s in songs) if show else 0.0, show)
 
@@ -160,14 +171,14 @@ def _run(args, spec, *, graph=None, album: bool = False) -> int:
             _error(outcome.error)
             return
         if not args.quiet:
-            _report_song(song.path.name if song else outcome.path.name, outcome, spec.kind)
+            _report_song(_label(song) if song else outcome.path.name, outcome, spec.kind)
         for target, count in outcome.clipped:
             _warn_clipped(target, count)
 
     def progress_for(song):
         if not show:
             return None
-        return overall.song(song.path.name)
+        return overall.song(_label(song))
 
     try:
         report = run_batch(spec, songs, jobs=jobs, scheduler=args.scheduler, album_loudness=album,
@@ -184,6 +195,11 @@ def _run(args, spec, *, graph=None, album: bool = False) -> int:
             if not line.startswith("  failed"):
                 print(line)
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _label(song) -> str:
+    """A song as the user named it: its folders from the named one down, then its file name."""
+    return f"{song.naming.relpath}/{song.path.name}" if song.naming.relpath else song.path.name
 
 
 def _seconds(path: Path) -> float:
@@ -207,11 +223,12 @@ class _Overall:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="songs", unit="song", position=0, leave=False, file=sys.stderr,
-                            bar_format="{desc}: {n}/{total} |{bar}| {postfix} {elapsed}<{remaining}")
+                            bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining}{postfix}")
             self._postfix()
+            _BARS["on"] = True
 
     def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"{self.done_seconds / 60:.1f} of {self.seconds / 60:.1f} min", refresh=True)
+        self.bar.set_postfix_str(f"{self.done_seconds / 60:.1f} of {self.seconds / 60:.1f} min of audio", refresh=True)
 
     def done(self, outcome) -> None:
         if self.bar is not None:
@@ -236,16 +253,17 @@ class _Overall:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            _BARS["on"] = False
 
 
 def _report_song(name: str, outcome, kind: str) -> None:
     if outcome.status == "skipped":
-        print(f"{name}: up to date, skipped")
+        _say(f"{name}: up to date, skipped")
         return
     source = " (from cached stems)" if outcome.status == "cached" else ""
     if kind == "separate":
         for stem, target in outcome.written.items():
-            print(f"{name}: {stem} -> {target}{source}")
+            _say(f"{name}: {stem} -> {target}{source}")
         return
     _report_file(name, outcome.written, outcome.written["manifest"], suffix=source)
 
@@ -260,10 +278,10 @@ def _report_file(name: str, written: dict, manifest_path, suffix: str = "") -> N
         stats = outputs[label]
         loud = "-inf" if stats["loudness_lufs"] is None else f"{stats['loudness_lufs']:.1f}"
         peak = "-inf" if stats["true_peak_dbtp"] is None else f"{stats['true_peak_dbtp']:.1f}"
-        print(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP){suffix}")
+        _say(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP){suffix}")
         if stats["clipped_samples"]:
-            print(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
-                  "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
+            _say(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
+                 "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
 
 
 def _separator_card(session):

@@ -145,7 +145,7 @@ class DaskExecutor:
             raise BridgeError('--scheduler needs Dask distributed: pip install "stembridge[dask]"') from None
         self.spec = spec
         try:
-            self.client = Client(address, timeout=20, set_as_default=False)
+            self.client = Client(address, timeout=10, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise BridgeError(f"--scheduler {address}: cannot reach the Dask scheduler ({exc}); start it with "
                               "'dask scheduler' and check the address") from None
