@@ -302,3 +302,13 @@ def test_check_prepares_every_chain_at_its_real_channel_count(plugin_dir, tmp_pa
     preset.write_text("version: 1\npre: [{vst3: sbwiden}]\n")
     with pytest.raises(PluginError, match=r"all\.yaml: pre\[0\]: sbwiden"):
         check_chains(load_session(preset))
+
+
+def test_loading_the_third_party_plugins_leaves_subnormal_floats_alone(third_party):
+    """Built with DPF's default -ffast-math, each .so switched the whole process to flush-to-zero
+    on load (GCC links crtfastmath.o); thirdparty.py builds them without it."""
+    import sys
+
+    for bundle in third_party.values():
+        pedalboard.load_plugin(str(bundle))
+    assert sys.float_info.min / 2 > 0.0  # a subnormal double survives
