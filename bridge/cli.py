@@ -50,6 +50,26 @@ def _error(message: str) -> None:
     _say(f"stembridge: error: {message}", file=sys.stderr)
 
 
+def _show_layer_warnings() -> None:
+    """Print a layer's warnings (silent instrument, notes after the end) as one stembridge line."""
+    import warnings
+
+    from .layers import LayerWarning
+
+    default = warnings.showwarning
+    if getattr(default, "stembridge", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LayerWarning):
+            _say(f"stembridge: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.stembridge = True
+    warnings.showwarning = show
+
+
 def _warn_clipped(target: Path, count: int) -> None:
     from .render import clipping_message
 
@@ -70,6 +90,7 @@ def cmd_separate(args) -> int:
 def cmd_render(args) -> int:
     from .batch import RunSpec
 
+    _show_layer_warnings()
     session = _check_session(args.preset, args.set or ())
     spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
                    **_batch_options(args))
@@ -109,8 +130,8 @@ def _batch_options(args) -> dict:
 
 def _check_session(preset, overrides):
     """Validate a preset, its model card and its plugins without loading the model; the session."""
-    from . import effects
     from .batch.jobs import separator_card
+    from .graph import check_chains
     from .models import verify_file
     from .session import load
 
@@ -121,10 +142,7 @@ def _check_session(preset, overrides):
             verify_file(card)
     except ModelError as exc:
         raise PresetError(f"{session.source}: separator.model: {exc}") from exc
-    effects.build_chain(session.pre, where=f"{session.source}: pre")
-    effects.build_chain(session.master, where=f"{session.source}: master")
-    for name, stem in session.stems:
-        effects.build_chain(stem.chain, where=f"{session.source}: stems.{name}.chain")
+    check_chains(session)  # at the real channel counts and rates, lanes bound, instruments loaded
     return session
 
 
@@ -273,20 +291,17 @@ def _separator_card(session):
 
 
 def cmd_preset_check(args) -> int:
-    from . import effects
+    from .graph import check_chains, referenced_stems
     from .session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
         card = _separator_card(session)
-        for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
+        for name, key in referenced_stems(session).items():
             if name not in card.stems:
-                raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
+                raise PresetError(f"{preset}: {key}: model '{card.name}' gives no stem '{name}'; "
                                   f"it gives {', '.join(card.stems)}")
-        effects.build_chain(session.pre, where=f"{preset}: pre")
-        effects.build_chain(session.master, where=f"{preset}: master")
-        for name, stem in session.stems:
-            effects.build_chain(stem.chain, where=f"{preset}: stems.{name}.chain")
+        check_chains(session)  # at the real channel counts and rates: "ok" means it renders
         o = session.output
         print(f"{preset}: ok (model {card.name}, stems {', '.join(card.stems)}, {o.layout} {o.format}"
               f" {o.bit_depth}-bit)")
@@ -299,7 +314,26 @@ def cmd_effects(args) -> int:
     print("pedalboard built-in effects and their parameters (use as {effect: Name, parameter: value}):")
     for name, cls in builtin_effects().items():
         print(f"  {name:<18} {', '.join(builtin_parameters(cls)) or '(none)'}")
-    print("VST3 plugins: {vst3: path/to/Plugin.vst3, params: {name: value}, preset: file.vstpreset}")
+    print("VST3 plugins: {vst3: path/to/Plugin.vst3 or a name, params: {name: value}, preset: file.vstpreset}"
+          " (stembridge plugins lists them)")
+    return EXIT_OK
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import listing, listing_json, search_folders
+
+    folders = [Path(d) for d in args.dirs] if args.dirs else list(search_folders())
+    infos = listing(folders)
+    if args.json:
+        print(listing_json(infos))
+        return EXIT_OK
+    print(f"VST3 plugins in {', '.join(map(str, folders))} (use as {{vst3: NAME, params: {{name: value}}}}):")
+    for info in infos:
+        print(f"  {info.line()}")
+        for p in info.parameters:
+            print(f"      {p.name:<22} {p.span()}, default {p.default}")
+    if not infos:
+        print("  (none found; add folders as arguments or to VST3_PATH)")
     return EXIT_OK
 
 
@@ -400,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fx = commands.add_parser("effects", help="list the built-in effects a preset can name")
     fx.set_defaults(run=cmd_effects)
+
+    plug = commands.add_parser("plugins", help="list VST3 plugins: kind, channels, latency, parameters")
+    plug.add_argument("dirs", nargs="*", metavar="DIR", help="folders to search (default: $VST3_PATH, ~/.vst3, "
+                      "/usr/lib/vst3, /usr/local/lib/vst3)")
+    plug.add_argument("--json", action="store_true", help="print the same as JSON")
+    plug.set_defaults(run=cmd_plugins)
 
     models = commands.add_parser("models", help="list known models and where they are looked for")
     models.set_defaults(run=cmd_models)
