@@ -144,15 +144,13 @@ def cmd_render(args) -> int:
 
 def cmd_preset_check(args) -> int:
     from . import effects
+    from .graph import check_stem_names
     from .session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
         card = _separator_card(session)
-        for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
-            if name not in card.stems:
-                raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
-                                  f"it gives {', '.join(card.stems)}")
+        check_stem_names(session, card.stems, model=card.name)
         effects.build_chain(session.pre, where=f"{preset}: pre")
         effects.build_chain(session.master, where=f"{preset}: master")
         for name, stem in session.stems:
@@ -180,8 +178,12 @@ def cmd_eval(args) -> int:
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
-    separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
-                                                                        threads=args.threads, wiener=args.wiener)
+    if args.model == "no-split":
+        from .evaluate import NoSplit
+        separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener))
+    else:
+        separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
+                                                                            threads=args.threads, wiener=args.wiener)
     update, close = _progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
@@ -199,13 +201,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import DEFAULT_MODEL, known_cards, search_paths
+    from .models import DEFAULT_4STEMS, DEFAULT_MODEL, known_cards, search_paths
 
     print("Model cards (name, family, stems, file):")
     for name, card in sorted(known_cards().items()):
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"  {card.describe()}{mark}")
     print("  dsp                          dsp   vocals/instrumental              (no weights; weight-free fallback)")
+    print(f"  {DEFAULT_4STEMS:<28} hpss  vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
+          "the rest by HPSS; not a 4-stem model; also gives instrumental = drums+bass+other)")
     print("Also accepted: a path to a card .yaml, or to a UVR MDX-Net .onnx file (recognised by its hash).")
     print("Searched folders ($STEMBRIDGE_MODELS first):")
     for folder in search_paths():
@@ -252,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="score a model against reference stems (SDR, SI-SDR)")
     ev.add_argument("--model", default="default",
                     help="model name, card .yaml or .onnx path, 'dsp', or 'oracle' (the ideal ratio mask of the "
-                         "references: a yardstick, not a model) (default: %(default)s)")
+                         "references: a yardstick, not a model), or 'no-split' (the default model's instrumental "
+                         "as each of drums, bass, other: the 4-stem baseline) (default: %(default)s)")
     ev.add_argument("--references", required=True, metavar="DIR",
                     help="folder of songs, searched recursively: <song>/mixture.<ext> beside <song>/<stem>.<ext>")
     ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")

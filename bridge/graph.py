@@ -17,6 +17,7 @@ from . import effects
 from .audio import validate
 from .errors import PresetError
 from .mixer import LAYOUT_CHANNELS, Mixer, StreamChain
+from .models import derived_stems, offered_stems
 from .separation import Separator
 from .session import Session, StemSettings
 
@@ -32,11 +33,7 @@ class RenderGraph:
     """
 
     def __init__(self, session: Session, separator: Separator, *, chains=None, pre=None, master=None):
-        named = [name for name, _ in session.stems] + list(session.separator.stems or ())
-        for name in named:
-            if name not in separator.stems:
-                raise PresetError(f"{session.source}: stems.{name}: the model gives no stem '{name}'; "
-                                  f"it gives {', '.join(separator.stems)}")
+        check_stem_names(session, separator.stems, model=getattr(separator, "name", "the separator"))
         self.session = session
         self.separator = separator
         self._chains = chains
@@ -57,6 +54,24 @@ class RenderGraph:
 
     def stream(self, *, sample_rate: int, channels: int) -> "GraphStream":
         return GraphStream(self, sample_rate=sample_rate, channels=channels)
+
+
+def check_stem_names(session: Session, stems, *, model: str) -> None:
+    """Every stem a preset names must come from the model: settings need one of its ``stems``,
+    ``separator.stems`` (what to write) may also name a sum such as a 4-stem ``instrumental``."""
+    offered = offered_stems(stems)
+    for name in list(session.separator.stems or ()):
+        if name not in offered:
+            raise PresetError(f"{session.source}: separator.stems: the model gives no stem '{name}'; "
+                              f"it gives {', '.join(offered)} (model '{model}')")
+    for name, _ in session.stems:
+        parts = derived_stems(stems).get(name)
+        if parts:
+            raise PresetError(f"{session.source}: stems.{name}: with model '{model}' the {name} is the sum of "
+                              f"{', '.join(parts)}; give those stems their settings instead")
+        if name not in stems:
+            raise PresetError(f"{session.source}: stems.{name}: the model gives no stem '{name}'; "
+                              f"it gives {', '.join(stems)} (model '{model}')")
 
 
 class GraphStream:

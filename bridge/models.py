@@ -36,8 +36,10 @@ from .errors import ModelError, suggest
 MAX_WIENER = 10
 
 DEFAULT_MODEL = "spleeter-2stems"
+#: The weight-free 4-stem split: the default model's vocals, the rest split by HPSS (separation/dsp4.py).
+DEFAULT_4STEMS = "default-4stems"
 UVR_HASH_BYTES = 10_000 * 1024
-Family = Literal["mdx", "mask", "dsp"]
+Family = Literal["mdx", "mask", "dsp", "hpss"]
 
 #: Canonical stem names (demucs's, plus instrumental for 2-stem splits), and the spellings
 #: model files use for them.
@@ -48,6 +50,24 @@ def canonical_stem(name: str) -> str:
     key = name.strip().lower().replace("-", " ")
     key = STEM_ALIASES.get(key, key)
     return key.replace(" ", "_")
+
+
+def derived_stems(stems) -> dict[str, tuple[str, ...]]:
+    """Stems a separator can give as sums of its own: ``{name: parts}``.
+
+    A model with vocals and at least two other stems (4- and 5-stem models) also gives
+    ``instrumental``, the sum of every stem but the vocals, as a 2-stem model would.
+    """
+    stems = tuple(stems)
+    others = tuple(s for s in stems if s != "vocals")
+    if "vocals" in stems and "instrumental" not in stems and len(others) >= 2:
+        return {"instrumental": others}
+    return {}
+
+
+def offered_stems(stems) -> tuple[str, ...]:
+    """``stems`` and the sums :func:`derived_stems` adds: every name ``--stems`` may ask for."""
+    return tuple(stems) + tuple(derived_stems(stems))
 
 
 def complement_stem(primary: str) -> str:
@@ -213,6 +233,10 @@ def resolve(spec: str) -> ModelCard:
     if spec == "dsp":
         return ModelCard(name="dsp", family="dsp", stems=("vocals", "instrumental"),
                          description="weight-free centre-channel fallback")
+    if spec == DEFAULT_4STEMS:
+        return ModelCard(name=DEFAULT_4STEMS, family="hpss", stems=("vocals", "drums", "bass", "other"),
+                         description=f"DSP split, not a 4-stem model: {DEFAULT_MODEL} vocals, the rest split "
+                                     "into drums/bass/other by median-filter HPSS")
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml", ".onnx"):
         if not path.is_file():
@@ -221,7 +245,7 @@ def resolve(spec: str) -> ModelCard:
     cards = known_cards()
     if spec in cards:
         return cards[spec]
-    raise ModelError(f"unknown model '{spec}'{suggest(spec, sorted(cards) + ['dsp'])}; "
+    raise ModelError(f"unknown model '{spec}'{suggest(spec, sorted(cards) + ['dsp', DEFAULT_4STEMS])}; "
                      "or pass a path to a .onnx file or a card .yaml")
 
 

@@ -20,7 +20,8 @@ from .errors import AudioError, BridgeError, OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
 from .outputs import check_template, check_unique, expand
-from .separation import ChunkedSeparator
+from .models import offered_stems
+from .separation import ChunkedSeparator, with_sums
 from .separation.runner import check_channels
 
 #: Samples read per block; memory stays flat with song length.
@@ -66,10 +67,11 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
     header = io.info(path)
     check_channels(header.channels, source=str(path))
     stems = options.stems or separator.stems
-    unknown = [s for s in stems if s not in separator.stems]
+    offered = offered_stems(separator.stems)
+    unknown = [s for s in stems if s not in offered]
     if unknown:
         raise BridgeError(f"stem '{unknown[0]}' is not produced by model '{separator.name}'; "
-                          f"it gives {', '.join(separator.stems)}")
+                          f"it gives {', '.join(offered)}")
     check_template(options.template)
     targets = {s: expand(options.template, Path(options.out_dir), track=path.stem, stem=s,
                          ext=options.ext, model=separator.name) for s in stems}
@@ -107,6 +109,7 @@ def _report_clipping(target: Path, count: int, on_clip: Clipped | None) -> None:
 
 
 def _write(writers: dict, stems: dict) -> None:
+    stems = with_sums(stems, writers)
     for stem, writer in writers.items():
         writer.write(stems[stem])
 
