@@ -19,8 +19,8 @@ from .audio import StreamResampler, db_to_gain
 from .errors import AudioError, BridgeError, OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
-from .outputs import check_template, check_unique, expand
 from .models import offered_stems
+from .outputs import check_template, check_unique, expand
 from .separation import ChunkedSeparator, with_sums
 from .separation.runner import check_channels
 
