@@ -217,6 +217,16 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def cmd_models_import(args) -> int:
+    from .importers import import_model
+
+    done = import_model(args.path, name=args.name, force=args.force, bins=args.bins, fp32=args.fp32)
+    print(f"{args.path}: imported as '{done.name}' ({len(done.stems)} stems: {', '.join(done.stems)}; "
+          f"{done.bins} bins) in {done.seconds:.1f} s -> {done.card}")
+    print(f"use it with: stembridge separate --model {done.name} SONG")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stembridge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stembridge {__version__}")
@@ -278,8 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     fx = commands.add_parser("effects", help="list the built-in effects a preset can name")
     fx.set_defaults(run=cmd_effects)
 
-    models = commands.add_parser("models", help="list known models and where they are looked for")
+    models = commands.add_parser("models", help="list known models and where they are looked for; import one")
     models.set_defaults(run=cmd_models)
+    models_commands = models.add_subparsers(dest="models_command")
+    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) "
+                                                    "into the user model folder")
+    imp.add_argument("path", help="checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz")
+    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count)")
+    imp.add_argument("--force", action="store_true", help="replace a model of the same name")
+    imp.add_argument("--bins", type=int, choices=[1024, 1536],
+                     help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
+    imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
+    imp.set_defaults(run=cmd_models_import)
     return parser
 
 

@@ -16,7 +16,8 @@ UVR's MDX-Net ``.onnx`` files need no card: they are recognised by the MD5 of th
 10,240,000 bytes, the key UVR itself uses (``models/uvr_mdx.yaml``).
 
 Cards are looked up in the folders named by ``$STEMBRIDGE_MODELS`` (``os.pathsep``-separated),
-then in the models shipped with the package.
+then in the user model folder (``$XDG_DATA_HOME/stembridge/models``, where ``stembridge models
+import`` writes when ``$STEMBRIDGE_MODELS`` is unset), then in the models shipped with the package.
 """
 
 from __future__ import annotations
@@ -115,9 +116,22 @@ class ModelCard:
 _CARD_KEYS = {f.name for f in dataclasses.fields(ModelCard)} - {"source", "outputs", "stems"} | {"stems"}
 
 
+def user_models_folder() -> Path:
+    """Where ``stembridge models import`` writes: the first ``$STEMBRIDGE_MODELS`` folder, else
+    ``$XDG_DATA_HOME/stembridge/models`` (``~/.local/share/stembridge/models`` without it)."""
+    first = next((p for p in os.environ.get("STEMBRIDGE_MODELS", "").split(os.pathsep) if p), None)
+    if first:
+        return Path(first)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "stembridge" / "models"
+
+
 def search_paths() -> list[Path]:
-    """Folders searched for model cards, in order."""
+    """Folders searched for model cards, in order: ``$STEMBRIDGE_MODELS``, the user model folder
+    (:func:`user_models_folder`), the models shipped with the package."""
     paths = [Path(p) for p in os.environ.get("STEMBRIDGE_MODELS", "").split(os.pathsep) if p]
+    if user_models_folder() not in paths:
+        paths.append(user_models_folder())
     paths.append(Path(str(resources.files("bridge._models"))))
     return paths
 
