@@ -3,6 +3,8 @@ the rest): exact sums, streaming, the ``instrumental`` sum, and scores on real m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -212,3 +214,55 @@ def test_no_split_baseline_and_the_eval_sum(tmp_path, rng):
     assert got["vocals"] == np.inf and got["instrumental"] > 100  # float32 sums
     # drums estimated by drums + bass + other: the error is bass + other, twice the drums' power
     assert got["drums"] == pytest.approx(-10 * np.log10(2), abs=0.5)
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+FOUR_STEM_PRESETS = ("drumless", "no-bass", "drums-only", "acapella-4stems", "upmix-5.1-4stems")
+
+
+@pytest.fixture(scope="module")
+def excerpt(tmp_path_factory, four):
+    """5 s of the demo song as float WAV, and its four stems as the split gives them."""
+    audio, rate = io.read(REPO / "examples" / "demo.flac")
+    audio = np.ascontiguousarray(audio[:, 5 * rate: 10 * rate])
+    path = tmp_path_factory.mktemp("excerpt") / "demo.wav"
+    io.write(path, audio, rate, bit_depth=32)
+    return path, audio, four(audio, rate)
+
+
+@pytest.mark.parametrize("name", FOUR_STEM_PRESETS)
+def test_four_stem_presets_check_render_and_stay_exact(name, excerpt, tmp_path, capsys):
+    import pedalboard
+
+    from bridge.cli import main as cli
+    from bridge.mixer import fold_down
+
+    preset = REPO / "presets" / f"{name}.yaml"
+    assert cli(["preset", "check", str(preset)]) == 0
+    assert "ok (model default-4stems, stems vocals, drums, bass, other" in capsys.readouterr().out
+    path, x, stems = excerpt
+    assert cli(["render", str(preset), str(path), "--out", str(tmp_path), "--set", "output.format=wav",
+                "--set", "output.bit_depth=32", "--quiet"]) == 0
+    (out,) = [p for p in tmp_path.glob("demo.*.wav")]
+    mix, rate = io.read(out)
+    expected = {"drumless": x - stems["drums"], "no-bass": x - stems["bass"], "drums-only": stems["drums"]}
+    if name in expected:
+        np.testing.assert_allclose(mix, expected[name], atol=1e-5)  # float32 sums, float WAV
+    elif name == "acapella-4stems":
+        highpass = pedalboard.Pedalboard([pedalboard.HighpassFilter(cutoff_frequency_hz=80)])
+        reference = highpass(stems["vocals"], rate)
+        error = np.sum((mix.astype(np.float64) - reference) ** 2) / np.sum(reference.astype(np.float64) ** 2)
+        assert error < 1e-6  # -60 dB: the same filter, run in blocks
+    else:
+        assert mix.shape == (6, x.shape[1])
+        np.testing.assert_allclose(fold_down(mix), x, atol=1e-5)  # ITU-R BS.775, LFE omitted
+        lfe = mix[3]
+        assert np.max(np.abs(lfe)) > 1e-3  # the bass reaches the LFE, low-passed at 120 Hz:
+        mid = 0.5 * (stems["bass"][0] + stems["bass"][1])
+        lowpassed = pedalboard.LowpassFilter(cutoff_frequency_hz=120)(mid[np.newaxis], rate)[0]
+        error = np.sum((lfe.astype(np.float64) - lowpassed) ** 2) / np.sum(lowpassed.astype(np.float64) ** 2)
+        assert error < 1e-6  # -60 dB: only the bass (measured: exactly equal)
+        centre = np.sqrt(2.0) * 0.5 * (stems["vocals"][0] + stems["vocals"][1])
+        np.testing.assert_allclose(mix[2], centre, atol=1e-5)  # only the vocals in the centre
