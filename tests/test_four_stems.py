@@ -266,3 +266,19 @@ def test_four_stem_presets_check_render_and_stay_exact(name, excerpt, tmp_path, 
         assert error < 1e-6  # -60 dB: only the bass (measured: exactly equal)
         centre = np.sqrt(2.0) * 0.5 * (stems["vocals"][0] + stems["vocals"][1])
         np.testing.assert_allclose(mix[2], centre, atol=1e-5)  # only the vocals in the centre
+
+
+def test_a_render_writes_the_instrumental_as_the_sum_of_processed_stems(excerpt, tmp_path):
+    from bridge.cli import main as cli
+
+    path, x, stems = excerpt
+    preset = tmp_path / "inst.yaml"
+    preset.write_text("version: 1\nseparator: {model: default-4stems, stems: [vocals, drums, instrumental]}\n"
+                      "stems: {drums: {gain_db: -6}}\n"
+                      "output: {format: wav, bit_depth: 32, tail_seconds: 0, files: {mix: null, stems: '{track}/{stem}.{ext}'}}\n")
+    assert cli(["render", str(preset), str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    got = {s: io.read(tmp_path / "out" / "demo" / f"{s}.wav")[0] for s in ("vocals", "drums", "instrumental")}
+    half = 10 ** (-6 / 20)
+    np.testing.assert_allclose(got["drums"], half * stems["drums"], atol=1e-5)
+    np.testing.assert_allclose(got["instrumental"], half * stems["drums"] + stems["bass"] + stems["other"], atol=1e-5)
+    np.testing.assert_allclose(got["vocals"] + got["instrumental"], x - (1 - half) * stems["drums"], atol=1e-5)
