@@ -34,7 +34,7 @@ import yaml
 
 from ..errors import ModelError
 from ..models import known_cards, user_models_folder
-from .tf_checkpoint import Checkpoint, CheckpointError, _fields
+from .tf_checkpoint import Checkpoint, CheckpointError, message_fields
 
 STEM_ORDER = {2: ("vocals", "accompaniment"), 4: ("vocals", "drums", "bass", "other"),
               5: ("vocals", "piano", "drums", "bass", "other")}
@@ -126,13 +126,13 @@ def band_from_meta(meta: Path) -> int | None:
         return None
     where = str(meta)
     found = set()
-    for number, graph in _fields(meta.read_bytes(), where):
+    for number, graph in message_fields(meta.read_bytes(), where):
         if number != 2:  # MetaGraphDef.graph_def
             continue
-        for field, node in _fields(graph, where):
+        for field, node in message_fields(graph, where):
             if field != 1:  # GraphDef.node
                 continue
-            fields = _fields(node, where)
+            fields = message_fields(node, where)
             name = next((v for f, v in fields if f == 1), b"")
             op = next((v for f, v in fields if f == 2), b"")
             if op != b"Const" or not name.startswith(b"strided_slice") or not name.endswith(b"/stack_1"):
@@ -140,10 +140,10 @@ def band_from_meta(meta: Path) -> int | None:
             for f, attr in fields:
                 if f != 5:  # NodeDef.attr entry: key 1, AttrValue 2
                     continue
-                entry = dict(_fields(attr, where))
+                entry = dict(message_fields(attr, where))
                 if entry.get(1) != b"value":
                     continue
-                tensor = dict(_fields(dict(_fields(entry[2], where)).get(8, b""), where))  # AttrValue.tensor
+                tensor = dict(message_fields(dict(message_fields(entry[2], where)).get(8, b""), where))  # AttrValue.tensor
                 content = tensor.get(4, b"")  # TensorProto.tensor_content, int32
                 if tensor.get(1) == 3 and len(content) == 16:
                     values = np.frombuffer(content, "<i4")

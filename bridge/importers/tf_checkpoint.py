@@ -63,7 +63,7 @@ def _varint(data: bytes, at: int, where: str) -> tuple[int, int]:
             raise CheckpointError(f"{where}: malformed varint; the index file is damaged")
 
 
-def _fields(data: bytes, where: str) -> list[tuple[int, object]]:
+def message_fields(data: bytes, where: str) -> list[tuple[int, object]]:
     """Decode one protobuf message into ``[(field number, int or bytes), ...]``."""
     out, at = [], 0
     while at < len(data):
@@ -145,7 +145,7 @@ def read_index(path) -> dict[str, TensorEntry]:
         for key, value in _block(data, offset, size, where):
             if key == b"":
                 header_seen = True
-                header = dict(_fields(value, where))
+                header = dict(message_fields(value, where))
                 if header.get(2, 0) != 0:
                     raise CheckpointError(f"{where}: a big-endian checkpoint; re-save it on a little-endian machine")
                 continue
@@ -157,7 +157,7 @@ def read_index(path) -> dict[str, TensorEntry]:
 
 
 def _entry(name: str, value: bytes, where: str) -> TensorEntry:
-    fields = _fields(value, f"{where}: {name}")
+    fields = message_fields(value, f"{where}: {name}")
     get = {}
     for number, v in fields:
         get.setdefault(number, v)
@@ -165,9 +165,9 @@ def _entry(name: str, value: bytes, where: str) -> TensorEntry:
         raise CheckpointError(f"{where}: {name} is stored in slices (a partitioned variable); not supported")
     dims = []
     if 2 in get:
-        for number, dim in _fields(get[2], where):
+        for number, dim in message_fields(get[2], where):
             if number == 2:  # TensorShapeProto.dim
-                dims.append(int(dict(_fields(dim, where)).get(1, 0)))
+                dims.append(int(dict(message_fields(dim, where)).get(1, 0)))
     dtype = DTYPES.get(int(get.get(1, 0)))
     return TensorEntry(name=name, dtype=dtype or f"tf-dtype-{get.get(1, 0)}", shape=tuple(dims),
                        shard=int(get.get(3, 0)), offset=int(get.get(4, 0)), size=int(get.get(5, 0)))
