@@ -179,7 +179,13 @@ def _extract(archive: Path, into: Path) -> Path:
                        and re.search(r"(^|/)(checkpoint|[^/]+\.(index|meta)|[^/]+\.data-\d+-of-\d+)$", m.name)]
             if not members:
                 raise ModelError(f"{archive}: the archive holds no TensorFlow checkpoint (no model.index)")
-            tar.extractall(into, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.10.12+/3.11.4+: refuses links and paths outside
+                tar.extractall(into, members=members, filter="data")
+            else:
+                for member in members:
+                    if member.name.startswith("/") or ".." in Path(member.name).parts:
+                        raise ModelError(f"{archive}: member {member.name!r} points outside the archive; not extracted")
+                tar.extractall(into, members=members)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ModelError(f"{archive}: cannot read the archive ({exc}); download Spleeter's release .tar.gz again") from None
     folders = sorted({p.parent for p in into.rglob("*.index")})
