@@ -1,7 +1,8 @@
 """The ``stembridge`` command: parse arguments, call the library, report errors in one line.
 
-Exit codes: 0 success; 2 bad input or a failed file (the message says which and how to fix it);
-130 interrupted.
+Exit codes: 0 success; 1 some songs failed (each named in one line) and all the others were
+written; 2 a usage error found before any work (a bad preset, model, option or folder); 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .errors import BridgeError, ModelError, PresetError
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_SOME_FAILED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _progress(label: str, enabled: bool):
@@ -32,114 +33,243 @@ def _progress(label: str, enabled: bool):
     return update, bar.close
 
 
+#: True while progress bars are on the terminal: lines then go through tqdm, which moves the bars.
+_BARS = {"on": False}
+
+
+def _say(line: str, *, file=None) -> None:
+    if _BARS["on"]:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=file or sys.stdout)
+    else:
+        print(line, file=file or sys.stdout)
+
+
 def _error(message: str) -> None:
-    print(f"stembridge: error: {message}", file=sys.stderr)
+    _say(f"stembridge: error: {message}", file=sys.stderr)
 
 
 def _warn_clipped(target: Path, count: int) -> None:
     from .render import clipping_message
 
-    print(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
+    _say(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 
 
 def cmd_separate(args) -> int:
-    from .render import SeparateOptions, run_many, separate_file
-    from .separation import load_separator
+    from .batch import RunSpec
 
-    separator = load_separator(args.model, overlap=args.overlap, batch_size=args.batch_size, threads=args.threads,
-                               denoise=args.denoise, invert=args.invert, wiener=args.wiener)
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
-    options = SeparateOptions(out_dir=Path(args.out), template=args.name, ext=args.format,
-                              bit_depth=args.bit_depth, stems=stems)
+    spec = RunSpec(kind="separate", out_dir=Path(args.out), model=args.model, overlap=args.overlap,
+                   batch_size=args.batch_size, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
+                   stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, **_batch_options(args))
+    _check_model(args)
+    return _run(args, spec)
+
+
+def cmd_render(args) -> int:
+    from .batch import RunSpec
+
+    session = _check_session(args.preset, args.set or ())
+    spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
+                   **_batch_options(args))
+    album = session.output.loudness_scope == "album" and session.output.loudness_lufs is not None
+    return _run(args, spec, album=album)
+
+
+def _check_model(args) -> None:
+    """The model and settings of ``separate``, checked before any work without loading the model."""
+    from .models import resolve, verify_file
+    from .separation import _check_settings, check_wiener_fits
+    from .separation.mask import check_wiener
+
+    wiener = check_wiener(args.wiener)
+    _check_settings(overlap=args.overlap, batch_size=args.batch_size, threads=args.threads)
+    card = resolve(args.model)
+    check_wiener_fits(card, wiener)
+    if card.family != "dsp":
+        verify_file(card)
+
+
+def _jobs(args, *, songs: int) -> int:
+    from .batch.executors import auto_jobs
+
+    if args.jobs == "auto":
+        return auto_jobs(songs)
+    return args.jobs
+
+
+def _batch_options(args) -> dict:
+    from .cache import default_location, default_max_gb
+
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_location()
+    max_gb = default_max_gb() if args.cache_max_gb is None else args.cache_max_gb
+    return {"threads": args.threads, "cache_dir": cache_dir, "cache_max_gb": max_gb, "force": args.force}
+
+
+def _check_session(preset, overrides):
+    """Validate a preset, its model card and its plugins without loading the model; the session."""
+    from . import effects
+    from .batch.jobs import separator_card
+    from .models import verify_file
+    from .session import load
+
+    session = load(preset, overrides=overrides)
+    card = separator_card(session)
+    try:
+        if card.family != "dsp":
+            verify_file(card)
+    except ModelError as exc:
+        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
+    effects.build_chain(session.pre, where=f"{session.source}: pre")
+    effects.build_chain(session.master, where=f"{session.source}: master")
+    for name, stem in session.stems:
+        effects.build_chain(stem.chain, where=f"{session.source}: stems.{name}.chain")
+    return session
+
+
+def _run(args, spec, *, album: bool = False) -> int:
+    """Discover the songs, run them, print one line per song and the summary; the exit code."""
+    import dataclasses
+
+    from .batch import discover, run_batch, write_record
+    from .batch.executors import threads_per_job
+    from .batch.jobs import plan, worker_for
+
+    songs, notes = discover(args.inputs, out_dir=Path(args.out))
+    songs = plan(spec, songs)
+    jobs = _jobs(args, songs=len(songs))
+    spec = dataclasses.replace(spec, threads=threads_per_job(jobs, args.threads))
+    if jobs == 1 and not args.scheduler:
+        worker_for(spec)  # the model and plugins load here, before any song: their errors are usage errors
+    for note in notes:
+        _say(f"stembridge: warning: {note}", file=sys.stderr)
     show = sys.stderr.isatty() and not args.quiet
+    overall = _Overall(len(songs), sum(_seconds(s.path) for s in songs) if show else 0.0, show)
 
-    def job(path: Path):
-        update, close = _progress(path.name, show)
-        try:
-            written = separate_file(path, separator, options, progress=update, on_clip=_warn_clipped)
-        finally:
-            close()
+    def on_event(kind, song, outcome):
+        overall.done(outcome)
+        if outcome.status == "failed":
+            _error(outcome.error)
+            return
         if not args.quiet:
-            for stem, target in written.items():
-                print(f"{path.name}: {stem} -> {target}")
-        return written
+            _report_song(_label(song) if song else outcome.path.name, outcome, spec.kind)
+        for target, count in outcome.clipped:
+            _warn_clipped(target, count)
 
-    _, failures = run_many(args.inputs, job, fail_fast=args.fail_fast, on_error=lambda p, e: _error(str(e)))
-    if failures and len(args.inputs) > 1:
-        _error(f"{len(failures)} of {len(args.inputs)} inputs failed")
-    return EXIT_FAILED if failures else EXIT_OK
+    def progress_for(song):
+        if not show:
+            return None
+        return overall.song(_label(song))
+
+    try:
+        report = run_batch(spec, songs, jobs=jobs, scheduler=args.scheduler, album_loudness=album,
+                           fail_fast=args.fail_fast, on_event=on_event, progress_for=progress_for)
+    finally:
+        overall.close()
+    report.notes = notes
+    write_record(report, Path(args.out))
+    failures = report.failed
+    if failures and len(songs) > 1:
+        _error(f"{len(failures)} of {len(songs)} inputs failed")
+    if not args.quiet:
+        for line in report.summary():
+            if not line.startswith("  failed"):
+                print(line)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
-def _report_file(name: str, written: dict, manifest_path) -> None:
+def _label(song) -> str:
+    """A song as the user named it: its folders from the named one down, then its file name."""
+    return f"{song.naming.relpath}/{song.path.name}" if song.naming.relpath else song.path.name
+
+
+def _seconds(path: Path) -> float:
+    from . import io
+
+    try:
+        return io.info(path).seconds
+    except BridgeError:
+        return 0.0
+
+
+class _Overall:
+    """The run's progress: songs done of total, audio minutes, ETA; a per-song bar below it."""
+
+    def __init__(self, total: int, seconds: float, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.seconds = seconds
+        self.done_seconds = 0.0
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="songs", unit="song", position=0, leave=False, file=sys.stderr,
+                            bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining}{postfix}")
+            self._postfix()
+            _BARS["on"] = True
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"{self.done_seconds / 60:.1f} of {self.seconds / 60:.1f} min of audio", refresh=True)
+
+    def done(self, outcome) -> None:
+        if self.bar is not None:
+            self.done_seconds += outcome.seconds
+            self.bar.update(1)
+            self._postfix()
+
+    def song(self, label: str):
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, desc=label, unit="%", position=1, leave=False, file=sys.stderr,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+        def update(done: int, total: int) -> None:
+            bar.n = round(100 * done / max(total, 1))
+            bar.refresh()
+            if done >= total:
+                bar.close()
+
+        return update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            _BARS["on"] = False
+
+
+def _report_song(name: str, outcome, kind: str) -> None:
+    if outcome.status == "skipped":
+        _say(f"{name}: up to date, skipped")
+        return
+    source = " (from cached stems)" if outcome.status == "cached" else ""
+    if kind == "separate":
+        for stem, target in outcome.written.items():
+            _say(f"{name}: {stem} -> {target}{source}")
+        return
+    _report_file(name, outcome.written, outcome.written["manifest"], suffix=source)
+
+
+def _report_file(name: str, written: dict, manifest_path, suffix: str = "") -> None:
     import json
 
-    outputs = json.loads(manifest_path.read_text(encoding="utf-8"))["outputs"]
+    outputs = json.loads(Path(manifest_path).read_text(encoding="utf-8"))["outputs"]
     for label, target in written.items():
         if label == "manifest":
             continue
         stats = outputs[label]
         loud = "-inf" if stats["loudness_lufs"] is None else f"{stats['loudness_lufs']:.1f}"
         peak = "-inf" if stats["true_peak_dbtp"] is None else f"{stats['true_peak_dbtp']:.1f}"
-        print(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP)")
+        _say(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP){suffix}")
         if stats["clipped_samples"]:
-            print(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
-                  "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
+            _say(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
+                 "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
 
 
 def _separator_card(session):
-    """The session's model card, with model errors named by the preset key they come from."""
-    from .models import resolve
-    from .separation import check_wiener_fits
+    from .batch.jobs import separator_card
 
-    try:
-        card = resolve(session.separator.model)
-    except ModelError as exc:
-        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
-    try:
-        check_wiener_fits(card, session.separator.wiener)
-    except ModelError as exc:
-        raise PresetError(f"{session.source}: separator.wiener: {exc}") from exc
-    return card
-
-
-def _session_graph(args):
-    from .graph import RenderGraph
-    from .separation import load_separator
-    from .session import load
-
-    session = load(args.preset, overrides=args.set or ())
-    sep = session.separator
-    card = _separator_card(session)
-    try:
-        separator = load_separator(card, overlap=sep.overlap, batch_size=sep.batch_size, threads=args.threads,
-                                   wiener=sep.wiener)
-    except ModelError as exc:  # a missing or corrupt model file: the model key's
-        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
-    graph = RenderGraph(session, separator)
-    graph.check()  # every plugin loads before any audio work
-    return graph
-
-
-def cmd_render(args) -> int:
-    from .render import render_file, run_many
-
-    graph = _session_graph(args)
-    show = sys.stderr.isatty() and not args.quiet
-
-    def job(path: Path):
-        update, close = _progress(path.name, show)
-        try:
-            written = render_file(path, graph, Path(args.out), progress=update)
-        finally:
-            close()
-        if not args.quiet:
-            _report_file(path.name, written, written["manifest"])
-        return written
-
-    _, failures = run_many(args.inputs, job, fail_fast=args.fail_fast, on_error=lambda p, e: _error(str(e)))
-    if failures and len(args.inputs) > 1:
-        _error(f"{len(failures)} of {len(args.inputs)} inputs failed")
-    return EXIT_FAILED if failures else EXIT_OK
+    return separator_card(session)
 
 
 def cmd_preset_check(args) -> int:
@@ -234,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     sep = commands.add_parser("separate", help="split songs into stem files")
-    sep.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff)")
+    sep.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff) and folders (walked recursively)")
     sep.add_argument("--model", default="default", help="model name, card .yaml or .onnx path, or 'dsp' (default: %(default)s)")
     sep.add_argument("--out", default="separated", help="output folder (default: %(default)s)")
     sep.add_argument("--name", default="{track}/{stem}.{ext}", help="output name template (default: %(default)s)")
@@ -243,24 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--bit-depth", type=int, default=24, choices=[16, 24, 32], help="PCM bits; 32 = float (default: %(default)s)")
     sep.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
     sep.add_argument("--batch-size", type=int, default=1, help="chunks per model call (default: %(default)s)")
-    sep.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    sep.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
     sep.add_argument("--denoise", action="store_true", help="MDX-Net: average model(x) and -model(-x)")
     sep.add_argument("--invert", action="store_true", help="MDX-Net: spectral inversion for the other stem")
     sep.add_argument("--wiener", type=int, default=0, metavar="N",
                      help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
-    sep.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
-    sep.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_batch_arguments(sep)
     sep.set_defaults(run=cmd_separate)
 
     ren = commands.add_parser("render", help="render songs through a session preset (split, stem chains, mix)")
     ren.add_argument("preset", help="session preset .yaml (see presets/)")
-    ren.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff)")
+    ren.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff) and folders (walked recursively)")
     ren.add_argument("--out", default="rendered", help="output folder (default: %(default)s)")
     ren.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a preset value, e.g. --set stems.vocals.gain_db=6 (repeatable)")
-    ren.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
-    ren.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
-    ren.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    ren.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
+    _add_batch_arguments(ren)
     ren.set_defaults(run=cmd_render)
 
     ev = commands.add_parser("eval", help="score a model against reference stems (SDR, SI-SDR)")
@@ -300,7 +428,58 @@ def build_parser() -> argparse.ArgumentParser:
                      help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
     imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
     imp.set_defaults(run=cmd_models_import)
+
+    cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
+    cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
+    cache.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: $STEMBRIDGE_CACHE, "
+                                                          "$XDG_CACHE_HOME/stembridge or ~/.cache/stembridge)")
+    cache.add_argument("--cache-max-gb", type=float, metavar="GB", help="size cap (default: 20, or $STEMBRIDGE_CACHE_MAX_GB)")
+    cache.set_defaults(run=cmd_cache)
     return parser
+
+
+def _jobs_value(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of songs at once (>= 1) or 'auto'")
+    return value
+
+
+def _add_batch_arguments(command) -> None:
+    command.add_argument("--jobs", type=_jobs_value, default=1, metavar="N",
+                         help="songs at once on this machine, or 'auto' (cores and free memory) (default: 1)")
+    command.add_argument("--scheduler", metavar="ADDRESS",
+                         help="send the songs to a Dask cluster, e.g. tcp://10.0.0.5:8786 (inputs and --out must be "
+                              "on storage the workers share; pip install \"stembridge[dask]\")")
+    command.add_argument("--force", action="store_true", help="render songs again even if their outputs are up to date")
+    command.add_argument("--cache-dir", metavar="DIR", help="stem cache folder (default: $STEMBRIDGE_CACHE, "
+                                                            "$XDG_CACHE_HOME/stembridge or ~/.cache/stembridge)")
+    command.add_argument("--no-cache", action="store_true", help="neither read nor fill the stem cache")
+    command.add_argument("--cache-max-gb", type=float, metavar="GB",
+                         help="stem cache size cap; least recently used entries go first (default: 20, or "
+                              "$STEMBRIDGE_CACHE_MAX_GB)")
+    command.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
+    command.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def cmd_cache(args) -> int:
+    from .cache import StemCache, default_location, default_max_gb
+
+    root = Path(args.cache_dir) if args.cache_dir else default_location()
+    cache = StemCache(root, max_gb=default_max_gb() if args.cache_max_gb is None else args.cache_max_gb)
+    if args.action == "clear":
+        count = cache.clear()
+        print(f"stem cache {root}: removed {count} entries")
+        return EXIT_OK
+    stats = cache.stats()
+    print(f"stem cache: {stats.location}")
+    print(f"  {stats.entries} entries, {stats.bytes / 1e9:.2f} GB of {stats.max_bytes / 1e9:.2f} GB cap")
+    return EXIT_OK
 
 
 def _keep_freed_memory() -> None:

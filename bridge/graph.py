@@ -52,8 +52,13 @@ class RenderGraph:
         for name, stem in s.stems:
             effects.build_chain(stem.chain, where=f"{s.source}: stems.{name}.chain")
 
-    def stream(self, *, sample_rate: int, channels: int) -> "GraphStream":
-        return GraphStream(self, sample_rate=sample_rate, channels=channels)
+    def stream(self, *, sample_rate: int, channels: int, separation=None) -> "GraphStream":
+        """One song through the graph.
+
+        ``separation`` replaces the separator's own stream (anything with ``process(block)`` and
+        ``finish()`` returning ``{stem: audio}``, e.g. a replay of cached stems).
+        """
+        return GraphStream(self, sample_rate=sample_rate, channels=channels, separation=separation)
 
 
 def check_stem_names(session: Session, stems, *, model: str) -> None:
@@ -77,11 +82,13 @@ def check_stem_names(session: Session, stems, *, model: str) -> None:
 class GraphStream:
     """One song through the graph: ``process(block)`` and ``finish()`` return ``(mix, stems)``.
 
-    The output is ``tail_seconds`` longer than the input: silence is fed at the end so reverbs
-    and delays ring out.
+    The output is ``tail_seconds`` longer than the input: silence is fed to the stem chains after
+    the separated song so reverbs and delays ring out. The separator sees exactly the song (after
+    the pre chain), so its stems do not depend on the preset's tail and can be cached and shared
+    between presets; a pre chain's own tail past the end of the song is not separated.
     """
 
-    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int):
+    def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int, separation=None):
         s = graph.session
         self.sample_rate = sample_rate
         pre = graph._pre if graph._pre is not None else effects.build_chain(s.pre, where=f"{s.source}: pre")
@@ -89,7 +96,8 @@ class GraphStream:
         for chain in [pre, master, *(graph._chains or {}).values()]:
             chain.reset()  # ready-made chains are shared between songs: no tail of the last one
         self._pre = StreamChain(pre, sample_rate=sample_rate, channels=channels)
-        self._separation = graph.separator.stream(sample_rate=sample_rate, channels=channels)
+        self._separation = separation if separation is not None else \
+            graph.separator.stream(sample_rate=sample_rate, channels=channels)
         self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains)
         self._master = StreamChain(master, sample_rate=sample_rate, channels=graph.channels)
         self._tail = int(round(s.output.tail_seconds * sample_rate))
@@ -99,9 +107,10 @@ class GraphStream:
         return self._run(self._separation.process(self._pre.process(block)), last=False)
 
     def finish(self):
+        empty = np.zeros((self._channels, 0), np.float32)
+        stems = _join(self._separation.process(self._pre.process(empty, last=True)), self._separation.finish())
         tail = np.zeros((self._channels, self._tail), np.float32)
-        stems = _join(self._separation.process(self._pre.process(tail, last=True)), self._separation.finish())
-        return self._run(stems, last=True)
+        return self._run({k: np.concatenate([v, tail], axis=1) for k, v in stems.items()}, last=True)
 
     def _run(self, stems, *, last: bool):
         mix, processed = self._mixer.process(stems, last=last)

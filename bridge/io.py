@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
@@ -67,25 +68,43 @@ def _open_error(path: Path, exc: Exception) -> AudioError:
     )
 
 
+_FD2_LOCK = threading.Lock()
+#: What libsndfile's decoders (libmpg123) print while a damaged or odd file is opened.
+_DECODER_NOISE = re.compile(rb"mpg123|libsndfile|MPEG|resync|Illegal|header", re.IGNORECASE)
+
+
 @contextlib.contextmanager
 def _quiet_decoders() -> Iterator[None]:
     """Keep libsndfile's decoders (libmpg123) from printing to file descriptor 2.
 
     They write warnings about damaged mp3 or unknown data straight to the C ``stderr`` while a
-    file is opened; the error we raise is the one line the user should see.
+    file is opened; the error we raise is the one line the user should see. File descriptor 2
+    belongs to the whole process, so under threads (a Dask worker, a threaded executor) another
+    thread may write to it meanwhile: what lands there is captured and written back afterwards,
+    less the decoders' lines, instead of being lost. The lock keeps two opens from nesting.
     """
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with _FD2_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        capture = tempfile.TemporaryFile()
+        try:
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            try:
+                capture.seek(0)
+                kept = [line for line in capture.read().splitlines(keepends=True) if not _DECODER_NOISE.search(line)]
+                if kept:
+                    os.write(2, b"".join(kept))
+            except OSError:
+                pass
+            finally:
+                capture.close()
 
 
 def _open(path: Path) -> sf.SoundFile:
@@ -170,6 +189,24 @@ def _declares_more_data(path: Path) -> bool:
     return False
 
 
+def flac_audio_md5(path) -> str | None:
+    """The MD5 of the decoded samples that a FLAC file's STREAMINFO block records, or None.
+
+    Every FLAC encoder stores it (all zeros when it did not compute one); it names the audio
+    content without decoding it, and stays the same when the tags change.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4 + 4 + 34)
+    except OSError:
+        return None
+    # 'fLaC', then the first metadata block, which is always STREAMINFO (type 0) of 34 bytes.
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0 or int.from_bytes(head[5:8], "big") != 34:
+        return None
+    md5 = head[8 + 18:8 + 34]
+    return None if md5 == bytes(16) else md5.hex()
+
+
 def read(path) -> tuple[np.ndarray, int]:
     """Read a whole file: ``(audio, sample_rate)``, audio ``(channels, samples)`` float32.
 
@@ -232,6 +269,27 @@ def remove_stale_partials(final: Path) -> list[Path]:
         if match and not _pid_alive(int(match.group(1))):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
+    return removed
+
+
+def remove_dead_partials(folder: Path) -> list[Path]:
+    """Delete, anywhere below ``folder``, the partial files and scratch folders of processes that
+    are gone (a killed run's); return what was removed. Live processes' files are left alone."""
+    removed = []
+    partial = re.compile(rf"^\..+\.(\d+){re.escape(PARTIAL_SUFFIX)}$")
+    scratch = re.compile(rf"^\.stembridge-(\d+)-.*{re.escape(PARTIAL_SUFFIX)}$")
+    for root, dirs, files in os.walk(folder):
+        for name in list(dirs):
+            match = scratch.match(name)
+            if match and not _pid_alive(int(match.group(1))):
+                shutil.rmtree(Path(root) / name, ignore_errors=True)
+                removed.append(Path(root) / name)
+                dirs.remove(name)
+        for name in files:
+            match = partial.match(name)
+            if match and not _pid_alive(int(match.group(1))):
+                (Path(root) / name).unlink(missing_ok=True)
+                removed.append(Path(root) / name)
     return removed
 
 

@@ -9,6 +9,8 @@ True peak is the peak of the signal upsampled 4x (BS.1770-4 annex 2), with soxr.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import soxr
 
@@ -74,19 +76,59 @@ class LoudnessMeter:
     @property
     def integrated(self) -> float:
         """Gated integrated loudness in LUFS (-inf for silence or under 400 ms)."""
-        steps = np.array(self._steps)
-        per_block = int(round(BLOCK_S / STEP_S))
-        if len(steps) < per_block:
-            return float("-inf")
-        window = np.lib.stride_tricks.sliding_window_view(steps, per_block, axis=0).sum(axis=-1)
-        mean_square = window / (per_block * self._step)  # (blocks, channels)
-        power = mean_square @ channel_weights(self.channels)
-        with np.errstate(divide="ignore"):
-            loudness = -0.691 + 10 * np.log10(power)
-        gated = power[loudness >= ABSOLUTE_GATE]
-        if not gated.size:
-            return float("-inf")
-        relative = -0.691 + 10 * np.log10(gated.mean()) + RELATIVE_GATE
-        with np.errstate(divide="ignore"):
-            final = power[(loudness >= ABSOLUTE_GATE) & (loudness >= relative)]
-        return float(-0.691 + 10 * np.log10(final.mean())) if final.size else float("-inf")
+        return gated_loudness(_block_powers(np.array(self._steps), self._step, self.channels))
+
+    def state(self) -> "MeterState":
+        """What the album measurement needs of this meter: small, picklable."""
+        return MeterState(steps=np.array(self._steps), step=self._step, channels=self.channels, peak=self._peak)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeterState:
+    """A finished meter's 100 ms step energies and its true peak (linear)."""
+
+    steps: np.ndarray
+    step: int
+    channels: int
+    peak: float
+
+    @property
+    def true_peak_db(self) -> float:
+        return 20 * np.log10(self.peak) if self.peak > 0 else float("-inf")
+
+
+def album_loudness(states) -> tuple[float, float]:
+    """Integrated loudness (LUFS) and true peak (dBTP) of several songs taken as one programme.
+
+    Each song's 400 ms gating blocks are pooled and gated together (BS.1770-4 over the album,
+    as ReplayGain's album mode measures it); no block spans two songs.
+    """
+    powers = [_block_powers(s.steps, s.step, s.channels) for s in states]
+    pooled = np.concatenate([p for p in powers if p.size]) if any(p.size for p in powers) else np.zeros(0)
+    peak = max((s.peak for s in states), default=0.0)
+    return gated_loudness(pooled), (20 * np.log10(peak) if peak > 0 else float("-inf"))
+
+
+def _block_powers(steps: np.ndarray, step: int, channels: int) -> np.ndarray:
+    """Channel-weighted mean square of every 400 ms block (75 % overlap) from 100 ms step energies."""
+    per_block = int(round(BLOCK_S / STEP_S))
+    if len(steps) < per_block:
+        return np.zeros(0)
+    window = np.lib.stride_tricks.sliding_window_view(steps, per_block, axis=0).sum(axis=-1)
+    mean_square = window / (per_block * step)  # (blocks, channels)
+    return mean_square @ channel_weights(channels)
+
+
+def gated_loudness(power: np.ndarray) -> float:
+    """BS.1770-4 gating (-70 LUFS absolute, -10 LU relative) over block powers; LUFS or -inf."""
+    if not power.size:
+        return float("-inf")
+    with np.errstate(divide="ignore"):
+        loudness = -0.691 + 10 * np.log10(power)
+    gated = power[loudness >= ABSOLUTE_GATE]
+    if not gated.size:
+        return float("-inf")
+    relative = -0.691 + 10 * np.log10(gated.mean()) + RELATIVE_GATE
+    with np.errstate(divide="ignore"):
+        final = power[(loudness >= ABSOLUTE_GATE) & (loudness >= relative)]
+    return float(-0.691 + 10 * np.log10(final.mean())) if final.size else float("-inf")

@@ -248,7 +248,10 @@ def resolve(spec: str) -> ModelCard:
         return ModelCard(name="dsp", family="dsp", stems=("vocals", "instrumental"),
                          description="weight-free centre-channel fallback")
     if spec == DEFAULT_4STEMS:
+        # The file and its checksum are the vocal model's: what there is to verify and to cache by.
+        vocals = resolve(DEFAULT_MODEL)
         return ModelCard(name=DEFAULT_4STEMS, family="hpss", stems=("vocals", "drums", "bass", "other"),
+                         file=vocals.file, sha256=vocals.sha256, license=vocals.license, credit=vocals.credit,
                          description=f"DSP split, not a 4-stem model: {DEFAULT_MODEL} vocals, the rest split "
                                      "into drums/bass/other by median-filter HPSS")
     path = Path(spec)

@@ -7,7 +7,10 @@ from pathlib import Path, PurePosixPath
 
 from .errors import OutputError
 
-FIELDS = {"track", "stem", "ext", "model"}
+FIELDS = {"track", "stem", "ext", "model", "album", "relpath"}
+#: Fields that place a song's outputs by its folders; a template without them is put under the
+#: song's mirrored folder (``relpath``) automatically.
+PLACING = {"album", "relpath"}
 
 
 def check_template(template: str, *, where: str = "output name") -> str:
@@ -31,8 +34,20 @@ def check_template(template: str, *, where: str = "output name") -> str:
 
 
 def expand(template: str, out_dir: Path, **fields) -> Path:
-    """``out_dir / template.format(**fields)``, refusing anything that lands outside ``out_dir``."""
+    """``out_dir / template.format(**fields)``, refusing anything that lands outside ``out_dir``.
+
+    ``relpath`` (a song's folder below the folder named on the command line, ``a/b`` style) keeps
+    its slashes; every other field is one name. A template that uses neither ``{relpath}`` nor
+    ``{album}`` is placed under ``relpath``, so the outputs mirror the input folders.
+    """
+    relpath = str(fields.pop("relpath", "") or "")
+    parts = [_clean(part) for part in relpath.replace("\\", "/").split("/") if part not in ("", ".", "..")]
     safe = {k: _clean(str(v)) for k, v in fields.items()}
+    safe.setdefault("album", "")
+    safe["relpath"] = "/".join(parts) or "."
+    used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    if parts and not used & PLACING:
+        template = "{relpath}/" + template
     relative = template.format(**safe)
     path = (out_dir / relative).resolve()
     root = out_dir.resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import __version__, io
 from .audio import StreamResampler, db_to_gain
+from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
 from .errors import AudioError, BridgeError, OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
@@ -28,6 +30,26 @@ from .separation.runner import check_channels
 BLOCK_SECONDS = 10.0
 Progress = Callable[[int, int], None]  # (samples done, samples total)
 Clipped = Callable[[Path, int], None]  # (file written, samples clipped)
+
+
+@dataclasses.dataclass(frozen=True)
+class Naming:
+    """Where one song's outputs go: its name fields for the output templates.
+
+    ``relpath`` is the song's folder below (and including) the folder named on the command line,
+    ``""`` for a file named directly; ``album`` is the name of the folder the song is in.
+    """
+
+    track: str
+    album: str = ""
+    relpath: str = ""
+
+    @classmethod
+    def of(cls, path: Path) -> "Naming":
+        return cls(track=path.stem, album=path.resolve().parent.name)
+
+    def fields(self) -> dict:
+        return {"track": self.track, "album": self.album, "relpath": self.relpath}
 
 
 class ClippingWarning(UserWarning):
@@ -50,6 +72,106 @@ class SeparateOptions:
     stems: tuple[str, ...] | None = None
 
 
+@dataclasses.dataclass
+class SongResult:
+    """What happened to one song: ``status`` is ``rendered``, ``cached`` (rendered from cached
+    stems, no separation), ``skipped`` (up to date) or ``measured`` (album loudness: first pass
+    done, waiting for the album's gain)."""
+
+    path: Path
+    status: str
+    written: dict[str, Path] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0  # audio length
+    pending: "PendingRender | None" = None
+
+
+def model_identity(separator) -> dict | None:
+    """What names the separator's model for the cache and for resume checks, or None if unknown.
+
+    None (e.g. a separator written in Python without a card): its stems are never cached.
+    """
+    engine = getattr(separator, "engine", None)
+    if engine is None or not hasattr(separator, "settings"):
+        return None
+    card = getattr(engine, "card", None)
+    identity = {"engine": f"{type(engine).__module__}.{type(engine).__qualname__}", "stembridge": __version__,
+                "settings": {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}}
+    if card is not None:
+        fields = dataclasses.asdict(card)
+        for provenance in ("file", "license", "credit", "description", "source"):
+            fields.pop(provenance, None)
+        identity["card"] = fields
+    return identity
+
+
+def _pre_identity(specs) -> list:
+    """The pre chain as the cache sees it: its specs, and for plugins their files' sizes and times."""
+    out = []
+    for spec in specs:
+        item = spec.to_yaml()
+        if spec.kind == "vst3":
+            bundle = spec.resolve(spec.name)
+            files = sorted(p for p in bundle.rglob("*") if p.is_file()) if bundle.is_dir() else [bundle]
+            item["files"] = [(str(p.relative_to(bundle)) if bundle.is_dir() else p.name, *_stat(p)) for p in files]
+        out.append(item)
+    return out
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _audio_identity(path: Path, header: io.AudioInfo) -> str:
+    """A hash of the song's decoded audio: FLAC's own MD5 of its samples where the file has one
+    (no decoding needed), else sha256 of the decoded float32 samples."""
+    md5 = io.flac_audio_md5(path) if header.format == "FLAC" else None
+    if md5 is not None:
+        return f"flac-md5:{md5}:{header.subtype}"
+    block = max(1, int(BLOCK_SECONDS * header.sample_rate))
+    return audio_digest(io.stream(path, block_frames=block))
+
+
+class _Separation:
+    """The separation stream for one song: replayed from the cache, filled into it, or plain."""
+
+    def __init__(self, path: Path, header: io.AudioInfo, separator, *, cache: StemCache | None, pre=()):
+        self.stream = None
+        self.writer = None
+        self.cached = False
+        identity = model_identity(separator) if cache is not None else None
+        if identity is None:
+            self.stream = separator.stream(sample_rate=header.sample_rate, channels=header.channels)
+            return
+        residual = getattr(separator.engine, "residual_stem", None)
+        computed = tuple(s for s in separator.stems if s != residual)
+        key = entry_key(audio=_audio_identity(path, header), sample_rate=header.sample_rate,
+                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre), model=identity,
+                        settings=identity["settings"], stems=computed, residual=residual)
+        entry = cache.open(key, stems=computed, frames=header.frames, channels=header.channels)
+        if entry is not None:
+            self.cached = True
+            self.stream = ReplayStream(entry, stems=separator.stems, residual=residual, channels=header.channels)
+            return
+        fresh = separator.stream(sample_rate=header.sample_rate, channels=header.channels)
+        self.writer = cache.writer(key, stems=computed, sample_rate=header.sample_rate, channels=header.channels)
+        self.stream = FillStream(fresh, self.writer)
+
+    def commit(self, source: Path) -> None:
+        """The song was separated to its end: make the cache entry visible."""
+        if self.writer is not None:
+            self.writer.commit(extra={"source": str(source)})
+            self.writer = None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+
 def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
                   *, progress: Progress | None = None, on_clip: Clipped | None = None) -> dict[str, Path]:
     """Separate one file into one file per stem, streaming.
@@ -63,9 +185,11 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
     dict of str to Path
         The files written, by stem. Nothing is left under a final name if anything fails.
     """
-    path = Path(path)
-    header = io.info(path)
-    check_channels(header.channels, source=str(path))
+    return separate_song(path, separator, options, progress=progress, on_clip=on_clip).written
+
+
+def separate_targets(path: Path, separator, options: SeparateOptions, naming: Naming) -> tuple[dict, Path]:
+    """The stem files and the manifest :func:`separate_song` writes for ``path``."""
     stems = options.stems or separator.stems
     offered = offered_stems(separator.stems)
     unknown = [s for s in stems if s not in offered]
@@ -73,12 +197,35 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
         raise BridgeError(f"stem '{unknown[0]}' is not produced by model '{separator.name}'; "
                           f"it gives {', '.join(offered)}")
     check_template(options.template)
-    targets = {s: expand(options.template, Path(options.out_dir), track=path.stem, stem=s,
-                         ext=options.ext, model=separator.name) for s in stems}
+    fields = dict(naming.fields(), ext=options.ext, model=separator.name)
+    targets = {s: expand(options.template, Path(options.out_dir), stem=s, **fields) for s in stems}
     check_unique(targets)
-    stream = separator.stream(sample_rate=header.sample_rate, channels=header.channels)
+    first = next(iter(targets.values()))
+    manifest = first.parent / f".{naming.track}.{separator.name}.separate.json"
+    return targets, manifest
+
+
+def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *, naming: Naming | None = None,
+                  cache: StemCache | None = None, force: bool = True, progress: Progress | None = None,
+                  on_clip: Clipped | None = None) -> SongResult:
+    """:func:`separate_file` with a stem cache, resume (``force=False`` skips an up-to-date song)
+    and a hidden manifest beside the stems recording what made them."""
+    path = Path(path)
+    naming = naming or Naming.of(path)
+    header = io.info(path)
+    check_channels(header.channels, source=str(path))
+    targets, manifest = separate_targets(path, separator, options, naming)
+    digest = file_sha256(path)
+    expected = {"kind": "separate", "input_sha256": digest, "model": model_identity(separator) or separator.name,
+                "stems": list(targets), "ext": options.ext, "bit_depth": options.bit_depth, "stembridge": __version__}
+    if not force and _separate_up_to_date(manifest, expected, targets):
+        return SongResult(path, "skipped", written=targets, seconds=header.seconds)
+    created = _missing_folders([*targets.values()], Path(options.out_dir))
+    separation = None
     writers = {}
     try:
+        separation = _Separation(path, header, separator, cache=cache)
+        stream = separation.stream
         for stem, target in targets.items():
             writers[stem] = io.AudioWriter(target, sample_rate=header.sample_rate, channels=header.channels,
                                            bit_depth=options.bit_depth, inputs=[path])
@@ -90,15 +237,57 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
             if progress:
                 progress(done, header.frames)
         _write(writers, stream.finish())
+        separation.commit(path)
         written = {stem: writer.close() for stem, writer in writers.items()}
+        write_json(manifest, {**expected, "input": str(path.resolve()),
+                              "outputs": {s: str(p) for s, p in written.items()}})
     except BaseException:  # Ctrl-C while closing too: no partial file may outlive the run
         for writer in writers.values():
             writer.abort()
+        if separation is not None:
+            separation.abort()
+        _remove_empty(created)
         raise
     for stem, writer in writers.items():
         if writer.clipped:
             _report_clipping(written[stem], writer.clipped, on_clip)
-    return written
+    return SongResult(path, "cached" if separation.cached else "rendered", written=written, seconds=header.seconds)
+
+
+def _separate_up_to_date(manifest: Path, expected: dict, targets: dict) -> bool:
+    record = _read_json(manifest)
+    if record is None or any(record.get(k) != v for k, v in expected.items()):
+        return False
+    return all(Path(p).is_file() and Path(record["outputs"].get(s, "")) == Path(p) for s, p in targets.items())
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _missing_folders(targets, root: Path) -> list[Path]:
+    """Folders between ``root`` and each target that do not exist yet, deepest first."""
+    missing = set()
+    for target in targets:
+        folder = Path(target).parent
+        while folder != root and root in folder.parents and not folder.exists():
+            missing.add(folder)
+            folder = folder.parent
+        if folder == root and not root.exists():
+            missing.add(root)
+    return sorted(missing, key=lambda f: len(f.parts), reverse=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """A failed song leaves nothing behind: not even the empty folders made for its outputs."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _report_clipping(target: Path, count: int, on_clip: Clipped | None) -> None:
@@ -149,6 +338,26 @@ class _Output:
     writer: io.AudioWriter | None = None
 
 
+@dataclasses.dataclass
+class PendingRender:
+    """A song rendered to float scratch files, waiting for one gain (album loudness).
+
+    Picklable: it crosses from the worker that rendered the song to whoever applies the gain.
+    ``loudness`` holds each output's meter state (:meth:`LoudnessMeter.state`).
+    """
+
+    path: Path
+    targets: dict[str, Path]
+    scratch: dict[str, Path]
+    manifest: Path
+    record: dict
+    report: dict
+    loudness: dict
+    bit_depth: int
+    seconds: float
+    cached: bool
+
+
 def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None = None) -> dict[str, Path]:
     """Render one song through a session's graph, streaming, and write its outputs and manifest.
 
@@ -164,14 +373,14 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
     dict of str to Path
         Files written, by label (``mix``, stem names, ``manifest``).
     """
-    path = Path(path)
-    out_dir = Path(out_dir)
-    header = io.info(path)
-    check_channels(header.channels, source=str(path))
+    return render_song(path, graph, out_dir, progress=progress).written
+
+
+def render_targets(path: Path, graph: RenderGraph, out_dir: Path, naming: Naming) -> tuple[dict, Path]:
+    """The files :func:`render_song` writes for ``path`` (by label) and its manifest."""
     session, separator = graph.session, graph.separator
     o = session.output
-    rate = o.sample_rate or header.sample_rate
-    names = dict(track=path.stem, ext=o.format, model=separator.name)
+    names = dict(naming.fields(), ext=o.format, model=separator.name)
     targets: dict[str, Path] = {}
     if o.mix:
         targets["mix"] = expand(o.mix, out_dir, stem="mix", **names)
@@ -187,19 +396,87 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
         raise OutputError(f"{session.source}: output.files: {exc}") from None
     if io.same_file(manifest, path):
         raise OutputError(f"{manifest}: the manifest would overwrite the input; choose another output folder")
+    return targets, manifest
+
+
+def up_to_date(manifest: Path, *, input_sha256: str, graph: RenderGraph, targets: dict,
+               album: list[str] | None = None) -> bool:
+    """True if ``manifest`` records this input, preset, model and stembridge version, and every
+    output it lists is there (and, for album loudness, the same songs in the album)."""
+    record = _read_json(manifest)
+    if not isinstance(record, dict):
+        return False
+    try:
+        same = (record["stembridge"] == __version__ and record["input"]["sha256"] == input_sha256
+                and record["preset"]["session"] == json.loads(json.dumps(graph.session.to_dict()))
+                and record["model"].get("sha256") == _model_sha(graph.separator)
+                and record["model"].get("identity") == json.loads(json.dumps(model_identity(graph.separator))))
+        if album is not None:
+            same = same and (record.get("loudness") or {}).get("album", {}).get("songs") == album
+        outputs = record["outputs"]
+    except (KeyError, TypeError):
+        return False
+    return same and all(label in outputs and Path(outputs[label]["path"]) == target and target.is_file()
+                        for label, target in targets.items())
+
+
+def _model_sha(separator) -> str | None:
+    card = getattr(getattr(separator, "engine", None), "card", None)
+    return getattr(card, "sha256", None)
+
+
+def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = None, cache: StemCache | None = None,
+                force: bool = True, progress: Progress | None = None, defer_gain_to: Path | None = None,
+                input_sha256: str | None = None, album: list[str] | None = None) -> SongResult:
+    """:func:`render_file` for batches: stem cache, resume, and album loudness.
+
+    Parameters
+    ----------
+    naming : Naming, optional
+        The song's template fields (default: from its file name).
+    cache : StemCache, optional
+        Replay the song's stems from here, or store them here after separating.
+    force : bool
+        False: a song whose manifest is :func:`up_to_date` is skipped.
+    defer_gain_to : Path, optional
+        Album loudness: render the first pass into float files in this folder and return a
+        :class:`PendingRender` for :func:`finish_render`, instead of applying the song's own gain.
+    album : list of str, optional
+        The sorted input hashes of the song's album (album loudness), for the resume check.
+    """
+    path = Path(path)
+    out_dir = Path(out_dir)
+    naming = naming or Naming.of(path)
+    header = io.info(path)
+    check_channels(header.channels, source=str(path))
+    session, separator = graph.session, graph.separator
+    o = session.output
+    rate = o.sample_rate or header.sample_rate
+    targets, manifest = render_targets(path, graph, out_dir, naming)
+    digest = input_sha256 or file_sha256(path)
+    if not force and up_to_date(manifest, input_sha256=digest, graph=graph, targets=targets, album=album):
+        return SongResult(path, "skipped", written={**targets, "manifest": manifest}, seconds=header.seconds)
 
     outputs = [_Output(label, target, graph.channels,
                        StreamResampler(orig_sr=header.sample_rate, target_sr=rate, channels=graph.channels),
                        LoudnessMeter(sample_rate=rate, channels=graph.channels))
                for label, target in targets.items()]
     target_lufs = o.loudness_lufs
-    with io.scratch_folder(out_dir) as scratch:
+    two_pass = target_lufs is not None
+    created = _missing_folders([*targets.values(), manifest], out_dir)
+    separation = None
+    written: dict[str, Path] = {}
+    with contextlib.ExitStack() as stack:
+        scratch = defer_gain_to if defer_gain_to is not None else stack.enter_context(io.scratch_folder(out_dir))
         try:
             for out in outputs:
-                first_pass = scratch / f"{out.label}.wav" if target_lufs is not None else out.path
+                first_pass = scratch / f"{out.label}.wav" if two_pass else out.path
                 out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
-                                            bit_depth=32 if target_lufs is not None else o.bit_depth, inputs=[path])
-            stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels)
+                                            bit_depth=32 if two_pass else o.bit_depth, inputs=[path])
+            separation = _Separation(path, header, separator, cache=None if graph._pre is not None else cache,
+                                     pre=session.pre)
+            stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels,
+                                  separation=separation.stream)
             done = 0
             block = max(1, int(BLOCK_SECONDS * header.sample_rate))
             for audio in io.stream(path, block_frames=block):
@@ -208,24 +485,69 @@ def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None 
                 if progress:
                     progress(done, header.frames)
             _emit(outputs, *stream.finish(), last=True)
-            gain_db = 0.0
-            if target_lufs is None:
-                written = {out.label: out.writer.close() for out in outputs}
-            else:
-                gain_db = _loudness_gain(outputs, target_lufs, o.true_peak_db)
-                written = {out.label: _apply_gain(out, gain_db, bit_depth=o.bit_depth, inputs=[path])
-                           for out in outputs}
+            separation.commit(path)
+            record = manifest_record(source=path, header=header, session=session, separator=separator,
+                                     input_sha256=digest)
+            if defer_gain_to is not None and two_pass:
+                scratch_files = {out.label: out.writer.close() for out in outputs}
+                report = {out.label: _measure(out, 0.0) for out in outputs}
+                pending = PendingRender(path, targets, scratch_files, manifest, record, report,
+                                        {out.label: out.meter.state() for out in outputs}, o.bit_depth,
+                                        header.seconds, separation.cached)
+                return SongResult(path, "measured", seconds=header.seconds, pending=pending)
+            gain_db = _loudness_gain(outputs, target_lufs, o.true_peak_db) if two_pass else 0.0
+            for out in outputs:
+                if two_pass:
+                    out.writer = _apply_gain(out.writer.close(), out.path, gain_db, channels=out.channels,
+                                             bit_depth=o.bit_depth, inputs=[path])
+                    written[out.label] = out.path
+                else:
+                    written[out.label] = out.writer.close()
+            report = {out.label: _measure(out, gain_db) for out in outputs}
+            loudness = None if not two_pass else {"target_lufs": target_lufs, "true_peak_ceiling_db": o.true_peak_db,
+                                                  "gain_db": round(gain_db, 3), "scope": "track"}
+            written["manifest"] = write_manifest_record(manifest, record, outputs=report, written=written,
+                                                        loudness=loudness)
         except BaseException:
             for out in outputs:
                 if out.writer is not None:
                     out.writer.abort()
+            for label, final in written.items():  # outputs finished before the failure go too
+                if label != "manifest":
+                    Path(final).unlink(missing_ok=True)
+            if separation is not None:
+                separation.abort()
+            _remove_empty(created)
             raise
-    report = {out.label: _measure(out, gain_db) for out in outputs}
-    loudness = None if target_lufs is None else {"target_lufs": target_lufs, "true_peak_ceiling_db": o.true_peak_db,
-                                                 "gain_db": round(gain_db, 3)}
-    written["manifest"] = write_manifest(manifest, source=path, header=header, session=session,
-                                         separator=separator, outputs=report, written=written, loudness=loudness)
+    return SongResult(path, "cached" if separation.cached else "rendered", written=written, seconds=header.seconds)
+
+
+def finish_render(pending: PendingRender, *, gain_db: float, album: dict) -> dict[str, Path]:
+    """Album loudness, second pass: apply ``gain_db`` to a :class:`PendingRender`'s scratch files,
+    write the final files and the manifest (recording the album's gain and loudness)."""
+    written, report = {}, {}
+    try:
+        for label, target in pending.targets.items():
+            writer = _apply_gain(pending.scratch[label], target, gain_db, channels=pending.report[label]["channels"],
+                                 bit_depth=pending.bit_depth, inputs=[pending.path])
+            written[label] = writer.path
+            report[label] = {**_shift(pending.report[label], gain_db), "clipped_samples": writer.clipped,
+                             "peak_dbfs": _db(writer.peak)}
+    except BaseException:
+        for path in written.values():
+            Path(path).unlink(missing_ok=True)
+        raise
+    written["manifest"] = write_manifest_record(pending.manifest, pending.record, outputs=report, written=written,
+                                                loudness={**album, "gain_db": round(gain_db, 3), "scope": "album"})
     return written
+
+
+def _shift(stats: dict, gain_db: float) -> dict:
+    out = dict(stats)
+    for key in ("true_peak_dbtp", "loudness_lufs"):
+        if out[key] is not None:
+            out[key] = round(out[key] + gain_db, 3)
+    return out
 
 
 def _emit(outputs: list[_Output], mix, stems, *, last: bool = False) -> None:
@@ -240,21 +562,27 @@ def _loudness_gain(outputs: list[_Output], target: float, ceiling: float) -> flo
     meter = next((out.meter for out in outputs if out.label == "mix"), None)
     if meter is None:  # stems only: aim their sum, approximated by the loudest stem
         meter = max((out.meter for out in outputs), key=lambda m: m.integrated)
-    loudness = meter.integrated
+    return loudness_gain(meter.integrated, meter.true_peak_db, target=target, ceiling=ceiling)
+
+
+def loudness_gain(loudness: float, true_peak_db: float, *, target: float, ceiling: float) -> float:
+    """``min(target - loudness, ceiling - true_peak)`` in dB; 0 for silence."""
     if not np.isfinite(loudness) or loudness <= SILENCE_LUFS:
         return 0.0
-    return min(target - loudness, ceiling - meter.true_peak_db)
+    return min(target - loudness, ceiling - true_peak_db)
 
 
-def _apply_gain(out: _Output, gain_db: float, *, bit_depth, inputs) -> Path:
-    """Second pass: the float first-pass file, times the gain, into the final file (atomically)."""
-    scratch = out.writer.close()
+def _apply_gain(scratch: Path, target: Path, gain_db: float, *, channels: int, bit_depth, inputs) -> io.AudioWriter:
+    """Second pass: a float first-pass file, times the gain, into the final file (atomically).
+
+    Returns the closed writer (its ``path``, ``peak``, ``frames`` and ``clipped`` count).
+    """
     gain = np.float32(db_to_gain(gain_db))
-    out.writer = io.AudioWriter(out.path, sample_rate=out.writer.sample_rate, channels=out.channels,
-                                bit_depth=bit_depth, inputs=inputs)
-    for block in io.stream(scratch):
-        out.writer.write(block * gain)
-    return out.writer.close()
+    rate = io.info(scratch).sample_rate
+    with io.AudioWriter(target, sample_rate=rate, channels=channels, bit_depth=bit_depth, inputs=inputs) as writer:
+        for block in io.stream(scratch):
+            writer.write(block * gain)
+    return writer
 
 
 def _measure(out: _Output, gain_db: float) -> dict:
@@ -265,10 +593,14 @@ def _measure(out: _Output, gain_db: float) -> dict:
     def db(value: float, shift: float = 0.0) -> float | None:
         return round(value + shift, 3) if np.isfinite(value) else None
 
-    peak = 20 * np.log10(out.writer.peak) if out.writer.peak > 0 else float("-inf")
     return {"file": out.path.name, "channels": out.channels, "sample_rate": out.writer.sample_rate,
-            "frames": out.writer.frames, "peak_dbfs": db(peak), "true_peak_dbtp": db(out.meter.true_peak_db, gain_db),
+            "frames": out.writer.frames, "peak_dbfs": _db(out.writer.peak),
+            "true_peak_dbtp": db(out.meter.true_peak_db, gain_db),
             "loudness_lufs": db(out.meter.integrated, gain_db), "clipped_samples": out.writer.clipped}
+
+
+def _db(peak: float) -> float | None:
+    return round(20 * float(np.log10(peak)), 3) if peak > 0 else None
 
 
 def file_sha256(path: Path) -> str:
@@ -290,31 +622,52 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_manifest(target: Path, *, source: Path, header, session, separator, outputs: dict, written: dict,
-                   loudness) -> Path:
-    """The render's record, written atomically: input and hash, preset, model, versions, outputs."""
+def manifest_record(*, source: Path, header, session, separator, input_sha256: str | None = None) -> dict:
+    """Everything a manifest holds but the outputs and the loudness gain."""
     card = getattr(getattr(separator, "engine", None), "card", None)
-    model = {"name": separator.name, "settings": getattr(separator, "settings", {})}
+    model = {"name": separator.name, "settings": getattr(separator, "settings", {}),
+             "identity": model_identity(separator)}
     if card is not None:
         model.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family,
                      card=card.source)
-    record = {
+    return {
         "stembridge": __version__,
-        "input": {"path": str(source.resolve()), "sha256": file_sha256(source), "sample_rate": header.sample_rate,
-                  "channels": header.channels, "frames": header.frames},
+        "input": {"path": str(source.resolve()), "sha256": input_sha256 or file_sha256(source),
+                  "sample_rate": header.sample_rate, "channels": header.channels, "frames": header.frames},
         "preset": {"source": session.source, "session": session.to_dict()},
         "model": model,
-        "loudness": loudness,
-        "outputs": {label: {**outputs[label], "path": str(written[label])} for label in outputs},
-        "versions": versions(),
     }
+
+
+def write_manifest_record(target: Path, record: dict, *, outputs: dict, written: dict, loudness) -> Path:
+    """A manifest from :func:`manifest_record` plus what was written, atomically."""
+    full = {**record, "loudness": loudness,
+            "outputs": {label: {**outputs[label], "path": str(written[label])} for label in outputs},
+            "versions": versions()}
+    try:
+        return write_json(target, full)
+    except OutputError as exc:
+        raise OutputError(f"{target}: cannot write the manifest ({exc.__cause__ or exc}); check the output folder") from None
+
+
+def write_manifest(target: Path, *, source: Path, header, session, separator, outputs: dict, written: dict,
+                   loudness) -> Path:
+    """The render's record, written atomically: input and hash, preset, model, versions, outputs."""
+    record = manifest_record(source=source, header=header, session=session, separator=separator)
+    return write_manifest_record(target, record, outputs=outputs, written=written, loudness=loudness)
+
+
+def write_json(target: Path, data) -> Path:
+    """``data`` as JSON at ``target``, atomically (hidden partial, then rename)."""
+    target = Path(target)
     partial = io.partial_path(target)
     try:
-        partial.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
         os.replace(partial, target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise OutputError(f"{target}: cannot write the manifest ({exc}); check the output folder") from None
+        raise OutputError(f"{target}: cannot be written ({exc}); check the output folder") from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

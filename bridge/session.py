@@ -29,6 +29,7 @@ Schema (every key but ``version`` may be left out)::
       loudness_lufs: null                # integrated loudness target (BS.1770)
       true_peak_db: -1.0                 # ceiling, dBTP
       tail_seconds: 2.0                  # let reverbs ring out
+      loudness_scope: track              # or album: one gain for every song of a folder
 
 An ``<effect>`` is ``{effect: Name, <param>: value, ...}`` (pedalboard built-ins) or
 ``{vst3: path.vst3, params: {...}, preset: file.vstpreset, raw_state: base64}``.
@@ -51,6 +52,7 @@ from .outputs import check_template
 VERSION = 1
 ROLES = ("center", "front", "bass", "ambience")
 LAYOUTS = ("stereo", "5.1")
+SCOPES = ("track", "album")
 MAX_DEPTH = 12
 MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
@@ -89,6 +91,7 @@ class OutputSettings:
     loudness_lufs: float | None = None
     true_peak_db: float = -1.0
     tail_seconds: float = 2.0
+    loudness_scope: str = "track"  # "album": one loudness gain for all songs of a folder in a run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +126,7 @@ class Session:
             "output": {"layout": o.layout, "format": o.format, "bit_depth": o.bit_depth,
                        "sample_rate": o.sample_rate or "source", "files": {"mix": o.mix, "stems": o.stems},
                        "loudness_lufs": o.loudness_lufs, "true_peak_db": o.true_peak_db,
-                       "tail_seconds": o.tail_seconds},
+                       "tail_seconds": o.tail_seconds, "loudness_scope": o.loudness_scope},
         }
 
 
@@ -301,7 +304,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
             upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None)))
 
     o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
-                                                  "loudness_lufs", "true_peak_db", "tail_seconds"))
+                                                  "loudness_lufs", "true_peak_db", "tail_seconds", "loudness_scope"))
     files = r.mapping(o.get("files"), "output.files", ("mix", "stems"))
     templates = {}
     for key, default in (("mix", OutputSettings.mix), ("stems", None)):
@@ -328,7 +331,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         loudness_lufs=r.number(o["loudness_lufs"], "output.loudness_lufs", low=-70.0, high=0.0)
         if o.get("loudness_lufs") is not None else None,
         true_peak_db=r.number(o.get("true_peak_db", -1.0), "output.true_peak_db", low=-20.0, high=0.0),
-        tail_seconds=r.number(o.get("tail_seconds", 2.0), "output.tail_seconds", low=0.0, high=60.0))
+        tail_seconds=r.number(o.get("tail_seconds", 2.0), "output.tail_seconds", low=0.0, high=60.0),
+        loudness_scope=r.choice(o.get("loudness_scope", "track"), "output.loudness_scope", SCOPES))
     if output.layout == "5.1" and output.format == "mp3":
         r.fail("output.format", "mp3 holds at most 2 channels; use wav or flac for 5.1")
     return Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),

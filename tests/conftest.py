@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ import vst3  # noqa: E402
 DATA = REPO.parent / "shared" / "data"
 if not DATA.is_dir():  # CI: shared/ beside the clone
     DATA = Path("/work/shared/data")
+
+# Tests never touch the user's stem cache: one private cache for the whole run (subprocesses inherit it).
+os.environ["STEMBRIDGE_CACHE"] = tempfile.mkdtemp(prefix="stembridge-test-cache-")
 
 # Small STFT geometry so the tests run in seconds: chunk = hop * (dim_t - 1) = 128 * 31.
 N_FFT, DIM_F, DIM_T = 512, 256, 32

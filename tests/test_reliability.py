@@ -1,6 +1,6 @@
 """Reliability corpus (issue 5): bad inputs and faults, generated here, run through the command line.
 
-Every bad case must give exit code 2 and one line on stderr (``stembridge: error: ...``) naming
+Every bad case must give one line on stderr (``stembridge: error: ...``) naming
 the file (for presets, the key path inside it), what was wrong and the fix; no traceback; inputs
 unchanged; nothing half-written under a final name. A bad file in a multi-file run is reported
 and skipped (or stops the run with ``--fail-fast``) and the good files are all rendered. Cases
@@ -104,11 +104,15 @@ def run(capsys, argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def one_error(code: int, err: str, *needles: str) -> str:
+#: Exit codes: a song that failed (the run went on) and a usage error found before any work.
+SONG_FAILED, USAGE = 1, 2
+
+
+def one_error(code: int, err: str, *needles: str, exit_code: int = USAGE) -> str:
     """Assert the error contract and return the message."""
     assert "Traceback" not in err, err
     lines = err.strip().splitlines()
-    assert code == 2, (code, err)
+    assert code == exit_code, (code, err)
     assert len(lines) == 1, err
     assert lines[0].startswith("stembridge: error: "), err
     for needle in needles:
@@ -117,7 +121,9 @@ def one_error(code: int, err: str, *needles: str) -> str:
 
 
 def final_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Every song output under a final name (the run's own record, stembridge-run.json, is not one)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.name != "stembridge-run.json")
 
 
 def leftovers(folder: Path) -> list[Path]:
@@ -168,7 +174,7 @@ BAD_AUDIO = {
     "random-bytes.wav": (lambda d: _raw(d / "random-bytes.wav", np.random.default_rng(5).bytes(5000)),
                          ["recognised", "convert it"]),
     "text.flac": (lambda d: _raw(d / "text.flac", b"not audio at all\n" * 50), ["cannot be read as audio", "convert it"]),
-    "folder.wav": (lambda d: (d / "folder.wav").mkdir() or d / "folder.wav", ["is a folder", "pass the files inside"]),
+    "folder.wav": (lambda d: (d / "folder.wav").mkdir() or d / "folder.wav", ["holds no audio files", "check the path"]),
     "nan-samples.wav": (lambda d: write(d / "nan-samples.wav", _with(tone(4410), (100, 0), np.nan), subtype="FLOAT"),
                         ["sample 100", "NaN or Inf", "repair"]),
     "inf-samples.wav": (lambda d: write(d / "inf-samples.wav", _with(tone(4410), (200, 1), np.inf), subtype="FLOAT"),
@@ -186,8 +192,8 @@ def test_bad_audio_is_one_line_naming_the_file(case, kind, tmp_path, preset, cap
     before = sha(source)
     out = tmp_path / "out"
     code, _, err = run(capsys, commands(kind, preset, [source], out))
-    line = one_error(code, err, str(source), *needles)
-    record(case, kind, f"exit 2: `{line}`", tmp=tmp_path)
+    line = one_error(code, err, str(source), *needles, exit_code=SONG_FAILED)
+    record(case, kind, f"exit 1: `{line}`", tmp=tmp_path)
     assert sha(source) == before
     assert not out.exists() or (not final_files(out) and not leftovers(out))
 
@@ -201,7 +207,7 @@ def test_multi_file_run_skips_every_bad_file_and_renders_the_good(kind, fail_fas
     hashes = {p: sha(p) for p in inputs}
     out = tmp_path / "out"
     code, _, err = run(capsys, commands(kind, preset, inputs, out, *(["--fail-fast"] if fail_fast else [])))
-    assert code == 2 and "Traceback" not in err
+    assert code == SONG_FAILED and "Traceback" not in err
     lines = err.strip().splitlines()
     assert all(line.startswith("stembridge: error: ") for line in lines), err
     if fail_fast:
@@ -220,7 +226,7 @@ def test_multi_file_run_skips_every_bad_file_and_renders_the_good(kind, fail_fas
     assert {p: sha(p) for p in inputs} == hashes
     assert not leftovers(out)
     record(f"multi-file run (2 good + {len(bad)} bad)", kind + (" --fail-fast" if fail_fast else ""),
-           f"exit 2; {'stops at the first bad file' if fail_fast else 'one line per bad file'}, "
+           f"exit 1; {'stops at the first bad file' if fail_fast else 'one line per bad file'}, "
            f"then `{lines[-1].replace(str(tmp_path), '<tmp>')}`; good files rendered")
 
 
@@ -303,7 +309,7 @@ def test_a_file_that_disappears_mid_run_is_skipped(kind, tmp_path, preset, capsy
     """Deleted before its turn (as root, chmod 000 does not stop reads); else made unreadable."""
     inputs = [write(tmp_path / f"song{i}.wav", tone(SR // 4)) for i in range(3)]
     victim = inputs[1]
-    name = "separate_file" if kind == "separate" else "render_file"
+    name = "separate_song" if kind == "separate" else "render_song"
     original = getattr(bridge.render, name)
 
     def job(path, *args, **kwargs):
@@ -323,13 +329,13 @@ def test_a_file_that_disappears_mid_run_is_skipped(kind, tmp_path, preset, capsy
         if victim.exists():
             victim.chmod(0o644)
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 2 and "Traceback" not in err
+    assert code == SONG_FAILED and len(lines) == 2 and "Traceback" not in err
     assert str(victim) in lines[0] and ("no such file" if IS_ROOT else "permission denied") in lines[0]
     assert "1 of 3 inputs failed" in lines[1]
     for path in (inputs[0], inputs[2]):
         assert any(path.stem in str(p) for p in final_files(out))
     assert not leftovers(out)
-    record("input deleted (root) / chmod 000 before its turn", kind, f"exit 2: `{lines[0].replace(str(tmp_path), '<tmp>')}`; "
+    record("input deleted (root) / chmod 000 before its turn", kind, f"exit 1: `{lines[0].replace(str(tmp_path), '<tmp>')}`; "
            "the other files rendered")
 
 
@@ -341,7 +347,7 @@ def test_an_unreadable_file_is_named(tmp_path, preset, capsys):
         code, _, err = run(capsys, commands("separate", preset, [source], tmp_path / "out"))
     finally:
         source.chmod(0o644)
-    one_error(code, err, str(source), "permission denied")
+    one_error(code, err, str(source), "permission denied", exit_code=SONG_FAILED)
 
 
 # --- the preset corpus -----------------------------------------------------------------------------
@@ -565,9 +571,9 @@ def test_an_output_never_overwrites_an_input(kind, tmp_path, capsys):
     argv = (["separate", song, "--model", "dsp", "--stems", "vocals", "--name", "{track}.{ext}", "--out", tmp_path]
             if kind == "separate" else ["render", preset, song, "--out", tmp_path])
     code, _, err = run(capsys, argv)
-    line = one_error(code, err, str(song), "would overwrite the input")
+    line = one_error(code, err, str(song), "would overwrite the input", exit_code=SONG_FAILED)
     assert sha(song) == before and not leftovers(tmp_path)
-    record("output name = the input", kind, f"exit 2: `{line.replace(str(tmp_path), '<tmp>')}`")
+    record("output name = the input", kind, f"exit 1: `{line.replace(str(tmp_path), '<tmp>')}`")
 
 
 @pytest.mark.parametrize("kind", ["separate", "render"])
@@ -581,12 +587,12 @@ def test_a_full_disk_fails_cleanly(kind, tmp_path, preset, capsys, monkeypatch):
     out = tmp_path / "out"
     code, _, err = run(capsys, commands(kind, preset, inputs, out))
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 3 and "Traceback" not in err, err
+    assert code == SONG_FAILED and len(lines) == 3 and "Traceback" not in err, err
     for line, path in zip(lines, inputs):
         assert line.startswith("stembridge: error: ") and str(out) in line and path.stem in line
         assert "No space left on device" in line and "free space" in line
     assert not final_files(out) and not leftovers(out)
-    record("output disk full (ENOSPC on write)", kind, f"exit 2: `{lines[0].replace(str(tmp_path), '<tmp>')}`")
+    record("output disk full (ENOSPC on write)", kind, f"exit 1: `{lines[0].replace(str(tmp_path), '<tmp>')}`")
 
 
 @pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders, so there is nothing to test")
@@ -600,7 +606,7 @@ def test_a_read_only_output_folder_fails_cleanly(kind, tmp_path, preset, capsys)
         code, _, err = run(capsys, commands(kind, preset, [song], out))
     finally:
         out.chmod(0o755)
-    one_error(code, err, str(out))
+    one_error(code, err, str(out), exit_code=SONG_FAILED)
 
 
 # --- command-line settings ---------------------------------------------------------------------------

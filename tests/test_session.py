@@ -366,7 +366,7 @@ def test_render_refuses_to_overwrite_its_input(tmp_path, capsys):
     before = song.read_bytes()
     preset = tmp_path / "p.yaml"
     preset.write_text("version: 1\nseparator: {model: dsp}\noutput: {files: {mix: '{track}.{ext}'}}\n")
-    assert cli(["render", str(preset), str(song), "--out", str(tmp_path)]) == 2
+    assert cli(["render", str(preset), str(song), "--out", str(tmp_path)]) == 1  # the song failed (exit 1); nothing else was asked
     assert "would overwrite the input" in capsys.readouterr().err
     assert song.read_bytes() == before
 

@@ -92,6 +92,7 @@ class Dsp4Engine:
         if "vocals" not in vocals.stems:
             raise ValueError(f"the vocal engine gives {vocals.stems}, not vocals")
         self.vocals = vocals
+        self.card = getattr(vocals, "card", None)  # the model file behind the split (cache keys, manifests)
         self.sample_rate = vocals.sample_rate
         self.chunk = vocals.chunk
         self.trim = max(vocals.trim, N_FFT // 2 + (HARMONIC_FRAMES // 2) * HOP)

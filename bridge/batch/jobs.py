@@ -1,0 +1,222 @@
+"""One song, as any executor runs it: a picklable job spec and the worker side that runs it.
+
+A worker process builds the session's graph (loading the model and every plugin) once, on its
+main thread, and keeps it for every later song of the same spec (:func:`worker_for`): pedalboard
+loads VST3 plugins and resets them on the main thread only, and loading the model once per
+worker rather than once per song is most of what makes batches fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from pathlib import Path
+
+from ..cache import StemCache
+from ..errors import BridgeError, ModelError, PresetError
+from .discover import Song
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs to run songs of one command; picklable, no loaded objects."""
+
+    kind: str  # "render" | "separate"
+    out_dir: Path
+    # render
+    preset: str | None = None
+    overrides: tuple[str, ...] = ()
+    # separate
+    model: str = "default"
+    overlap: float | None = None
+    batch_size: int = 1
+    denoise: bool = False
+    invert: bool = False
+    wiener: int = 0
+    stems: tuple[str, ...] | None = None
+    template: str = "{track}/{stem}.{ext}"
+    ext: str = "wav"
+    bit_depth: int = 24
+    # both
+    threads: int | None = None
+    cache_dir: Path | None = None
+    cache_max_gb: float = 20.0
+    force: bool = False
+
+
+@dataclasses.dataclass
+class SongOutcome:
+    """What a worker reports for one song; picklable."""
+
+    path: Path
+    status: str  # rendered | cached | skipped | measured | failed
+    written: dict = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0  # audio
+    wall: float = 0.0
+    error: str | None = None
+    pending: object = None  # render.PendingRender for album loudness
+    worker: int = 0  # pid
+    clipped: list = dataclasses.field(default_factory=list)  # (file, samples clipped)
+
+
+_WORKERS: dict = {}
+
+
+def worker_for(spec: RunSpec):
+    """The built graph (render) or separator and options (separate) for ``spec``, built once per process."""
+    key = dataclasses.replace(spec, force=False)
+    if key not in _WORKERS:
+        _WORKERS.clear()  # one spec at a time: a new one frees the last one's model
+        _WORKERS[key] = build(spec)
+    return _WORKERS[key]
+
+
+def build(spec: RunSpec):
+    from ..render import SeparateOptions
+    from ..separation import load_separator
+
+    if spec.kind == "separate":
+        separator = load_separator(spec.model, overlap=spec.overlap, batch_size=spec.batch_size, threads=spec.threads,
+                                   denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener)
+        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
+                                  bit_depth=spec.bit_depth, stems=spec.stems)
+        return separator, options
+    return session_graph(spec.preset, spec.overrides, threads=spec.threads)
+
+
+def session_graph(preset, overrides=(), *, threads=None, separator=None):
+    """A session preset bound to its separator, every plugin loaded once (errors name preset keys)."""
+    from ..graph import RenderGraph
+    from ..separation import load_separator
+    from ..session import load
+
+    session = load(preset, overrides=overrides or ())
+    card = separator_card(session)
+    if separator is None:
+        sep = session.separator
+        try:
+            separator = load_separator(card, overlap=sep.overlap, batch_size=sep.batch_size, threads=threads,
+                                       wiener=sep.wiener)
+        except ModelError as exc:  # a missing or corrupt model file: the model key's
+            raise PresetError(f"{session.source}: separator.model: {exc}") from exc
+    graph = RenderGraph(session, separator)
+    graph.check()  # every plugin loads before any audio work
+    return graph
+
+
+def separator_card(session):
+    """The session's model card, with model errors named by the preset key they come from."""
+    from ..models import resolve
+    from ..separation import check_wiener_fits
+
+    try:
+        card = resolve(session.separator.model)
+    except ModelError as exc:
+        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
+    try:
+        check_wiener_fits(card, session.separator.wiener)
+    except ModelError as exc:
+        raise PresetError(f"{session.source}: separator.wiener: {exc}") from exc
+    return card
+
+
+def open_cache(spec: RunSpec) -> StemCache | None:
+    return None if spec.cache_dir is None else StemCache(spec.cache_dir, max_gb=spec.cache_max_gb)
+
+
+def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain_to: Path | None = None,
+             album: list[str] | None = None, input_sha256: str | None = None, progress=None) -> SongOutcome:
+    """Run one song; a bad song is reported in the outcome, never raised (Ctrl-C is)."""
+    from .. import render
+
+    if song.error:
+        return SongOutcome(song.path, "failed", error=song.error, worker=os.getpid())
+    started = time.perf_counter()
+    force = spec.force if force is None else force
+    clipped = []
+    try:
+        if spec.kind == "separate":
+            separator, options = worker_for(spec)
+            result = render.separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
+                                          force=force, progress=progress,
+                                          on_clip=lambda target, count: clipped.append((target, count)))
+        else:
+            graph = worker_for(spec)
+            result = render.render_song(song.path, graph, spec.out_dir, naming=song.naming, cache=open_cache(spec),
+                                        force=force, progress=progress, defer_gain_to=defer_gain_to, album=album,
+                                        input_sha256=input_sha256)
+    except BridgeError as exc:
+        return SongOutcome(song.path, "failed", error=str(exc), wall=time.perf_counter() - started, worker=os.getpid())
+    except (OSError, ValueError, RuntimeError) as exc:  # a fault we did not foresee: still one line, and go on
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return SongOutcome(song.path, "failed", error=f"{song.path}: {detail}", wall=time.perf_counter() - started,
+                           worker=os.getpid())
+    return SongOutcome(song.path, result.status, written=result.written, seconds=result.seconds,
+                       wall=time.perf_counter() - started, pending=result.pending, worker=os.getpid(),
+                       clipped=clipped)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Named:
+    """A separator's name and stems, for planning output names without loading its model."""
+
+    name: str
+    stems: tuple[str, ...]
+
+
+def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
+    """Every song's output names, before any work.
+
+    Returns
+    -------
+    list of Song
+        The songs, where one that would write a file an earlier song of the run writes carries
+        an ``error``: it fails at its turn, the others run.
+
+    Raises
+    ------
+    BridgeError
+        A template that cannot be expanded, or two outputs of one song that would write one
+        file: a usage error, so nothing is rendered.
+    """
+    from ..graph import RenderGraph
+    from ..models import resolve
+    from ..render import SeparateOptions, render_targets, separate_targets
+    from ..session import load
+
+    if spec.kind == "render":
+        session = load(spec.preset, overrides=spec.overrides or ())
+        card = separator_card(session)
+        graph = RenderGraph(session, _Named(card.name, card.stems))
+
+        def names(song):
+            return render_targets(song.path, graph, Path(spec.out_dir), song.naming)
+    else:
+        card = resolve(spec.model)
+        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
+                                  bit_depth=spec.bit_depth, stems=spec.stems)
+        named = _Named(card.name, card.stems)
+
+        def names(song):
+            return separate_targets(song.path, named, options, song.naming)
+
+    seen: dict[Path, Path] = {}
+    planned = []
+    for song in songs:
+        if song.error:
+            planned.append(song)
+            continue
+        targets, manifest = names(song)
+        paths = [*targets.values(), manifest]
+        other = next((seen[p] for p in paths if p in seen), None)
+        if other is not None:
+            song = dataclasses.replace(song, error=(
+                f"{song.path}: its outputs ({paths[0]}) would overwrite those of {other.name}, named earlier; "
+                "name their folders instead of the files (outputs then mirror the folders), or add {album} or "
+                "{relpath} to the name template"))
+        else:
+            seen.update({p: song.path for p in paths})
+        planned.append(song)
+    return planned
