@@ -11,7 +11,9 @@ Units
     MIDI channels count from 1, as DAWs count them (mido counts from 0).
 Stems
     demucs's names: ``vocals``, ``drums``, ``bass``, ``other``; plus ``instrumental`` for
-    everything but the vocals in 2-stem splits (Spleeter's "accompaniment").
+    everything but the vocals in 2-stem splits (Spleeter's "accompaniment"). A 4- or 5-stem
+    separator's ``stems`` partition the mix; it also offers ``instrumental`` as the sum of all
+    but the vocals (``bridge.models.derived_stems``) to ``--stems``, presets and ``eval``.
 Sums
     Unless a method says otherwise, a separator's stems sum to its input within float32
     rounding.

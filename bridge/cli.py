@@ -291,16 +291,13 @@ def _separator_card(session):
 
 
 def cmd_preset_check(args) -> int:
-    from .graph import check_chains, referenced_stems
+    from .graph import check_chains, check_stem_names
     from .session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
         card = _separator_card(session)
-        for name, key in referenced_stems(session).items():
-            if name not in card.stems:
-                raise PresetError(f"{preset}: {key}: model '{card.name}' gives no stem '{name}'; "
-                                  f"it gives {', '.join(card.stems)}")
+        check_stem_names(session, card.stems, model=card.name)
         check_chains(session)  # at the real channel counts and rates: "ok" means it renders
         o = session.output
         print(f"{preset}: ok (model {card.name}, stems {', '.join(card.stems)}, {o.layout} {o.format}"
@@ -344,8 +341,12 @@ def cmd_eval(args) -> int:
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
-    separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
-                                                                        threads=args.threads, wiener=args.wiener)
+    if args.model == "no-split":
+        from .evaluate import NoSplit
+        separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener))
+    else:
+        separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
+                                                                            threads=args.threads, wiener=args.wiener)
     update, close = _progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
@@ -363,17 +364,29 @@ def cmd_eval(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import DEFAULT_MODEL, known_cards, search_paths
+    from .models import DEFAULT_4STEMS, DEFAULT_MODEL, known_cards, search_paths
 
     print("Model cards (name, family, stems, file):")
     for name, card in sorted(known_cards().items()):
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"  {card.describe()}{mark}")
     print("  dsp                          dsp   vocals/instrumental              (no weights; weight-free fallback)")
+    print(f"  {DEFAULT_4STEMS:<28} hpss  vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
+          "the rest by HPSS; not a 4-stem model; also gives instrumental = drums+bass+other)")
     print("Also accepted: a path to a card .yaml, or to a UVR MDX-Net .onnx file (recognised by its hash).")
     print("Searched folders ($STEMBRIDGE_MODELS first):")
     for folder in search_paths():
         print(f"  {folder}")
+    return EXIT_OK
+
+
+def cmd_models_import(args) -> int:
+    from .importers import import_model
+
+    done = import_model(args.path, name=args.name, force=args.force, bins=args.bins, fp32=args.fp32)
+    print(f"{args.path}: imported as '{done.name}' ({len(done.stems)} stems: {', '.join(done.stems)}; "
+          f"{done.bins} bins) in {done.seconds:.1f} s -> {done.card}")
+    print(f"use it with: stembridge separate --model {done.name} SONG")
     return EXIT_OK
 
 
@@ -414,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="score a model against reference stems (SDR, SI-SDR)")
     ev.add_argument("--model", default="default",
                     help="model name, card .yaml or .onnx path, 'dsp', or 'oracle' (the ideal ratio mask of the "
-                         "references: a yardstick, not a model) (default: %(default)s)")
+                         "references: a yardstick, not a model), or 'no-split' (the default model's instrumental "
+                         "as each of drums, bass, other: the 4-stem baseline) (default: %(default)s)")
     ev.add_argument("--references", required=True, metavar="DIR",
                     help="folder of songs, searched recursively: <song>/mixture.<ext> beside <song>/<stem>.<ext>")
     ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")
@@ -441,8 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     plug.add_argument("--json", action="store_true", help="print the same as JSON")
     plug.set_defaults(run=cmd_plugins)
 
-    models = commands.add_parser("models", help="list known models and where they are looked for")
+    models = commands.add_parser("models", help="list known models and where they are looked for; import one")
     models.set_defaults(run=cmd_models)
+    models_commands = models.add_subparsers(dest="models_command")
+    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) "
+                                                    "into the user model folder")
+    imp.add_argument("path", help="checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz")
+    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count)")
+    imp.add_argument("--force", action="store_true", help="replace a model of the same name")
+    imp.add_argument("--bins", type=int, choices=[1024, 1536],
+                     help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
+    imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
+    imp.set_defaults(run=cmd_models_import)
 
     cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
     cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")

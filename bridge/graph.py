@@ -17,6 +17,7 @@ from .audio import validate
 from .errors import PresetError
 from .layers import load_instrument, open_layer
 from .mixer import LAYOUT_CHANNELS, ChainStream, Mixer, StreamChain
+from .models import derived_stems, offered_stems
 from .separation import Separator
 from .session import Session, StemSettings
 
@@ -84,14 +85,7 @@ class RenderGraph:
     """
 
     def __init__(self, session: Session, separator: Separator, *, chains=None, pre=None, master=None):
-        for name, key in referenced_stems(session).items():
-            if name not in separator.stems:
-                raise PresetError(f"{session.source}: {key}: the model gives no stem '{name}'; "
-                                  f"it gives {', '.join(separator.stems)}")
-        for name in session.layer_names:
-            if name in separator.stems:
-                raise PresetError(f"{session.source}: layers.{name}: the model already gives a stem '{name}'; "
-                                  "name the layer differently")
+        check_stem_names(session, separator.stems, model=getattr(separator, "name", "the separator"))
         self.session = session
         self.separator = separator
         self._chains = chains
@@ -113,6 +107,33 @@ class RenderGraph:
         ``finish()`` returning ``{stem: audio}``, e.g. a replay of cached stems).
         """
         return GraphStream(self, sample_rate=sample_rate, channels=channels, separation=separation)
+
+
+def check_stem_names(session: Session, stems, *, model: str) -> None:
+    """Every stem a preset names must come from the model, named by the key that names it.
+
+    Settings, ducking keys and automation need one of its ``stems``; ``separator.stems`` (what to
+    write) may also name a sum such as a 4-stem ``instrumental``; a layer must not take the name
+    of a stem the model gives.
+    """
+    stems = tuple(stems)
+    offered, derived = offered_stems(stems), derived_stems(stems)
+    for name, key in referenced_stems(session).items():
+        if key == "separator.stems":
+            if name not in offered:
+                raise PresetError(f"{session.source}: separator.stems: the model gives no stem '{name}'; "
+                                  f"it gives {', '.join(offered)} (model '{model}')")
+            continue
+        if name in derived:
+            raise PresetError(f"{session.source}: {key}: with model '{model}' the {name} is the sum of "
+                              f"{', '.join(derived[name])}; give those stems their settings instead")
+        if name not in stems:
+            raise PresetError(f"{session.source}: {key}: the model gives no stem '{name}'; "
+                              f"it gives {', '.join(stems)} (model '{model}')")
+    for name in session.layer_names:
+        if name in stems:
+            raise PresetError(f"{session.source}: layers.{name}: the model already gives a stem '{name}'; "
+                              "name the layer differently")
 
 
 class GraphStream:

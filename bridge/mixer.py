@@ -30,6 +30,7 @@ import pedalboard
 from . import automation, effects
 from .ducking import Ducker
 from .errors import PluginError
+from .separation import with_sums
 from .session import Session, StemSettings
 
 LAYOUT_CHANNELS = {"stereo": 2, "5.1": 6}
@@ -214,7 +215,8 @@ class Mixer:
         for name, audio in processed.items():
             if self.audible[name]:
                 mix += audio
-        return mix, processed
+        # A 4-stem split's instrumental, if a preset writes it: the sum of the processed parts.
+        return mix, with_sums(processed, self.session.separator.stems or ())
 
     def _place(self, name: str, audio: np.ndarray) -> np.ndarray:
         """Gain, polarity, pan and routing of one stem's chain output."""

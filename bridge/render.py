@@ -21,8 +21,9 @@ from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
 from .errors import AudioError, BridgeError, OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
+from .models import offered_stems
 from .outputs import check_template, check_unique, expand
-from .separation import ChunkedSeparator
+from .separation import ChunkedSeparator, with_sums
 from .separation.runner import check_channels
 
 #: Samples read per block; memory stays flat with song length.
@@ -198,10 +199,11 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
 def separate_targets(path: Path, separator, options: SeparateOptions, naming: Naming) -> tuple[dict, Path]:
     """The stem files and the manifest :func:`separate_song` writes for ``path``."""
     stems = options.stems or separator.stems
-    unknown = [s for s in stems if s not in separator.stems]
+    offered = offered_stems(separator.stems)
+    unknown = [s for s in stems if s not in offered]
     if unknown:
         raise BridgeError(f"stem '{unknown[0]}' is not produced by model '{separator.name}'; "
-                          f"it gives {', '.join(separator.stems)}")
+                          f"it gives {', '.join(offered)}")
     check_template(options.template)
     fields = dict(naming.fields(), ext=options.ext, model=separator.name)
     targets = {s: expand(options.template, Path(options.out_dir), stem=s, **fields) for s in stems}
@@ -304,6 +306,7 @@ def _report_clipping(target: Path, count: int, on_clip: Clipped | None) -> None:
 
 
 def _write(writers: dict, stems: dict) -> None:
+    stems = with_sums(stems, writers)
     for stem, writer in writers.items():
         writer.write(stems[stem])
 
