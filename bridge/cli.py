@@ -50,6 +50,26 @@ def _error(message: str) -> None:
     _say(f"stembridge: error: {message}", file=sys.stderr)
 
 
+def _show_layer_warnings() -> None:
+    """Print a layer's warnings (silent instrument, notes after the end) as one stembridge line."""
+    import warnings
+
+    from .layers import LayerWarning
+
+    default = warnings.showwarning
+    if getattr(default, "stembridge", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LayerWarning):
+            _say(f"stembridge: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.stembridge = True
+    warnings.showwarning = show
+
+
 def _warn_clipped(target: Path, count: int) -> None:
     from .render import clipping_message
 
@@ -71,6 +91,7 @@ def cmd_separate(args) -> int:
 def cmd_render(args) -> int:
     from .batch import RunSpec
 
+    _show_layer_warnings()
     if args.project:  # --project reaper is --set output.project=reaper
         args.set = [*(args.set or ()), f"output.project={args.project}"]
     session = _check_session(args.preset, args.set or ())
@@ -112,8 +133,8 @@ def _batch_options(args) -> dict:
 
 def _check_session(preset, overrides):
     """Validate a preset, its model card and its plugins without loading the model; the session."""
-    from . import effects
     from .batch.jobs import separator_card
+    from .graph import check_chains
     from .models import verify_file
     from .session import load
 
@@ -124,10 +145,7 @@ def _check_session(preset, overrides):
             verify_file(card)
     except ModelError as exc:
         raise PresetError(f"{session.source}: separator.model: {exc}") from exc
-    effects.build_chain(session.pre, where=f"{session.source}: pre")
-    effects.build_chain(session.master, where=f"{session.source}: master")
-    for name, stem in session.stems:
-        effects.build_chain(stem.chain, where=f"{session.source}: stems.{name}.chain")
+    check_chains(session)  # at the real channel counts and rates, lanes bound, instruments loaded
     return session
 
 
@@ -278,24 +296,18 @@ def _separator_card(session):
 
 
 def cmd_preset_check(args) -> int:
-    from . import effects
+    from .graph import check_chains, check_stem_names
     from .session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
         card = _separator_card(session)
-        for name in [n for n, _ in session.stems] + list(session.separator.stems or ()):
-            if name not in card.stems:
-                raise PresetError(f"{preset}: stems.{name}: model '{card.name}' gives no stem '{name}'; "
-                                  f"it gives {', '.join(card.stems)}")
+        check_stem_names(session, card.stems, model=card.name)
         if session.output.nistems is not None:
             from .daw.nistems import check_stems
 
             check_stems(card.stems, where=f"{preset}: output.files.nistems")
-        effects.build_chain(session.pre, where=f"{preset}: pre")
-        effects.build_chain(session.master, where=f"{preset}: master")
-        for name, stem in session.stems:
-            effects.build_chain(stem.chain, where=f"{preset}: stems.{name}.chain")
+        check_chains(session)  # at the real channel counts and rates: "ok" means it renders
         o = session.output
         print(f"{preset}: ok (model {card.name}, stems {', '.join(card.stems)}, {o.layout} {o.format}"
               f" {o.bit_depth}-bit)")
@@ -308,7 +320,26 @@ def cmd_effects(args) -> int:
     print("pedalboard built-in effects and their parameters (use as {effect: Name, parameter: value}):")
     for name, cls in builtin_effects().items():
         print(f"  {name:<18} {', '.join(builtin_parameters(cls)) or '(none)'}")
-    print("VST3 plugins: {vst3: path/to/Plugin.vst3, params: {name: value}, preset: file.vstpreset}")
+    print("VST3 plugins: {vst3: path/to/Plugin.vst3 or a name, params: {name: value}, preset: file.vstpreset}"
+          " (stembridge plugins lists them)")
+    return EXIT_OK
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import listing, listing_json, search_folders
+
+    folders = [Path(d) for d in args.dirs] if args.dirs else list(search_folders())
+    infos = listing(folders)
+    if args.json:
+        print(listing_json(infos))
+        return EXIT_OK
+    print(f"VST3 plugins in {', '.join(map(str, folders))} (use as {{vst3: NAME, params: {{name: value}}}}):")
+    for info in infos:
+        print(f"  {info.line()}")
+        for p in info.parameters:
+            print(f"      {p.name:<22} {p.span()}, default {p.default}")
+    if not infos:
+        print("  (none found; add folders as arguments or to VST3_PATH)")
     return EXIT_OK
 
 
@@ -319,8 +350,12 @@ def cmd_eval(args) -> int:
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
-    separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
-                                                                        threads=args.threads, wiener=args.wiener)
+    if args.model == "no-split":
+        from .evaluate import NoSplit
+        separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener))
+    else:
+        separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
+                                                                            threads=args.threads, wiener=args.wiener)
     update, close = _progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
@@ -338,17 +373,29 @@ def cmd_eval(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import DEFAULT_MODEL, known_cards, search_paths
+    from .models import DEFAULT_4STEMS, DEFAULT_MODEL, known_cards, search_paths
 
     print("Model cards (name, family, stems, file):")
     for name, card in sorted(known_cards().items()):
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"  {card.describe()}{mark}")
     print("  dsp                          dsp   vocals/instrumental              (no weights; weight-free fallback)")
+    print(f"  {DEFAULT_4STEMS:<28} hpss  vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
+          "the rest by HPSS; not a 4-stem model; also gives instrumental = drums+bass+other)")
     print("Also accepted: a path to a card .yaml, or to a UVR MDX-Net .onnx file (recognised by its hash).")
     print("Searched folders ($STEMBRIDGE_MODELS first):")
     for folder in search_paths():
         print(f"  {folder}")
+    return EXIT_OK
+
+
+def cmd_models_import(args) -> int:
+    from .importers import import_model
+
+    done = import_model(args.path, name=args.name, force=args.force, bins=args.bins, fp32=args.fp32)
+    print(f"{args.path}: imported as '{done.name}' ({len(done.stems)} stems: {', '.join(done.stems)}; "
+          f"{done.bins} bins) in {done.seconds:.1f} s -> {done.card}")
+    print(f"use it with: stembridge separate --model {done.name} SONG")
     return EXIT_OK
 
 
@@ -393,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="score a model against reference stems (SDR, SI-SDR)")
     ev.add_argument("--model", default="default",
                     help="model name, card .yaml or .onnx path, 'dsp', or 'oracle' (the ideal ratio mask of the "
-                         "references: a yardstick, not a model) (default: %(default)s)")
+                         "references: a yardstick, not a model), or 'no-split' (the default model's instrumental "
+                         "as each of drums, bass, other: the 4-stem baseline) (default: %(default)s)")
     ev.add_argument("--references", required=True, metavar="DIR",
                     help="folder of songs, searched recursively: <song>/mixture.<ext> beside <song>/<stem>.<ext>")
     ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")
@@ -414,8 +462,24 @@ def build_parser() -> argparse.ArgumentParser:
     fx = commands.add_parser("effects", help="list the built-in effects a preset can name")
     fx.set_defaults(run=cmd_effects)
 
-    models = commands.add_parser("models", help="list known models and where they are looked for")
+    plug = commands.add_parser("plugins", help="list VST3 plugins: kind, channels, latency, parameters")
+    plug.add_argument("dirs", nargs="*", metavar="DIR", help="folders to search (default: $VST3_PATH, ~/.vst3, "
+                      "/usr/lib/vst3, /usr/local/lib/vst3)")
+    plug.add_argument("--json", action="store_true", help="print the same as JSON")
+    plug.set_defaults(run=cmd_plugins)
+
+    models = commands.add_parser("models", help="list known models and where they are looked for; import one")
     models.set_defaults(run=cmd_models)
+    models_commands = models.add_subparsers(dest="models_command")
+    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) "
+                                                    "into the user model folder")
+    imp.add_argument("path", help="checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz")
+    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count)")
+    imp.add_argument("--force", action="store_true", help="replace a model of the same name")
+    imp.add_argument("--bins", type=int, choices=[1024, 1536],
+                     help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
+    imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
+    imp.set_defaults(run=cmd_models_import)
 
     cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
     cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")

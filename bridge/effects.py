@@ -2,7 +2,7 @@
 
 A built-in is written ``{effect: Compressor, threshold_db: -18, ratio: 3}``; a VST3 plugin is
 written ``{vst3: path/to/Plugin.vst3, params: {mix: 0.2}, preset: file.vstpreset}`` or with
-``raw_state: <base64>``. Parameter names are checked here, because pedalboard silently accepts
+``raw_state: <base64>``; ``vst3:`` may also be a plugin name, looked up by :mod:`bridge.plugins`. Parameter names are checked here, because pedalboard silently accepts
 any attribute name on a plugin; values are checked by pedalboard and its errors are reworded to
 name the preset path.
 """
@@ -17,6 +17,8 @@ from typing import Any
 
 import pedalboard
 
+from . import plugins
+from .automation import ParameterLane
 from .errors import PluginError, suggest
 
 #: pedalboard classes that are containers, bases or need arguments no YAML can give.
@@ -145,14 +147,8 @@ def build(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
 
 
 def _load_vst3(spec: EffectSpec, *, where: str) -> pedalboard.Plugin:
-    path = spec.resolve(spec.name)
-    if not path.exists():
-        raise PluginError(f"{where}: VST3 plugin {path} does not exist; install it or fix the path")
-    try:
-        plugin = pedalboard.load_plugin(str(path))
-    except (ImportError, RuntimeError, ValueError) as exc:
-        raise PluginError(f"{where}: {path} could not be loaded as a VST3 plugin ({_reason(exc)}); "
-                          "check that it is a VST3 bundle built for this platform") from None
+    path = plugins.resolve(spec.name, base=spec.base, where=f"{where}.vst3")
+    plugin = plugins.load(path, where=where)
     if spec.preset:
         preset = spec.resolve(spec.preset)
         if not preset.is_file():
@@ -200,6 +196,62 @@ def _set_parameter(plugin: pedalboard.Plugin, key: str, value: Any) -> None:
 
 def build_chain(specs, *, where: str) -> pedalboard.Pedalboard:
     return pedalboard.Pedalboard([build(s, where=f"{where}[{i}]") for i, s in enumerate(specs)])
+
+
+def prepare_chain(specs, *, where: str, channels: int, sample_rate: int) -> list[plugins.Segment]:
+    """Build a chain for a buffer of ``channels`` at ``sample_rate``, adapted to each plugin's bus.
+
+    Returns the chain cut into :class:`bridge.plugins.Segment` s (one per channel arrangement);
+    a mono VST3 on a stereo buffer becomes two linked instances built from the same spec.
+    Raises :class:`PluginError` naming ``where[i]`` for a plugin no arrangement fits.
+    """
+    return plugins.build_segments(specs, lambda spec, i: build(spec, where=f"{where}[{i}]"), channels=channels,
+                                  sample_rate=sample_rate, where=where)
+
+
+def check_automation(spec: EffectSpec, param: str, lane, *, where: str) -> None:
+    """A lane on a built-in's parameter: the name exists, takes numbers, and the lane's values are
+    accepted (by our unit limits and by pedalboard itself). VST3 lanes are checked against the
+    loaded plugin by :func:`automate`."""
+    if spec.kind != "builtin":
+        return
+    cls = builtin_effects()[spec.name]
+    known = builtin_parameters(cls)
+    if param not in known:
+        raise PluginError(f"{where}: {spec.name} has no parameter '{param}'{suggest(param, known)}")
+    default = _defaults(cls).get(param)
+    if default is None or isinstance(default, bool):
+        raise PluginError(f"{where}: {spec.name}'s '{param}' does not take numbers, so it cannot be automated")
+    plugin = build(spec, where=where)
+    for value in (lane.minimum, lane.maximum):
+        _check_value(value, default, where=where)
+        try:
+            setattr(plugin, param, value)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise PluginError(f"{where}: {value:g} is not accepted by {spec.name}.{param} ({_reason(exc)})") from None
+
+
+def automate(segments, lanes: dict, *, where: str) -> dict:
+    """Bind lanes to the plugins of prepared segments.
+
+    ``lanes`` is ``{chain index: ((param, Lane), ...)}``; ``where`` the automation key prefix of
+    the chain (e.g. ``"p.yaml: automation.master"``). Returns ``{segment index: [ParameterLane]}``;
+    every linked instance of a plugin gets the same values.
+    """
+    bound: dict = {}
+    for index, pairs in lanes.items():
+        found = [(n, s) for n, s in enumerate(segments) if index in s.indices]
+        if not found:
+            raise PluginError(f"{where}[{index}]: the chain has no effect [{index}]")
+        number, segment = found[0]
+        linked = segment.linked(segment.indices.index(index))
+        for param, lane in pairs:
+            at = f"{where}[{index}].{param}"
+            if isinstance(linked[0], pedalboard.ExternalPlugin):
+                plugins.check_parameter(linked[0], param, lane.minimum, lane.maximum, where=at)
+            setters = [plugins.parameter_setter(p, param, probe=(lane.minimum, lane.maximum)) for p in linked]
+            bound.setdefault(number, []).append(ParameterLane(setters, lane))
+    return bound
 
 
 def latency(chain: pedalboard.Pedalboard) -> int:

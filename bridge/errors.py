@@ -33,6 +33,11 @@ class PluginError(BridgeError, RuntimeError):
     """An effect or VST3 plugin that cannot be created, loaded or configured."""
 
 
+class MidiError(BridgeError, ValueError):
+    """A MIDI file that cannot be used: missing, truncated, not MIDI, a bad header or running
+    status, or without the controller a lane asks for."""
+
+
 def suggest(name: str, choices) -> str:
     """The tail of an unknown-name message: the nearest choice if one is close, then all of them."""
     choices = [str(c) for c in choices]

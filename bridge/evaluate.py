@@ -7,7 +7,11 @@ Conventions
   (``vocals.flac``, ``drums.wav``, ...). Names are canonicalised with
   :func:`bridge.models.canonical_stem` (``accompaniment`` -> ``instrumental``). When a song has
   no ``instrumental`` reference but has vocals and other stems, the instrumental reference is
-  the sum of the non-vocal stems (drums + bass + other).
+  the sum of the non-vocal stems (drums + bass + other); a song without vocals but with two or
+  more stems (drums, bass, other) gets the same sum, which is then its mixture.
+- Every stem the model gives is scored against the reference of that name, and so are the sums
+  the model gives (:func:`bridge.models.derived_stems`: a 4-stem model's ``instrumental`` is
+  drums + bass + other) wherever the song has that reference.
 - Every file of a song must share the mixture's sample rate and channel count. Lossy-coded stems
   often end a few samples early, so all files are trimmed to the shortest (noted in the report);
   a difference over one second is an error, since it means files of different songs.
@@ -49,7 +53,7 @@ import numpy as np
 
 from . import io
 from .errors import AudioError, BridgeError, ModelError, OutputError
-from .models import canonical_stem
+from .models import canonical_stem, derived_stems
 
 #: Frame length and hop of the framewise SDR, in seconds (SiSEC 2018).
 FRAME_SECONDS = 1.0
@@ -198,6 +202,36 @@ class Oracle:
         return out
 
 
+class NoSplit:
+    """The no-split yardstick: a 2-stem separator's instrumental as the estimate of every other stem.
+
+    What a 4-stem user gets without a split; a 4-stem separator has to beat it on drums, bass and
+    other. Not a separator to render with: its stems do not sum to the mix.
+
+    Parameters
+    ----------
+    separator : Separator
+        Gives ``vocals`` and ``instrumental``.
+    parts : tuple of str
+        The stems that get the instrumental as their estimate.
+    """
+
+    def __init__(self, separator, parts: tuple[str, ...] = ("drums", "bass", "other")):
+        if not {"vocals", "instrumental"} <= set(separator.stems):
+            raise ModelError(f"no-split needs a vocals/instrumental model, '{getattr(separator, 'name', separator)}' "
+                             f"gives {', '.join(separator.stems)}; use --model default")
+        self.separator = separator
+        self.parts = tuple(parts)
+        self.name = f"no-split ({getattr(separator, 'name', type(separator).__name__)})"
+        self.stems = ("vocals", "instrumental") + self.parts
+        self.settings = getattr(separator, "settings", {})
+
+    def __call__(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+        out = self.separator(audio, sample_rate)
+        inst = out["instrumental"]
+        return {"vocals": out["vocals"], "instrumental": inst, **{s: inst.copy() for s in self.parts}}
+
+
 # --- reference folders ---------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +328,7 @@ def load_song(files: SongFiles) -> Song:
     references = {stem: read(path) for stem, path in files.stems.items()}
     others = [s for s in references if s not in ("vocals", "instrumental")]
     atoms = tuple(s for s in references if not (s == "instrumental" and others))
-    if "instrumental" not in references and "vocals" in references and others:
+    if "instrumental" not in references and others and ("vocals" in references or len(others) >= 2):
         references["instrumental"] = np.sum([references[s] for s in others], axis=0, dtype=np.float32)
     return Song(files.name, files.sample_rate, read(files.mixture), references, atoms)
 
@@ -487,6 +521,9 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
         run = Oracle(song) if oracle else separator
         raw = run(song.mixture, song.sample_rate)
         estimates = {canonical_stem(k): v for k, v in raw.items()}
+        for name, parts in derived_stems(tuple(estimates)).items():
+            if name in song.references:
+                estimates[name] = np.sum([estimates[p] for p in parts], axis=0, dtype=np.float32)
         for stem, audio in estimates.items():
             if audio.shape != song.mixture.shape:
                 raise ModelError(f"{model}: stem '{stem}' of {files.mixture} has shape {audio.shape}, "
@@ -511,4 +548,4 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
 
 
 __all__ = ["Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",
-           "framewise_sdr", "si_sdr", "ideal_ratio_mask", "Oracle", "sources_samples_channels"]
+           "framewise_sdr", "si_sdr", "ideal_ratio_mask", "Oracle", "NoSplit", "sources_samples_channels"]

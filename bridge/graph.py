@@ -13,12 +13,65 @@ import dataclasses
 import numpy as np
 import pedalboard
 
-from . import effects
 from .audio import validate
 from .errors import PresetError
-from .mixer import LAYOUT_CHANNELS, Mixer, StreamChain
+from .layers import load_instrument, open_layer
+from .mixer import LAYOUT_CHANNELS, ChainStream, Mixer, StreamChain
+from .models import derived_stems, offered_stems
 from .separation import Separator
 from .session import Session, StemSettings
+
+
+def referenced_stems(session: Session) -> dict[str, str]:
+    """Every stem name the session refers to, with the preset key that first names it."""
+    found: dict[str, str] = {}
+    for name, stem in session.stems:
+        found.setdefault(name, f"stems.{name}")
+    for name in session.separator.stems or ():
+        found.setdefault(name, "separator.stems")
+    for name, stem in session.stems:
+        if stem.duck is not None:
+            found.setdefault(stem.duck.by, f"stems.{name}.duck.by")
+    for target, _ in session.automation:
+        if target.stem is not None:
+            found.setdefault(target.stem, f"automation.{target}")
+    for name in session.layer_names:  # a layer is a stem the separator does not give
+        found.pop(name, None)
+    return found
+
+
+#: Sample rates :func:`check_chains` prepares chains at when the song's is not known yet.
+CHECK_RATES = (44100, 48000)
+
+
+def check_chains(session: Session, *, sample_rates=CHECK_RATES, input_channels=(1, 2)) -> None:
+    """Build and prepare every chain at the channel counts and rates a render runs it at.
+
+    The pre chain runs at the input's channels (``input_channels``), stem chains on stereo, the
+    master chain at the output layout's channels; every VST3 is loaded and asked which channel
+    counts it takes, so a preset that passes renders. Raises :class:`PluginError` naming the
+    preset key of the first chain that cannot be built.
+    """
+    s = session
+    stems = {name for name, _ in s.stems} | {t.stem for t, _ in s.automation if t.stem is not None} \
+        | set(s.layer_names)
+    for name, layer, _ in s.layers:
+        load_instrument(layer.instrument, where=f"{s.source}: layers.{name}.instrument")
+    for rate in sample_rates:
+        for channels in input_channels:
+            _chain(s, s.pre, "pre", None, channels=channels, sample_rate=rate)
+        for name in sorted(stems):
+            _chain(s, s.stem(name).chain, f"stems.{name}.chain", name, channels=2, sample_rate=rate)
+        _chain(s, s.master, "master", None, channels=LAYOUT_CHANNELS[s.output.layout], sample_rate=rate)
+
+
+def _chain(session: Session, specs, key: str, stem, *, channels: int, sample_rate: int) -> ChainStream:
+    """One of the session's chains, prepared and with its automation lanes bound."""
+    section = "stems" if stem is not None else key
+    lanes = {i: v for i, v in session.lanes(section, stem).items() if i is not None}
+    shown = f"layers.{stem}.chain" if stem in session.layer_names else key
+    return ChainStream.build(specs, where=f"{session.source}: {shown}", sample_rate=sample_rate, channels=channels,
+                             lanes=lanes, lane_where=f"{session.source}: automation.{key}")
 
 
 class RenderGraph:
@@ -32,11 +85,7 @@ class RenderGraph:
     """
 
     def __init__(self, session: Session, separator: Separator, *, chains=None, pre=None, master=None):
-        named = [name for name, _ in session.stems] + list(session.separator.stems or ())
-        for name in named:
-            if name not in separator.stems:
-                raise PresetError(f"{session.source}: stems.{name}: the model gives no stem '{name}'; "
-                                  f"it gives {', '.join(separator.stems)}")
+        check_stem_names(session, separator.stems, model=getattr(separator, "name", "the separator"))
         self.session = session
         self.separator = separator
         self._chains = chains
@@ -47,13 +96,9 @@ class RenderGraph:
     def channels(self) -> int:
         return LAYOUT_CHANNELS[self.session.output.layout]
 
-    def check(self) -> None:
-        """Build every chain once (loads VST3 plugins), so a preset can be checked without rendering."""
-        s = self.session
-        effects.build_chain(s.pre, where=f"{s.source}: pre")
-        effects.build_chain(s.master, where=f"{s.source}: master")
-        for name, stem in s.stems:
-            effects.build_chain(stem.chain, where=f"{s.source}: stems.{name}.chain")
+    def check(self, *, sample_rates=CHECK_RATES, input_channels=(1, 2)) -> None:
+        """Prepare every chain as a render would (see :func:`check_chains`), without rendering."""
+        check_chains(self.session, sample_rates=sample_rates, input_channels=input_channels)
 
     def stream(self, *, sample_rate: int, channels: int, separation=None, taps=()) -> "GraphStream":
         """One song through the graph.
@@ -63,6 +108,33 @@ class RenderGraph:
         :class:`GraphStream`.
         """
         return GraphStream(self, sample_rate=sample_rate, channels=channels, separation=separation, taps=taps)
+
+
+def check_stem_names(session: Session, stems, *, model: str) -> None:
+    """Every stem a preset names must come from the model, named by the key that names it.
+
+    Settings, ducking keys and automation need one of its ``stems``; ``separator.stems`` (what to
+    write) may also name a sum such as a 4-stem ``instrumental``; a layer must not take the name
+    of a stem the model gives.
+    """
+    stems = tuple(stems)
+    offered, derived = offered_stems(stems), derived_stems(stems)
+    for name, key in referenced_stems(session).items():
+        if key == "separator.stems":
+            if name not in offered:
+                raise PresetError(f"{session.source}: separator.stems: the model gives no stem '{name}'; "
+                                  f"it gives {', '.join(offered)} (model '{model}')")
+            continue
+        if name in derived:
+            raise PresetError(f"{session.source}: {key}: with model '{model}' the {name} is the sum of "
+                              f"{', '.join(derived[name])}; give those stems their settings instead")
+        if name not in stems:
+            raise PresetError(f"{session.source}: {key}: the model gives no stem '{name}'; "
+                              f"it gives {', '.join(stems)} (model '{model}')")
+    for name in session.layer_names:
+        if name in stems:
+            raise PresetError(f"{session.source}: layers.{name}: the model already gives a stem '{name}'; "
+                              "name the layer differently")
 
 
 class GraphStream:
@@ -81,18 +153,22 @@ class GraphStream:
     def __init__(self, graph: RenderGraph, *, sample_rate: int, channels: int, separation=None, taps=()):
         s = graph.session
         self.sample_rate = sample_rate
-        pre = graph._pre if graph._pre is not None else effects.build_chain(s.pre, where=f"{s.source}: pre")
-        master = graph._master if graph._master is not None else effects.build_chain(s.master, where=f"{s.source}: master")
-        for chain in [pre, master, *(graph._chains or {}).values()]:
-            chain.reset()  # ready-made chains are shared between songs: no tail of the last one
-        self._pre = StreamChain(pre, sample_rate=sample_rate, channels=channels)
+        for chain in [graph._pre, graph._master, *(graph._chains or {}).values()]:
+            if chain is not None:
+                chain.reset()  # ready-made chains are shared between songs: no tail of the last one
+        self._pre = (StreamChain(graph._pre, sample_rate=sample_rate, channels=channels) if graph._pre is not None
+                     else _chain(s, s.pre, "pre", None, channels=channels, sample_rate=sample_rate))
         self._separation = separation if separation is not None else \
             graph.separator.stream(sample_rate=sample_rate, channels=channels)
-        self._mixer = Mixer(s, graph.separator.stems, sample_rate=sample_rate, channels=channels, chains=graph._chains,
-                            prefader="prefader" in taps)
+        self._layers = {name: open_layer(name, layer, source=s.source, sample_rate=sample_rate)
+                        for name, layer, _ in s.layers}
+        self._mixer = Mixer(s, tuple(graph.separator.stems) + s.layer_names, sample_rate=sample_rate,
+                            channels=channels, chains=graph._chains, prefader="prefader" in taps)
         self._taps = tuple(taps)
         self.taps: dict[str, dict[str, np.ndarray]] = {}
-        self._master = StreamChain(master, sample_rate=sample_rate, channels=graph.channels)
+        self._master = (StreamChain(graph._master, sample_rate=sample_rate, channels=graph.channels)
+                        if graph._master is not None
+                        else _chain(s, s.master, "master", None, channels=graph.channels, sample_rate=sample_rate))
         self._tail = int(round(s.output.tail_seconds * sample_rate))
         self._channels = channels
 
@@ -106,6 +182,12 @@ class GraphStream:
         return self._run({k: np.concatenate([v, tail], axis=1) for k, v in stems.items()}, last=True)
 
     def _run(self, stems, *, last: bool):
+        if self._layers:
+            count = next(iter(stems.values())).shape[1]  # layers follow the song, block for block
+            stems = {**stems, **{name: layer.render(count) for name, layer in self._layers.items()}}
+            if last:
+                for layer in self._layers.values():
+                    layer.finish()
         mix, processed = self._mixer.process(stems, last=last)
         if "raw" in self._taps:
             self.taps["raw"] = stems

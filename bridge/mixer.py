@@ -1,4 +1,4 @@
-"""The stem stage: per-stem chains, gain and automation, polarity, pan, mute/solo, routing, sum.
+"""The stem stage: per-stem chains, ducking, gain and automation, polarity, pan, mute/solo, routing, sum.
 
 Streaming: every stage keeps its state between blocks (pedalboard's ``reset=False``), so a song
 is mixed block by block. A chain's reported latency (VST3 plugins report theirs) is trimmed
@@ -27,8 +27,10 @@ import math
 import numpy as np
 import pedalboard
 
-from . import effects
+from . import automation, effects
+from .ducking import Ducker
 from .errors import PluginError
+from .separation import with_sums
 from .session import Session, StemSettings
 
 LAYOUT_CHANNELS = {"stereo": 2, "5.1": 6}
@@ -64,10 +66,14 @@ class StreamChain:
     out, so the output is exactly as long as the input and aligned with it.
     """
 
-    def __init__(self, chain: pedalboard.Pedalboard, *, sample_rate: int, channels: int):
+    def __init__(self, chain: pedalboard.Pedalboard, *, sample_rate: int, channels: int, block: int = BLOCK,
+                 lanes=()):
         self.chain = chain
         self.sample_rate = sample_rate
         self.channels = channels
+        self.block = block
+        self.lanes = list(lanes)  # ParameterLanes, set before each block from the time of its first sample
+        self._fed = 0
         self.latency = effects.latency(chain)
         self._pending = np.zeros((channels, 0), np.float32)
         self._received = 0
@@ -82,14 +88,14 @@ class StreamChain:
             return block
         self._pending = np.concatenate([self._pending, block], axis=1)
         outs = []
-        while self._pending.shape[1] >= BLOCK:
-            outs.append(self._run(self._pending[:, :BLOCK]))
-            self._pending = self._pending[:, BLOCK:]
+        while self._pending.shape[1] >= self.block:
+            outs.append(self._run(self._pending[:, :self.block]))
+            self._pending = self._pending[:, self.block:]
         if last:
             produced = sum(o.shape[1] for o in outs)
-            budget = (self._pending.shape[1] + self.latency) // BLOCK + 2
+            budget = (self._pending.shape[1] + self.latency) // self.block + 2
             while self._emitted + produced < self._received and budget:
-                todo = np.pad(self._pending, ((0, 0), (0, BLOCK - self._pending.shape[1])))
+                todo = np.pad(self._pending, ((0, 0), (0, self.block - self._pending.shape[1])))
                 self._pending = np.zeros((self.channels, 0), np.float32)
                 outs.append(self._run(todo))
                 produced += outs[-1].shape[1]
@@ -103,8 +109,42 @@ class StreamChain:
         return out
 
     def _run(self, block: np.ndarray) -> np.ndarray:
+        for lane in self.lanes:
+            lane.update(self._fed / self.sample_rate)
+        self._fed += block.shape[1]
         out = self.chain(block, self.sample_rate, reset=False)
         return np.asarray(out, dtype=np.float32).reshape(self.channels, -1)
+
+
+class ChainStream:
+    """A preset's chain, adapted to the buffer's channels, streamed: a :class:`StreamChain` per segment.
+
+    Each segment (see :mod:`bridge.plugins`) compensates its own latency, so the chain's output
+    stays aligned with its input however its plugins are laid over the channels.
+    """
+
+    def __init__(self, segments, *, sample_rate: int, channels: int, lanes=None):
+        self.segments = list(segments)
+        lanes = lanes or {}
+        # Only a segment with automation runs in short blocks; the others keep BLOCK (no cost).
+        self.stages = [StreamChain(s, sample_rate=sample_rate, channels=channels, lanes=lanes.get(n, ()),
+                                   block=automation.update_block(sample_rate) if n in lanes else BLOCK)
+                       for n, s in enumerate(self.segments)]
+        self.latency = sum(stage.latency for stage in self.stages)
+
+    @classmethod
+    def build(cls, specs, *, where: str, sample_rate: int, channels: int, lanes=None,
+              lane_where: str = "automation") -> "ChainStream":
+        """Prepare ``specs`` for ``channels`` at ``sample_rate`` and bind ``lanes``
+        (``{chain index: ((param, Lane), ...)}``, errors named from ``lane_where``)."""
+        segments = effects.prepare_chain(specs, where=where, channels=channels, sample_rate=sample_rate)
+        bound = effects.automate(segments, lanes or {}, where=lane_where)
+        return cls(segments, sample_rate=sample_rate, channels=channels, lanes=bound)
+
+    def process(self, block: np.ndarray, *, last: bool = False) -> np.ndarray:
+        for stage in self.stages:
+            block = stage.process(block, last=last)
+        return block
 
 
 class Mixer:
@@ -121,9 +161,9 @@ class Mixer:
     chains : dict of str to pedalboard.Pedalboard, optional
         Ready chains by stem, instead of building them from the session's effect specs.
     prefader : bool
-        Also keep each stem before its fader (after the chain; for 5.1 panned and routed at unity
-        gain) in :attr:`prefader_out`, sample-aligned with what :meth:`process` returns: the stems a
-        DAW project references, its tracks carrying the gain, mute and solo.
+        Also keep each stem before its fader (after the chain and any ducking; for 5.1 panned and
+        routed at unity gain) in :attr:`prefader_out`, sample-aligned with what :meth:`process`
+        returns: the stems a DAW project references, its tracks carrying the gain, mute and solo.
     """
 
     def __init__(self, session: Session, stems, *, sample_rate: int, channels: int, chains=None,
@@ -139,17 +179,23 @@ class Mixer:
         self.settings = settings
         self.audible = {name: (s.solo if soloed else True) and not s.mute for name, s in settings.items()}
         chains = dict(chains or {})
-        for name, s in settings.items():
-            if name not in chains:
-                chains[name] = effects.build_chain(s.chain, where=f"{session.source}: stems.{name}.chain")
-        self.chains = {name: StreamChain(chains[name], sample_rate=sample_rate, channels=2) for name in self.stems}
+        lanes = {name: session.lanes("stems", name) for name in self.stems}
+        self.chains = {name: StreamChain(chains[name], sample_rate=sample_rate, channels=2) if name in chains
+                       else ChainStream.build(settings[name].chain, where=f"{session.source}: "
+                                              f"{'layers' if name in session.layer_names else 'stems'}.{name}.chain",
+                                              sample_rate=sample_rate, channels=2,
+                                              lanes={i: v for i, v in lanes[name].items() if i is not None},
+                                              lane_where=f"{session.source}: automation.stems.{name}.chain")
+                       for name in self.stems}
+        self.mix_lanes = {name: dict(lanes[name].get(None, ())) for name in self.stems}  # gain_db / pan lanes
         self.roles = {name: s.upmix or DEFAULT_ROLES.get(name, "ambience") for name, s in settings.items()}
-        self._fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
+        self._fifo = {name: np.zeros((2, 0), np.float32) for name in self.stems}  # chain outputs, stereo
+        self.duckers = {name: Ducker(s.duck, sample_rate=sample_rate) for name, s in settings.items()
+                        if s.duck is not None}
         self._position = {name: 0 for name in self.stems}
         self._routers = {name: _Router(self.roles[name], sample_rate) for name in self.stems} if self.layout == "5.1" else {}
         self.prefader = prefader
         self.prefader_out: dict[str, np.ndarray] = {}
-        self._pre_fifo = {name: np.zeros((self.channels, 0), np.float32) for name in self.stems}
         self._pre_routers = ({name: _Router(self.roles[name], sample_rate) for name in self.stems}
                              if self.layout == "5.1" and prefader else {})
 
@@ -160,33 +206,51 @@ class Mixer:
             if audio.shape[0] == 1:
                 audio = np.repeat(audio, 2, axis=0)
             out = self.chains[name].process(audio, last=last)
-            routed = self._place(name, out)
-            self._fifo[name] = np.concatenate([self._fifo[name], routed], axis=1)
-            if self.prefader:
-                self._pre_fifo[name] = np.concatenate([self._pre_fifo[name], self._unity(name, out)], axis=1)
+            self._fifo[name] = np.concatenate([self._fifo[name], out], axis=1)
+        # Chains hand back different amounts per call; the stems are placed once every stem's
+        # chain output covers the same samples, which is also what a ducker's key needs.
         ready = min(f.shape[1] for f in self._fifo.values())
+        chained = {}
+        for name in self.stems:
+            chained[name] = self._fifo[name][:, :ready]
+            self._fifo[name] = self._fifo[name][:, ready:]
         processed = {}
         for name in self.stems:
-            processed[name] = self._fifo[name][:, :ready]
-            self._fifo[name] = self._fifo[name][:, ready:]
+            audio = chained[name]
+            if name in self.duckers:
+                audio = audio * self.duckers[name](chained[self.settings[name].duck.by])
+            processed[name] = self._place(name, audio)
             if self.prefader:
-                self.prefader_out[name] = self._pre_fifo[name][:, :ready]
-                self._pre_fifo[name] = self._pre_fifo[name][:, ready:]
+                self.prefader_out[name] = self._unity(name, audio)
         mix = np.zeros((self.channels, ready), np.float32)
         for name, audio in processed.items():
             if self.audible[name]:
                 mix += audio
-        return mix, processed
+        if self.prefader:
+            self.prefader_out = with_sums(self.prefader_out, self.session.separator.stems or ())
+        # A 4-stem split's instrumental, if a preset writes it: the sum of the processed parts.
+        return mix, with_sums(processed, self.session.separator.stems or ())
 
     def _place(self, name: str, audio: np.ndarray) -> np.ndarray:
         """Gain, polarity, pan and routing of one stem's chain output."""
         s: StemSettings = self.settings[name]
         count = audio.shape[1]
-        gain = gain_curve(s.gain_db, self._position[name], count, self.sample_rate)
+        lanes = self.mix_lanes[name]
+        if lanes:
+            t = (self._position[name] + np.arange(count)) / self.sample_rate
+        if "gain_db" in lanes:  # per sample: a gain lane is as smooth as its curve
+            gain = (10.0 ** (lanes["gain_db"].at(t) / 20.0)).astype(np.float32)
+        else:
+            gain = gain_curve(s.gain_db, self._position[name], count, self.sample_rate)
         self._position[name] += count
         if s.invert:
             gain = -gain
-        left, right = pan_gains(s.pan)
+        if "pan" in lanes:
+            theta = (lanes["pan"].at(t) + 1.0) * (math.pi / 4.0)
+            left, right = (math.sqrt(2.0) * np.cos(theta)).astype(np.float32), \
+                (math.sqrt(2.0) * np.sin(theta)).astype(np.float32)
+        else:
+            left, right = pan_gains(s.pan)
         stereo = np.stack([audio[0] * left, audio[1] * right]) * gain
         stereo = stereo.astype(np.float32)
         if not self.audible[name]:

@@ -16,7 +16,8 @@ UVR's MDX-Net ``.onnx`` files need no card: they are recognised by the MD5 of th
 10,240,000 bytes, the key UVR itself uses (``models/uvr_mdx.yaml``).
 
 Cards are looked up in the folders named by ``$STEMBRIDGE_MODELS`` (``os.pathsep``-separated),
-then in the models shipped with the package.
+then in the user model folder (``$XDG_DATA_HOME/stembridge/models``, where ``stembridge models
+import`` writes when ``$STEMBRIDGE_MODELS`` is unset), then in the models shipped with the package.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from .errors import ModelError, suggest
 MAX_WIENER = 10
 
 DEFAULT_MODEL = "spleeter-2stems"
+#: The weight-free 4-stem split: the default model's vocals, the rest split by HPSS (separation/dsp4.py).
+DEFAULT_4STEMS = "default-4stems"
 UVR_HASH_BYTES = 10_000 * 1024
-Family = Literal["mdx", "mask", "dsp"]
+Family = Literal["mdx", "mask", "dsp", "hpss"]
 
 #: Canonical stem names (demucs's, plus instrumental for 2-stem splits), and the spellings
 #: model files use for them.
@@ -48,6 +51,24 @@ def canonical_stem(name: str) -> str:
     key = name.strip().lower().replace("-", " ")
     key = STEM_ALIASES.get(key, key)
     return key.replace(" ", "_")
+
+
+def derived_stems(stems) -> dict[str, tuple[str, ...]]:
+    """Stems a separator can give as sums of its own: ``{name: parts}``.
+
+    A model with vocals and at least two other stems (4- and 5-stem models) also gives
+    ``instrumental``, the sum of every stem but the vocals, as a 2-stem model would.
+    """
+    stems = tuple(stems)
+    others = tuple(s for s in stems if s != "vocals")
+    if "vocals" in stems and "instrumental" not in stems and len(others) >= 2:
+        return {"instrumental": others}
+    return {}
+
+
+def offered_stems(stems) -> tuple[str, ...]:
+    """``stems`` and the sums :func:`derived_stems` adds: every name ``--stems`` may ask for."""
+    return tuple(stems) + tuple(derived_stems(stems))
 
 
 def complement_stem(primary: str) -> str:
@@ -95,9 +116,22 @@ class ModelCard:
 _CARD_KEYS = {f.name for f in dataclasses.fields(ModelCard)} - {"source", "outputs", "stems"} | {"stems"}
 
 
+def user_models_folder() -> Path:
+    """Where ``stembridge models import`` writes: the first ``$STEMBRIDGE_MODELS`` folder, else
+    ``$XDG_DATA_HOME/stembridge/models`` (``~/.local/share/stembridge/models`` without it)."""
+    first = next((p for p in os.environ.get("STEMBRIDGE_MODELS", "").split(os.pathsep) if p), None)
+    if first:
+        return Path(first)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "stembridge" / "models"
+
+
 def search_paths() -> list[Path]:
-    """Folders searched for model cards, in order."""
+    """Folders searched for model cards, in order: ``$STEMBRIDGE_MODELS``, the user model folder
+    (:func:`user_models_folder`), the models shipped with the package."""
     paths = [Path(p) for p in os.environ.get("STEMBRIDGE_MODELS", "").split(os.pathsep) if p]
+    if user_models_folder() not in paths:
+        paths.append(user_models_folder())
     paths.append(Path(str(resources.files("bridge._models"))))
     return paths
 
@@ -213,6 +247,13 @@ def resolve(spec: str) -> ModelCard:
     if spec == "dsp":
         return ModelCard(name="dsp", family="dsp", stems=("vocals", "instrumental"),
                          description="weight-free centre-channel fallback")
+    if spec == DEFAULT_4STEMS:
+        # The file and its checksum are the vocal model's: what there is to verify and to cache by.
+        vocals = resolve(DEFAULT_MODEL)
+        return ModelCard(name=DEFAULT_4STEMS, family="hpss", stems=("vocals", "drums", "bass", "other"),
+                         file=vocals.file, sha256=vocals.sha256, license=vocals.license, credit=vocals.credit,
+                         description=f"DSP split, not a 4-stem model: {DEFAULT_MODEL} vocals, the rest split "
+                                     "into drums/bass/other by median-filter HPSS")
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml", ".onnx"):
         if not path.is_file():
@@ -221,7 +262,7 @@ def resolve(spec: str) -> ModelCard:
     cards = known_cards()
     if spec in cards:
         return cards[spec]
-    raise ModelError(f"unknown model '{spec}'{suggest(spec, sorted(cards) + ['dsp'])}; "
+    raise ModelError(f"unknown model '{spec}'{suggest(spec, sorted(cards) + ['dsp', DEFAULT_4STEMS])}; "
                      "or pass a path to a .onnx file or a card .yaml")
 
 

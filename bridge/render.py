@@ -15,15 +15,16 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, io
+from . import __version__, io, plugins
 from .audio import StreamResampler, db_to_gain
 from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
 from .daw import bwf, handoff as daw, nistems
 from .errors import AudioError, BridgeError, OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
+from .models import offered_stems
 from .outputs import check_template, check_unique, expand
-from .separation import ChunkedSeparator
+from .separation import ChunkedSeparator, with_sums
 from .separation.runner import check_channels
 
 #: Samples read per block; memory stays flat with song length.
@@ -106,13 +107,20 @@ def model_identity(separator) -> dict | None:
     return identity
 
 
-def _pre_identity(specs) -> list:
-    """The pre chain as the cache sees it: its specs, and for plugins their files' sizes and times."""
+def _pre_identity(specs, lanes=None) -> list:
+    """The pre chain as the cache sees it: its specs, for plugins their files' sizes and times,
+    and the automation lanes on its effects (``{index: ((param, Lane), ...)}``), as evaluated."""
     out = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         item = spec.to_yaml()
+        if (lanes or {}).get(index):
+            item["automation"] = [[param, lane.curve, list(lane.times), list(lane.values)]
+                                  for param, lane in lanes[index]]
         if spec.kind == "vst3":
-            bundle = spec.resolve(spec.name)
+            try:  # a name is looked up as a render would; an unknown one fails the render later
+                bundle = plugins.resolve(spec.name, base=spec.base, where="pre")
+            except BridgeError:
+                bundle = spec.resolve(spec.name)
             files = sorted(p for p in bundle.rglob("*") if p.is_file()) if bundle.is_dir() else [bundle]
             item["files"] = [(str(p.relative_to(bundle)) if bundle.is_dir() else p.name, *_stat(p)) for p in files]
         out.append(item)
@@ -140,7 +148,8 @@ def _audio_identity(path: Path, header: io.AudioInfo) -> str:
 class _Separation:
     """The separation stream for one song: replayed from the cache, filled into it, or plain."""
 
-    def __init__(self, path: Path, header: io.AudioInfo, separator, *, cache: StemCache | None, pre=()):
+    def __init__(self, path: Path, header: io.AudioInfo, separator, *, cache: StemCache | None, pre=(),
+                 pre_lanes=None):
         self.stream = None
         self.writer = None
         self.cached = False
@@ -151,7 +160,7 @@ class _Separation:
         residual = getattr(separator.engine, "residual_stem", None)
         computed = tuple(s for s in separator.stems if s != residual)
         key = entry_key(audio=_audio_identity(path, header), sample_rate=header.sample_rate,
-                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre), model=identity,
+                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre, pre_lanes), model=identity,
                         settings=identity["settings"], stems=computed, residual=residual)
         entry = cache.open(key, stems=computed, frames=header.frames, channels=header.channels)
         if entry is not None:
@@ -193,10 +202,11 @@ def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
 def separate_targets(path: Path, separator, options: SeparateOptions, naming: Naming) -> tuple[dict, Path]:
     """The stem files and the manifest :func:`separate_song` writes for ``path``."""
     stems = options.stems or separator.stems
-    unknown = [s for s in stems if s not in separator.stems]
+    offered = offered_stems(separator.stems)
+    unknown = [s for s in stems if s not in offered]
     if unknown:
         raise BridgeError(f"stem '{unknown[0]}' is not produced by model '{separator.name}'; "
-                          f"it gives {', '.join(separator.stems)}")
+                          f"it gives {', '.join(offered)}")
     check_template(options.template)
     fields = dict(naming.fields(), ext=options.ext, model=separator.name)
     targets = {s: expand(options.template, Path(options.out_dir), stem=s, **fields) for s in stems}
@@ -315,6 +325,7 @@ def _report_clipping(target: Path, count: int, on_clip: Clipped | None) -> None:
 
 
 def _write(writers: dict, stems: dict) -> None:
+    stems = with_sums(stems, writers)
     for stem, writer in writers.items():
         writer.write(stems[stem])
 
@@ -402,7 +413,7 @@ def render_targets(path: Path, graph: RenderGraph, out_dir: Path, naming: Naming
     if o.mix:
         targets["mix"] = expand(o.mix, out_dir, stem="mix", **names)
     if o.stems:
-        for stem in session.separator.stems or separator.stems:
+        for stem in tuple(session.separator.stems or separator.stems) + session.layer_names:
             targets[stem] = expand(o.stems, out_dir, stem=stem, **names)
     # Beside the mix and named after it, so renders of one song with several presets keep theirs.
     manifest = (targets["mix"].with_suffix(".manifest.json") if "mix" in targets
@@ -489,7 +500,11 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
     separation = None
     written: dict[str, Path] = {}
     feed = None
+    failed: list[bool] = []
     with contextlib.ExitStack() as stack:
+        # Registered first, so it runs last: only once the scratch folder is gone are a failed
+        # song's new folders empty (an unusable plugin must not leave an empty output folder).
+        stack.callback(lambda: _remove_empty(created) if failed else None)
         scratch = defer_gain_to if defer_gain_to is not None else stack.enter_context(io.scratch_folder(out_dir))
         try:
             if hand.nistems is not None:
@@ -500,7 +515,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                 out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
                                             bit_depth=32 if two_pass else o.bit_depth, inputs=[path])
             separation = _Separation(path, header, separator, cache=None if graph._pre is not None else cache,
-                                     pre=session.pre)
+                                     pre=session.pre, pre_lanes=session.lanes("pre"))
             stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels,
                                   separation=separation.stream, taps=hand.taps)
             done = 0
@@ -561,6 +576,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
             if separation is not None:
                 separation.abort()
             _remove_empty(created)
+            failed.append(True)
             raise
     return SongResult(path, "cached" if separation.cached else "rendered", written=written, seconds=header.seconds)
 

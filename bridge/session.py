@@ -19,7 +19,14 @@ Schema (every key but ``version`` may be left out)::
         invert: false                    # polarity
         chain: [<effect>, ...]
         upmix: center                    # 5.1 role: center | front | bass | ambience
+        duck: {by: vocals, depth_db: 6, threshold_db: -30, attack_ms: 10, release_ms: 250}
     master: [<effect>, ...]
+    layers:                              # stems played by a VST3 instrument from a MIDI file
+      <name>: {instrument: Nekobi, midi: bass.mid, channel: 1, transpose: 0, velocity: 1, start: 0, ...}
+    tempo: {bpm: 120, time_signature: 4/4}    # for "bar:beat" times
+    automation:                          # target -> lane (see bridge.automation)
+      stems.vocals.chain[0].mix: [[0, 0.1], ["9:1", 0.6]]
+      master[0].threshold_db: {midi: song.mid, cc: 11, channel: 1, range: [-30, 0], curve: hold}
     output:
       layout: stereo                     # or 5.1
       format: wav                        # wav flac ogg mp3 aiff
@@ -37,7 +44,7 @@ Schema (every key but ``version`` may be left out)::
       # files.nistems: "{track}.stem.mp4" writes NI Stems from a vocals/drums/bass/other session
 
 An ``<effect>`` is ``{effect: Name, <param>: value, ...}`` (pedalboard built-ins) or
-``{vst3: path.vst3, params: {...}, preset: file.vstpreset, raw_state: base64}``.
+``{vst3: path.vst3 or a plugin name, params: {...}, preset: file.vstpreset, raw_state: base64}``.
 """
 
 from __future__ import annotations
@@ -48,7 +55,10 @@ from pathlib import Path
 
 import yaml
 
-from . import effects
+from . import automation, effects, midi
+from .automation import Lane, MidiSource, Target, Tempo
+from .ducking import DuckSettings
+from .layers import LayerSettings
 from .errors import BridgeError, PresetError, suggest
 from .io import FORMATS
 from .models import MAX_WIENER
@@ -86,6 +96,7 @@ class StemSettings:
     invert: bool = False
     chain: tuple[effects.EffectSpec, ...] = ()
     upmix: str | None = None
+    duck: DuckSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +125,29 @@ class Session:
     master: tuple[effects.EffectSpec, ...] = ()
     output: OutputSettings = OutputSettings()
     source: str = "<session>"
+    tempo: Tempo | None = None
+    automation: tuple[tuple[Target, Lane], ...] = ()
+    layers: tuple[tuple[str, LayerSettings, StemSettings], ...] = ()
 
     def stem(self, name: str) -> StemSettings:
+        """A stem's or a layer's mixer settings (defaults for a stem the preset does not name)."""
+        for layer, _, settings in self.layers:
+            if layer == name:
+                return settings
         return dict(self.stems).get(name, StemSettings())
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.layers)
+
+    def lanes(self, section: str, stem: str | None = None) -> dict:
+        """Lanes of one chain (``section`` ``"pre"``, ``"master"`` or ``"stems"`` with ``stem``),
+        as ``{effect index: ((param, lane), ...)}``; stem ``gain_db``/``pan`` lanes under key None."""
+        out: dict = {}
+        for target, lane in self.automation:
+            if target.section == section and target.stem == stem:
+                out.setdefault(target.index, []).append((target.param, lane))
+        return {k: tuple(v) for k, v in out.items()}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -131,8 +162,10 @@ class Session:
             gain = float(s.gain_db) if isinstance(s.gain_db, (int, float)) else [list(p) for p in s.gain_db]
             stems[name] = {"gain_db": gain, "pan": s.pan, "mute": s.mute, "solo": s.solo, "invert": s.invert,
                            "chain": [e.to_yaml() for e in s.chain], "upmix": s.upmix}
+            if s.duck is not None:
+                stems[name]["duck"] = s.duck.to_yaml()
         o = self.output
-        return {
+        out = {
             "version": VERSION, "separator": sep, "pre": [e.to_yaml() for e in self.pre], "stems": stems,
             "master": [e.to_yaml() for e in self.master],
             "output": {"layout": o.layout, "format": o.format, "bit_depth": o.bit_depth,
@@ -141,6 +174,22 @@ class Session:
                        "tail_seconds": o.tail_seconds, "loudness_scope": o.loudness_scope, "bwf": o.bwf,
                        "project": o.project, "project_stems": o.project_stems},
         }
+        if self.tempo is not None:
+            out["tempo"] = self.tempo.to_yaml()
+        if self.automation:
+            out["automation"] = {str(target): lane.to_yaml() for target, lane in self.automation}
+        if self.layers:
+            out["layers"] = {name: {**layer.to_yaml(), **_stem_yaml(s)} for name, layer, s in self.layers}
+        return out
+
+
+def _stem_yaml(s: StemSettings) -> dict:
+    gain = float(s.gain_db) if isinstance(s.gain_db, (int, float)) else [list(p) for p in s.gain_db]
+    out = {"gain_db": gain, "pan": s.pan, "mute": s.mute, "solo": s.solo, "invert": s.invert,
+           "chain": [e.to_yaml() for e in s.chain], "upmix": s.upmix}
+    if s.duck is not None:
+        out["duck"] = s.duck.to_yaml()
+    return out
 
 
 class _Reader:
@@ -246,6 +295,19 @@ class _Reader:
         return self.number(value, where, low=-150.0, high=48.0)
 
 
+def _stem_settings(r: _Reader, st: dict, where: str, name: str) -> StemSettings:
+    """A stem's (or a layer's) mixer settings from its checked mapping."""
+    return StemSettings(
+        gain_db=r.gain(st.get("gain_db", 0.0), f"{where}.gain_db"),
+        pan=r.number(st.get("pan", 0.0), f"{where}.pan", low=-1.0, high=1.0),
+        mute=r.boolean(st.get("mute", False), f"{where}.mute"),
+        solo=r.boolean(st.get("solo", False), f"{where}.solo"),
+        invert=r.boolean(st.get("invert", False), f"{where}.invert"),
+        chain=r.chain(st.get("chain"), f"{where}.chain"),
+        upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None,
+        duck=_duck(r, st.get("duck"), f"{where}.duck", name))
+
+
 def _kind(value) -> str:
     return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else repr(value)
 
@@ -282,7 +344,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if not isinstance(data, dict):
         r.fail("", f"a preset must be a YAML mapping with 'version: {VERSION}' at the top, got {_kind(data)}")
     _check_size(data, r)
-    top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output"))
+    top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output", "tempo", "automation",
+                               "layers"))
     if top.get("version") != VERSION:
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
@@ -301,20 +364,12 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if not isinstance(stems_raw, dict):
         r.fail("stems", f"expected a mapping of stem name to settings, got {_kind(stems_raw)}")
     stems = []
-    keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix")
+    keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix", "duck")
     for name, raw in stems_raw.items():
         where = f"stems.{name}"
         if not isinstance(name, str):
             r.fail("stems", f"stem names must be strings, got {name!r}")
-        st = r.mapping(raw, where, keys)
-        stems.append((name, StemSettings(
-            gain_db=r.gain(st.get("gain_db", 0.0), f"{where}.gain_db"),
-            pan=r.number(st.get("pan", 0.0), f"{where}.pan", low=-1.0, high=1.0),
-            mute=r.boolean(st.get("mute", False), f"{where}.mute"),
-            solo=r.boolean(st.get("solo", False), f"{where}.solo"),
-            invert=r.boolean(st.get("invert", False), f"{where}.invert"),
-            chain=r.chain(st.get("chain"), f"{where}.chain"),
-            upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None)))
+        stems.append((name, _stem_settings(r, r.mapping(raw, where, keys), where, name)))
 
     o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
                                                   "loudness_lufs", "true_peak_db", "tail_seconds", "loudness_scope",
@@ -360,8 +415,203 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
                                        "Mixxx look for; e.g. \"{track}.stem.mp4\"")
     if output.layout == "5.1" and output.format == "mp3":
         r.fail("output.format", "mp3 holds at most 2 channels; use wav or flac for 5.1")
-    return Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),
-                   master=r.chain(top.get("master"), "master"), output=output, source=source)
+    session = Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),
+                      master=r.chain(top.get("master"), "master"), output=output, source=source)
+    tempo = _tempo(r, top.get("tempo"))
+    session = dataclasses.replace(session, tempo=tempo, layers=_layers(r, top.get("layers"), tempo, session))
+    return dataclasses.replace(session, automation=_automation(r, top.get("automation"), session, tempo))
+
+
+_LAYER_KEYS = ("instrument", "midi", "track", "channel", "transpose", "velocity", "start")
+
+
+def _layers(r: _Reader, value, tempo: Tempo | None, session: Session):
+    """Parse ``layers:``; each MIDI file is read now, so a bad one fails before any audio work."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        r.fail("layers", f"expected a mapping of layer name to settings, got {_kind(value)}")
+    out = []
+    stem_keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix", "duck")
+    for name, raw in value.items():
+        where = f"layers.{name}"
+        if not isinstance(name, str) or not name.isidentifier():
+            r.fail("layers", f"layer names must be plain words (they name files and automation targets), got {name!r}")
+        if name in dict(session.stems):
+            r.fail(where, f"'{name}' is already a stem in 'stems:'; name the layer differently")
+        st = r.mapping(raw, where, _LAYER_KEYS + stem_keys)
+        for key in ("instrument", "midi"):
+            if key not in st:
+                r.fail(where, f"a layer needs '{key}:' (instrument: a VST3 instrument by name or path; midi: a .mid file)")
+        instrument = st["instrument"]
+        if isinstance(instrument, str):
+            instrument = {"vst3": instrument}
+        if not isinstance(instrument, dict) or "vst3" not in instrument:
+            r.fail(f"{where}.instrument", "expected a VST3 instrument: a name, a path, or {vst3: ..., params: {...}}")
+        spec = r.effect(instrument, f"{where}.instrument")
+        try:
+            start = automation.parse_time(st.get("start", 0.0), tempo=tempo)
+        except ValueError as exc:
+            r.fail(f"{where}.start", str(exc))
+        path = r.text(st["midi"], f"{where}.midi")
+        layer = LayerSettings(
+            instrument=spec, midi=path,
+            track=r.number(st["track"], f"{where}.track", low=0, high=65535, integer=True)
+            if st.get("track") is not None else None,
+            channel=r.number(st["channel"], f"{where}.channel", low=1, high=16, integer=True)
+            if st.get("channel") is not None else None,
+            transpose=r.number(st.get("transpose", 0), f"{where}.transpose", low=-48, high=48, integer=True),
+            velocity=r.number(st.get("velocity", 1.0), f"{where}.velocity", low=0.0, high=4.0),
+            start=start, start_written=st.get("start", 0.0), base=r.base)
+        song = midi.read(layer.path(), where=f"{r.source}: {where}.midi")
+        midi.performance(song, track=layer.track, channel=layer.channel, where=f"{r.source}: {where}")
+        out.append((name, layer, _stem_settings(r, st, where, name)))
+    return tuple(out)
+
+
+
+# --- ducking, tempo and automation lanes (see bridge.ducking, bridge.automation) ------------------
+
+def _duck(r: _Reader, value, where: str, stem: str) -> DuckSettings | None:
+    if value is None:
+        return None
+    d = r.mapping(value, where, ("by", "depth_db", "threshold_db", "attack_ms", "release_ms"))
+    if "by" not in d:
+        r.fail(where, "ducking needs 'by: <stem>', the stem whose level lowers this one")
+    by = r.text(d["by"], f"{where}.by")
+    if by == stem:
+        r.fail(f"{where}.by", "a stem cannot duck itself; name another stem (a compressor does this to one stem)")
+    defaults = DuckSettings(by=by)
+    return DuckSettings(
+        by=by,
+        depth_db=r.number(d.get("depth_db", defaults.depth_db), f"{where}.depth_db", low=0.0, high=60.0),
+        threshold_db=r.number(d.get("threshold_db", defaults.threshold_db), f"{where}.threshold_db",
+                              low=-100.0, high=0.0),
+        attack_ms=r.number(d.get("attack_ms", defaults.attack_ms), f"{where}.attack_ms", low=0.0, high=1000.0),
+        release_ms=r.number(d.get("release_ms", defaults.release_ms), f"{where}.release_ms", low=0.0, high=10000.0))
+
+
+def _tempo(r: _Reader, value) -> Tempo | None:
+    if value is None:
+        return None
+    t = r.mapping(value, "tempo", ("bpm", "time_signature"))
+    if "bpm" not in t:
+        r.fail("tempo", "a tempo needs 'bpm', e.g. {bpm: 120, time_signature: 4/4}")
+    signature = t.get("time_signature", "4/4")
+    parts = signature.split("/") if isinstance(signature, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) < 1 \
+            or int(parts[1]) not in (1, 2, 4, 8, 16, 32):
+        r.fail("tempo.time_signature", f"expected beats/note like 4/4, 3/4 or 6/8, got {signature!r}")
+    return Tempo(bpm=r.number(t["bpm"], "tempo.bpm", low=1.0, high=999.0), beats_per_bar=int(parts[0]),
+                 beat_unit=int(parts[1]))
+
+
+#: Value ranges of the stem stage's own targets.
+_STEM_RANGES = {"gain_db": (-150.0, 48.0), "pan": (-1.0, 1.0)}
+
+
+def _automation(r: _Reader, value, session: Session, tempo: Tempo | None) -> tuple[tuple[Target, Lane], ...]:
+    """Parse ``automation:``; targets are checked against the session's chains and, for built-in
+    effects, their parameters and ranges (VST3 parameters when the chain is prepared)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        r.fail("automation", f"expected a mapping of target to lane, got {_kind(value)}")
+    lanes = []
+    for key, raw in value.items():
+        where = f"automation.{key}"
+        try:
+            target = automation.parse_target(key)
+        except ValueError as exc:
+            r.fail(where, str(exc))
+        lane = _lane(r, raw, where, tempo)
+        if target.index is None and target.section == "stems":
+            low, high = _STEM_RANGES[target.param]
+            if lane.minimum < low or lane.maximum > high:
+                r.fail(where, f"values {lane.minimum:g} .. {lane.maximum:g} are outside {target.param}'s range "
+                              f"[{low:g}, {high:g}]")
+            if target.param == "gain_db" and not isinstance(session.stem(target.stem).gain_db, (int, float)):
+                r.fail(where, f"stems.{target.stem}.gain_db already has breakpoints; give the gain one way")
+        else:
+            chain = session.stem(target.stem).chain if target.section == "stems" else getattr(session, target.section)
+            if target.index >= len(chain):
+                r.fail(where, f"{target.chain} has {len(chain)} effect(s), so there is no [{target.index}]")
+            try:
+                effects.check_automation(chain[target.index], target.param, lane,
+                                         where=f"{r.source}: {where}")
+            except BridgeError as exc:
+                raise PresetError(str(exc)) from None
+        lanes.append((target, lane))
+    return tuple(lanes)
+
+
+def _lane(r: _Reader, raw, where: str, tempo: Tempo | None) -> Lane:
+    if isinstance(raw, list):
+        raw = {"points": raw}
+    if not isinstance(raw, dict) or not ("points" in raw or "midi" in raw):
+        r.fail(where, "expected [[time, value], ...], {points: [...], curve: linear|hold|exponential} or "
+                      "{midi: file.mid, cc: N, range: [low, high]}")
+    if "midi" in raw:
+        return _midi_lane(r, raw, where)
+    spec = r.mapping(raw, where, ("points", "curve"))
+    curve = r.choice(spec.get("curve", "linear"), f"{where}.curve", automation.CURVES)
+    points = spec["points"]
+    if not isinstance(points, list) or not points:
+        r.fail(f"{where}.points" if "curve" in spec else where, "a lane needs at least one [time, value] point")
+    times, values, written = [], [], []
+    for i, point in enumerate(points):
+        at = f"{where}[{i}]"
+        if not isinstance(point, list) or len(point) != 2:
+            r.fail(at, f"expected [time, value], got {point!r}")
+        try:
+            times.append(automation.parse_time(point[0], tempo=tempo))
+        except ValueError as exc:
+            r.fail(f"{at}[0]", str(exc))
+        written.append(point[0])
+        values.append(r.number(point[1], f"{at}[1]"))
+    if any(b < a for a, b in zip(times, times[1:])):
+        r.fail(where, "lane times must not decrease")
+    try:
+        return Lane(tuple(times), tuple(values), curve, written=tuple(written))
+    except ValueError as exc:
+        r.fail(where, str(exc))
+
+
+def _midi_lane(r: _Reader, raw, where: str) -> Lane:
+    spec = r.mapping(raw, where, ("midi", "cc", "pitchbend", "pressure", "channel", "track", "range", "curve",
+                                  "default"))
+    kinds = [k for k in ("cc", "pitchbend", "pressure") if spec.get(k) not in (None, False)]
+    if len(kinds) != 1:
+        r.fail(where, "a MIDI lane reads one source: 'cc: N', 'pitchbend: true' or 'pressure: true'")
+    kind = kinds[0]
+    number = r.number(spec["cc"], f"{where}.cc", low=0, high=127, integer=True) if kind == "cc" else None
+    channel = r.number(spec["channel"], f"{where}.channel", low=1, high=16, integer=True) \
+        if spec.get("channel") is not None else None
+    track = r.number(spec["track"], f"{where}.track", low=0, high=65535, integer=True) \
+        if spec.get("track") is not None else None
+    span = spec.get("range")
+    if not isinstance(span, list) or len(span) != 2:
+        r.fail(f"{where}.range", f"expected [low, high], the values the controller's 0 and maximum give, got {span!r}")
+    low, high = r.number(span[0], f"{where}.range[0]"), r.number(span[1], f"{where}.range[1]")
+    default = r.number(spec["default"], f"{where}.default") if spec.get("default") is not None else None
+    curve = r.choice(spec.get("curve", "hold"), f"{where}.curve", automation.CURVES)
+    path = r.text(spec["midi"], f"{where}.midi")
+    source = MidiSource(path=path, kind=kind, number=number, channel=channel, track=track,
+                        value_range=(low, high), default=default)
+    full = Path(path).expanduser()
+    song = midi.read(full if full.is_absolute() else r.base / full, where=f"{r.source}: {where}.midi")
+    try:
+        events = midi.controller(song, kind=kind, number=number, channel=channel, track=track,
+                                 where=f"{r.source}: {where}")
+    except BridgeError:
+        if default is None:
+            raise
+        return Lane((0.0,), (default,), curve, source=source)  # the file has no such event: the default holds
+    try:
+        return Lane(tuple(t for t, _ in events), tuple(low + v * (high - low) for _, v in events), curve,
+                    source=source)
+    except ValueError as exc:
+        r.fail(where, str(exc))
 
 
 def apply_overrides(data, overrides, *, source: str):
@@ -388,6 +638,69 @@ def apply_overrides(data, overrides, *, source: str):
     return data
 
 
+def load_yaml(text: str, *, source: str):
+    """``yaml.safe_load``, refusing a mapping that names the same key twice.
+
+    PyYAML keeps the last of two equal keys without a word, so a preset with two ``gain_db:``
+    lines under one stem would render with one of them silently ignored. The document is
+    composed once, checked, and constructed from the same nodes (safe constructors only).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_unique_keys(node, source=source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def check_unique_keys(root, *, source: str) -> None:
+    """Raise :class:`PresetError` for the first key given twice in one mapping, naming both lines.
+
+    Walks the composed nodes in document order without recursion; a node reached again through
+    an alias is checked once (an alias bomb costs no more than its nodes). Keys that a ``<<``
+    merge brings in may be overridden, as YAML allows.
+    """
+    visited = set()
+    todo = [(root, "")]
+    while todo:
+        node, where = todo.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        children = []
+        if isinstance(node, yaml.MappingNode):
+            _duplicates(node, where, source)
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    children.append((value_node, where))
+                    continue
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "<key>"
+                children.append((value_node, f"{where}.{name}" if where else str(name)))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+        todo.extend(reversed(children))
+
+
+def _duplicates(node, where: str, source: str) -> None:
+    first: dict = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = (key_node.tag, key_node.value)
+        mark = key_node.start_mark
+        if key in first:
+            path = f"{where}.{key_node.value}" if where else key_node.value
+            shown = path if path.isprintable() else repr(path)
+            lines = (f"twice on line {first[key]}" if first[key] == mark.line + 1
+                     else f"twice, at line {first[key]} and line {mark.line + 1}")
+            raise PresetError(f"{source}: {shown}: the key '{key_node.value}' is given {lines}; YAML would "
+                              "silently keep the last one: delete one of them")
+        first[key] = mark.line + 1
+
+
 def load(path, *, overrides=()) -> Session:
     """Read, override and validate a preset file."""
     path = Path(path)
@@ -404,7 +717,7 @@ def load(path, *, overrides=()) -> Session:
         hint = "; save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else "; check its permissions"
         raise PresetError(f"{source}: cannot read the preset ({exc}){hint}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, source=source)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

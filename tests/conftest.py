@@ -86,3 +86,18 @@ def vst3_plugins() -> dict[str, Path]:
         if vst3.in_ci():  # a broken build must not hide as skips on CI
             pytest.fail(f"the test VST3 plugins must build on CI: {exc}", pytrace=False)
         pytest.skip(f"test VST3 plugins not built ({exc})")
+
+
+@pytest.fixture(scope="session")
+def third_party() -> dict[str, Path]:
+    """{name: .vst3 bundle} of real plugins built from Debian's dpf-plugins and zam-plugins sources.
+
+    Kars, Nekobi (instruments); MVerb, 3BandEQ, PingPongPan, ZamCompX2 (stereo effects); ZamEQ2,
+    ZamDelay (mono effects). Cached in tests/.cache/thirdparty.
+    """
+    try:
+        return vst3.build_third_party(vst3.THIRD_PARTY_CACHE)
+    except (vst3.BuildError, OSError) as exc:
+        if vst3.in_ci():
+            pytest.fail(f"the third-party VST3 plugins must build on CI: {exc}", pytrace=False)
+        pytest.skip(f"third-party VST3 plugins not built ({exc})")

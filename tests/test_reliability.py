@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 
 import bridge.render
 from bridge.cli import main as cli
+from bridge.ducking import DuckSettings
 from bridge.errors import BridgeError
 from bridge.render import ClippingWarning
 from bridge.session import OutputSettings, SeparatorSettings, Session, StemSettings, load, parse
@@ -358,7 +359,7 @@ def full_preset() -> dict:
     session = Session(
         separator=SeparatorSettings(model="dsp", stems=("vocals", "instrumental"), overlap=0.5, batch_size=1),
         stems=(("vocals", StemSettings(gain_db=1.0, pan=0.1, chain=(_spec(effect),), upmix="center")),
-               ("instrumental", StemSettings(gain_db=((0.0, 0.0), (1.0, -6.0))))),
+               ("instrumental", StemSettings(gain_db=((0.0, 0.0), (1.0, -6.0)), duck=DuckSettings(by="vocals")))),
         pre=(_spec(effect),), master=(_spec(effect),),
         output=OutputSettings(sample_rate=44100, stems="{track}/{stem}.{ext}", loudness_lufs=-14.0))
     data = session.to_dict()

@@ -56,7 +56,7 @@ def sine_peak_hz(audio: np.ndarray) -> float:
 
 
 def test_bundles_are_laid_out_as_vst3_wants(vst3_plugins):
-    assert sorted(vst3_plugins) == ["sbgain", "sblatency", "sbsine"]
+    assert sorted(vst3_plugins) == ["sbgain", "sblatency", "sbsine", "sbwiden"]
     for name, bundle in vst3_plugins.items():
         assert bundle.name == f"{name}.vst3"  # the bundle folder must match the .so name
         assert (bundle / "Contents" / f"{platform.machine()}-linux" / f"{name}.so").is_file()

@@ -5,7 +5,9 @@
 - ``sblatency``: stereo effect that delays by :data:`LATENCY` samples and reports them as latency
   (DPF also exposes its read-only ``latency_frames`` parameter).
 - ``sbsine``: MIDI instrument, ``level * sin(2 pi f t)`` on both channels while a note is held,
-  ``f = 440 * 2**((note - 69) / 12)``; ``level`` is 0..1, default 0.5.
+  ``f = 440 * 2**((note - 69) / 12)``; ``level`` is 0..1, default 0.5; the sustain pedal (CC 64
+  >= 64) holds a released note until it is lifted.
+- ``sbwiden``: one input copied to two outputs, a main bus pedalboard cannot host at all.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ _spec.loader.exec_module(_build)
 BuildError = _build.BuildError
 PLUGINS = _build.PLUGINS
 
+_spec = importlib.util.spec_from_file_location("_stembridge_thirdparty", TESTS / "plugins" / "thirdparty.py")
+_thirdparty = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _thirdparty
+_spec.loader.exec_module(_thirdparty)
+
+THIRD_PARTY_CACHE = TESTS / ".cache" / "thirdparty"
+
 
 def build_plugins(cache_dir: str | os.PathLike = CACHE) -> dict[str, Path]:
     """Build (or reuse, when their sources are unchanged) the test plugins.
@@ -35,6 +44,15 @@ def build_plugins(cache_dir: str | os.PathLike = CACHE) -> dict[str, Path]:
     :class:`BuildError` naming what is missing (``dpf-source``, ``g++``) or what failed.
     """
     return _build.build(cache_dir)
+
+
+def build_third_party(cache_dir: str | os.PathLike = THIRD_PARTY_CACHE) -> dict[str, Path]:
+    """Build (or reuse) real third-party plugins from Debian's ``dpf-plugins`` and ``zam-plugins``.
+
+    Returns ``{"ZamEQ2": .../ZamEQ2.vst3, "Kars": ..., ...}`` (see ``tests/plugins/thirdparty.py``);
+    raises :class:`BuildError` naming what is missing (a ``deb-src`` entry, ``make``) or what failed.
+    """
+    return _thirdparty.build(cache_dir)
 
 
 def in_ci() -> bool:

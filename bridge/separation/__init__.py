@@ -12,7 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import ModelError
-from ..models import ModelCard, resolve
+from ..models import DEFAULT_MODEL, ModelCard, derived_stems, resolve
 from .runner import ChunkedSeparator, SeparationStream
 
 
@@ -21,7 +21,8 @@ class Separator(Protocol):
     """Splits a buffer into named stems of the same shape.
 
     Stem names are demucs's (``vocals``, ``drums``, ``bass``, ``other``) plus ``instrumental``
-    (everything but the vocals) for 2-stem models.
+    (everything but the vocals) for 2-stem models. ``stems`` partition the mix; a 4- or 5-stem
+    separator also offers ``instrumental`` as a sum (:func:`with_sums`), never among ``stems``.
     """
 
     stems: tuple[str, ...]
@@ -39,7 +40,8 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     Parameters
     ----------
     model : str or ModelCard
-        ``"default"`` (the embedded model), ``"dsp"`` (the weight-free fallback), a card name
+        ``"default"`` (the embedded model), ``"dsp"`` (the weight-free fallback),
+        ``"default-4stems"`` (the embedded model's vocals and a DSP split of the rest), a card name
         (``stembridge models`` lists them), or a path to a card ``.yaml`` or an ``.onnx`` file.
     overlap : float, optional
         Fraction of each chunk shared with the next, in [0, 1). Default: 0.25 for MDX-Net
@@ -76,12 +78,30 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     elif card.family == "mask":
         from .mask import MaskEngine
         engine = MaskEngine(card, threads=threads, batch_size=batch_size, high_band=high_band, wiener=wiener)
+    elif card.family == "hpss":
+        from .dsp4 import Dsp4Engine
+        from .mask import MaskEngine
+        engine = Dsp4Engine(MaskEngine(resolve(DEFAULT_MODEL), threads=threads, batch_size=batch_size,
+                                       high_band=high_band))
     else:
         from .dsp import DspEngine
         engine = DspEngine()
     if overlap is None:
         overlap = 0.5 if card.family == "dsp" else 0.25
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)
+
+
+def with_sums(stems: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:
+    """``stems`` plus each sum of :func:`~bridge.models.derived_stems` that ``wanted`` names.
+
+    ``stems`` maps names to equal-shape float32 buffers; a 4-stem split's ``instrumental`` is
+    ``drums + bass + other`` (so ``vocals + instrumental`` is the mix, as for a 2-stem model).
+    """
+    out = dict(stems)
+    for name, parts in derived_stems(tuple(stems)).items():
+        if name in wanted:
+            out[name] = np.sum([stems[p] for p in parts], axis=0, dtype=np.float32)
+    return out
 
 
 def check_wiener_fits(card: ModelCard, wiener: int) -> None:
@@ -104,4 +124,4 @@ def _check_settings(*, overlap, batch_size, threads) -> None:
                          "or left out for every core (--threads 2)")
 
 
-__all__ = ["Separator", "SeparationStream", "ChunkedSeparator", "check_wiener_fits", "load_separator"]
+__all__ = ["Separator", "SeparationStream", "ChunkedSeparator", "check_wiener_fits", "load_separator", "with_sums"]

@@ -3,7 +3,7 @@
 
     python tests/plugins/build.py tests/.cache/plugins
 
-Each folder beside this file (``sbgain``, ``sblatency``, ``sbsine``) holds a DPF plugin: a
+Each folder beside this file (``sbgain``, ``sblatency``, ``sbsine``, ``sbwiden``) holds a DPF plugin: a
 ``DistrhoPluginInfo.h`` and a ``Plugin.cpp``. They are compiled against Debian's ``dpf-source``
 (DISTRHO Plugin Framework 1.6, ``/usr/share/dpf``, or ``$DPF_PATH``), which ships its own VST3
 headers ("travesty"), so no Steinberg SDK is needed. Needs: ``dpf-source g++``.
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PLUGINS = ("sbgain", "sblatency", "sbsine")
+PLUGINS = ("sbgain", "sblatency", "sbsine", "sbwiden")
 DEFAULT_DPF = Path("/usr/share/dpf")
 VST3_SOURCE = Path("distrho/src/DistrhoPluginVST3.cpp")
 

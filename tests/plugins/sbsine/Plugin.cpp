@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // sbsine: one voice, level * sin(2 pi f t) on both channels while a note is held,
 // f = 440 * 2^((note - 69) / 12) (MIDI tuning, A4 = note 69 = 440 Hz). Last note wins.
+// The sustain pedal (CC 64 >= 64) holds a released note until the pedal is lifted.
 #include "DistrhoPlugin.hpp"
 #include <cmath>
 
@@ -34,6 +35,7 @@ protected:
     {
         fNote = -1;
         fPhase = 0.0;
+        fPedal = fReleased = false;
     }
 
     void run(const float**, float** outputs, uint32_t frames,
@@ -70,16 +72,30 @@ private:
             if (fNote < 0)
                 fPhase = 0.0;
             fNote = note;
+            fReleased = false;
         }
         else if ((status == 0x80 || (status == 0x90 && velocity == 0)) && note == fNote)
         {
-            fNote = -1;
+            if (fPedal)
+                fReleased = true;
+            else
+                fNote = -1;
+        }
+        else if (status == 0xB0 && note == 64)
+        {
+            fPedal = velocity >= 64;
+            if (!fPedal && fReleased)
+            {
+                fNote = -1;
+                fReleased = false;
+            }
         }
     }
 
     float fLevel = 0.5f;
     int fNote = -1;
     double fPhase = 0.0;
+    bool fPedal = false, fReleased = false;
 };
 
 Plugin* createPlugin() { return new SbSine(); }
