@@ -72,7 +72,10 @@ def audio_files(folder: Path) -> dict[str, bytes]:
 
 
 def hidden_leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*") if p.name.endswith(".partial")]
+    try:
+        return [p for p in folder.rglob(".*") if p.name.endswith(".partial")]
+    except FileNotFoundError:  # a running render removed a folder while it was scanned
+        return [Path(".partial")] if folder.exists() else []
 
 
 def run_record(out: Path) -> dict:
