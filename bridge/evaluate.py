@@ -44,7 +44,6 @@ import functools
 import importlib.util
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -52,7 +51,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import io
-from .errors import AudioError, BridgeError, ModelError, OutputError
+from .errors import AudioError, BridgeError, ModelError
 from .models import canonical_stem, derived_stems
 
 #: Frame length and hop of the framewise SDR, in seconds (SiSEC 2018).
@@ -425,16 +424,8 @@ class Report:
 
     def write_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (a partial file renamed when complete)."""
-        path = Path(path)
-        partial = io.partial_path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-            os.replace(partial, path)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise OutputError(f"{path}: cannot write the report ({exc.strerror}); check the folder exists and is writable") from None
-        return path
+        text = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
+        return io.write_text_atomic(path, text, what="report")
 
 
 # --- evaluation --------------------------------------------------------------------------------------
