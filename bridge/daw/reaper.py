@@ -130,11 +130,13 @@ def quote(text: str, *, what: str = "a name") -> str:
 
 
 def number(value: float) -> str:
-    """A plain decimal as REAPER writes numbers: no exponent, no trailing zeros."""
+    """A plain decimal as REAPER writes numbers: no exponent, no trailing zeros; the shortest that
+    reads back as the same double, so an envelope point sits on the very sample the session's does
+    (a hold lane's jump at a bar line falls on a sample boundary), and -150 dB keeps its digits."""
     if not math.isfinite(value):
         raise ValueError(f"not a finite number: {value!r}")
-    text = f"{value:.14f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    text = np.format_float_positional(float(value), trim="-")
+    return "0" if text == "-0" else text
 
 
 def guid(*parts: str) -> str:
