@@ -587,3 +587,19 @@ def test_a_layer_is_a_track_like_any_stem(tmp_path, separator, vst3_plugins):
                    tolerance=reaper.GAIN_TOLERANCE_DB)
     mix = sf.read(str(written["mix"]), dtype="float64", always_2d=True)[0].T
     np.testing.assert_allclose(playback(project, written["project"].parent, mix.shape[1], 2), mix, atol=0.6 * 0.0025)
+
+
+def test_raw_stems_in_a_5_1_session_are_stereo_tracks_with_their_lanes_as_envelopes(tmp_path, separator):
+    source = write_song(tmp_path / "song.wav", seconds=1.0)
+    extra = {"automation": {"stems.vocals.pan": [[0, -0.5], [1, 0.5]], "stems.vocals.gain_db": [[0, -6], [1, 0]]}}
+    written, session = render(tmp_path, separator, source, extra=extra, layout="5.1", project_stems="raw")
+    project = load(written["project"])
+    assert value(project, "MASTER_NCH")[0] == "6"
+    vocals = track_named(project, "vocals")
+    assert value(vocals, "NCHAN") == ["2"] and sf.info(str(written["vocals"])).channels == 2
+    # Not routed: the pan stays a stereo pan envelope for the DAW to redo with its own up-mix.
+    assert envelope(vocals, "PANENV2")[:, 1].tolist() == [0.5, -0.5]
+    assert_follows(envelope(vocals, "VOLENV2"), lane_of(session, "stems.vocals.gain_db"), gain=True,
+                   tolerance=reaper.GAIN_TOLERANCE_DB)
+    assert "5.1: this raw stereo stem plays on the front pair; stembridge routed it to the center role" in "".join(
+        children(vocals, "NOTES")[0])

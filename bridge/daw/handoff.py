@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..automation import Lane
 from ..errors import OutputError
+from ..mixer import DEFAULT_ROLES
 from ..outputs import expand
 from . import bwf, reaper
 from .nistems import ScratchStems, check_stems
@@ -211,7 +212,8 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
         pan_lane = None if pan_in_file else mix_lanes.get("pan")
         pan = 0.0 if pan_in_file or pan_lane is not None else s.pan
         notes = _stem_notes(s, {i: v for i, v in lanes.items() if i is not None}, tap=handoff.tap,
-                            surround=surround, pan_lane=mix_lanes.get("pan") if pan_in_file else None)
+                            role=(s.upmix or DEFAULT_ROLES.get(stem, "ambience")) if surround else None,
+                            pan_lane=mix_lanes.get("pan") if pan_in_file else None)
         tracks.append(reaper.Track(
             name=stem, file=reaper.relative_source(file, project), length=frames[stem] / handoff.sample_rate,
             channels=channels[stem] if channels[stem] > 2 else 2, volume=volume, pan=pan, mute=s.mute, solo=s.solo,
@@ -233,7 +235,7 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
                           notes="\n".join(notes))
 
 
-def _stem_notes(s, chain_lanes: dict, *, tap: str | None, surround: bool, pan_lane) -> list[str]:
+def _stem_notes(s, chain_lanes: dict, *, tap: str | None, role: str | None, pan_lane) -> list[str]:
     """A track's notes: what stembridge did to the stem that the track cannot show."""
     notes = []
     automated = [f"chain[{i}].{param}: {describe_lane(lane)}" for i, pairs in sorted(chain_lanes.items())
@@ -248,9 +250,8 @@ def _stem_notes(s, chain_lanes: dict, *, tap: str | None, surround: bool, pan_la
         if s.duck is not None:
             notes.append(f"then ducked: {_describe_duck(s.duck)} (a sidechain compressor keyed by that track "
                          "redoes it)")
-        if surround:
-            notes.append("5.1: this raw stereo stem plays on the front pair; stembridge routed it to the "
-                         f"{s.upmix or 'default'} role")
+        if role is not None:
+            notes.append(f"5.1: this raw stereo stem plays on the front pair; stembridge routed it to the {role} role")
         return notes
     if tap == "prefader":
         if s.chain:
@@ -259,7 +260,7 @@ def _stem_notes(s, chain_lanes: dict, *, tap: str | None, surround: bool, pan_la
             notes.append("Its automation is in the file: " + "; ".join(automated))
         if s.duck is not None:
             notes.append(f"Ducking is in the file: {_describe_duck(s.duck)}")
-        if surround and (s.pan or pan_lane is not None):
+        if role is not None and (s.pan or pan_lane is not None):
             what = f"pan lane {describe_lane(pan_lane)}" if pan_lane is not None else f"pan {s.pan:+g}"
             notes.append(f"{what} is applied in the file, before the 5.1 routing")
     return notes
