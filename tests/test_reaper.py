@@ -510,7 +510,7 @@ def test_a_5_1_session_with_automation_and_tempo(tmp_path, separator):
         assert value(track, "NCHAN") == ["6"] and sf.info(str(written[name])).channels == 6
         assert [float(v) for v in value(track, "VOLPAN")[:2]] == [1.0, 0.0]
         assert children(track, "PANENV2") == []  # the pan comes before the 5.1 routing: it is in the file
-        assert "pan lane linear, 2 points" in "".join(children(track, "NOTES")[0])
+        assert "The pan lane (linear, 2 points 0 s to " in "".join(children(track, "NOTES")[0])
         assert_follows(envelope(track, "VOLENV2"), lane_of(session, f"stems.{name}.gain_db"), gain=True,
                        tolerance=reaper.GAIN_TOLERANCE_DB)
     assert envelope(track_named(project, "vocals"), "VOLENV2")[1, 0] == pytest.approx(120 / 140, abs=1e-12)

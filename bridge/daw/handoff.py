@@ -261,7 +261,7 @@ def _stem_notes(s, chain_lanes: dict, *, tap: str | None, role: str | None, pan_
         if s.duck is not None:
             notes.append(f"Ducking is in the file: {_describe_duck(s.duck)}")
         if role is not None and (s.pan or pan_lane is not None):
-            what = f"pan lane {describe_lane(pan_lane)}" if pan_lane is not None else f"pan {s.pan:+g}"
+            what = f"The pan lane ({describe_lane(pan_lane)})" if pan_lane is not None else f"pan {s.pan:+g}"
             notes.append(f"{what} is applied in the file, before the 5.1 routing")
     return notes
 
