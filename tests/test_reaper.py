@@ -603,3 +603,19 @@ def test_raw_stems_in_a_5_1_session_are_stereo_tracks_with_their_lanes_as_envelo
                    tolerance=reaper.GAIN_TOLERANCE_DB)
     assert "5.1: this raw stereo stem plays on the front pair; stembridge routed it to the center role" in "".join(
         children(vocals, "NOTES")[0])
+
+
+@pytest.mark.parametrize("curve", ["linear", "exponential", "hold"])
+def test_envelopes_follow_lanes_with_jumps_and_the_whole_gain_range(curve):
+    from bridge.automation import Lane
+
+    values = (-150.0, 48.0, 48.0, -20.0, 0.0) if curve != "exponential" else (0.01, 48.0, 48.0, 3.0, 0.5)
+    lane = Lane((0.1, 0.5, 0.5, 0.9, 0.9), values, curve)  # two jumps: equal times, the later point wins
+    points = np.array(reaper.gain_envelope(lane), dtype=np.float64)
+    assert_follows(points, lane, gain=True, tolerance=reaper.GAIN_TOLERANCE_DB, end=1.2)
+    assert len(points) < 600  # equal-time pieces: a 4800-fold exponential ramp needs ~370 of them
+    assert (np.diff(points[:, 0]) >= 0).all()
+    text = reaper.dumps(reaper.Project(sample_rate=SR, tracks=(reaper.Track(name="x", file="x.wav", length=1.2,
+                                                                               volume_envelope=tuple(map(tuple, points))),)))
+    parsed = envelope(children(rpp.loads(text), "TRACK")[0], "VOLENV2")
+    np.testing.assert_array_equal(parsed, points)  # every number reads back as the same double
