@@ -164,13 +164,6 @@ def pan_envelope(lane: Lane) -> tuple[tuple[float, float, int], ...]:
                    tolerance=PAN_TOLERANCE, exact_linear=True)
 
 
-def volume_points(gain_db) -> tuple[tuple[float, float, int], ...]:
-    """A stem's ``gain_db`` breakpoints ``((seconds, dB), ...)`` (linear in dB, as
-    :func:`bridge.mixer.gain_curve` plays them) as volume envelope points."""
-    times, values = zip(*((float(t), float(db)) for t, db in gain_db))
-    return gain_envelope(Lane(times, values, "linear"))
-
-
 def _shape(curve: str, v0: float, v1: float, f):
     """A lane's value a fraction ``f`` (0..1) of the way between breakpoints valued ``v0`` and ``v1``."""
     if curve == "exponential":
