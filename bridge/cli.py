@@ -379,8 +379,8 @@ def cmd_models(args) -> int:
     for name, card in sorted(known_cards().items()):
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"  {card.describe()}{mark}")
-    print("  dsp                          dsp   vocals/instrumental              (no weights; weight-free fallback)")
-    print(f"  {DEFAULT_4STEMS:<28} hpss  vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
+    print("  dsp                          dsp      vocals/instrumental              (no weights; weight-free fallback)")
+    print(f"  {DEFAULT_4STEMS:<28} hpss     vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
           "the rest by HPSS; not a 4-stem model; also gives instrumental = drums+bass+other)")
     print("Also accepted: a path to a card .yaml, or to a UVR MDX-Net .onnx file (recognised by its hash).")
     print("Searched folders ($STEMBRIDGE_MODELS first):")

@@ -79,3 +79,81 @@ def mask_card(path: Path, model: Path, *, n_fft: int, bins: int, dim_t: int, **e
                 bins=bins, dim_t=dim_t, stems=["vocals", "accompaniment"], combine="ratio", **extra)
     path.write_text(yaml.safe_dump(card))
     return path
+
+
+def roformer_model(path: Path, *, bins: int, dim_t: int | None, masks, channels: int = 2,
+                   batch: int | None = None, extra_output: bool = False) -> Path:
+    """A RoFormer-interface model: ``[batch, channels, bins, dim_t, 2]`` real/imag spectrogram ->
+    ``[batch, len(masks), channels, bins, dim_t, 2]`` complex masks.
+
+    Each entry of ``masks`` is one model stem: ``"identity"`` (1 + 0j), a complex number (that
+    constant mask), ``("bandstop", lo, hi)`` (1 outside bins [lo, hi), 0 inside) or
+    ``("context", frames)`` (real mask ``P / (P + mean(P) + 1e-8)``, with ``P`` the power summed over
+    channels and ``mean`` a moving average over ``frames`` neighbouring frames: each frame's mask
+    depends on its neighbours, so what a chunk edge cuts off changes the output).
+    """
+    x = helper.make_tensor_value_info("stft", TensorProto.FLOAT, [batch or "batch", channels, bins, dim_t or "frames", 2])
+    y = helper.make_tensor_value_info("masks", TensorProto.FLOAT,
+                                      [batch or "batch", len(masks), channels, bins, dim_t or "frames", 2])
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    nodes = [helper.make_node("Unsqueeze", ["stft", "axis1"], ["xu"]),  # [B, 1, C, F, T, 2]
+             helper.make_node("Mul", ["xu", "zero"], ["zeros"])]
+    parts = []
+    for i, kind in enumerate(masks):
+        name = f"mask{i}"
+        if isinstance(kind, tuple) and kind[0] == "context":
+            frames = int(kind[1])
+            inits += [numpy_helper.from_array(np.array([1, 4], np.int64), f"sum_axes{i}"),
+                      numpy_helper.from_array(np.array([4], np.int64), f"last{i}"),
+                      numpy_helper.from_array(np.array([1, 5], np.int64), f"unsq{i}"),
+                      numpy_helper.from_array(np.array(1e-8, np.float32), f"eps{i}")]
+            nodes += [helper.make_node("Mul", ["stft", "stft"], [f"sq{i}"]),
+                      helper.make_node("ReduceSum", [f"sq{i}", f"sum_axes{i}"], [f"p5{i}"], keepdims=1),
+                      helper.make_node("Squeeze", [f"p5{i}", f"last{i}"], [f"p{i}"]),  # [B, 1, F, T]
+                      helper.make_node("AveragePool", [f"p{i}"], [f"avg{i}"], kernel_shape=[1, frames],
+                                       pads=[0, frames // 2, 0, frames - 1 - frames // 2], count_include_pad=0),
+                      helper.make_node("Add", [f"p{i}", f"avg{i}"], [f"den0{i}"]),
+                      helper.make_node("Add", [f"den0{i}", f"eps{i}"], [f"den{i}"]),
+                      helper.make_node("Div", [f"p{i}", f"den{i}"], [f"m{i}"]),
+                      helper.make_node("Unsqueeze", [f"m{i}", f"unsq{i}"], [f"re{i}"]),  # [B, 1, 1, F, T, 1]
+                      helper.make_node("Mul", [f"re{i}", "zero"], [f"im{i}"]),
+                      helper.make_node("Concat", [f"re{i}", f"im{i}"], [f"c{i}"], axis=-1),
+                      helper.make_node("Add", ["zeros", f"c{i}"], [name])]
+        else:
+            const = np.zeros((1, 1, 1, bins, 1, 2), np.float32)
+            if isinstance(kind, tuple) and kind[0] == "bandstop":
+                const[..., 0] = 1.0
+                const[:, :, :, kind[1]:kind[2], :, 0] = 0.0
+            else:
+                value = complex(1.0 if kind == "identity" else kind)
+                const[..., 0], const[..., 1] = value.real, value.imag
+            inits.append(numpy_helper.from_array(const, f"const{i}"))
+            nodes.append(helper.make_node("Add", ["zeros", f"const{i}"], [name]))
+        parts.append(name)
+    if len(parts) == 1:
+        nodes.append(helper.make_node("Identity", parts, ["masks"]))
+    else:
+        nodes.append(helper.make_node("Concat", parts, ["masks"], axis=1))
+    outputs = [y]
+    if extra_output:
+        outputs.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, None))
+        nodes.append(helper.make_node("Identity", ["stft"], ["extra"]))
+    return _save(helper.make_graph(nodes, "roformer_masks", [x], outputs, inits), path)
+
+
+def roformer_card(path: Path, model: Path, *, n_fft: int, hop: int, chunk_size: int, stems=("vocals", "instrumental"),
+                  residual: str | None = "instrumental", sample_rate: int = 44100, num_overlap: int = 2,
+                  audio_channels: int = 2, win_length: int | None = None, sha256: bool = True, **extra) -> Path:
+    """The card the importer writes for ``model`` (sha256 of the file included unless ``sha256=False``)."""
+    import hashlib
+
+    card = dict(name=path.stem, family="roformer", architecture="bs_roformer", file=model.name,
+                stems=list(stems), residual=residual, sample_rate=sample_rate, n_fft=n_fft, hop=hop,
+                win_length=win_length or n_fft, dim_t=chunk_size // hop + 1, chunk_size=chunk_size,
+                num_overlap=num_overlap, audio_channels=audio_channels,
+                imported={"checkpoint": "tiny.ckpt", "parity_db": 120.5, "config": {"dim": 8}}, **extra)
+    if sha256:
+        card["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
+    path.write_text(yaml.safe_dump(card, sort_keys=False))
+    return path
