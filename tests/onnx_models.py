@@ -137,7 +137,7 @@ def roformer_model(path: Path, *, bins: int, dim_t: int | None, masks, channels:
         nodes.append(helper.make_node("Concat", parts, ["masks"], axis=1))
     outputs = [y]
     if extra_output:
-        outputs.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, None))
+        outputs.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [batch or "batch", channels, bins, dim_t or "frames", 2]))
         nodes.append(helper.make_node("Identity", ["stft"], ["extra"]))
     return _save(helper.make_graph(nodes, "roformer_masks", [x], outputs, inits), path)
 
