@@ -399,6 +399,16 @@ def cmd_models_import(args) -> int:
     return EXIT_OK
 
 
+def cmd_models_quantize(args) -> int:
+    from .importers.quantize import quantize_model
+
+    done = quantize_model(args.model, name=args.name, force=args.force)
+    print(f"{args.model}: quantized as '{done.name}' ({done.bytes_before / 1e6:.1f} -> {done.bytes_after / 1e6:.1f} MB) "
+          f"in {done.seconds:.1f} s -> {done.card}")
+    print(f"use it with: stembridge separate --model {done.name} SONG")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stembridge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stembridge {__version__}")
@@ -480,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
     imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
     imp.set_defaults(run=cmd_models_import)
+    quant = models_commands.add_parser("quantize", help="write an int8 variant of a roformer model (a new model: "
+                                                        "faster on CPUs with VNNI, slightly different output)")
+    quant.add_argument("model", help="model name or card .yaml (a roformer)")
+    quant.add_argument("--name", help="the new model's name (default: NAME-int8)")
+    quant.add_argument("--force", action="store_true", help="replace a model of the same name")
+    quant.set_defaults(run=cmd_models_quantize)
 
     cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
     cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")

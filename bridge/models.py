@@ -114,6 +114,8 @@ class ModelCard:
     #: How the importer made the model (checkpoint, its sha256, config, parity): kept as written,
     #: out of the hash and of comparisons (a dict is not hashable, and it does not change the output).
     imported: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: For a ``stembridge models quantize`` variant: the float model's name and sha256, the method.
+    quantized_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     # provenance
     license: str | None = None
     credit: str | None = None
@@ -130,6 +132,8 @@ class ModelCard:
             parity = (self.imported or {}).get("parity_db")
             if isinstance(parity, (int, float)) and not isinstance(parity, bool):
                 details.append(f"parity {parity:.1f} dB")
+            if self.quantized_from:
+                details.append(f"int8 of {self.quantized_from.get('name')}")
             line += f" ({', '.join(details)})"
         return line
 
@@ -221,8 +225,9 @@ def _check_roformer_keys(data: dict, source: str) -> None:
     if "residual" not in data:
         raise ModelError(f"{source}: a roformer card needs 'residual': the stem computed as the mix minus the "
                          "model's outputs, or null when the model predicts every stem")
-    if data.get("imported") is not None and not isinstance(data["imported"], dict):
-        raise ModelError(f"{source}: imported must be a mapping, got {type(data['imported']).__name__}")
+    for key in ("imported", "quantized_from"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ModelError(f"{source}: {key} must be a mapping, got {type(data[key]).__name__}")
 
 
 def _check_roformer(card: ModelCard, source: str) -> None:

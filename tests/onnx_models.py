@@ -157,3 +157,86 @@ def roformer_card(path: Path, model: Path, *, n_fft: int, hop: int, chunk_size: 
         card["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
     path.write_text(yaml.safe_dump(card, sort_keys=False))
     return path
+
+
+def roformer_like(path: Path, *, bins: int, bands: int, dim: int = 32, depth: int = 1, heads: int = 2,
+                  stems: int = 1, channels: int = 2, dim_t: int | None = None, seed: int = 0) -> Path:
+    """A random-weight network with a RoFormer's shape and interface, for speed and quantization runs.
+
+    ``[batch, channels, bins, frames, 2]`` -> ``[batch, stems, channels, bins, frames, 2]`` complex
+    masks (tanh-bounded). ``bins`` split into ``bands`` equal bands, each projected to ``dim`` (one
+    shared MatMul, where BS-RoFormer has one per band), then ``depth`` pairs of pre-norm transformer
+    blocks (attention over time within each band, then over bands within each frame; ``heads`` x
+    ``dim // heads``, feed-forward 4 x ``dim``), then a per-band mask estimator. Every weight is a
+    MatMul initializer, as in an exported RoFormer; no rotary embedding (it adds no weights).
+    """
+    if bins % bands:
+        raise ValueError(f"bands {bands} must divide bins {bins}")
+    rng = np.random.default_rng(seed)
+    width = bins // bands
+    feats = width * channels * 2
+    head = dim // heads
+    g = _Graph()
+    x = g.node("Transpose", ["stft"], perm=[0, 3, 2, 1, 4])  # [B, T, F, C, 2]
+    x = g.node("Reshape", [x, g.const(np.array([0, 0, bands, feats], np.int64))])
+    x = g.node("MatMul", [x, g.weight(rng, feats, dim)])  # [B, T, K, D]
+    for _ in range(depth):
+        x = g.node("Transpose", [x], perm=[0, 2, 1, 3])  # [B, K, T, D]: attention over time
+        x = _block(g, rng, x, dim, heads, head)
+        x = g.node("Transpose", [x], perm=[0, 2, 1, 3])  # [B, T, K, D]: attention over bands
+        x = _block(g, rng, x, dim, heads, head)
+    x = g.node("LayerNormalization", [x, g.const(np.ones(dim, np.float32)), g.const(np.zeros(dim, np.float32))], axis=-1)
+    x = g.node("MatMul", [x, g.weight(rng, dim, stems * feats)])
+    x = g.node("Tanh", [x])
+    x = g.node("Reshape", [x, g.const(np.array([0, 0, bands, stems, width, channels, 2], np.int64))])
+    x = g.node("Transpose", [x], perm=[0, 3, 5, 2, 4, 1, 6])  # [B, S, C, K, W, T, 2]
+    g.node("Reshape", [x, g.const(np.array([0, stems, channels, bins, -1, 2], np.int64))], out="masks")
+    frames = dim_t or "frames"
+    inp = helper.make_tensor_value_info("stft", TensorProto.FLOAT, ["batch", channels, bins, frames, 2])
+    out = helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["batch", stems, channels, bins, frames, 2])
+    return _save(helper.make_graph(g.nodes, "roformer_like", [inp], [out], g.inits), path)
+
+
+class _Graph:
+    def __init__(self):
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def name(self) -> str:
+        self._n += 1
+        return f"t{self._n}"
+
+    def const(self, value: np.ndarray) -> str:
+        name = self.name()
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def weight(self, rng, rows: int, cols: int) -> str:
+        return self.const((rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32))
+
+    def node(self, op: str, inputs, out: str | None = None, **attrs) -> str:
+        out = out or self.name()
+        self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
+        return out
+
+
+def _block(g: _Graph, rng, x: str, dim: int, heads: int, head: int) -> str:
+    """Pre-norm transformer block over axis 2 of ``x`` ``[B, N, L, D]``."""
+    ones, zeros = g.const(np.ones(dim, np.float32)), g.const(np.zeros(dim, np.float32))
+    h = g.node("LayerNormalization", [x, ones, zeros], axis=-1)
+    qkv = g.node("MatMul", [h, g.weight(rng, dim, 3 * heads * head)])
+    qkv = g.node("Reshape", [qkv, g.const(np.array([0, 0, 0, 3, heads, head], np.int64))])
+    qkv = g.node("Transpose", [qkv], perm=[3, 0, 1, 4, 2, 5])  # [3, B, N, H, L, dh]
+    q, k, v = (g.name() for _ in range(3))
+    g.nodes.append(helper.make_node("Split", [qkv, g.const(np.array([1, 1, 1], np.int64))], [q, k, v], axis=0))
+    axis0 = g.const(np.array([0], np.int64))
+    q, k, v = (g.node("Squeeze", [t, axis0]) for t in (q, k, v))
+    scores = g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 2, 4, 3])])
+    scores = g.node("Mul", [scores, g.const(np.array(head ** -0.5, np.float32))])
+    att = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), v])  # [B, N, H, L, dh]
+    att = g.node("Transpose", [att], perm=[0, 1, 3, 2, 4])
+    att = g.node("Reshape", [att, g.const(np.array([0, 0, 0, heads * head], np.int64))])
+    x = g.node("Add", [x, g.node("MatMul", [att, g.weight(rng, heads * head, dim)])])
+    h = g.node("LayerNormalization", [x, ones, zeros], axis=-1)
+    f = g.node("MatMul", [h, g.weight(rng, dim, 4 * dim)])
+    f = g.node("Mul", [f, g.node("Sigmoid", [g.node("Mul", [f, g.const(np.array(1.702, np.float32))])])])  # GELU
+    return g.node("Add", [x, g.node("MatMul", [f, g.weight(rng, 4 * dim, dim)])])

@@ -349,3 +349,36 @@ def test_reflect_padded_overlap_add_is_exact_for_identity(rng, overlap, samples,
     assert sum(len(c) for c in seen) == plan.chunks_for(samples)
     if samples > plan.lead:  # the model saw the song mirrored before its start, not zeros
         np.testing.assert_array_equal(seen[0][0, :, :plan.lead], x[:, plan.lead:0:-1])
+
+
+# --- int8 variants --------------------------------------------------------------------------------
+
+def test_quantize_writes_a_new_int8_model_beside_the_float_one(tmp_path, rng, monkeypatch):
+    pytest.importorskip("onnxruntime.quantization")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = onnx_models.roformer_like(folder / "like.onnx", bins=BINS, bands=43, dim=32, depth=1, heads=2)
+    onnx_models.roformer_card(folder / "like.yaml", model, n_fft=N_FFT, hop=HOP, chunk_size=CHUNK)
+    monkeypatch.setenv("STEMBRIDGE_MODELS", str(folder))
+    done = _cli("models", "quantize", "like", models=folder)
+    assert done.returncode == 0, done.stderr
+    assert "quantized as 'like-int8'" in done.stdout
+    card = load_card(folder / "like-int8.yaml")
+    assert card.quantized_from["name"] == "like" and card.quantized_from["sha256"] == load_card(folder / "like.yaml").sha256
+    assert card.file == (folder / "like-int8.onnx").resolve() and card.imported["parity_db"] == 120.5
+    assert not list(folder.glob(".*partial"))
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(card.file)).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+    x = noise(rng, 2, 3 * CHUNK, level=0.3)
+    exact = load_separator("like")(x, 44100)["vocals"]
+    quantized = load_separator("like-int8")(x, 44100)["vocals"]
+    assert 15 < snr_db(exact, quantized) < 80  # int8 noise: close, not equal
+    from bridge.importers.quantize import quantize_model
+    with pytest.raises(ModelError, match="a model named 'like-int8' exists .*--force"):
+        quantize_model("like")
+    with pytest.raises(ModelError, match="already quantized"):
+        quantize_model("like-int8", name="again")
+    with pytest.raises(ModelError, match="'dsp' is a dsp model; quantize takes roformer models"):
+        quantize_model("dsp")
+    assert quantize_model("like", force=True, folder=folder).name == "like-int8"
