@@ -322,6 +322,13 @@ def test_cli_separates_and_renders_with_a_roformer_card(rf, tmp_path, rng):
     assert done.returncode == 0, done.stderr
     mix, _ = sf.read(str(tmp_path / "rendered" / "song.wav"), dtype="float32")
     assert power_db(mix.T) - power_db(x) < -70  # the vocals stem was the whole mix, and it is muted
+    cache = tmp_path / "cache"
+    for out in ("fresh", "cached"):  # the second render takes the stems from the cache, bit for bit
+        done = _cli("render", preset, song, "--out", tmp_path / out, "--cache-dir", cache, models=rf)
+        assert done.returncode == 0, done.stderr
+    assert "1 from cached stems" in done.stdout
+    np.testing.assert_array_equal(sf.read(str(tmp_path / "fresh" / "song.wav"))[0],
+                                  sf.read(str(tmp_path / "cached" / "song.wav"))[0])
     bad = _card(rf, tmp_path, dim_t=7)
     failed = _cli("separate", song, "--model", bad, "--out", tmp_path / "bad", models=rf)
     assert failed.returncode != 0
