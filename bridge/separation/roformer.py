@@ -28,9 +28,10 @@ chunk. Both divide by the summed weights.
 
 Here the grid is :class:`~.chunking.ChunkPlan`'s with the same step, so per minute of audio there
 are exactly as many network calls as in both references at the card's ``num_overlap``; over a
-whole song, one more than audio-separator's and ``num_overlap - 1`` to ``2 * (num_overlap - 1)``
-fewer than ZFTurbo's (a 4-minute song at 8 s chunks and ``num_overlap`` 2: 60 calls,
-audio-separator 59, ZFTurbo 62). What differs is where each output sample comes from:
+whole song, at most one more than audio-separator's (for ``num_overlap`` up to 4; in general at
+most ``ceil(num_overlap / 5)`` more) and about ``3 * num_overlap - 3`` fewer than ZFTurbo's, which
+runs whole chunks over its padding (a 4-minute song at 8 s chunks: ``num_overlap`` 2, 60 calls,
+audio-separator 59, ZFTurbo 62; ``num_overlap`` 4, 118, 117 and 126). What differs is where each output sample comes from:
 ``trim = chunk_size // 10`` samples at each chunk edge (0.8 s of an 8 s chunk, the length ZFTurbo
 fades over) are never used, and the kept parts cross-fade with complementary raised-cosine fades
 (``fade = chunk_size - 2 * trim - step``). So every output sample comes from chunks that see at
