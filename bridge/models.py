@@ -126,7 +126,7 @@ class ModelCard:
         where = str(self.file) if self.file else "(no weights)"
         line = f"{self.name:<28} {self.family:<8} {'/'.join(self.stems):<32} {where}"
         if self.family == "roformer":
-            details = [self.architecture, f"{self.chunk_size / self.sample_rate:g} s chunks x{self.num_overlap}"]
+            details = [self.architecture, f"{self.chunk_size / self.sample_rate:g} s chunks, num_overlap {self.num_overlap}"]
             if self.audio_channels == 1:
                 details.append("mono")
             parity = (self.imported or {}).get("parity_db")
