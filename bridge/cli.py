@@ -12,68 +12,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, console
 from .errors import BridgeError, ModelError, PresetError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def _progress(label: str, enabled: bool):
-    if not enabled:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
-
-    def update(done: int, total: int) -> None:
-        bar.n = round(100 * done / max(total, 1))
-        bar.refresh()
-
-    return update, bar.close
-
-
-#: True while progress bars are on the terminal: lines then go through tqdm, which moves the bars.
-_BARS = {"on": False}
-
-
-def _say(line: str, *, file=None) -> None:
-    if _BARS["on"]:
-        from tqdm import tqdm
-
-        tqdm.write(line, file=file or sys.stdout)
-    else:
-        print(line, file=file or sys.stdout)
-
-
-def _error(message: str) -> None:
-    _say(f"stembridge: error: {message}", file=sys.stderr)
-
-
-def _show_layer_warnings() -> None:
-    """Print a layer's warnings (silent instrument, notes after the end) as one stembridge line."""
-    import warnings
-
-    from .layers import LayerWarning
-
-    default = warnings.showwarning
-    if getattr(default, "stembridge", False):
-        return
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, LayerWarning):
-            _say(f"stembridge: warning: {message}", file=sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
-
-    show.stembridge = True
-    warnings.showwarning = show
-
-
-def _warn_clipped(target: Path, count: int) -> None:
-    from .render import clipping_message
-
-    _say(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 
 
 def cmd_separate(args) -> int:
@@ -91,7 +33,7 @@ def cmd_separate(args) -> int:
 def cmd_render(args) -> int:
     from .batch import RunSpec
 
-    _show_layer_warnings()
+    console.show_layer_warnings()
     if args.project:  # --project reaper is --set output.project=reaper
         args.set = [*(args.set or ()), f"output.project={args.project}"]
     session = _check_session(args.preset, args.set or ())
@@ -164,24 +106,24 @@ def _run(args, spec, *, album: bool = False) -> int:
     if jobs == 1 and not args.scheduler:
         worker_for(spec)  # the model and plugins load here, before any song: their errors are usage errors
     for note in notes:
-        _say(f"stembridge: warning: {note}", file=sys.stderr)
+        console.say(f"stembridge: warning: {note}", file=sys.stderr)
     show = sys.stderr.isatty() and not args.quiet
-    overall = _Overall(len(songs), sum(_seconds(s.path) for s in songs) if show else 0.0, show)
+    overall = console.Overall(len(songs), sum(console.seconds(s.path) for s in songs) if show else 0.0, show)
 
     def on_event(kind, song, outcome):
         overall.done(outcome)
         if outcome.status == "failed":
-            _error(outcome.error)
+            console.error(outcome.error)
             return
         if not args.quiet:
-            _report_song(_label(song) if song else outcome.path.name, outcome, spec.kind)
+            console.report_song(console.label(song) if song else outcome.path.name, outcome, spec.kind)
         for target, count in outcome.clipped:
-            _warn_clipped(target, count)
+            console.warn_clipped(target, count)
 
     def progress_for(song):
         if not show:
             return None
-        return overall.song(_label(song))
+        return overall.song(console.label(song))
 
     try:
         report = run_batch(spec, songs, jobs=jobs, scheduler=args.scheduler, album_loudness=album,
@@ -192,101 +134,12 @@ def _run(args, spec, *, album: bool = False) -> int:
     write_record(report, Path(args.out))
     failures = report.failed
     if failures and len(songs) > 1:
-        _error(f"{len(failures)} of {len(songs)} inputs failed")
+        console.error(f"{len(failures)} of {len(songs)} inputs failed")
     if not args.quiet:
         for line in report.summary():
             if not line.startswith("  failed"):
                 print(line)
     return EXIT_SOME_FAILED if failures else EXIT_OK
-
-
-def _label(song) -> str:
-    """A song as the user named it: its folders from the named one down, then its file name."""
-    return f"{song.naming.relpath}/{song.path.name}" if song.naming.relpath else song.path.name
-
-
-def _seconds(path: Path) -> float:
-    from . import io
-
-    try:
-        return io.info(path).seconds
-    except BridgeError:
-        return 0.0
-
-
-class _Overall:
-    """The run's progress: songs done of total, audio minutes, ETA; a per-song bar below it."""
-
-    def __init__(self, total: int, seconds: float, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        self.seconds = seconds
-        self.done_seconds = 0.0
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc="songs", unit="song", position=0, leave=False, file=sys.stderr,
-                            bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining}{postfix}")
-            self._postfix()
-            _BARS["on"] = True
-
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"{self.done_seconds / 60:.1f} of {self.seconds / 60:.1f} min of audio", refresh=True)
-
-    def done(self, outcome) -> None:
-        if self.bar is not None:
-            self.done_seconds += outcome.seconds
-            self.bar.update(1)
-            self._postfix()
-
-    def song(self, label: str):
-        from tqdm import tqdm
-
-        bar = tqdm(total=100, desc=label, unit="%", position=1, leave=False, file=sys.stderr,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
-
-        def update(done: int, total: int) -> None:
-            bar.n = round(100 * done / max(total, 1))
-            bar.refresh()
-            if done >= total:
-                bar.close()
-
-        return update
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            _BARS["on"] = False
-
-
-def _report_song(name: str, outcome, kind: str) -> None:
-    if outcome.status == "skipped":
-        _say(f"{name}: up to date, skipped")
-        return
-    source = " (from cached stems)" if outcome.status == "cached" else ""
-    if kind == "separate":
-        for stem, target in outcome.written.items():
-            _say(f"{name}: {stem} -> {target}{source}")
-        return
-    _report_file(name, outcome.written, outcome.written["manifest"], suffix=source)
-
-
-def _report_file(name: str, written: dict, manifest_path, suffix: str = "") -> None:
-    import json
-
-    outputs = json.loads(Path(manifest_path).read_text(encoding="utf-8"))["outputs"]
-    for label, target in written.items():
-        if label not in outputs:  # the manifest, the DAW project
-            if label != "manifest":
-                _say(f"{name}: {label} -> {target}")
-            continue
-        stats = outputs[label]
-        loud = "-inf" if stats["loudness_lufs"] is None else f"{stats['loudness_lufs']:.1f}"
-        peak = "-inf" if stats["true_peak_dbtp"] is None else f"{stats['true_peak_dbtp']:.1f}"
-        _say(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP){suffix}")
-        if stats["clipped_samples"]:
-            _say(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
-                 "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
 
 
 def _separator_card(session):
@@ -356,7 +209,7 @@ def cmd_eval(args) -> int:
     else:
         separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
                                                                             threads=args.threads, wiener=args.wiener)
-    update, close = _progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
+    update, close = console.progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
     finally:
@@ -581,10 +434,10 @@ def main(argv=None) -> int:
     except BridgeError as exc:
         if args.debug:
             traceback.print_exc()
-        _error(str(exc))
+        console.error(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        _error("interrupted; no partial output was left under a final name")
+        console.error("interrupted; no partial output was left under a final name")
         return EXIT_INTERRUPTED
 
 

@@ -63,6 +63,7 @@ from .errors import BridgeError, PresetError, suggest
 from .io import FORMATS
 from .models import MAX_WIENER
 from .outputs import check_template
+from .safeyaml import check_size, load_yaml
 
 VERSION = 1
 ROLES = ("center", "front", "bass", "ambience")
@@ -71,9 +72,7 @@ PROJECTS = ("reaper",)
 PROJECT_STEMS = ("processed", "raw")
 PROJECT_STEMS_TEMPLATE = "{track}/{stem}.{ext}"  # output.files.stems when a project is asked without it
 SCOPES = ("track", "album")
-MAX_DEPTH = 12
 MAX_BYTES = 1 << 20
-MAX_NODES = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,38 +311,12 @@ def _kind(value) -> str:
     return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else repr(value)
 
 
-def _check_size(value, reader: _Reader) -> None:
-    """Refuse deep nesting and alias bombs (anchors that expand to millions of nodes) up front."""
-    budget = [MAX_NODES]
-
-    def walk(node, level):
-        budget[0] -= 1
-        if budget[0] < 0:
-            reader.fail("", f"the preset expands to more than {MAX_NODES} values (YAML anchors and aliases?); "
-                            "write it out plainly")
-        if level > MAX_DEPTH:
-            reader.fail("", f"the preset is nested deeper than {MAX_DEPTH} levels; flatten it")
-        children = value_children(node)
-        for child in children:
-            walk(child, level + 1)
-
-    walk(value, 0)
-
-
-def value_children(node):
-    if isinstance(node, dict):
-        return list(node.values())
-    if isinstance(node, list):
-        return node
-    return ()
-
-
 def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session:
     """Validate parsed YAML into a :class:`Session`."""
     r = _Reader(source, base)
     if not isinstance(data, dict):
         r.fail("", f"a preset must be a YAML mapping with 'version: {VERSION}' at the top, got {_kind(data)}")
-    _check_size(data, r)
+    check_size(data, source=r.source, what="preset", error=PresetError)
     top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output", "tempo", "automation",
                                "layers"))
     if top.get("version") != VERSION:
@@ -638,69 +611,6 @@ def apply_overrides(data, overrides, *, source: str):
     return data
 
 
-def load_yaml(text: str, *, source: str):
-    """``yaml.safe_load``, refusing a mapping that names the same key twice.
-
-    PyYAML keeps the last of two equal keys without a word, so a preset with two ``gain_db:``
-    lines under one stem would render with one of them silently ignored. The document is
-    composed once, checked, and constructed from the same nodes (safe constructors only).
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        check_unique_keys(node, source=source)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def check_unique_keys(root, *, source: str) -> None:
-    """Raise :class:`PresetError` for the first key given twice in one mapping, naming both lines.
-
-    Walks the composed nodes in document order without recursion; a node reached again through
-    an alias is checked once (an alias bomb costs no more than its nodes). Keys that a ``<<``
-    merge brings in may be overridden, as YAML allows.
-    """
-    visited = set()
-    todo = [(root, "")]
-    while todo:
-        node, where = todo.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        children = []
-        if isinstance(node, yaml.MappingNode):
-            _duplicates(node, where, source)
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    children.append((value_node, where))
-                    continue
-                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "<key>"
-                children.append((value_node, f"{where}.{name}" if where else str(name)))
-        elif isinstance(node, yaml.SequenceNode):
-            children = [(item, f"{where}[{i}]") for i, item in enumerate(node.value)]
-        todo.extend(reversed(children))
-
-
-def _duplicates(node, where: str, source: str) -> None:
-    first: dict = {}
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = (key_node.tag, key_node.value)
-        mark = key_node.start_mark
-        if key in first:
-            path = f"{where}.{key_node.value}" if where else key_node.value
-            shown = path if path.isprintable() else repr(path)
-            lines = (f"twice on line {first[key]}" if first[key] == mark.line + 1
-                     else f"twice, at line {first[key]} and line {mark.line + 1}")
-            raise PresetError(f"{source}: {shown}: the key '{key_node.value}' is given {lines}; YAML would "
-                              "silently keep the last one: delete one of them")
-        first[key] = mark.line + 1
-
-
 def load(path, *, overrides=()) -> Session:
     """Read, override and validate a preset file."""
     path = Path(path)
@@ -717,7 +627,7 @@ def load(path, *, overrides=()) -> Session:
         hint = "; save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else "; check its permissions"
         raise PresetError(f"{source}: cannot read the preset ({exc}){hint}") from None
     try:
-        data = load_yaml(text, source=source)
+        data = load_yaml(text, source=source, error=PresetError)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

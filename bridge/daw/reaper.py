@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 import uuid
 from pathlib import Path
 
 from .. import __version__
 from ..errors import OutputError
-from ..io import partial_path
+from ..io import write_text_atomic
 
 #: REAPER's source type per file extension (the word after ``<SOURCE``).
 SOURCE_TYPES = {"wav": "WAVE", "aiff": "WAVE", "aif": "WAVE", "flac": "FLAC", "mp3": "MP3", "ogg": "VORBIS"}
@@ -202,23 +201,8 @@ def dumps(project: Project) -> str:
 
 def write(path, project: Project) -> Path:
     """Write ``project`` to ``path`` atomically (a hidden partial file, fsynced, then renamed)."""
-    path = Path(path)
     text = dumps(project)  # every refusal happens before anything is written
-    partial = partial_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the REAPER project ({exc}); check the output folder") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text, what="REAPER project")
 
 
 def relative_source(file: Path, project: Path) -> str:
