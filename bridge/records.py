@@ -31,7 +31,8 @@ def model_identity(separator) -> dict | None:
                 "settings": {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}}
     if card is not None:
         fields = dataclasses.asdict(card)
-        for provenance in ("file", "license", "credit", "description", "source"):
+        for provenance in ("file", "license", "credit", "description", "source", "imported",
+                           "quantized_from"):
             fields.pop(provenance, None)
         identity["card"] = fields
     return identity

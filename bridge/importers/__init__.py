@@ -5,6 +5,8 @@
 - a folder or ``.tar.gz`` holding a TensorFlow checkpoint (``*.index`` + ``*.data-*``):
   Spleeter's 2/4/5-stem U-Nets, :mod:`.spleeter_tf`.
 
+:mod:`.quantize` (``stembridge models quantize``) writes an int8 variant of an imported RoFormer.
+
 Anything else is a clear error naming what can be imported. Importers need ``onnx`` (the
 ``import`` extra) to write their graphs; nothing here is imported by the run-time separators.
 """
