@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -150,19 +151,29 @@ def export_onnx(net, path: Path, *, doc: str) -> None:
     import warnings
 
     example = torch.zeros(1, net.channels, net.bins, net.frames, 2)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        # dynamo=False: the TorchScript exporter needs no onnxscript and gives one self-contained file.
-        torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["spectrogram"], output_names=["mask"],
-                          dynamic_axes={"spectrogram": {0: "batch"}, "mask": {0: "batch"}})
-    try:
-        import onnx
-    except ImportError:
-        return
-    model = onnx.load(str(path))
-    model.doc_string = doc
-    onnx.save(model, str(path))
+    # Exported in a scratch folder of its own: a model over protobuf's 2 GB would come out as a
+    # graph plus external weight files, which the card's one file and sha256 cannot describe.
+    with tempfile.TemporaryDirectory(prefix=".roformer-export-", dir=path.parent) as scratch:
+        exported = Path(scratch) / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            # dynamo=False: the TorchScript exporter needs no onnxscript and writes one self-contained file.
+            try:
+                torch.onnx.export(net, (example,), str(exported), dynamo=False, opset_version=OPSET,
+                                  input_names=["spectrogram"], output_names=["mask"],
+                                  dynamic_axes={"spectrogram": {0: "batch"}, "mask": {0: "batch"}})
+            except (RuntimeError, ValueError) as exc:
+                raise ModelError(f"the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
+        if len(list(Path(scratch).iterdir())) != 1:
+            raise ModelError("the network is over 2 GB, more than one ONNX file can hold; not supported")
+        try:
+            import onnx
+        except ImportError:
+            os.replace(exported, path)
+            return
+        model = onnx.load(str(exported))
+        model.doc_string = doc
+        onnx.save(model, str(path))
 
 
 def parity(net, onnx_path: Path, spec) -> float:
