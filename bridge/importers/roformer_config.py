@@ -166,8 +166,12 @@ def parse_config(data: dict, *, source: str) -> RoformerConfig:
                              f"stft_n_fft {n_fft} gives {bins}; the config is inconsistent")
     else:
         num_bands = whole(model, "num_bands", section="model", low=2)
-    sample_rate = whole(model if not bs and "sample_rate" in model else audio, "sample_rate", 44100,
-                        section="model" if not bs and "sample_rate" in model else "audio")
+    sample_rate = whole(audio, "sample_rate", model.get("sample_rate", 44100), section="audio")
+    if not bs:  # Mel-Band RoFormer draws its bands for model.sample_rate: the audio must be at that rate
+        mel_rate = whole(model, "sample_rate", sample_rate)
+        if mel_rate != sample_rate:
+            raise ModelError(f"{source}: model.sample_rate {mel_rate} (the mel bands) differs from audio.sample_rate "
+                             f"{sample_rate}; the config is inconsistent")
     chunk_size = whole(audio, "chunk_size", section="audio")
     num_overlap = whole(inference, "num_overlap", 2, section="inference")
     stereo = flag("stereo", False)
