@@ -303,3 +303,20 @@ def test_models_lists_the_imported_model(imported, monkeypatch, capsys):
     assert cli(["models"]) == 0
     listing = capsys.readouterr().out
     assert "tiny-bs" in listing and "tiny-mel" in listing and "roformer" in listing
+
+
+def test_older_checkpoints_without_gates_and_wrapped_state_dicts_load(tmp_path):
+    """Checkpoints from before the attention gates, saved under "model" from a DataParallel model
+    (every key "module.*"), load strictly into a network without gates."""
+    config = tmp_path / "bs.yaml"
+    config.write_text(BS_CONFIG)
+    cfg = parse_config(read_config(config), source=str(config))
+    state = Roformer(cfg, gates=False).state_dict()
+    assert not any(".to_gates." in k for k in state)
+    ckpt = tmp_path / "old.pth"
+    torch.save({"model": {f"module.{k}": v.half() for k, v in state.items()}, "epoch": 3}, ckpt)
+    net = build_network(cfg, read_state_dict(ckpt), source=str(ckpt))
+    assert not hasattr(net.layers[0][0].layers[0][0], "to_gates")
+    spec = torch.zeros(1, 2, N_FFT // 2 + 1, FRAMES, 2)
+    with torch.no_grad():
+        assert net(spec).shape == (1, 1, 2, N_FFT // 2 + 1, FRAMES, 2)

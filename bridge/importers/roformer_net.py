@@ -193,7 +193,7 @@ class Roformer(nn.Module):
     config : RoformerConfig
     gates : bool
         Whether the attentions have ``to_gates`` (lucidrains added them in 2024; older
-        checkpoints have none). :func:`.roformer.load_checkpoint` reads it from the keys.
+        checkpoints have none). :func:`.roformer.build_network` reads it from the keys.
     """
 
     def __init__(self, config: RoformerConfig, *, gates: bool = True):
@@ -259,7 +259,7 @@ class Roformer(nn.Module):
         x = self.band_split(x)  # [b, t, k, d]
         k = len(self.band_split.widths)
         outputs = []
-        for i, block in enumerate(self.layers):
+        for block in self.layers:
             if len(block) == 3:
                 linear, time, freq = block
                 x = linear(x.reshape(-1, t * k, d)).reshape(-1, t, k, d)
