@@ -145,7 +145,7 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
-def export_onnx(net, path: Path, *, doc: str) -> None:
+def export_onnx(net, path: Path) -> None:
     """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames)."""
     torch = _torch()
     import warnings
@@ -166,27 +166,17 @@ def export_onnx(net, path: Path, *, doc: str) -> None:
                 raise ModelError(f"the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
         if len(list(Path(scratch).iterdir())) != 1:
             raise ModelError("the network is over 2 GB, more than one ONNX file can hold; not supported")
-        try:
-            import onnx
-        except ImportError:
-            os.replace(exported, path)
-            return
-        model = onnx.load(str(exported))
-        model.doc_string = doc
-        onnx.save(model, str(path))
+        os.replace(exported, path)
 
 
-def parity(net, onnx_path: Path, spec) -> float:
-    """SNR (dB) of the ONNX model's mask against torch's, on ``spec``."""
-    torch = _torch()
+def onnx_parity(onnx_path: Path, spec: np.ndarray, expected: np.ndarray) -> float:
+    """SNR (dB) of the ONNX model's mask on ``spec`` against ``expected`` (the torch network's)."""
     import onnxruntime as ort
 
-    with torch.no_grad():
-        expected = net(spec).numpy()
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: spec.numpy()})[0]
+    got = session.run(None, {session.get_inputs()[0].name: spec})[0]
     if got.shape != expected.shape:
         raise ModelError(f"{onnx_path}: the exported model gives {got.shape}, torch {expected.shape}; export failed")
     return snr_db(expected, got)
@@ -241,9 +231,8 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         raise ModelError(f"a model named '{name}' exists ({existing}); "
                          + ("pass --force to replace it, or " if existing.parent == target else "")
                          + "--name to import under another name")
-    _torch()
-    state = read_state_dict(source)
-    net = build_network(cfg, state, source=f"{source} with {config_path.name}")
+    torch = _torch()
+    net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = sha256_of(source)
     onnx_path, card_path = target / f"{name}.onnx", target / f"{name}.yaml"
     partial = onnx_path.with_name(f".{onnx_path.name}.partial")
@@ -251,9 +240,12 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
     title = "BS-RoFormer" if cfg.architecture == "bs_roformer" else "Mel-Band RoFormer"
     try:
         target.mkdir(parents=True, exist_ok=True)
-        export_onnx(net, partial, doc=f"{title} imported by stembridge {__version__} from {source.name}")
         spec = test_spectrogram(cfg)
-        db = parity(net, partial, spec)
+        with torch.no_grad():
+            expected = net(spec).numpy()
+        export_onnx(net, partial)
+        del net  # the torch weights and the onnxruntime session need not be in memory together
+        db = onnx_parity(partial, spec.numpy(), expected)
         if not db >= MIN_PARITY_DB:
             raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the masks, "
                              f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")

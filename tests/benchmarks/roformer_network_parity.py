@@ -164,7 +164,7 @@ def compare(work: Path, frames: int) -> list[dict]:
         assert spec.shape == (1, cfg.audio_channels, cfg.bins, cfg.dim_t, 2), spec.shape
         onnx_path = folder / "model.onnx"
         start = time.perf_counter()
-        export_onnx(net, onnx_path, doc="parity check")
+        export_onnx(net, onnx_path)
         export_s = time.perf_counter() - start
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
