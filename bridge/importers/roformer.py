@@ -121,7 +121,7 @@ def build_network(config: RoformerConfig, state: dict, *, source: str):
     return net
 
 
-def test_spectrogram(config: RoformerConfig, *, seed: int = 15):
+def parity_spectrogram(config: RoformerConfig, *, seed: int = 15):
     """A fixed input for the parity check: the model's STFT of seeded pink-ish noise, one chunk.
 
     Returns float32 ``[1, channels, n_fft//2+1, dim_t, 2]`` as the ONNX interface defines it.
@@ -145,8 +145,8 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
-def export_onnx(net, path: Path) -> None:
-    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames)."""
+def export_onnx(net, path: Path, *, source: str = "the network") -> None:
+    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``."""
     torch = _torch()
     import warnings
 
@@ -163,9 +163,9 @@ def export_onnx(net, path: Path) -> None:
                                   input_names=["spectrogram"], output_names=["mask"],
                                   dynamic_axes={"spectrogram": {0: "batch"}, "mask": {0: "batch"}})
             except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
+                raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
         if len(list(Path(scratch).iterdir())) != 1:
-            raise ModelError("the network is over 2 GB, more than one ONNX file can hold; not supported")
+            raise ModelError(f"{source}: the network is over 2 GB, more than one ONNX file can hold; not supported")
         os.replace(exported, path)
 
 
@@ -240,10 +240,10 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
     title = "BS-RoFormer" if cfg.architecture == "bs_roformer" else "Mel-Band RoFormer"
     try:
         target.mkdir(parents=True, exist_ok=True)
-        spec = test_spectrogram(cfg)
+        spec = parity_spectrogram(cfg)
         with torch.no_grad():
             expected = net(spec).numpy()
-        export_onnx(net, partial)
+        export_onnx(net, partial, source=str(source))
         del net  # the torch weights and the onnxruntime session need not be in memory together
         db = onnx_parity(partial, spec.numpy(), expected)
         if not db >= MIN_PARITY_DB:
