@@ -320,3 +320,14 @@ def test_older_checkpoints_without_gates_and_wrapped_state_dicts_load(tmp_path):
     spec = torch.zeros(1, 2, N_FFT // 2 + 1, FRAMES, 2)
     with torch.no_grad():
         assert net(spec).shape == (1, 1, 2, N_FFT // 2 + 1, FRAMES, 2)
+
+
+def test_an_export_under_60_db_is_refused(imported, models_folder, monkeypatch, capsys):
+    import bridge.importers.roformer as roformer
+
+    ckpt, config, _, _ = imported["bs"]
+    monkeypatch.setattr(roformer, "onnx_parity", lambda *args: 42.0)
+    err = _error(capsys, "models", "import", str(ckpt), "--config", str(config))
+    assert str(ckpt) in err and "42.0 dB SNR of the masks, 60 dB needed" in err
+    assert not any(p.suffix in (".onnx", ".yaml") or "partial" in p.name for p in models_folder.glob("*")), \
+        list(models_folder.glob("*"))
