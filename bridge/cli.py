@@ -245,9 +245,12 @@ def cmd_models(args) -> int:
 def cmd_models_import(args) -> int:
     from .importers import import_model
 
-    done = import_model(args.path, name=args.name, force=args.force, bins=args.bins, fp32=args.fp32)
+    done = import_model(args.path, config=args.config, name=args.name, force=args.force, bins=args.bins,
+                        fp32=args.fp32)
+    detail = (f"{done.architecture}, ONNX vs torch {done.parity_db:.1f} dB" if hasattr(done, "parity_db")
+              else f"{done.bins} bins")
     print(f"{args.path}: imported as '{done.name}' ({len(done.stems)} stems: {', '.join(done.stems)}; "
-          f"{done.bins} bins) in {done.seconds:.1f} s -> {done.card}")
+          f"{detail}) in {done.seconds:.1f} s -> {done.card}")
     print(f"use it with: stembridge separate --model {done.name} SONG")
     return EXIT_OK
 
@@ -334,10 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list known models and where they are looked for; import one")
     models.set_defaults(run=cmd_models)
     models_commands = models.add_subparsers(dest="models_command")
-    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) "
-                                                    "into the user model folder")
-    imp.add_argument("path", help="checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz")
-    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count)")
+    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) or a "
+                                                    "BS-/Mel-Band RoFormer checkpoint into the user model folder")
+    imp.add_argument("path", help="Spleeter checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz; "
+                                  "or a RoFormer CHECKPOINT.ckpt (with --config)")
+    imp.add_argument("--config", metavar="CONFIG.yaml",
+                     help="RoFormer: the checkpoint's YAML config (model:, audio:, training:); needs torch")
+    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count; a RoFormer's "
+                                    "checkpoint file name)")
     imp.add_argument("--force", action="store_true", help="replace a model of the same name")
     imp.add_argument("--bins", type=int, choices=[1024, 1536],
                      help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
