@@ -235,6 +235,11 @@ def test_bad_input_is_a_one_line_error_naming_the_file(imported, models_folder, 
                                                             f"['touch {marker}']"))
     err = _error(capsys, "models", "import", str(ckpt), "--config", str(unsafe))
     assert str(unsafe) in err and "!!python/object/apply:os.system" in err and not marker.exists()
+    # A key given twice: YAML would keep the last one silently.
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(BS_CONFIG.replace("flash_attn: true", "flash_attn: true\n  flash_attn: false"))
+    err = _error(capsys, "models", "import", str(ckpt), "--config", str(twice))
+    assert str(twice) in err and "the key 'flash_attn' is given twice" in err
     # Stems the importer cannot name.
     three = tmp_path / "three.yaml"
     three.write_text(BS_CONFIG.replace("instruments: [vocals, other]", "instruments: [vocals, drums, bass]"))

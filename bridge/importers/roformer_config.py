@@ -23,6 +23,7 @@ import yaml
 
 from ..errors import ModelError
 from ..models import canonical_stem
+from ..safeyaml import check_size, load_yaml
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -53,9 +54,13 @@ def read_config(path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: cannot read the config ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass, see ConfigLoader
+        # A SafeLoader subclass (see ConfigLoader); a key given twice is refused, naming both lines.
+        data = load_yaml(text, source=str(path), error=ModelError, loader=ConfigLoader)
     except yaml.YAMLError as exc:
         raise ModelError(f"{path}: not a usable config: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ModelError(f"{path}: the config is nested too deeply") from None
+    check_size(data, source=str(path), what="config", error=ModelError)
     if not isinstance(data, dict):
         raise ModelError(f"{path}: a RoFormer config is a YAML mapping with model:, audio: and training:, "
                          f"got {type(data).__name__}")
