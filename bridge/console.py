@@ -65,7 +65,7 @@ def show_layer_warnings() -> None:
 
 
 def warn_clipped(target: Path, count: int) -> None:
-    from .render import clipping_message
+    from .songs import clipping_message
 
     say(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import warnings
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -15,235 +13,14 @@ from . import __version__, io
 from .audio import StreamResampler, db_to_gain
 from .cache import StemCache
 from .daw import bwf, handoff as daw, nistems
-from .errors import AudioError, BridgeError, OutputError
+from .errors import OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
-from .models import offered_stems
-from .outputs import check_template, check_unique, expand
-from .records import file_sha256, manifest_record, model_identity, read_json, write_json, write_manifest_record
-from .separation import ChunkedSeparator, with_sums
+from .outputs import check_unique, expand
+from .records import file_sha256, manifest_record, model_identity, read_json, write_manifest_record
 from .separation.runner import check_channels
+from .songs import (BLOCK_SECONDS, Naming, Progress, SongResult, missing_folders, remove_empty)
 from .stemsource import StemSource
-
-#: Samples read per block; memory stays flat with song length.
-BLOCK_SECONDS = 10.0
-Progress = Callable[[int, int], None]  # (samples done, samples total)
-Clipped = Callable[[Path, int], None]  # (file written, samples clipped)
-
-
-@dataclasses.dataclass(frozen=True)
-class Naming:
-    """Where one song's outputs go: its name fields for the output templates.
-
-    ``relpath`` is the song's folder below (and including) the folder named on the command line,
-    ``""`` for a file named directly; ``album`` is the name of the folder the song is in.
-    """
-
-    track: str
-    album: str = ""
-    relpath: str = ""
-
-    @classmethod
-    def of(cls, path: Path) -> "Naming":
-        return cls(track=path.stem, album=path.resolve().parent.name)
-
-    def fields(self) -> dict:
-        return {"track": self.track, "album": self.album, "relpath": self.relpath}
-
-
-class ClippingWarning(UserWarning):
-    """Samples over full scale were clipped in a PCM output."""
-
-
-def clipping_message(target: Path, count: int) -> str:
-    return (f"{target}: {count} samples were over full scale and clipped; lower the input level or "
-            "write 32-bit float (--bit-depth 32)")
-
-
-@dataclasses.dataclass(frozen=True)
-class SeparateOptions:
-    """How :func:`separate_file` names and writes its outputs."""
-
-    out_dir: Path
-    template: str = "{track}/{stem}.{ext}"
-    ext: str = "wav"
-    bit_depth: io.BitDepth = 24
-    stems: tuple[str, ...] | None = None
-    bwf: bool = True  # wav stems carry bext (EBU Tech 3285 v2) and iXML chunks
-    project: str | None = None  # "reaper": <track>.rpp beside the stems
-
-
-@dataclasses.dataclass
-class SongResult:
-    """What happened to one song: ``status`` is ``rendered``, ``cached`` (rendered from cached
-    stems, no separation), ``skipped`` (up to date) or ``measured`` (album loudness: first pass
-    done, waiting for the album's gain)."""
-
-    path: Path
-    status: str
-    written: dict[str, Path] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0  # audio length
-    pending: "PendingRender | None" = None
-
-
-def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
-                  *, progress: Progress | None = None, on_clip: Clipped | None = None) -> dict[str, Path]:
-    """Separate one file into one file per stem, streaming.
-
-    A stem can exceed full scale where the mix does not (a mask rings around a full-scale
-    square wave); PCM outputs are then clipped and reported to ``on_clip``, or as a
-    :class:`ClippingWarning` without one, never silently.
-
-    Returns
-    -------
-    dict of str to Path
-        The files written, by stem. Nothing is left under a final name if anything fails.
-    """
-    return separate_song(path, separator, options, progress=progress, on_clip=on_clip).written
-
-
-def separate_targets(path: Path, separator, options: SeparateOptions, naming: Naming) -> tuple[dict, Path]:
-    """The stem files and the manifest :func:`separate_song` writes for ``path``."""
-    stems = options.stems or separator.stems
-    offered = offered_stems(separator.stems)
-    unknown = [s for s in stems if s not in offered]
-    if unknown:
-        raise BridgeError(f"stem '{unknown[0]}' is not produced by model '{separator.name}'; "
-                          f"it gives {', '.join(offered)}")
-    check_template(options.template)
-    fields = dict(naming.fields(), ext=options.ext, model=separator.name)
-    targets = {s: expand(options.template, Path(options.out_dir), stem=s, **fields) for s in stems}
-    check_unique(targets)
-    first = next(iter(targets.values()))
-    manifest = first.parent / f".{naming.track}.{separator.name}.separate.json"
-    return targets, manifest
-
-
-def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *, naming: Naming | None = None,
-                  cache: StemCache | None = None, force: bool = True, progress: Progress | None = None,
-                  on_clip: Clipped | None = None) -> SongResult:
-    """:func:`separate_file` with a stem cache, resume (``force=False`` skips an up-to-date song)
-    and a hidden manifest beside the stems recording what made them."""
-    path = Path(path)
-    naming = naming or Naming.of(path)
-    header = io.info(path)
-    check_channels(header.channels, source=str(path))
-    targets, manifest = separate_targets(path, separator, options, naming)
-    digest = file_sha256(path)
-    expected = {"kind": "separate", "input_sha256": digest, "model": model_identity(separator) or separator.name,
-                "stems": list(targets), "ext": options.ext, "bit_depth": options.bit_depth, "stembridge": __version__,
-                "bwf": options.bwf, "project": options.project}
-    hand = daw.separation_plan(path, header=header, options=options, separator_name=separator.name, targets=targets,
-                               track=naming.track)
-    handoff = {"project": hand.project} if hand.project is not None else {}
-    if not force and _separate_up_to_date(manifest, expected, {**targets, **handoff}):
-        return SongResult(path, "skipped", written={**targets, **handoff}, seconds=header.seconds)
-    created = _missing_folders([*targets.values()], Path(options.out_dir))
-    separation = None
-    writers = {}
-    written: dict[str, Path] = {}
-    try:
-        separation = StemSource(path, header, separator, cache=cache)
-        stream = separation.stream
-        for stem, target in targets.items():
-            writers[stem] = io.AudioWriter(target, sample_rate=header.sample_rate, channels=header.channels,
-                                           bit_depth=options.bit_depth, inputs=[path])
-        done = 0
-        block = max(1, int(BLOCK_SECONDS * header.sample_rate))
-        for audio in io.stream(path, block_frames=block):
-            _write(writers, stream.process(audio))
-            done += audio.shape[1]
-            if progress:
-                progress(done, header.frames)
-        _write(writers, stream.finish())
-        separation.commit(path)
-        written = {stem: writer.close(finish=hand.finisher(stem, writer.path, channels=writer.channels,
-                                                           bit_depth=options.bit_depth, loudness=bwf.Loudness(),
-                                                           kind="separate"))
-                   for stem, writer in writers.items()}
-        if hand.project is not None:
-            project = daw.separation_project(hand.project, source=path, source_seconds=header.seconds,
-                                             files=dict(written), frames={s: w.frames for s, w in writers.items()},
-                                             channels=header.channels, sample_rate=header.sample_rate,
-                                             model=separator.name)
-            written["project"] = daw.reaper.write(hand.project, project)
-        write_json(manifest, {**expected, "input": str(path.resolve()),
-                              "outputs": {s: str(p) for s, p in written.items()}})
-    except BaseException:  # Ctrl-C while closing too: no partial file may outlive the run
-        for writer in writers.values():
-            writer.abort()
-        for final in written.values():  # stems finished before a failure in the project go too
-            Path(final).unlink(missing_ok=True)
-        if separation is not None:
-            separation.abort()
-        _remove_empty(created)
-        raise
-    for stem, writer in writers.items():
-        if writer.clipped:
-            _report_clipping(written[stem], writer.clipped, on_clip)
-    return SongResult(path, "cached" if separation.cached else "rendered", written=written, seconds=header.seconds)
-
-
-def _separate_up_to_date(manifest: Path, expected: dict, targets: dict) -> bool:
-    record = read_json(manifest)
-    if record is None or any(record.get(k) != v for k, v in expected.items()):
-        return False
-    return all(Path(p).is_file() and Path(record["outputs"].get(s, "")) == Path(p) for s, p in targets.items())
-
-
-def _missing_folders(targets, root: Path) -> list[Path]:
-    """Folders between ``root`` and each target that do not exist yet, deepest first."""
-    missing = set()
-    for target in targets:
-        folder = Path(target).parent
-        while folder != root and root in folder.parents and not folder.exists():
-            missing.add(folder)
-            folder = folder.parent
-        if folder == root and not root.exists():
-            missing.add(root)
-    return sorted(missing, key=lambda f: len(f.parts), reverse=True)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """A failed song leaves nothing behind: not even the empty folders made for its outputs."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
-
-
-def _report_clipping(target: Path, count: int, on_clip: Clipped | None) -> None:
-    if on_clip is not None:
-        on_clip(target, count)
-        return
-    warnings.warn(clipping_message(target, count), ClippingWarning, stacklevel=3)
-
-
-def _write(writers: dict, stems: dict) -> None:
-    stems = with_sums(stems, writers)
-    for stem, writer in writers.items():
-        writer.write(stems[stem])
-
-
-def run_many(paths: Iterable, job: Callable[[Path], object], *, fail_fast: bool = False,
-             on_error: Callable[[Path, BridgeError], None] | None = None) -> tuple[list, list]:
-    """Run ``job`` on each path; a bad file is reported and skipped unless ``fail_fast``.
-
-    Returns ``(results, failures)`` where failures are ``(path, error)`` pairs.
-    """
-    results, failures = [], []
-    for path in paths:
-        try:
-            results.append(job(Path(path)))
-        except (BridgeError, AudioError) as exc:
-            failures.append((Path(path), exc))
-            if on_error:
-                on_error(Path(path), exc)
-            if fail_fast:
-                break
-    return results, failures
-
 
 #: Outputs at or below this loudness are treated as silence: no loudness gain is applied.
 SILENCE_LUFS = -70.0
@@ -392,7 +169,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                for label, target in targets.items()]
     target_lufs = o.loudness_lufs
     two_pass = target_lufs is not None
-    created = _missing_folders([*targets.values(), manifest], out_dir)
+    created = missing_folders([*targets.values(), manifest], out_dir)
     separation = None
     written: dict[str, Path] = {}
     feed = None
@@ -400,7 +177,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
     with contextlib.ExitStack() as stack:
         # Registered first, so it runs last: only once the scratch folder is gone are a failed
         # song's new folders empty (an unusable plugin must not leave an empty output folder).
-        stack.callback(lambda: _remove_empty(created) if failed else None)
+        stack.callback(lambda: remove_empty(created) if failed else None)
         scratch = defer_gain_to if defer_gain_to is not None else stack.enter_context(io.scratch_folder(out_dir))
         try:
             if hand.nistems is not None:
@@ -471,7 +248,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                     Path(final).unlink(missing_ok=True)
             if separation is not None:
                 separation.abort()
-            _remove_empty(created)
+            remove_empty(created)
             failed.append(True)
             raise
     return SongResult(path, "cached" if separation.cached else "rendered", written=written, seconds=header.seconds)

@@ -24,7 +24,8 @@ from bridge import __version__, io
 from bridge.daw import bwf
 from bridge.errors import AudioError, OutputError
 from bridge.graph import RenderGraph
-from bridge.render import SeparateOptions, render_file, separate_file
+from bridge.render import render_file
+from bridge.separate import SeparateOptions, separate_file
 from bridge.separation import load_separator
 from bridge.session import parse
 

@@ -37,10 +37,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bridge.render
+import bridge.separate
 from bridge.cli import main as cli
 from bridge.ducking import DuckSettings
 from bridge.errors import BridgeError
-from bridge.render import ClippingWarning
+from bridge.songs import ClippingWarning
 from bridge.session import OutputSettings, SeparatorSettings, Session, StemSettings, load, parse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,8 +313,8 @@ def test_a_file_that_disappears_mid_run_is_skipped(kind, tmp_path, preset, capsy
     """Deleted before its turn (as root, chmod 000 does not stop reads); else made unreadable."""
     inputs = [write(tmp_path / f"song{i}.wav", tone(SR // 4)) for i in range(3)]
     victim = inputs[1]
-    name = "separate_song" if kind == "separate" else "render_song"
-    original = getattr(bridge.render, name)
+    module, name = (bridge.separate, "separate_song") if kind == "separate" else (bridge.render, "render_song")
+    original = getattr(module, name)
 
     def job(path, *args, **kwargs):
         result = original(path, *args, **kwargs)
@@ -324,7 +325,7 @@ def test_a_file_that_disappears_mid_run_is_skipped(kind, tmp_path, preset, capsy
                 victim.chmod(0)
         return result
 
-    monkeypatch.setattr(bridge.render, name, job)
+    monkeypatch.setattr(module, name, job)
     out = tmp_path / "out"
     try:
         code, _, err = run(capsys, commands(kind, preset, inputs, out))

@@ -76,7 +76,7 @@ def worker_for(spec: RunSpec):
 
 
 def build(spec: RunSpec):
-    from ..render import SeparateOptions
+    from ..separate import SeparateOptions
     from ..separation import load_separator
 
     if spec.kind == "separate":
@@ -131,7 +131,7 @@ def open_cache(spec: RunSpec) -> StemCache | None:
 def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain_to: Path | None = None,
              album: list[str] | None = None, input_sha256: str | None = None, progress=None) -> SongOutcome:
     """Run one song; a bad song is reported in the outcome, never raised (Ctrl-C is)."""
-    from .. import render
+    from .. import render, separate
 
     if song.error:
         return SongOutcome(song.path, "failed", error=song.error, worker=os.getpid())
@@ -141,7 +141,7 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
     try:
         if spec.kind == "separate":
             separator, options = worker_for(spec)
-            result = render.separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
+            result = separate.separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
                                           force=force, progress=progress,
                                           on_clip=lambda target, count: clipped.append((target, count)))
         else:
@@ -185,7 +185,8 @@ def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
     """
     from ..graph import RenderGraph
     from ..models import resolve
-    from ..render import SeparateOptions, render_targets, separate_targets
+    from ..render import render_targets
+    from ..separate import SeparateOptions, separate_targets
     from ..session import load
 
     if spec.kind == "render":

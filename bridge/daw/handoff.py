@@ -142,7 +142,7 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
 
 def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path],
                     track: str | None = None) -> HandOff:
-    """:func:`plan` for :func:`bridge.render.separate_file` (no session: its options instead)."""
+    """:func:`plan` for :func:`bridge.separate.separate_file` (no session: its options instead)."""
     rate = header.sample_rate
     track = track or path.stem
     reference = bwf.source_time_reference(path, source_rate=rate, target_rate=rate) if options.bwf else 0

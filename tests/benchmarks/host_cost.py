@@ -36,7 +36,8 @@ import inputs  # noqa: E402
 import vst3  # noqa: E402
 
 from bridge.graph import RenderGraph  # noqa: E402
-from bridge.render import SeparateOptions, render_file, separate_file  # noqa: E402
+from bridge.render import render_file  # noqa: E402
+from bridge.separate import SeparateOptions, separate_file  # noqa: E402
 from bridge.separation import load_separator  # noqa: E402
 from bridge.session import load  # noqa: E402
 
