@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import automation, effects, midi
 from .automation import Lane, MidiSource, Target, Tempo
 from .ducking import DuckSettings
 from .errors import BridgeError, PresetError, suggest
-
-if TYPE_CHECKING:
-    from .session import Session
 
 
 class Reader:
@@ -164,9 +160,10 @@ def tempo_section(r: Reader, value) -> Tempo | None:
 STEM_RANGES = {"gain_db": (-150.0, 48.0), "pan": (-1.0, 1.0)}
 
 
-def automation_section(r: Reader, value, session: "Session", tempo: Tempo | None) -> tuple[tuple[Target, Lane], ...]:
-    """Parse ``automation:``; targets are checked against the session's chains and, for built-in
-    effects, their parameters and ranges (VST3 parameters when the chain is prepared)."""
+def automation_section(r: Reader, value, session, tempo: Tempo | None) -> tuple[tuple[Target, Lane], ...]:
+    """Parse ``automation:``; targets are checked against ``session``'s chains (a
+    :class:`bridge.session.Session` without its lanes yet) and, for built-in effects, their
+    parameters and ranges (VST3 parameters when the chain is prepared)."""
     if value is None:
         return ()
     if not isinstance(value, dict):
