@@ -20,8 +20,7 @@ Measured figures (speed-up, SNR against the float model) are in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import ModelError
+from ..records import file_sha256
+from . import publish
 from ..models import known_cards, resolve, user_models_folder, verify_file
 from .spleeter_tf import NAME, RESERVED
 
@@ -113,36 +114,15 @@ def _quantize(source: Path, target: Path) -> None:
 
 def _write(card, quantized: Path, folder: Path, *, name: str) -> tuple[Path, Path]:
     """The model, then its card (the card makes it visible), each renamed into place when whole."""
-    onnx_path, card_path = folder / f"{name}.onnx", folder / f"{name}.yaml"
+    onnx_path, _ = publish.paths(folder, name)
     data = yaml.safe_load(Path(card.source).read_text(encoding="utf-8"))
-    partials = []
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = onnx_path.with_name(f".{onnx_path.name}.partial")
-        partials.append(partial)
-        digest = hashlib.sha256()
-        with open(quantized, "rb") as src, open(partial, "wb") as dst:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                digest.update(block)
-                dst.write(block)
-            dst.flush()
-            os.fsync(dst.fileno())
-        data.update(name=name, file=onnx_path.name, sha256=digest.hexdigest(),
+    with publish.writing(folder, name) as partial:
+        shutil.copyfile(quantized, partial)
+        data.update(name=name, file=onnx_path.name, sha256=file_sha256(partial),
                     quantized_from={"name": card.name, "sha256": card.sha256, "method": "onnxruntime quantize_dynamic: "
                                     "MatMul weights int8, per channel; activations quantized per call"})
-        data["description"] = f"int8 variant of {card.name}" + (f" ({card.description})" if card.description else "")
-        card_partial = card_path.with_name(f".{card_path.name}.partial")
-        partials.append(card_partial)
-        card_partial.write_text(f"# Written by: stembridge models quantize {card.name}\n"
-                                + yaml.safe_dump(data, sort_keys=False, width=100), encoding="utf-8")
-        os.replace(partial, onnx_path)
-        os.replace(card_partial, card_path)
-    except OSError as exc:
-        for p in partials:
-            p.unlink(missing_ok=True)
-        raise ModelError(f"{folder}: cannot write the model there ({exc.strerror or exc}); make it writable, or set "
-                         "STEMBRIDGE_MODELS to a folder you can write") from None
-    return onnx_path, card_path
+    data["description"] = f"int8 variant of {card.name}" + (f" ({card.description})" if card.description else "")
+    return publish.publish(folder, name, data, header=f"Written by: stembridge models quantize {card.name}")
 
 
 def edge_layers(graph) -> list[str]:

@@ -21,7 +21,6 @@ torch is needed here only (the ``import`` extra), imported when an import runs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import tempfile
@@ -30,11 +29,12 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .. import __version__
 from ..errors import ModelError
 from ..models import user_models_folder
+from ..records import file_sha256
+from . import publish
 from .roformer_config import RoformerConfig, parse_config, read_config
 
 #: Least SNR (dB) of the ONNX mask against torch's accepted at import.
@@ -63,14 +63,6 @@ def _torch():
     except ImportError:
         raise ModelError('importing RoFormer checkpoints needs torch: pip install "stembridge[import]"') from None
     return torch
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict:
@@ -233,13 +225,10 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
                          + "--name to import under another name")
     torch = _torch()
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
-    checkpoint_sha = sha256_of(source)
-    onnx_path, card_path = target / f"{name}.onnx", target / f"{name}.yaml"
-    partial = onnx_path.with_name(f".{onnx_path.name}.partial")
-    card_partial = card_path.with_name(f".{card_path.name}.partial")
+    checkpoint_sha = file_sha256(source)
+    onnx_path, _ = publish.paths(target, name)
     title = "BS-RoFormer" if cfg.architecture == "bs_roformer" else "Mel-Band RoFormer"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
+    with publish.writing(target, name) as partial:
         spec = parity_spectrogram(cfg)
         with torch.no_grad():
             expected = net(spec).numpy()
@@ -251,7 +240,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
                              f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
         card = {
             "name": name, "family": "roformer", "architecture": cfg.architecture, "file": onnx_path.name,
-            "sha256": sha256_of(partial), "stems": list(cfg.stems), "residual": cfg.residual,
+            "sha256": file_sha256(partial), "stems": list(cfg.stems), "residual": cfg.residual,
             "sample_rate": cfg.sample_rate, "n_fft": cfg.n_fft, "hop": cfg.hop, "win_length": cfg.win_length,
             "dim_t": cfg.dim_t, "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
             "audio_channels": cfg.audio_channels,
@@ -265,14 +254,6 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
                            + (f"; {cfg.residual} = mix minus the model's output" if cfg.residual else "")
                            + f"), imported from {source.name} by stembridge models import",
         }
-        card_partial.write_text(f"# Imported by: stembridge models import {source.name} --config {config_path.name}\n"
-                                + yaml.safe_dump(card, sort_keys=False, width=100), encoding="utf-8")
-        os.replace(partial, onnx_path)
-        os.replace(card_partial, card_path)
-    except OSError as exc:
-        raise ModelError(f"{target}: cannot write the model there ({exc.strerror or exc}); make it writable, or set "
-                         "STEMBRIDGE_MODELS to a folder you can write") from None
-    finally:
-        partial.unlink(missing_ok=True)
-        card_partial.unlink(missing_ok=True)
+    onnx_path, card_path = publish.publish(
+        target, name, card, header=f"Imported by: stembridge models import {source.name} --config {config_path.name}")
     return ImportedRoformer(name, card_path, onnx_path, cfg.architecture, cfg.stems, db, time.perf_counter() - start)

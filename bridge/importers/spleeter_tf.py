@@ -21,8 +21,6 @@ caller must say (``bins=``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import re
 import tarfile
 import tempfile
@@ -30,9 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..errors import ModelError
+from ..records import file_sha256
+from . import publish
 from ..models import known_cards, user_models_folder
 from .tf_checkpoint import Checkpoint, CheckpointError, message_fields
 
@@ -285,19 +284,11 @@ def _write(model, folder: Path, *, name: str, stems, bins: int, source: Path) ->
     """Write the model, then its card (the card makes it visible), each renamed into place when whole."""
     import onnx
 
-    onnx_path, card_path = folder / f"{name}.onnx", folder / f"{name}.yaml"
-    partials = []
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = onnx_path.with_name(f".{onnx_path.name}.partial")
-        partials.append(partial)
+    onnx_path, _ = publish.paths(folder, name)
+    with publish.writing(folder, name) as partial:
         onnx.save(model, str(partial))
-        digest = hashlib.sha256()
-        with open(partial, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
         card = {
-            "name": name, "family": "mask", "file": onnx_path.name, "sha256": digest.hexdigest(),
+            "name": name, "family": "mask", "file": onnx_path.name, "sha256": file_sha256(partial),
             "stems": list(stems), "sample_rate": 44100, "n_fft": 4096, "hop": 1024, "bins": bins, "dim_t": 512,
             "combine": "ratio",
             "license": "MIT (Spleeter by Deezer Research)",
@@ -306,15 +297,4 @@ def _write(model, folder: Path, *, name: str, stems, bins: int, source: Path) ->
             "description": f"Spleeter {len(stems)}-stem U-Nets, magnitude masks up to "
                            f"{'16' if bins == 1536 else '11'} kHz; imported from {source.name} by stembridge models import",
         }
-        card_partial = card_path.with_name(f".{card_path.name}.partial")
-        partials.append(card_partial)
-        card_partial.write_text(f"# Imported by: stembridge models import {source}\n"
-                                + yaml.safe_dump(card, sort_keys=False, width=100), encoding="utf-8")
-        os.replace(partial, onnx_path)
-        os.replace(card_partial, card_path)
-    except OSError as exc:
-        for p in partials:
-            p.unlink(missing_ok=True)
-        raise ModelError(f"{folder}: cannot write the model there ({exc.strerror or exc}); make it writable, or set "
-                         "STEMBRIDGE_MODELS to a folder you can write") from None
-    return onnx_path, card_path
+    return publish.publish(folder, name, card, header=f"Imported by: stembridge models import {source}")

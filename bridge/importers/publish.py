@@ -1,0 +1,78 @@
+"""The last step of every import: the model and its card into the model folder, atomically.
+
+An importer writes its ONNX file under :func:`partial_onnx`'s hidden name; :func:`publish` then
+writes the card under a hidden name too, renames the model into place and the card last (the
+card is what makes a model visible to ``stembridge models``), and removes both hidden files
+whatever happens, so a failed or interrupted import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from ..errors import ModelError
+
+
+def paths(folder: Path, name: str) -> tuple[Path, Path]:
+    """``(onnx, card)`` paths of model ``name`` in ``folder``."""
+    return Path(folder) / f"{name}.onnx", Path(folder) / f"{name}.yaml"
+
+
+def partial_onnx(folder: Path, name: str) -> Path:
+    """Where an importer writes the ONNX file before :func:`publish` renames it."""
+    onnx_path, _ = paths(folder, name)
+    return onnx_path.with_name(f".{onnx_path.name}.partial")
+
+
+def folder_error(folder: Path, exc: OSError) -> ModelError:
+    return ModelError(f"{folder}: cannot write the model there ({exc.strerror or exc}); make it writable, or set "
+                      "STEMBRIDGE_MODELS to a folder you can write")
+
+
+@contextlib.contextmanager
+def writing(folder: Path, name: str) -> Iterator[Path]:
+    """Make ``folder`` and give the hidden path to write model ``name``'s ONNX file to; on any
+    failure inside, that file is removed (an OSError becomes one :class:`ModelError` line)."""
+    partial = partial_onnx(folder, name)
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        yield partial
+    except OSError as exc:
+        _discard(partial)
+        raise folder_error(folder, exc) from None
+    except BaseException:
+        _discard(partial)
+        raise
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(OSError):  # e.g. the "folder" is a file: there is nothing to remove
+        path.unlink()
+
+
+def publish(folder: Path, name: str, card: dict, *, header: str) -> tuple[Path, Path]:
+    """Rename the finished :func:`partial_onnx` file into place and write ``card`` beside it.
+
+    ``header`` is the card's first comment line (what made it). Returns ``(onnx, card)`` paths.
+    """
+    onnx_path, card_path = paths(folder, name)
+    partial = partial_onnx(folder, name)
+    card_partial = card_path.with_name(f".{card_path.name}.partial")
+    try:
+        with open(card_partial, "w", encoding="utf-8") as handle:
+            handle.write(f"# {header}\n" + yaml.safe_dump(card, sort_keys=False, width=100))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, onnx_path)
+        os.replace(card_partial, card_path)
+    except OSError as exc:
+        raise folder_error(folder, exc) from None
+    finally:
+        _discard(partial)
+        _discard(card_partial)
+    return onnx_path, card_path
