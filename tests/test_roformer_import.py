@@ -336,3 +336,38 @@ def test_an_export_under_60_db_is_refused(imported, models_folder, monkeypatch, 
     assert str(ckpt) in err and "42.0 dB SNR of the masks, 60 dB needed" in err
     assert not any(p.suffix in (".onnx", ".yaml") or "partial" in p.name for p in models_folder.glob("*")), \
         list(models_folder.glob("*"))
+
+
+@pytest.mark.parametrize("kind", ["bs", "mel"])
+def test_sequences_in_groups_give_the_same_mask_in_torch_and_onnx(imported, kind, monkeypatch, tmp_path):
+    """With a scratch budget so small that every transformer runs its sequences one group at a
+    time, the mask equals the whole-batch network's (torch), and the export of the grouped network
+    equals it too (onnxruntime): grouping changes memory, not the result."""
+    import bridge.importers.roformer_net as roformer_net
+    from bridge.importers.roformer import export_onnx
+
+    ckpt, config, card, _ = imported[kind]
+    cfg = parse_config(read_config(config), source=str(config))
+    net = build_network(cfg, read_state_dict(ckpt), source=str(ckpt))
+    rng = np.random.default_rng(11)
+    spec = torch.from_numpy(rng.standard_normal((1, cfg.audio_channels, N_FFT // 2 + 1, FRAMES, 2)).astype(np.float32))
+    with torch.no_grad():
+        whole = net(spec).numpy()
+    calls = []
+    original = roformer_net.grouped
+
+    def counting(transformer, x, *, heads):
+        calls.append(int(x.shape[1]))
+        return original(transformer, x, heads=heads)
+
+    monkeypatch.setattr(roformer_net, "GROUP_BYTES", 1)  # one sequence per group
+    monkeypatch.setattr(roformer_net, "grouped", counting)
+    with torch.no_grad():
+        in_groups = net(spec).numpy()
+    assert calls and all(m > 1 for m in calls)  # every transformer had several sequences to split
+    np.testing.assert_allclose(in_groups, whole, atol=1e-5)  # float32: the same sums, other GEMM blocking
+    path = tmp_path / "grouped.onnx"
+    export_onnx(net, path, source="test")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    mask = session.run(None, {session.get_inputs()[0].name: spec.numpy()})[0]
+    assert snr_db(whole, mask) >= 80

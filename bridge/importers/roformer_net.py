@@ -141,6 +141,27 @@ class Transformer(nn.Module):
         return self.norm(x)
 
 
+#: Scratch memory one group of sequences may take in a transformer, in bytes per batch item.
+#: The time transformer attends along the frames of every band at once: at the viperx size that
+#: is 62 sequences x 8 heads x 801 x 801 float32 attention scores, 1.27 GB (and as much again for
+#: the softmax), which made the onnxruntime run peak at 4.8 GB where torch's fused attention
+#: needs 2.4 GB. The sequences are independent, so they go through in groups (unrolled in the
+#: export, with static sizes) and the result is the same.
+GROUP_BYTES = 128 << 20
+
+
+def grouped(transformer: nn.Module, x, *, heads: int):
+    """``transformer`` over ``x`` ``[b, m, n, d]``: ``m`` independent sequences of ``n`` tokens,
+    in groups of sequences whose attention scores and feed-forward activations fit
+    :data:`GROUP_BYTES`."""
+    m, n, d = (int(v) for v in x.shape[1:])
+    per_sequence = 4 * n * (heads * n + 4 * d)  # float32 scores + the 4x feed-forward width
+    size = max(1, min(m, GROUP_BYTES // per_sequence))
+    parts = [transformer(part.reshape(-1, n, d)).reshape(-1, int(part.shape[1]), n, d)
+             for part in x.split(size, dim=1)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 class BandSplit(nn.Module):
     """Each band's (bins x channels x re/im) features -> RMSNorm -> Linear to d."""
 
@@ -268,8 +289,8 @@ class Roformer(nn.Module):
             if self.config.skip_connection:  # ZFTurbo's option: every earlier block's output is added
                 for earlier in outputs:
                     x = x + earlier
-            x = time(x.permute(0, 2, 1, 3).reshape(-1, t, d)).reshape(-1, k, t, d).permute(0, 2, 1, 3)
-            x = freq(x.reshape(-1, k, d)).reshape(-1, t, k, d)
+            x = grouped(time, x.permute(0, 2, 1, 3), heads=self.config.heads).permute(0, 2, 1, 3)
+            x = grouped(freq, x, heads=self.config.heads)
             if self.config.skip_connection:
                 outputs.append(x)
         if not self.mel:
