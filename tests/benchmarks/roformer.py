@@ -157,10 +157,18 @@ def run_audiosep(arch: str, size: str, song: str, tag: str, overlap: int = 2) ->
            "--overlap", str(overlap), "--batch-size", "1", "--result", str(result)]
     m = timed(cmd, env=audiosep_env(), logfile=out.with_suffix(".log"))
     m.update(json.loads(result.read_text()))
-    m["outputs"] = {("vocals" if "(Vocals)" in f else "other" if "(Other)" in f else Path(f).stem): str(out / Path(f).name)
-                    for f in m["outputs"]}
+    m["outputs"] = audiosep_outputs(out)
     m["tool"], m["song"], m["arch"], m["size"], m["num_overlap"] = "audio-separator", song, arch, size, overlap
     return m
+
+
+def audiosep_outputs(folder: Path) -> dict:
+    """``{stem: path}`` of an audio-separator run: it names files ``SONG_(stem)_MODEL.wav``."""
+    out = {}
+    for f in sorted(Path(folder).glob("*.wav")):
+        stem = f.name.split("_(", 1)[1].split(")", 1)[0].lower() if "_(" in f.name else f.stem
+        out[stem] = str(f)
+    return out
 
 
 def cmd_audiosep(args) -> None:
@@ -344,7 +352,7 @@ def cmd_parity(args) -> None:
     own output (and the same grid shifted by ``--shift`` samples, as a control)."""
     results = json.loads((WORK / "results" / "roformer.json").read_text())
     asp = results[f"as_{args.arch}_{args.size}_{args.song}"]
-    ref = read(asp["outputs"]["vocals"])
+    ref = read(audiosep_outputs(Path(asp["outputs"][next(iter(asp["outputs"]))]).parent)["vocals"])
     mix = read(song_path(args.song))
     engine, card = engine_for(sb_name(args.arch, args.size), threads=args.threads)
     chunk = int(args.chunk or engine.chunk)
@@ -421,6 +429,95 @@ def cmd_floor(args) -> None:
     log(f"floor {name}: " + json.dumps({k: v for k, v in entry.items() if k != "times"}))
 
 
+def cmd_netparity(args) -> None:
+    """The network alone on our calibrated checkpoint and a real chunk: audio-separator's torch
+    network (its venv) vs stembridge's ONNX model (onnxruntime, opened as stembridge opens it) on
+    the same spectrogram (torch's own STFT of the chunk); the masked spectrograms and the masks
+    compared (SNR). Then the whole chunk path: stembridge's ``RoformerEngine.run`` (its STFT,
+    model, inverse STFT) on the chunk vs the torch network's output audio."""
+    name = sb_name(args.arch, args.size, args.variant)
+    folder = WORK / "runs" / f"netparity_{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    engine, card = engine_for(name, threads=args.threads)
+    mix = read(song_path(args.song))
+    start = int(args.start * RATE)
+    chunk = np.ascontiguousarray(mix[:, start:start + card.chunk_size])
+    np.save(folder / "chunk.npy", chunk)
+    config = WORK / "models" / f"{model_name(args.arch, args.size)}.yaml"
+    if args.variant:
+        config = config.with_name(f"{config.stem}_{args.variant}.yaml")
+    cmd = [str(VENV / "bin" / "python"), str(HERE / "roformer_torch.py"), "forward", "--ckpt",
+           str(ckpt_path(args.arch, args.size)), "--config", str(config), "--input", str(folder / "chunk.npy"),
+           "--output", str(folder / "torch.npz")]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    torch_run = timed(cmd, env=audiosep_env(), logfile=folder / "torch.log")
+    ref = np.load(folder / "torch.npz")
+    spec = ref["spec"].astype(np.float32)
+    t = time.perf_counter()
+    masks = engine._model(spec)  # (b, stems, c, f, t) complex64, the ONNX model through stembridge's runner
+    ort_s = time.perf_counter() - t
+    spec_c = spec[..., 0].astype(np.float64) + 1j * spec[..., 1]
+    mine = spec_c[:, None] * masks.astype(np.complex128)
+    theirs = ref["masked"].astype(np.complex128)
+    their_mask = theirs / np.where(spec_c[:, None] == 0, 1, spec_c[:, None])
+
+    def csnr(a, b):
+        return snr_db(np.stack([a.real, a.imag]), np.stack([b.real, b.imag]))
+
+    t = time.perf_counter()
+    audio = engine.run(chunk[None])["vocals"][0]
+    run_s = time.perf_counter() - t
+    # What differs between the STFTs: stembridge's of the chunk vs torch's.
+    own = engine.stft.forward(chunk[None])
+    entry = {"model": name, "song": args.song, "chunk_start_s": args.start, "chunk": card.chunk_size,
+             "masked_spec_snr_db": csnr(theirs, mine), "mask_snr_db": csnr(their_mask, masks.astype(np.complex128)),
+             "stft_snr_db": csnr(spec_c, own.astype(np.complex128)),
+             "chunk_audio_snr_db": snr_db(ref["audio"], audio),
+             "torch_forward_s": float(ref["seconds"]), "torch_threads": int(ref["threads"]), "ort_model_s": ort_s,
+             "engine_run_s": run_s, "torch_process": {k: torch_run[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "load1_before")},
+             "load1": load()}
+    record(f"netparity_{name}", entry)
+    log(f"network parity {name}: " + json.dumps(entry))
+
+
+def cmd_sensitivity(args) -> None:
+    """Why the tools agree at ~74 dB and not ~120: the same ONNX model on one real chunk, fed
+    torch's STFT (``torch.stft``, as audio-separator's network computes it) and stembridge's
+    (``Stft.forward``), which differ by float32 rounding only; then again with white noise added to
+    the chunk (``--noise-db``, dBFS), so that no band of the input is near-silent. BS-RoFormer's
+    band-split normalises each band (RMSNorm: scale-invariant), so a band holding almost nothing
+    (this MUSDB excerpt has ~1e-8 of the mean power above 19 kHz) is scaled up to full size with its
+    rounding; the frequency transformer then mixes it into every band."""
+    import torch
+
+    name = sb_name(args.arch, args.size, args.variant)
+    engine, card = engine_for(name, threads=args.threads)
+    mix = read(song_path(args.song))
+    start = int(args.start * RATE)
+    base = np.ascontiguousarray(mix[:, start:start + card.chunk_size])
+    win = card.win_length or card.n_fft
+
+    def csnr(a, b):
+        return snr_db(np.stack([a.real, a.imag]), np.stack([b.real, b.imag]))
+
+    rows = []
+    for noise_db in [None] + [float(x) for x in args.noise_db.split(",")]:
+        chunk = base.copy()
+        if noise_db is not None:
+            chunk += (10 ** (noise_db / 20) * np.random.default_rng(0).standard_normal(chunk.shape)).astype(np.float32)
+        t = torch.stft(torch.from_numpy(chunk), card.n_fft, card.hop, win, window=torch.hann_window(win), center=True,
+                       return_complex=True).numpy()[None]
+        spec_t = np.ascontiguousarray(np.stack([t.real, t.imag], -1).astype(np.float32))
+        own = np.ascontiguousarray(engine.stft.forward(chunk[None]))
+        spec_s = own.view(np.float32).reshape(own.shape + (2,))
+        m_t, m_s = engine._model(spec_t), engine._model(spec_s)
+        rows.append({"noise_dbfs": noise_db, "stft_snr_db": csnr(t.astype(complex), own.astype(complex)),
+                     "masked_spec_snr_db": csnr((t[:, None] * m_t).astype(complex), (own[:, None] * m_s).astype(complex))})
+        log(f"sensitivity {name}: {rows[-1]}")
+    record(f"sensitivity_{name}", {"chunk_start_s": args.start, "song": args.song, "rows": rows})
+
+
 # --------------------------------------------------------------------------- songs
 
 def cmd_songs(args) -> None:
@@ -444,7 +541,7 @@ def main() -> int:
 
     def common(p, song=True):
         p.add_argument("--arch", choices=("bs", "mel"), default="bs")
-        p.add_argument("--size", choices=("mid", "full"), default="mid")
+        p.add_argument("--size", choices=("small", "mid", "full"), default="mid")
         if song:
             p.add_argument("--song", default="so_easy_30s_f32")
         return p
@@ -465,12 +562,21 @@ def main() -> int:
     p.add_argument("--chunks", type=int, help="emulate only the first N chunks")
     p.add_argument("--shift", type=int, default=0, help="also run the grid moved by this many samples")
     p.add_argument("--threads", type=int)
+    p = common(sub.add_parser("netparity"))
+    p.add_argument("--variant", default="")
+    p.add_argument("--start", type=float, default=10.0, help="where the chunk starts in the song, seconds")
+    p.add_argument("--threads", type=int)
+    p = common(sub.add_parser("sensitivity"))
+    p.add_argument("--variant", default="")
+    p.add_argument("--start", type=float, default=10.0)
+    p.add_argument("--noise-db", default="-80,-60")
+    p.add_argument("--threads", type=int)
     p = common(sub.add_parser("floor"))
     p.add_argument("--quant", default="")
     p.add_argument("--threads", type=int)
     p.add_argument("--max-chunks", type=int)
     args = parser.parse_args()
-    {"floor": cmd_floor, "build": cmd_build, "audiosep": cmd_audiosep, "songs": cmd_songs, "import": cmd_import,
+    {"sensitivity": cmd_sensitivity, "floor": cmd_floor, "netparity": cmd_netparity, "build": cmd_build, "audiosep": cmd_audiosep, "songs": cmd_songs, "import": cmd_import,
      "stembridge": cmd_stembridge, "parity": cmd_parity}[args.cmd](args)
     return 0
 

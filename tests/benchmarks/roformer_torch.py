@@ -5,8 +5,8 @@
 
 ``build`` instantiates python-audio-separator's own RoFormer class (through its ``RoformerLoader``,
 exactly as ``Separator.load_model`` does, with no checkpoint on disk: random weights, seeded), at
-the published configuration (``--size full``) or a mid-size one (``--size mid``: dim 256, depth 6,
-everything else as published), calibrates the mask estimators' last layers (below), and writes
+the published configuration (``--size full``), a mid-size one (``--size mid``: dim 256, depth 6,
+everything else as published) or a small one for memory-against-length runs (``--size small``), calibrates the mask estimators' last layers (below), and writes
 ``DIR/NAME.ckpt`` (the state dict, as the real checkpoints are) with ``DIR/NAME.yaml`` (the config
 it was built from) and ``DIR/NAME.json`` (parameter count, calibration).
 
@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-MID = {"dim": 256, "depth": 6}
+#: Overrides of the published config per size ("full": none). "small" is for memory against song
+#: length only (compute next to nothing, the same chunk geometry and I/O).
+SIZES = {"full": {}, "mid": {"dim": 256, "depth": 6}, "small": {"dim": 64, "depth": 1, "heads": 2, "dim_head": 16}}
 
 
 def load_config(path: Path) -> dict:
@@ -82,8 +84,7 @@ def build(args) -> None:
 
     torch.manual_seed(args.seed)
     config = load_config(args.config)
-    if args.size == "mid":
-        config["model"].update(MID)
+    config["model"].update(SIZES[args.size])
     model, model_type = create(config)
     params = sum(p.numel() for p in model.parameters())
     layers = last_layers(model)
@@ -123,7 +124,7 @@ def build(args) -> None:
         h.remove()
     mask = torch.cat([torch.nn.functional.glu(o, dim=-1).flatten() for o in captured])
     meta = {"model_type": model_type, "size": args.size, "seed": args.seed, "params": params,
-            "ckpt_bytes": ckpt.stat().st_size, "config": str(args.config), "overrides": MID if args.size == "mid" else {},
+            "ckpt_bytes": ckpt.stat().st_size, "config": str(args.config), "overrides": SIZES[args.size],
             "probe": f"{args.probe} 10-12 s", "probe_forward_s": probe_s, "pre_glu_std_before": {"a": sa, "b": sb},
             "scale": {"a": scale_a, "b": scale_b},
             "mask_after": {"std": float(mask.std()), "mean_abs": float(mask.abs().mean()),
@@ -135,20 +136,39 @@ def build(args) -> None:
 
 
 def forward(args) -> None:
+    """One chunk through the checkpoint's network, recording what happens between its STFT and
+    its inverse STFT: the spectrogram ``torch.stft`` returns (the ONNX model's input) and the
+    masked spectrogram ``torch.istft`` receives (mask x spectrogram), and the output audio."""
     import torch
 
     config = load_config(args.config)
     model, _ = create(config, args.ckpt)
     x = torch.from_numpy(np.load(args.input))[None]
-    captured = {}
-    model.band_split.register_forward_hook(lambda m, i, o: captured.__setitem__("band_split_in", i[0].detach()))
     if args.threads:
         torch.set_num_threads(args.threads)
-    t = time.perf_counter()
-    with torch.no_grad():
-        y = model(x)[0]
-    seconds = time.perf_counter() - t
-    np.savez(args.output, audio=y.numpy(), band_split_in=captured["band_split_in"][0].numpy(), seconds=seconds,
+    seen = {}
+    stft, istft = torch.stft, torch.istft
+
+    def spy_stft(*a, **k):
+        seen["spec"] = stft(*a, **k)
+        return seen["spec"]
+
+    def spy_istft(spec, *a, **k):
+        seen["masked"] = spec
+        return istft(spec, *a, **k)
+
+    torch.stft, torch.istft = spy_stft, spy_istft
+    try:
+        t = time.perf_counter()
+        with torch.no_grad():
+            y = model(x)[0]
+        seconds = time.perf_counter() - t
+    finally:
+        torch.stft, torch.istft = stft, istft
+    channels = x.shape[1]
+    spec = torch.view_as_real(seen["spec"]).reshape(1, channels, *seen["spec"].shape[-2:], 2)  # [b s f t 2]
+    masked = seen["masked"].reshape(1, -1, channels, *seen["masked"].shape[-2:])  # [b n s f t] complex
+    np.savez(args.output, audio=y.numpy(), spec=spec.numpy(), masked=masked.numpy(), seconds=seconds,
              threads=torch.get_num_threads())
     print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
 
@@ -167,8 +187,7 @@ def flops(args) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     config = load_config(args.config)
-    if args.size == "mid":
-        config["model"].update(MID)
+    config["model"].update(SIZES[args.size])
     model, model_type = create(config)
     hop = config["model"].get("stft_hop_length", 512)
     attention = [0]
@@ -206,7 +225,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("--config", type=Path, required=True)
-    b.add_argument("--size", choices=("mid", "full"), required=True)
+    b.add_argument("--size", choices=tuple(SIZES), required=True)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--probe", type=Path, required=True)
     b.add_argument("--seed", type=int, default=0)
@@ -218,7 +237,7 @@ def main() -> None:
     f.add_argument("--threads", type=int)
     c = sub.add_parser("flops")
     c.add_argument("--config", type=Path, required=True)
-    c.add_argument("--size", choices=("mid", "full"), required=True)
+    c.add_argument("--size", choices=tuple(SIZES), required=True)
     c.add_argument("--chunk", type=int, default=352800)
     c.add_argument("--frames1", type=int, default=41)
     c.add_argument("--frames2", type=int, default=81)
