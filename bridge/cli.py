@@ -12,68 +12,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, console
 from .errors import BridgeError, ModelError, PresetError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def _progress(label: str, enabled: bool):
-    if not enabled:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
-
-    def update(done: int, total: int) -> None:
-        bar.n = round(100 * done / max(total, 1))
-        bar.refresh()
-
-    return update, bar.close
-
-
-#: True while progress bars are on the terminal: lines then go through tqdm, which moves the bars.
-_BARS = {"on": False}
-
-
-def _say(line: str, *, file=None) -> None:
-    if _BARS["on"]:
-        from tqdm import tqdm
-
-        tqdm.write(line, file=file or sys.stdout)
-    else:
-        print(line, file=file or sys.stdout)
-
-
-def _error(message: str) -> None:
-    _say(f"stembridge: error: {message}", file=sys.stderr)
-
-
-def _show_layer_warnings() -> None:
-    """Print a layer's warnings (silent instrument, notes after the end) as one stembridge line."""
-    import warnings
-
-    from .layers import LayerWarning
-
-    default = warnings.showwarning
-    if getattr(default, "stembridge", False):
-        return
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, LayerWarning):
-            _say(f"stembridge: warning: {message}", file=sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
-
-    show.stembridge = True
-    warnings.showwarning = show
-
-
-def _warn_clipped(target: Path, count: int) -> None:
-    from .render import clipping_message
-
-    _say(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 
 
 def cmd_separate(args) -> int:
@@ -91,7 +33,7 @@ def cmd_separate(args) -> int:
 def cmd_render(args) -> int:
     from .batch import RunSpec
 
-    _show_layer_warnings()
+    console.show_layer_warnings()
     if args.project:  # --project reaper is --set output.project=reaper
         args.set = [*(args.set or ()), f"output.project={args.project}"]
     session = _check_session(args.preset, args.set or ())
@@ -164,24 +106,24 @@ def _run(args, spec, *, album: bool = False) -> int:
     if jobs == 1 and not args.scheduler:
         worker_for(spec)  # the model and plugins load here, before any song: their errors are usage errors
     for note in notes:
-        _say(f"stembridge: warning: {note}", file=sys.stderr)
+        console.say(f"stembridge: warning: {note}", file=sys.stderr)
     show = sys.stderr.isatty() and not args.quiet
-    overall = _Overall(len(songs), sum(_seconds(s.path) for s in songs) if show else 0.0, show)
+    overall = console.Overall(len(songs), sum(console.seconds(s.path) for s in songs) if show else 0.0, show)
 
     def on_event(kind, song, outcome):
         overall.done(outcome)
         if outcome.status == "failed":
-            _error(outcome.error)
+            console.error(outcome.error)
             return
         if not args.quiet:
-            _report_song(_label(song) if song else outcome.path.name, outcome, spec.kind)
+            console.report_song(console.label(song) if song else outcome.path.name, outcome, spec.kind)
         for target, count in outcome.clipped:
-            _warn_clipped(target, count)
+            console.warn_clipped(target, count)
 
     def progress_for(song):
         if not show:
             return None
-        return overall.song(_label(song))
+        return overall.song(console.label(song))
 
     try:
         report = run_batch(spec, songs, jobs=jobs, scheduler=args.scheduler, album_loudness=album,
@@ -192,101 +134,12 @@ def _run(args, spec, *, album: bool = False) -> int:
     write_record(report, Path(args.out))
     failures = report.failed
     if failures and len(songs) > 1:
-        _error(f"{len(failures)} of {len(songs)} inputs failed")
+        console.error(f"{len(failures)} of {len(songs)} inputs failed")
     if not args.quiet:
         for line in report.summary():
             if not line.startswith("  failed"):
                 print(line)
     return EXIT_SOME_FAILED if failures else EXIT_OK
-
-
-def _label(song) -> str:
-    """A song as the user named it: its folders from the named one down, then its file name."""
-    return f"{song.naming.relpath}/{song.path.name}" if song.naming.relpath else song.path.name
-
-
-def _seconds(path: Path) -> float:
-    from . import io
-
-    try:
-        return io.info(path).seconds
-    except BridgeError:
-        return 0.0
-
-
-class _Overall:
-    """The run's progress: songs done of total, audio minutes, ETA; a per-song bar below it."""
-
-    def __init__(self, total: int, seconds: float, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        self.seconds = seconds
-        self.done_seconds = 0.0
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc="songs", unit="song", position=0, leave=False, file=sys.stderr,
-                            bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining}{postfix}")
-            self._postfix()
-            _BARS["on"] = True
-
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"{self.done_seconds / 60:.1f} of {self.seconds / 60:.1f} min of audio", refresh=True)
-
-    def done(self, outcome) -> None:
-        if self.bar is not None:
-            self.done_seconds += outcome.seconds
-            self.bar.update(1)
-            self._postfix()
-
-    def song(self, label: str):
-        from tqdm import tqdm
-
-        bar = tqdm(total=100, desc=label, unit="%", position=1, leave=False, file=sys.stderr,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
-
-        def update(done: int, total: int) -> None:
-            bar.n = round(100 * done / max(total, 1))
-            bar.refresh()
-            if done >= total:
-                bar.close()
-
-        return update
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            _BARS["on"] = False
-
-
-def _report_song(name: str, outcome, kind: str) -> None:
-    if outcome.status == "skipped":
-        _say(f"{name}: up to date, skipped")
-        return
-    source = " (from cached stems)" if outcome.status == "cached" else ""
-    if kind == "separate":
-        for stem, target in outcome.written.items():
-            _say(f"{name}: {stem} -> {target}{source}")
-        return
-    _report_file(name, outcome.written, outcome.written["manifest"], suffix=source)
-
-
-def _report_file(name: str, written: dict, manifest_path, suffix: str = "") -> None:
-    import json
-
-    outputs = json.loads(Path(manifest_path).read_text(encoding="utf-8"))["outputs"]
-    for label, target in written.items():
-        if label not in outputs:  # the manifest, the DAW project
-            if label != "manifest":
-                _say(f"{name}: {label} -> {target}")
-            continue
-        stats = outputs[label]
-        loud = "-inf" if stats["loudness_lufs"] is None else f"{stats['loudness_lufs']:.1f}"
-        peak = "-inf" if stats["true_peak_dbtp"] is None else f"{stats['true_peak_dbtp']:.1f}"
-        _say(f"{name}: {label} -> {target} ({loud} LUFS, true peak {peak} dBTP){suffix}")
-        if stats["clipped_samples"]:
-            _say(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
-                 "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
 
 
 def _separator_card(session):
@@ -356,7 +209,7 @@ def cmd_eval(args) -> int:
     else:
         separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
                                                                             threads=args.threads, wiener=args.wiener)
-    update, close = _progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
+    update, close = console.progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
     finally:
@@ -379,8 +232,8 @@ def cmd_models(args) -> int:
     for name, card in sorted(known_cards().items()):
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"  {card.describe()}{mark}")
-    print("  dsp                          dsp   vocals/instrumental              (no weights; weight-free fallback)")
-    print(f"  {DEFAULT_4STEMS:<28} hpss  vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
+    print("  dsp                          dsp      vocals/instrumental              (no weights; weight-free fallback)")
+    print(f"  {DEFAULT_4STEMS:<28} hpss     vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
           "the rest by HPSS; not a 4-stem model; also gives instrumental = drums+bass+other)")
     print("Also accepted: a path to a card .yaml, or to a UVR MDX-Net .onnx file (recognised by its hash).")
     print("Searched folders ($STEMBRIDGE_MODELS first):")
@@ -392,9 +245,22 @@ def cmd_models(args) -> int:
 def cmd_models_import(args) -> int:
     from .importers import import_model
 
-    done = import_model(args.path, name=args.name, force=args.force, bins=args.bins, fp32=args.fp32)
+    done = import_model(args.path, config=args.config, name=args.name, force=args.force, bins=args.bins,
+                        fp32=args.fp32)
+    detail = (f"{done.architecture}, ONNX vs torch {done.parity_db:.1f} dB" if hasattr(done, "parity_db")
+              else f"{done.bins} bins")
     print(f"{args.path}: imported as '{done.name}' ({len(done.stems)} stems: {', '.join(done.stems)}; "
-          f"{done.bins} bins) in {done.seconds:.1f} s -> {done.card}")
+          f"{detail}) in {done.seconds:.1f} s -> {done.card}")
+    print(f"use it with: stembridge separate --model {done.name} SONG")
+    return EXIT_OK
+
+
+def cmd_models_quantize(args) -> int:
+    from .importers.quantize import quantize_model
+
+    done = quantize_model(args.model, name=args.name, force=args.force)
+    print(f"{args.model}: quantized as '{done.name}' ({done.bytes_before / 1e6:.1f} -> {done.bytes_after / 1e6:.1f} MB) "
+          f"in {done.seconds:.1f} s -> {done.card}")
     print(f"use it with: stembridge separate --model {done.name} SONG")
     return EXIT_OK
 
@@ -471,15 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list known models and where they are looked for; import one")
     models.set_defaults(run=cmd_models)
     models_commands = models.add_subparsers(dest="models_command")
-    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) "
-                                                    "into the user model folder")
-    imp.add_argument("path", help="checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz")
-    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count)")
+    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) or a "
+                                                    "BS-/Mel-Band RoFormer checkpoint into the user model folder")
+    imp.add_argument("path", help="Spleeter checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz; "
+                                  "or a RoFormer CHECKPOINT.ckpt (with --config)")
+    imp.add_argument("--config", metavar="CONFIG.yaml",
+                     help="RoFormer: the checkpoint's YAML config (model:, audio:, training:); needs torch")
+    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count; a RoFormer's "
+                                    "checkpoint file name)")
     imp.add_argument("--force", action="store_true", help="replace a model of the same name")
     imp.add_argument("--bins", type=int, choices=[1024, 1536],
                      help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
     imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
     imp.set_defaults(run=cmd_models_import)
+    quant = models_commands.add_parser("quantize", help="write an int8 variant of a roformer model (a new model: "
+                                                        "faster on CPUs with VNNI, slightly different output)")
+    quant.add_argument("model", help="model name or card .yaml (a roformer)")
+    quant.add_argument("--name", help="the new model's name (default: NAME-int8)")
+    quant.add_argument("--force", action="store_true", help="replace a model of the same name")
+    quant.set_defaults(run=cmd_models_quantize)
 
     cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
     cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
@@ -565,10 +441,10 @@ def main(argv=None) -> int:
     except BridgeError as exc:
         if args.debug:
             traceback.print_exc()
-        _error(str(exc))
+        console.error(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        _error("interrupted; no partial output was left under a final name")
+        console.error("interrupted; no partial output was left under a final name")
         return EXIT_INTERRUPTED
 
 

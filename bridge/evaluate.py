@@ -2,19 +2,11 @@
 
 Conventions
 -----------
-- A *references folder* holds songs, found recursively: every folder with a ``mixture.<ext>``
-  file is a song, and the other audio files beside it are its reference stems, named by stem
-  (``vocals.flac``, ``drums.wav``, ...). Names are canonicalised with
-  :func:`bridge.models.canonical_stem` (``accompaniment`` -> ``instrumental``). When a song has
-  no ``instrumental`` reference but has vocals and other stems, the instrumental reference is
-  the sum of the non-vocal stems (drums + bass + other); a song without vocals but with two or
-  more stems (drums, bass, other) gets the same sum, which is then its mixture.
+- Reference songs are found and loaded by :mod:`bridge.references` (its docstring says how a
+  references folder is laid out and how lengths are trimmed).
 - Every stem the model gives is scored against the reference of that name, and so are the sums
   the model gives (:func:`bridge.models.derived_stems`: a 4-stem model's ``instrumental`` is
   drums + bass + other) wherever the song has that reference.
-- Every file of a song must share the mixture's sample rate and channel count. Lossy-coded stems
-  often end a few samples early, so all files are trimmed to the shortest (noted in the report);
-  a difference over one second is an error, since it means files of different songs.
 - **SDR** is BSS Eval v4 as museval computes it for SiSEC/MUSDB18: ``bss_eval`` images with
   one set of distortion filters (512 taps) for the whole song, on 1 s frames with a 1 s hop,
   then the median over frames, ignoring NaN frames (museval's marker for a frame where a
@@ -33,8 +25,6 @@ Conventions
   (museval refuses all-zero estimates; ``-inf`` keeps the failure in the medians). A stem whose
   whole reference is silence, or whose every frame is NaN, gets ``nan`` (not measurable) and is
   left out of the median. Medians over songs use the stems' per-song scores.
-- Songs are loaded whole: reference folders hold short excerpts (seconds to a minute), and
-  BSS Eval needs the whole song for its filters anyway. Do not point this at full albums.
 """
 
 from __future__ import annotations
@@ -44,7 +34,6 @@ import functools
 import importlib.util
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -52,16 +41,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import io
-from .errors import AudioError, BridgeError, ModelError, OutputError
+from .errors import AudioError, BridgeError, ModelError
 from .models import canonical_stem, derived_stems
+from .references import Song, SongFiles, find_songs, load_song
 
 #: Frame length and hop of the framewise SDR, in seconds (SiSEC 2018).
 FRAME_SECONDS = 1.0
 #: The oracle's STFT (window and hop in samples, as the Spleeter/MDX pipelines use).
 ORACLE_N_FFT, ORACLE_HOP = 4096, 1024
-#: Largest length difference between a song's files that is trimmed rather than refused, in seconds.
-MAX_TRIM_SECONDS = 1.0
-MIXTURE = "mixture"
 
 Progress = Callable[[int, int], None]
 
@@ -234,105 +221,6 @@ class NoSplit:
 
 # --- reference folders ---------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class SongFiles:
-    """A song's files, checked from their headers: ``{stem: path}`` plus the common geometry."""
-
-    name: str
-    mixture: Path
-    stems: dict[str, Path]
-    sample_rate: int
-    channels: int
-    frames: int
-    trimmed: int  # samples cut from the longest file to match the shortest
-
-
-@dataclasses.dataclass
-class Song:
-    """A loaded song: mixture and references, all ``(channels, samples)`` float32, same length."""
-
-    name: str
-    sample_rate: int
-    mixture: np.ndarray
-    references: dict[str, np.ndarray]
-    atoms: tuple[str, ...]  # references that partition the mixture (the oracle masks these)
-
-
-def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lstrip(".").lower() in io.FORMATS)
-
-
-def find_songs(references) -> list[SongFiles]:
-    """Every song under ``references`` (any folder holding a ``mixture.*``), checked from headers.
-
-    Raises
-    ------
-    AudioError
-        Missing folder, no songs, two files for one stem, or files that disagree in sample rate,
-        channels or length (over one second).
-    """
-    root = Path(references)
-    if not root.is_dir():
-        raise AudioError(f"{root}: no such folder; pass a folder of songs laid out as <song>/mixture.wav, <song>/vocals.wav, ...")
-    folders = sorted({p.parent for p in root.rglob("*") if p.is_file() and p.stem.lower() == MIXTURE
-                      and p.suffix.lstrip(".").lower() in io.FORMATS})
-    if not folders:
-        raise AudioError(
-            f"{root}: no song found (no mixture.wav/.flac/... in it or its subfolders); lay references out as "
-            "<song>/mixture.<ext> with the stems beside it: <song>/vocals.<ext>, <song>/drums.<ext>, ..."
-        )
-    return [_song_files(root, folder) for folder in folders]
-
-
-def _song_files(root: Path, folder: Path) -> SongFiles:
-    name = folder.relative_to(root).as_posix() if folder != root else folder.name
-    by_stem: dict[str, Path] = {}
-    for path in _audio_files(folder):
-        stem = canonical_stem(path.stem)
-        if stem in by_stem:
-            raise AudioError(f"{path}: a second file for stem '{stem}' (also {by_stem[stem].name}); keep one of them")
-        by_stem[stem] = path
-    mixture = by_stem.pop(MIXTURE)
-    head = io.info(mixture)
-    frames = [head.frames]
-    for stem, path in by_stem.items():
-        ref = io.info(path)
-        if ref.sample_rate != head.sample_rate:
-            raise AudioError(
-                f"{path}: sample rate {ref.sample_rate} Hz, but the mixture {mixture.name} is {head.sample_rate} Hz; "
-                f"resample the reference to {head.sample_rate} Hz (e.g. ffmpeg -i {path.name} -ar {head.sample_rate} ...)"
-            )
-        if ref.channels != head.channels:
-            raise AudioError(
-                f"{path}: {ref.channels} channel(s), but the mixture {mixture.name} has {head.channels}; "
-                "export the stems with the mixture's channel layout"
-            )
-        frames.append(ref.frames)
-    shortest, longest = min(frames), max(frames)
-    if longest - shortest > MAX_TRIM_SECONDS * head.sample_rate:
-        lengths = ", ".join(f"{p.name} {io.info(p).seconds:.2f} s" for p in [mixture, *by_stem.values()])
-        raise AudioError(
-            f"{folder}: the song's files differ in length by more than {MAX_TRIM_SECONDS:g} s ({lengths}); "
-            "check that they are stems of the same song and the same edit"
-        )
-    return SongFiles(name, mixture, by_stem, head.sample_rate, head.channels, shortest, longest - shortest)
-
-
-def load_song(files: SongFiles) -> Song:
-    """Read a song whole, trimmed to its shortest file, and derive the instrumental reference."""
-    def read(path: Path) -> np.ndarray:
-        audio, _ = io.read(path)
-        return audio[:, : files.frames]
-
-    references = {stem: read(path) for stem, path in files.stems.items()}
-    others = [s for s in references if s not in ("vocals", "instrumental")]
-    atoms = tuple(s for s in references if not (s == "instrumental" and others))
-    if "instrumental" not in references and others and ("vocals" in references or len(others) >= 2):
-        references["instrumental"] = np.sum([references[s] for s in others], axis=0, dtype=np.float32)
-    return Song(files.name, files.sample_rate, read(files.mixture), references, atoms)
-
-
 # --- the report ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -425,16 +313,8 @@ class Report:
 
     def write_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (a partial file renamed when complete)."""
-        path = Path(path)
-        partial = io.partial_path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-            os.replace(partial, path)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise OutputError(f"{path}: cannot write the report ({exc.strerror}); check the folder exists and is writable") from None
-        return path
+        text = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
+        return io.write_text_atomic(path, text, what="report")
 
 
 # --- evaluation --------------------------------------------------------------------------------------

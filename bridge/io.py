@@ -425,6 +425,34 @@ class AudioWriter:
             self.abort()
 
 
+def write_text_atomic(path, text: str, *, what: str = "file") -> Path:
+    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically: a hidden partial file beside
+    it, fsynced, then renamed, so a crash never leaves a half-written file under the final name.
+
+    Raises
+    ------
+    OutputError
+        The folder cannot be created or written; the message names ``what`` and ``path``.
+    """
+    path = Path(path)
+    partial = partial_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the {what} ({exc.strerror or exc}); "
+                          "check the folder exists and is writable") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -245,12 +245,7 @@ class Mixer:
         self._position[name] += count
         if s.invert:
             gain = -gain
-        if "pan" in lanes:
-            theta = (lanes["pan"].at(t) + 1.0) * (math.pi / 4.0)
-            left, right = (math.sqrt(2.0) * np.cos(theta)).astype(np.float32), \
-                (math.sqrt(2.0) * np.sin(theta)).astype(np.float32)
-        else:
-            left, right = pan_gains(s.pan)
+        left, right = self._pan_gains(name, t if "pan" in lanes else None)
         stereo = np.stack([audio[0] * left, audio[1] * right]) * gain
         stereo = stereo.astype(np.float32)
         if not self.audible[name]:
@@ -259,12 +254,23 @@ class Mixer:
             return stereo
         return self._routers[name](stereo)
 
+    def _pan_gains(self, name: str, t: np.ndarray | None):
+        """(left, right) pan gains: the pan lane's at times ``t`` (seconds), or the constant pan."""
+        if t is None:
+            return pan_gains(self.settings[name].pan)
+        theta = (self.mix_lanes[name]["pan"].at(t) + 1.0) * (math.pi / 4.0)
+        return (math.sqrt(2.0) * np.cos(theta)).astype(np.float32), (math.sqrt(2.0) * np.sin(theta)).astype(np.float32)
+
     def _unity(self, name: str, audio: np.ndarray) -> np.ndarray:
-        """A stem before its fader: the chain's output; in 5.1 also panned and routed (a DAW's 5.1
-        track cannot redo the stereo pan that comes before the routing)."""
+        """A stem before its fader: the chain's output; in 5.1 also panned (its pan lane too) and
+        routed (a DAW's 5.1 track cannot redo the stereo pan that comes before the routing)."""
         if self.layout == "stereo":
             return audio.astype(np.float32, copy=True)
-        left, right = pan_gains(self.settings[name].pan)
+        count = audio.shape[1]
+        # _place has moved this stem's position past this block already.
+        t = (self._position[name] - count + np.arange(count)) / self.sample_rate \
+            if "pan" in self.mix_lanes[name] else None
+        left, right = self._pan_gains(name, t)
         return self._pre_routers[name](np.stack([audio[0] * left, audio[1] * right]).astype(np.float32))
 
 

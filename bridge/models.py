@@ -40,7 +40,9 @@ DEFAULT_MODEL = "spleeter-2stems"
 #: The weight-free 4-stem split: the default model's vocals, the rest split by HPSS (separation/dsp4.py).
 DEFAULT_4STEMS = "default-4stems"
 UVR_HASH_BYTES = 10_000 * 1024
-Family = Literal["mdx", "mask", "dsp", "hpss"]
+Family = Literal["mdx", "mask", "roformer", "dsp", "hpss"]
+#: RoFormer variants a ``roformer`` card may name (the ONNX interface is the same for both).
+ROFORMER_ARCHITECTURES = ("bs_roformer", "mel_band_roformer")
 
 #: Canonical stem names (demucs's, plus instrumental for 2-stem splits), and the spellings
 #: model files use for them.
@@ -102,6 +104,18 @@ class ModelCard:
     bins: int | None = None
     combine: Literal["ratio", "subtract"] = "ratio"
     outputs: tuple[str, ...] = ()
+    # roformer (``dim_t`` above is ``chunk_size // hop + 1``; ``win_length`` defaults to ``n_fft``)
+    architecture: str | None = None
+    win_length: int | None = None
+    chunk_size: int | None = None
+    num_overlap: int | None = None
+    audio_channels: int = 2
+    residual: str | None = None
+    #: How the importer made the model (checkpoint, its sha256, config, parity): kept as written,
+    #: out of the hash and of comparisons (a dict is not hashable, and it does not change the output).
+    imported: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: For a ``stembridge models quantize`` variant: the float model's name and sha256, the method.
+    quantized_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     # provenance
     license: str | None = None
     credit: str | None = None
@@ -110,7 +124,18 @@ class ModelCard:
 
     def describe(self) -> str:
         where = str(self.file) if self.file else "(no weights)"
-        return f"{self.name:<28} {self.family:<5} {'/'.join(self.stems):<32} {where}"
+        line = f"{self.name:<28} {self.family:<8} {'/'.join(self.stems):<32} {where}"
+        if self.family == "roformer":
+            details = [self.architecture, f"{self.chunk_size / self.sample_rate:g} s chunks, num_overlap {self.num_overlap}"]
+            if self.audio_channels == 1:
+                details.append("mono")
+            parity = (self.imported or {}).get("parity_db")
+            if isinstance(parity, (int, float)) and not isinstance(parity, bool):
+                details.append(f"parity {parity:.1f} dB")
+            if self.quantized_from:
+                details.append(f"int8 of {self.quantized_from.get('name')}")
+            line += f" ({', '.join(details)})"
+        return line
 
 
 _CARD_KEYS = {f.name for f in dataclasses.fields(ModelCard)} - {"source", "outputs", "stems"} | {"stems"}
@@ -147,8 +172,8 @@ def parse_card(data, *, source: str, folder: Path) -> ModelCard:
         if key not in data:
             raise ModelError(f"{source}: the card needs '{key}'")
     family = data["family"]
-    if family not in ("mdx", "mask", "dsp"):
-        raise ModelError(f"{source}: family '{family}' is not one of mdx, mask, dsp")
+    if family not in ("mdx", "mask", "roformer", "dsp"):
+        raise ModelError(f"{source}: family '{family}' is not one of mdx, mask, roformer, dsp")
     raw_stems = data["stems"]
     if not isinstance(raw_stems, list) or not raw_stems or not all(isinstance(s, str) for s in raw_stems):
         raise ModelError(f"{source}: stems must be a list of names, got {raw_stems!r}")
@@ -159,6 +184,11 @@ def parse_card(data, *, source: str, folder: Path) -> ModelCard:
         fields["file"] = (folder / str(fields["file"])).resolve()
     if fields.get("primary") is not None:
         fields["primary"] = canonical_stem(str(fields["primary"]))
+    if fields.get("residual") is not None:
+        fields["residual"] = canonical_stem(str(fields["residual"]))
+    if family == "roformer":
+        _check_roformer_keys(data, source)
+        fields.setdefault("win_length", data.get("n_fft"))
     try:
         card = ModelCard(source=source, **fields)
     except TypeError as exc:
@@ -178,7 +208,58 @@ def parse_card(data, *, source: str, folder: Path) -> ModelCard:
             raise ModelError(f"{source}: a mask card needs bins from 1 to n_fft/2+1, got {card.bins!r}")
         if card.combine not in ("ratio", "subtract"):
             raise ModelError(f"{source}: combine must be 'ratio' or 'subtract', got {card.combine!r}")
+    if family == "roformer":
+        _check_roformer(card, source)
     return card
+
+
+def _whole(value, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_roformer_keys(data: dict, source: str) -> None:
+    """The keys a roformer card must spell out (nothing about a RoFormer is guessed)."""
+    for key in ("architecture", "n_fft", "hop", "chunk_size", "dim_t", "num_overlap", "sample_rate", "file"):
+        if data.get(key) is None:
+            raise ModelError(f"{source}: a roformer card needs '{key}' (stembridge models import writes it)")
+    if "residual" not in data:
+        raise ModelError(f"{source}: a roformer card needs 'residual': the stem computed as the mix minus the "
+                         "model's outputs, or null when the model predicts every stem")
+    for key in ("imported", "quantized_from"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ModelError(f"{source}: {key} must be a mapping, got {type(data[key]).__name__}")
+
+
+def _check_roformer(card: ModelCard, source: str) -> None:
+    """One-line errors for a roformer card whose numbers disagree with each other."""
+    if card.architecture not in ROFORMER_ARCHITECTURES:
+        raise ModelError(f"{source}: architecture '{card.architecture}' is not one of "
+                         f"{', '.join(ROFORMER_ARCHITECTURES)}{suggest(str(card.architecture), ROFORMER_ARCHITECTURES)}")
+    for key in ("chunk_size", "win_length", "num_overlap"):
+        if not _whole(getattr(card, key)):
+            raise ModelError(f"{source}: {key} must be a positive whole number, got {getattr(card, key)!r}")
+    if card.win_length > card.n_fft:
+        raise ModelError(f"{source}: win_length {card.win_length} is longer than n_fft {card.n_fft}; "
+                         "the window is zero-padded to n_fft, so win_length <= n_fft")
+    if card.hop > card.win_length // 2:
+        raise ModelError(f"{source}: hop {card.hop} is more than half of win_length {card.win_length}; "
+                         "the inverse STFT needs overlapping windows")
+    if card.dim_t != card.chunk_size // card.hop + 1:
+        raise ModelError(f"{source}: dim_t {card.dim_t} does not match chunk_size {card.chunk_size} and hop "
+                         f"{card.hop}: a centred STFT of a chunk has chunk_size // hop + 1 = "
+                         f"{card.chunk_size // card.hop + 1} frames")
+    if card.chunk_size <= card.n_fft // 2:
+        raise ModelError(f"{source}: chunk_size {card.chunk_size} is too short for n_fft {card.n_fft} "
+                         f"(the centred STFT reflects n_fft // 2 = {card.n_fft // 2} samples at each end)")
+    if card.audio_channels not in (1, 2):
+        raise ModelError(f"{source}: audio_channels must be 1 (a mono model) or 2, got {card.audio_channels!r}")
+    if card.residual is not None and card.residual not in card.stems:
+        raise ModelError(f"{source}: residual '{card.residual}' is not among the stems {list(card.stems)}; "
+                         "name one of them, or null when the model predicts every stem")
+    if len(set(card.stems)) != len(card.stems):
+        raise ModelError(f"{source}: stems {list(card.stems)} name a stem twice")
+    if card.residual is not None and len(card.stems) < 2:
+        raise ModelError(f"{source}: a residual stem needs at least one model stem beside it, got stems {list(card.stems)}")
 
 
 def load_card(path) -> ModelCard:

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
-import os
-import platform
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, io, plugins
+from . import __version__, io
 from .audio import StreamResampler, db_to_gain
-from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
+from .cache import StemCache
 from .daw import bwf, handoff as daw, nistems
 from .errors import AudioError, BridgeError, OutputError
 from .graph import RenderGraph
 from .loudness import LoudnessMeter
 from .models import offered_stems
 from .outputs import check_template, check_unique, expand
+from .records import file_sha256, manifest_record, model_identity, read_json, write_json, write_manifest_record
 from .separation import ChunkedSeparator, with_sums
 from .separation.runner import check_channels
+from .stemsource import StemSource
 
 #: Samples read per block; memory stays flat with song length.
 BLOCK_SECONDS = 10.0
@@ -88,101 +86,6 @@ class SongResult:
     pending: "PendingRender | None" = None
 
 
-def model_identity(separator) -> dict | None:
-    """What names the separator's model for the cache and for resume checks, or None if unknown.
-
-    None (e.g. a separator written in Python without a card): its stems are never cached.
-    """
-    engine = getattr(separator, "engine", None)
-    if engine is None or not hasattr(separator, "settings"):
-        return None
-    card = getattr(engine, "card", None)
-    identity = {"engine": f"{type(engine).__module__}.{type(engine).__qualname__}", "stembridge": __version__,
-                "settings": {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}}
-    if card is not None:
-        fields = dataclasses.asdict(card)
-        for provenance in ("file", "license", "credit", "description", "source"):
-            fields.pop(provenance, None)
-        identity["card"] = fields
-    return identity
-
-
-def _pre_identity(specs, lanes=None) -> list:
-    """The pre chain as the cache sees it: its specs, for plugins their files' sizes and times,
-    and the automation lanes on its effects (``{index: ((param, Lane), ...)}``), as evaluated."""
-    out = []
-    for index, spec in enumerate(specs):
-        item = spec.to_yaml()
-        if (lanes or {}).get(index):
-            item["automation"] = [[param, lane.curve, list(lane.times), list(lane.values)]
-                                  for param, lane in lanes[index]]
-        if spec.kind == "vst3":
-            try:  # a name is looked up as a render would; an unknown one fails the render later
-                bundle = plugins.resolve(spec.name, base=spec.base, where="pre")
-            except BridgeError:
-                bundle = spec.resolve(spec.name)
-            files = sorted(p for p in bundle.rglob("*") if p.is_file()) if bundle.is_dir() else [bundle]
-            item["files"] = [(str(p.relative_to(bundle)) if bundle.is_dir() else p.name, *_stat(p)) for p in files]
-        out.append(item)
-    return out
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (-1, -1)
-    return (st.st_size, st.st_mtime_ns)
-
-
-def _audio_identity(path: Path, header: io.AudioInfo) -> str:
-    """A hash of the song's decoded audio: FLAC's own MD5 of its samples where the file has one
-    (no decoding needed), else sha256 of the decoded float32 samples."""
-    md5 = io.flac_audio_md5(path) if header.format == "FLAC" else None
-    if md5 is not None:
-        return f"flac-md5:{md5}:{header.subtype}"
-    block = max(1, int(BLOCK_SECONDS * header.sample_rate))
-    return audio_digest(io.stream(path, block_frames=block))
-
-
-class _Separation:
-    """The separation stream for one song: replayed from the cache, filled into it, or plain."""
-
-    def __init__(self, path: Path, header: io.AudioInfo, separator, *, cache: StemCache | None, pre=(),
-                 pre_lanes=None):
-        self.stream = None
-        self.writer = None
-        self.cached = False
-        identity = model_identity(separator) if cache is not None else None
-        if identity is None:
-            self.stream = separator.stream(sample_rate=header.sample_rate, channels=header.channels)
-            return
-        residual = getattr(separator.engine, "residual_stem", None)
-        computed = tuple(s for s in separator.stems if s != residual)
-        key = entry_key(audio=_audio_identity(path, header), sample_rate=header.sample_rate,
-                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre, pre_lanes), model=identity,
-                        settings=identity["settings"], stems=computed, residual=residual)
-        entry = cache.open(key, stems=computed, frames=header.frames, channels=header.channels)
-        if entry is not None:
-            self.cached = True
-            self.stream = ReplayStream(entry, stems=separator.stems, residual=residual, channels=header.channels)
-            return
-        fresh = separator.stream(sample_rate=header.sample_rate, channels=header.channels)
-        self.writer = cache.writer(key, stems=computed, sample_rate=header.sample_rate, channels=header.channels)
-        self.stream = FillStream(fresh, self.writer)
-
-    def commit(self, source: Path) -> None:
-        """The song was separated to its end: make the cache entry visible."""
-        if self.writer is not None:
-            self.writer.commit(extra={"source": str(source)})
-            self.writer = None
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
-
-
 def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
                   *, progress: Progress | None = None, on_clip: Clipped | None = None) -> dict[str, Path]:
     """Separate one file into one file per stem, streaming.
@@ -240,7 +143,7 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     writers = {}
     written: dict[str, Path] = {}
     try:
-        separation = _Separation(path, header, separator, cache=cache)
+        separation = StemSource(path, header, separator, cache=cache)
         stream = separation.stream
         for stem, target in targets.items():
             writers[stem] = io.AudioWriter(target, sample_rate=header.sample_rate, channels=header.channels,
@@ -282,17 +185,10 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
 
 
 def _separate_up_to_date(manifest: Path, expected: dict, targets: dict) -> bool:
-    record = _read_json(manifest)
+    record = read_json(manifest)
     if record is None or any(record.get(k) != v for k, v in expected.items()):
         return False
     return all(Path(p).is_file() and Path(record["outputs"].get(s, "")) == Path(p) for s, p in targets.items())
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _missing_folders(targets, root: Path) -> list[Path]:
@@ -431,7 +327,7 @@ def up_to_date(manifest: Path, *, input_sha256: str, graph: RenderGraph, targets
                album: list[str] | None = None) -> bool:
     """True if ``manifest`` records this input, preset, model and stembridge version, and every
     output it lists is there (and, for album loudness, the same songs in the album)."""
-    record = _read_json(manifest)
+    record = read_json(manifest)
     if not isinstance(record, dict):
         return False
     try:
@@ -514,7 +410,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                 first_pass = scratch / f"{out.label}.wav" if two_pass else out.path
                 out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
                                             bit_depth=32 if two_pass else o.bit_depth, inputs=[path])
-            separation = _Separation(path, header, separator, cache=None if graph._pre is not None else cache,
+            separation = StemSource(path, header, separator, cache=None if graph._pre is not None else cache,
                                      pre=session.pre, pre_lanes=session.lanes("pre"))
             stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels,
                                   separation=separation.stream, taps=hand.taps)
@@ -690,75 +586,3 @@ def _measure(out: _Output, gain_db: float) -> dict:
 
 def _db(peak: float) -> float | None:
     return round(20 * float(np.log10(peak)), 3) if peak > 0 else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def versions() -> dict[str, str]:
-    found = {}
-    for package in ("stembridge", "numpy", "onnxruntime", "pedalboard", "soundfile", "soxr", "pyloudnorm"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    found["python"] = platform.python_version()
-    return found
-
-
-def manifest_record(*, source: Path, header, session, separator, input_sha256: str | None = None) -> dict:
-    """Everything a manifest holds but the outputs and the loudness gain."""
-    card = getattr(getattr(separator, "engine", None), "card", None)
-    model = {"name": separator.name, "settings": getattr(separator, "settings", {}),
-             "identity": model_identity(separator)}
-    if card is not None:
-        model.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family,
-                     card=card.source)
-    return {
-        "stembridge": __version__,
-        "input": {"path": str(source.resolve()), "sha256": input_sha256 or file_sha256(source),
-                  "sample_rate": header.sample_rate, "channels": header.channels, "frames": header.frames},
-        "preset": {"source": session.source, "session": session.to_dict()},
-        "model": model,
-    }
-
-
-def write_manifest_record(target: Path, record: dict, *, outputs: dict, written: dict, loudness) -> Path:
-    """A manifest from :func:`manifest_record` plus what was written, atomically."""
-    full = {**record, "loudness": loudness,
-            "outputs": {label: {**outputs[label], "path": str(written[label])} for label in outputs},
-            "handoff": {label: str(written[label]) for label in ("project", "nistems") if label in written},
-            "versions": versions()}
-    try:
-        return write_json(target, full)
-    except OutputError as exc:
-        raise OutputError(f"{target}: cannot write the manifest ({exc.__cause__ or exc}); check the output folder") from None
-
-
-def write_manifest(target: Path, *, source: Path, header, session, separator, outputs: dict, written: dict,
-                   loudness) -> Path:
-    """The render's record, written atomically: input and hash, preset, model, versions, outputs."""
-    record = manifest_record(source=source, header=header, session=session, separator=separator)
-    return write_manifest_record(target, record, outputs=outputs, written=written, loudness=loudness)
-
-
-def write_json(target: Path, data) -> Path:
-    """``data`` as JSON at ``target``, atomically (hidden partial, then rename)."""
-    target = Path(target)
-    partial = io.partial_path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
-        os.replace(partial, target)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise OutputError(f"{target}: cannot be written ({exc}); check the output folder") from exc
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return target

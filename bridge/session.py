@@ -50,19 +50,20 @@ An ``<effect>`` is ``{effect: Name, <param>: value, ...}`` (pedalboard built-ins
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import yaml
 
 from . import automation, effects, midi
-from .automation import Lane, MidiSource, Target, Tempo
+from .automation import Lane, Target, Tempo
 from .ducking import DuckSettings
 from .layers import LayerSettings
-from .errors import BridgeError, PresetError, suggest
+from .errors import BridgeError, PresetError
 from .io import FORMATS
 from .models import MAX_WIENER
+from . import preset_fields as fields
 from .outputs import check_template
+from .safeyaml import check_size, load_yaml
 
 VERSION = 1
 ROLES = ("center", "front", "bass", "ambience")
@@ -71,9 +72,7 @@ PROJECTS = ("reaper",)
 PROJECT_STEMS = ("processed", "raw")
 PROJECT_STEMS_TEMPLATE = "{track}/{stem}.{ext}"  # output.files.stems when a project is asked without it
 SCOPES = ("track", "album")
-MAX_DEPTH = 12
 MAX_BYTES = 1 << 20
-MAX_NODES = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,110 +191,7 @@ def _stem_yaml(s: StemSettings) -> dict:
     return out
 
 
-class _Reader:
-    """Validates one preset, keeping the file name and the key path for every message."""
-
-    def __init__(self, source: str, base: Path):
-        self.source = source
-        self.base = base
-
-    def fail(self, where: str, message: str):
-        raise PresetError(f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}")
-
-    def mapping(self, value, where: str, keys: tuple[str, ...]) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping with keys {', '.join(keys)}, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str) or key not in keys:
-                shown = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line, always
-                self.fail(f"{where}.{shown}" if where else shown,
-                          f"unknown key '{shown}'{suggest(str(key), keys)}")
-        return value
-
-    def number(self, value, where: str, *, low=-math.inf, high=math.inf, integer=False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-            self.fail(where, f"expected {'a whole number' if integer else 'a number'}, got {value!r}")
-        if not math.isfinite(value) or not low <= value <= high:
-            self.fail(where, f"{value!r} is out of range [{low}, {high}]")
-        return int(value) if integer else float(value)
-
-    def boolean(self, value, where: str) -> bool:
-        if not isinstance(value, bool):
-            self.fail(where, f"expected true or false, got {value!r}")
-        return value
-
-    def choice(self, value, where: str, choices) -> str:
-        if value not in choices:
-            self.fail(where, f"'{value}' is not one of {', '.join(map(str, choices))}")
-        return value
-
-    def text(self, value, where: str) -> str:
-        if not isinstance(value, str) or not value:
-            self.fail(where, f"expected a non-empty string, got {value!r}")
-        return value
-
-    def chain(self, value, where: str) -> tuple[effects.EffectSpec, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            self.fail(where, f"expected a list of effects, got {_kind(value)}")
-        return tuple(self.effect(item, f"{where}[{i}]") for i, item in enumerate(value))
-
-    def effect(self, value, where: str) -> effects.EffectSpec:
-        if not isinstance(value, dict):
-            self.fail(where, f"expected an effect mapping like {{effect: Reverb, room_size: 0.3}}, got {_kind(value)}")
-        if "vst3" in value:
-            spec = self.mapping(value, where, ("vst3", "params", "preset", "raw_state"))
-            params = self.mapping(spec.get("params"), f"{where}.params", tuple(spec.get("params") or ()))
-            for key, item in params.items():
-                self.param_value(item, f"{where}.params.{key}")
-            return effects.EffectSpec(
-                kind="vst3", name=self.text(spec["vst3"], f"{where}.vst3"), params=tuple(params.items()),
-                preset=self.text(spec["preset"], f"{where}.preset") if spec.get("preset") is not None else None,
-                raw_state=self.text(spec["raw_state"], f"{where}.raw_state") if spec.get("raw_state") is not None else None,
-                base=self.base)
-        if "effect" not in value:
-            self.fail(where, "an effect needs 'effect: <Name>' (a pedalboard built-in) or 'vst3: <path>'")
-        name = value["effect"]
-        if not isinstance(name, str):
-            self.fail(f"{where}.effect", f"expected an effect name, got {name!r}")
-        params = {k: v for k, v in value.items() if k != "effect"}
-        for key, item in params.items():
-            if not isinstance(key, str):
-                self.fail(where, f"parameter names must be strings, got {key!r}")
-            self.param_value(item, f"{where}.{key}")
-        spec = effects.EffectSpec(kind="builtin", name=name, params=tuple(params.items()), base=self.base)
-        try:
-            effects.check(spec, where=f"{where}.effect" if name not in effects.builtin_effects() else where)
-        except BridgeError as exc:
-            raise PresetError(f"{self.source}: {exc}") from None
-        return spec
-
-    def param_value(self, value, where: str) -> None:
-        if isinstance(value, bool) or isinstance(value, str):
-            return
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.fail(where, f"expected a number, true/false or a string, got {_kind(value)}")
-
-    def gain(self, value, where: str):
-        if isinstance(value, list):
-            if not value:
-                self.fail(where, "an automation list needs at least one [seconds, dB] point")
-            points = []
-            for i, point in enumerate(value):
-                if not isinstance(point, list) or len(point) != 2:
-                    self.fail(f"{where}[{i}]", f"expected [seconds, dB], got {point!r}")
-                points.append((self.number(point[0], f"{where}[{i}][0]", low=0.0, high=86400.0),
-                               self.number(point[1], f"{where}[{i}][1]", low=-150.0, high=48.0)))
-            if any(b[0] <= a[0] for a, b in zip(points, points[1:])):
-                self.fail(where, "automation times must increase")
-            return tuple(points)
-        return self.number(value, where, low=-150.0, high=48.0)
-
-
-def _stem_settings(r: _Reader, st: dict, where: str, name: str) -> StemSettings:
+def _stem_settings(r: fields.Reader, st: dict, where: str, name: str) -> StemSettings:
     """A stem's (or a layer's) mixer settings from its checked mapping."""
     return StemSettings(
         gain_db=r.gain(st.get("gain_db", 0.0), f"{where}.gain_db"),
@@ -305,45 +201,15 @@ def _stem_settings(r: _Reader, st: dict, where: str, name: str) -> StemSettings:
         invert=r.boolean(st.get("invert", False), f"{where}.invert"),
         chain=r.chain(st.get("chain"), f"{where}.chain"),
         upmix=r.choice(st["upmix"], f"{where}.upmix", ROLES) if st.get("upmix") is not None else None,
-        duck=_duck(r, st.get("duck"), f"{where}.duck", name))
-
-
-def _kind(value) -> str:
-    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else repr(value)
-
-
-def _check_size(value, reader: _Reader) -> None:
-    """Refuse deep nesting and alias bombs (anchors that expand to millions of nodes) up front."""
-    budget = [MAX_NODES]
-
-    def walk(node, level):
-        budget[0] -= 1
-        if budget[0] < 0:
-            reader.fail("", f"the preset expands to more than {MAX_NODES} values (YAML anchors and aliases?); "
-                            "write it out plainly")
-        if level > MAX_DEPTH:
-            reader.fail("", f"the preset is nested deeper than {MAX_DEPTH} levels; flatten it")
-        children = value_children(node)
-        for child in children:
-            walk(child, level + 1)
-
-    walk(value, 0)
-
-
-def value_children(node):
-    if isinstance(node, dict):
-        return list(node.values())
-    if isinstance(node, list):
-        return node
-    return ()
+        duck=fields.duck_section(r, st.get("duck"), f"{where}.duck", name))
 
 
 def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session:
     """Validate parsed YAML into a :class:`Session`."""
-    r = _Reader(source, base)
+    r = fields.Reader(source, base)
     if not isinstance(data, dict):
-        r.fail("", f"a preset must be a YAML mapping with 'version: {VERSION}' at the top, got {_kind(data)}")
-    _check_size(data, r)
+        r.fail("", f"a preset must be a YAML mapping with 'version: {VERSION}' at the top, got {fields.kind_of(data)}")
+    check_size(data, source=r.source, what="preset", error=PresetError)
     top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output", "tempo", "automation",
                                "layers"))
     if top.get("version") != VERSION:
@@ -362,7 +228,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
 
     stems_raw = top.get("stems") or {}
     if not isinstance(stems_raw, dict):
-        r.fail("stems", f"expected a mapping of stem name to settings, got {_kind(stems_raw)}")
+        r.fail("stems", f"expected a mapping of stem name to settings, got {fields.kind_of(stems_raw)}")
     stems = []
     keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix", "duck")
     for name, raw in stems_raw.items():
@@ -417,20 +283,21 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         r.fail("output.format", "mp3 holds at most 2 channels; use wav or flac for 5.1")
     session = Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),
                       master=r.chain(top.get("master"), "master"), output=output, source=source)
-    tempo = _tempo(r, top.get("tempo"))
+    tempo = fields.tempo_section(r, top.get("tempo"))
     session = dataclasses.replace(session, tempo=tempo, layers=_layers(r, top.get("layers"), tempo, session))
-    return dataclasses.replace(session, automation=_automation(r, top.get("automation"), session, tempo))
+    lanes = fields.automation_section(r, top.get("automation"), session, tempo)
+    return dataclasses.replace(session, automation=lanes)
 
 
 _LAYER_KEYS = ("instrument", "midi", "track", "channel", "transpose", "velocity", "start")
 
 
-def _layers(r: _Reader, value, tempo: Tempo | None, session: Session):
+def _layers(r: fields.Reader, value, tempo: Tempo | None, session: Session):
     """Parse ``layers:``; each MIDI file is read now, so a bad one fails before any audio work."""
     if value is None:
         return ()
     if not isinstance(value, dict):
-        r.fail("layers", f"expected a mapping of layer name to settings, got {_kind(value)}")
+        r.fail("layers", f"expected a mapping of layer name to settings, got {fields.kind_of(value)}")
     out = []
     stem_keys = ("gain_db", "pan", "mute", "solo", "invert", "chain", "upmix", "duck")
     for name, raw in value.items():
@@ -470,150 +337,6 @@ def _layers(r: _Reader, value, tempo: Tempo | None, session: Session):
 
 
 
-# --- ducking, tempo and automation lanes (see bridge.ducking, bridge.automation) ------------------
-
-def _duck(r: _Reader, value, where: str, stem: str) -> DuckSettings | None:
-    if value is None:
-        return None
-    d = r.mapping(value, where, ("by", "depth_db", "threshold_db", "attack_ms", "release_ms"))
-    if "by" not in d:
-        r.fail(where, "ducking needs 'by: <stem>', the stem whose level lowers this one")
-    by = r.text(d["by"], f"{where}.by")
-    if by == stem:
-        r.fail(f"{where}.by", "a stem cannot duck itself; name another stem (a compressor does this to one stem)")
-    defaults = DuckSettings(by=by)
-    return DuckSettings(
-        by=by,
-        depth_db=r.number(d.get("depth_db", defaults.depth_db), f"{where}.depth_db", low=0.0, high=60.0),
-        threshold_db=r.number(d.get("threshold_db", defaults.threshold_db), f"{where}.threshold_db",
-                              low=-100.0, high=0.0),
-        attack_ms=r.number(d.get("attack_ms", defaults.attack_ms), f"{where}.attack_ms", low=0.0, high=1000.0),
-        release_ms=r.number(d.get("release_ms", defaults.release_ms), f"{where}.release_ms", low=0.0, high=10000.0))
-
-
-def _tempo(r: _Reader, value) -> Tempo | None:
-    if value is None:
-        return None
-    t = r.mapping(value, "tempo", ("bpm", "time_signature"))
-    if "bpm" not in t:
-        r.fail("tempo", "a tempo needs 'bpm', e.g. {bpm: 120, time_signature: 4/4}")
-    signature = t.get("time_signature", "4/4")
-    parts = signature.split("/") if isinstance(signature, str) else []
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) < 1 \
-            or int(parts[1]) not in (1, 2, 4, 8, 16, 32):
-        r.fail("tempo.time_signature", f"expected beats/note like 4/4, 3/4 or 6/8, got {signature!r}")
-    return Tempo(bpm=r.number(t["bpm"], "tempo.bpm", low=1.0, high=999.0), beats_per_bar=int(parts[0]),
-                 beat_unit=int(parts[1]))
-
-
-#: Value ranges of the stem stage's own targets.
-_STEM_RANGES = {"gain_db": (-150.0, 48.0), "pan": (-1.0, 1.0)}
-
-
-def _automation(r: _Reader, value, session: Session, tempo: Tempo | None) -> tuple[tuple[Target, Lane], ...]:
-    """Parse ``automation:``; targets are checked against the session's chains and, for built-in
-    effects, their parameters and ranges (VST3 parameters when the chain is prepared)."""
-    if value is None:
-        return ()
-    if not isinstance(value, dict):
-        r.fail("automation", f"expected a mapping of target to lane, got {_kind(value)}")
-    lanes = []
-    for key, raw in value.items():
-        where = f"automation.{key}"
-        try:
-            target = automation.parse_target(key)
-        except ValueError as exc:
-            r.fail(where, str(exc))
-        lane = _lane(r, raw, where, tempo)
-        if target.index is None and target.section == "stems":
-            low, high = _STEM_RANGES[target.param]
-            if lane.minimum < low or lane.maximum > high:
-                r.fail(where, f"values {lane.minimum:g} .. {lane.maximum:g} are outside {target.param}'s range "
-                              f"[{low:g}, {high:g}]")
-            if target.param == "gain_db" and not isinstance(session.stem(target.stem).gain_db, (int, float)):
-                r.fail(where, f"stems.{target.stem}.gain_db already has breakpoints; give the gain one way")
-        else:
-            chain = session.stem(target.stem).chain if target.section == "stems" else getattr(session, target.section)
-            if target.index >= len(chain):
-                r.fail(where, f"{target.chain} has {len(chain)} effect(s), so there is no [{target.index}]")
-            try:
-                effects.check_automation(chain[target.index], target.param, lane,
-                                         where=f"{r.source}: {where}")
-            except BridgeError as exc:
-                raise PresetError(str(exc)) from None
-        lanes.append((target, lane))
-    return tuple(lanes)
-
-
-def _lane(r: _Reader, raw, where: str, tempo: Tempo | None) -> Lane:
-    if isinstance(raw, list):
-        raw = {"points": raw}
-    if not isinstance(raw, dict) or not ("points" in raw or "midi" in raw):
-        r.fail(where, "expected [[time, value], ...], {points: [...], curve: linear|hold|exponential} or "
-                      "{midi: file.mid, cc: N, range: [low, high]}")
-    if "midi" in raw:
-        return _midi_lane(r, raw, where)
-    spec = r.mapping(raw, where, ("points", "curve"))
-    curve = r.choice(spec.get("curve", "linear"), f"{where}.curve", automation.CURVES)
-    points = spec["points"]
-    if not isinstance(points, list) or not points:
-        r.fail(f"{where}.points" if "curve" in spec else where, "a lane needs at least one [time, value] point")
-    times, values, written = [], [], []
-    for i, point in enumerate(points):
-        at = f"{where}[{i}]"
-        if not isinstance(point, list) or len(point) != 2:
-            r.fail(at, f"expected [time, value], got {point!r}")
-        try:
-            times.append(automation.parse_time(point[0], tempo=tempo))
-        except ValueError as exc:
-            r.fail(f"{at}[0]", str(exc))
-        written.append(point[0])
-        values.append(r.number(point[1], f"{at}[1]"))
-    if any(b < a for a, b in zip(times, times[1:])):
-        r.fail(where, "lane times must not decrease")
-    try:
-        return Lane(tuple(times), tuple(values), curve, written=tuple(written))
-    except ValueError as exc:
-        r.fail(where, str(exc))
-
-
-def _midi_lane(r: _Reader, raw, where: str) -> Lane:
-    spec = r.mapping(raw, where, ("midi", "cc", "pitchbend", "pressure", "channel", "track", "range", "curve",
-                                  "default"))
-    kinds = [k for k in ("cc", "pitchbend", "pressure") if spec.get(k) not in (None, False)]
-    if len(kinds) != 1:
-        r.fail(where, "a MIDI lane reads one source: 'cc: N', 'pitchbend: true' or 'pressure: true'")
-    kind = kinds[0]
-    number = r.number(spec["cc"], f"{where}.cc", low=0, high=127, integer=True) if kind == "cc" else None
-    channel = r.number(spec["channel"], f"{where}.channel", low=1, high=16, integer=True) \
-        if spec.get("channel") is not None else None
-    track = r.number(spec["track"], f"{where}.track", low=0, high=65535, integer=True) \
-        if spec.get("track") is not None else None
-    span = spec.get("range")
-    if not isinstance(span, list) or len(span) != 2:
-        r.fail(f"{where}.range", f"expected [low, high], the values the controller's 0 and maximum give, got {span!r}")
-    low, high = r.number(span[0], f"{where}.range[0]"), r.number(span[1], f"{where}.range[1]")
-    default = r.number(spec["default"], f"{where}.default") if spec.get("default") is not None else None
-    curve = r.choice(spec.get("curve", "hold"), f"{where}.curve", automation.CURVES)
-    path = r.text(spec["midi"], f"{where}.midi")
-    source = MidiSource(path=path, kind=kind, number=number, channel=channel, track=track,
-                        value_range=(low, high), default=default)
-    full = Path(path).expanduser()
-    song = midi.read(full if full.is_absolute() else r.base / full, where=f"{r.source}: {where}.midi")
-    try:
-        events = midi.controller(song, kind=kind, number=number, channel=channel, track=track,
-                                 where=f"{r.source}: {where}")
-    except BridgeError:
-        if default is None:
-            raise
-        return Lane((0.0,), (default,), curve, source=source)  # the file has no such event: the default holds
-    try:
-        return Lane(tuple(t for t, _ in events), tuple(low + v * (high - low) for _, v in events), curve,
-                    source=source)
-    except ValueError as exc:
-        r.fail(where, str(exc))
-
-
 def apply_overrides(data, overrides, *, source: str):
     """Apply ``key.path=value`` strings (values parsed as YAML) to parsed preset data."""
     for item in overrides:
@@ -633,72 +356,9 @@ def apply_overrides(data, overrides, *, source: str):
             if node is None:
                 node = {}
         if not isinstance(node, dict):
-            raise PresetError(f"{source}: --set {path}: cannot set a key inside {_kind(node)}")
+            raise PresetError(f"{source}: --set {path}: cannot set a key inside {fields.kind_of(node)}")
         node[keys[-1]] = value
     return data
-
-
-def load_yaml(text: str, *, source: str):
-    """``yaml.safe_load``, refusing a mapping that names the same key twice.
-
-    PyYAML keeps the last of two equal keys without a word, so a preset with two ``gain_db:``
-    lines under one stem would render with one of them silently ignored. The document is
-    composed once, checked, and constructed from the same nodes (safe constructors only).
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        check_unique_keys(node, source=source)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def check_unique_keys(root, *, source: str) -> None:
-    """Raise :class:`PresetError` for the first key given twice in one mapping, naming both lines.
-
-    Walks the composed nodes in document order without recursion; a node reached again through
-    an alias is checked once (an alias bomb costs no more than its nodes). Keys that a ``<<``
-    merge brings in may be overridden, as YAML allows.
-    """
-    visited = set()
-    todo = [(root, "")]
-    while todo:
-        node, where = todo.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        children = []
-        if isinstance(node, yaml.MappingNode):
-            _duplicates(node, where, source)
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    children.append((value_node, where))
-                    continue
-                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "<key>"
-                children.append((value_node, f"{where}.{name}" if where else str(name)))
-        elif isinstance(node, yaml.SequenceNode):
-            children = [(item, f"{where}[{i}]") for i, item in enumerate(node.value)]
-        todo.extend(reversed(children))
-
-
-def _duplicates(node, where: str, source: str) -> None:
-    first: dict = {}
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = (key_node.tag, key_node.value)
-        mark = key_node.start_mark
-        if key in first:
-            path = f"{where}.{key_node.value}" if where else key_node.value
-            shown = path if path.isprintable() else repr(path)
-            lines = (f"twice on line {first[key]}" if first[key] == mark.line + 1
-                     else f"twice, at line {first[key]} and line {mark.line + 1}")
-            raise PresetError(f"{source}: {shown}: the key '{key_node.value}' is given {lines}; YAML would "
-                              "silently keep the last one: delete one of them")
-        first[key] = mark.line + 1
 
 
 def load(path, *, overrides=()) -> Session:
@@ -717,7 +377,7 @@ def load(path, *, overrides=()) -> Session:
         hint = "; save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else "; check its permissions"
         raise PresetError(f"{source}: cannot read the preset ({exc}){hint}") from None
     try:
-        data = load_yaml(text, source=source)
+        data = load_yaml(text, source=source, error=PresetError)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,13 @@ if not DATA.is_dir():  # CI: shared/ beside the clone
     DATA = Path("/work/shared/data")
 
 # Tests never touch the user's stem cache: one private cache for the whole run (subprocesses inherit it).
-os.environ["STEMBRIDGE_CACHE"] = tempfile.mkdtemp(prefix="stembridge-test-cache-")
+_TEST_CACHE = tempfile.mkdtemp(prefix="stembridge-test-cache-")
+os.environ["STEMBRIDGE_CACHE"] = _TEST_CACHE
+
+
+def pytest_unconfigure(config):
+    """The run's private cache goes with the run (each run left one in the temp folder)."""
+    shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 # Small STFT geometry so the tests run in seconds: chunk = hop * (dim_t - 1) = 128 * 31.
 N_FFT, DIM_F, DIM_T = 512, 256, 32

@@ -223,3 +223,11 @@ def test_without_pyav_the_error_names_the_pip_command_and_nothing_is_written(tmp
     with pytest.raises(OutputError, match=r'NI Stems output needs PyAV: pip install "stembridge\[nistems\]"'):
         render(tmp_path, four_stems, song(tmp_path / "song.wav", seconds=0.5))
     assert not (tmp_path / "out").exists() or [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_a_song_name_with_quotes_and_non_ascii_is_the_title_as_it_is(tmp_path, four_stems):
+    name = """Ünïcødé – "ボーカル" it's `x`"""
+    written = render(tmp_path, four_stems, song(tmp_path / f"{name}.wav", seconds=0.5))
+    assert written["nistems"].name == f"{name}.stem.mp4"
+    with av.open(str(written["nistems"])) as container:
+        assert container.metadata.get("title") == name  # UTF-8 in the MP4 tag, nothing to escape

@@ -25,7 +25,8 @@ from bridge.cli import main as cli
 from bridge.errors import PluginError, PresetError
 from bridge.graph import RenderGraph, StemSplit
 from bridge.mixer import StreamChain, fold_down, gain_curve, pan_gains
-from bridge.render import file_sha256, render_file
+from bridge.records import file_sha256
+from bridge.render import render_file
 from bridge.separation import load_separator
 from bridge.session import Session, load, parse
 

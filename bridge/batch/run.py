@@ -184,7 +184,7 @@ def _session(spec: RunSpec):
 
 
 def _sha(path: Path) -> str | None:
-    from ..render import file_sha256
+    from ..records import file_sha256
 
     try:
         return file_sha256(path)
@@ -206,6 +206,6 @@ def sweep(out_dir: Path) -> None:
 
 
 def write_record(report: RunReport, out_dir: Path) -> Path:
-    from ..render import write_json
+    from ..records import write_json
 
     return write_json(Path(out_dir) / RUN_RECORD, report.record())

@@ -18,7 +18,9 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from ..automation import Lane
 from ..errors import OutputError
+from ..mixer import DEFAULT_ROLES
 from ..outputs import expand
 from . import bwf, reaper
 from .nistems import ScratchStems, check_stems
@@ -179,7 +181,17 @@ def project_path(stems: dict[str, Path], *, track: str) -> Path:
 
 def session_project(handoff: HandOff, *, session, source: Path, source_seconds: float, files: dict[str, Path],
                     frames: dict[str, int], channels: dict[str, int], layout_channels: int) -> reaper.Project:
-    """The REAPER project of a rendered song: a muted reference track, then one track per stem."""
+    """The REAPER project of a rendered song: a muted reference track, then one track per stem
+    (layers included), the session's tempo and time signature.
+
+    A stem's gain is its ``automation:`` lane on ``stems.NAME.gain_db`` if it has one (the lane
+    replaces a constant ``gain_db``, as in :class:`bridge.mixer.Mixer`; a preset cannot give both
+    a lane and ``gain_db`` breakpoints), else its ``gain_db`` breakpoints, else the constant; the
+    same for pan. Lanes become envelopes (:func:`bridge.daw.reaper.gain_envelope`), the fader
+    stays at unity. What REAPER cannot redo on its own tracks is in the stem files
+    (``processed``: chains, their parameter lanes, ducking; in 5.1 also the pan and its lane,
+    which come before the routing) or listed in the track's notes (``raw``).
+    """
     project = handoff.project
     tracks = [reaper.Track(name="original mix (reference)", file=reaper.relative_source(source, project),
                            length=source_seconds, channels=2, mute=True,
@@ -187,30 +199,97 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
     surround = layout_channels == 6
     for stem, file in files.items():
         s = session.stem(stem)
-        automated = not isinstance(s.gain_db, (int, float))
-        points = reaper.volume_points(s.gain_db) if automated else ()
+        lanes = session.lanes("stems", stem)
+        mix_lanes = dict(lanes.get(None, ()))
+        gain_lane = mix_lanes.get("gain_db")
+        if gain_lane is None and not isinstance(s.gain_db, (int, float)):
+            gain_lane = Lane(tuple(t for t, _ in s.gain_db), tuple(db for _, db in s.gain_db), "linear")
         # New REAPER tracks are in trim/read mode, where the fader scales the envelope: with an
         # envelope the fader stays at unity so the gain is applied once.
-        volume = 1.0 if automated else 10 ** (s.gain_db / 20)
-        # In 5.1 the pan comes before the routing and is in the file already (see Mixer.prefader).
-        pan = 0.0 if surround and handoff.tap == "prefader" else s.pan
-        notes = []
-        if handoff.tap == "raw" and s.chain:
-            notes.append("stembridge applied these effects in the session (this stem is before them):")
-            notes += [f"{i + 1}. {_describe(effect)}" for i, effect in enumerate(s.chain)]
-        elif handoff.tap == "prefader" and s.chain:
-            notes.append("This stem is after its chain: " + ", ".join(_describe(e) for e in s.chain))
-        if surround and handoff.tap == "prefader" and s.pan:
-            notes.append(f"pan {s.pan:+g} is applied in the file, before the 5.1 routing")
+        volume = 1.0 if gain_lane is not None else 10 ** (s.gain_db / 20)
+        # In 5.1 the pan (and its lane) comes before the routing and is in the file (Mixer.prefader).
+        pan_in_file = surround and handoff.tap == "prefader"
+        pan_lane = None if pan_in_file else mix_lanes.get("pan")
+        pan = 0.0 if pan_in_file or pan_lane is not None else s.pan
+        notes = _stem_notes(s, {i: v for i, v in lanes.items() if i is not None}, tap=handoff.tap,
+                            role=(s.upmix or DEFAULT_ROLES.get(stem, "ambience")) if surround else None,
+                            pan_lane=mix_lanes.get("pan") if pan_in_file else None)
         tracks.append(reaper.Track(
             name=stem, file=reaper.relative_source(file, project), length=frames[stem] / handoff.sample_rate,
             channels=channels[stem] if channels[stem] > 2 else 2, volume=volume, pan=pan, mute=s.mute, solo=s.solo,
-            invert=s.invert, volume_envelope=points, notes="\n".join(notes)))
+            invert=s.invert, volume_envelope=reaper.gain_envelope(gain_lane) if gain_lane is not None else (),
+            pan_envelope=reaper.pan_envelope(pan_lane) if pan_lane is not None else (), notes="\n".join(notes)))
     notes = [f"stembridge: {session.source}, song {source.name}, model {handoff.model}"]
-    if any(t.pan for t in tracks):
+    if any(t.pan or t.pan_envelope for t in tracks):
         notes.append(PAN_LAW_NOTE)
+    if session.pre:
+        notes.append("Every stem is after the pre chain (before separation): "
+                     + _chain_text(session.pre, session.lanes("pre")))
+    if session.master:
+        notes.append("Not in this project (the mix file has it): the master chain "
+                     + _chain_text(session.master, session.lanes("master")))
+    tempo = session.tempo
     return reaper.Project(sample_rate=handoff.sample_rate, tracks=tuple(tracks), channels=layout_channels,
+                          tempo=reaper.Tempo(bpm=tempo.bpm, numerator=tempo.beats_per_bar,
+                                             denominator=tempo.beat_unit) if tempo is not None else None,
                           notes="\n".join(notes))
+
+
+def _stem_notes(s, chain_lanes: dict, *, tap: str | None, role: str | None, pan_lane) -> list[str]:
+    """A track's notes: what stembridge did to the stem that the track cannot show."""
+    notes = []
+    automated = [f"chain[{i}].{param}: {describe_lane(lane)}" for i, pairs in sorted(chain_lanes.items())
+                 for param, lane in pairs]
+    if tap == "raw":
+        if s.chain:
+            notes.append("stembridge applied these effects in the session (this stem is before them):")
+            notes += [f"{i + 1}. {_describe(effect)}" for i, effect in enumerate(s.chain)]
+        if automated:
+            notes.append("with this automation (not REAPER envelopes: these effects are not REAPER's):")
+            notes += [f"- {line}" for line in automated]
+        if s.duck is not None:
+            notes.append(f"then ducked: {_describe_duck(s.duck)} (a sidechain compressor keyed by that track "
+                         "redoes it)")
+        if role is not None:
+            notes.append(f"5.1: this raw stereo stem plays on the front pair; stembridge routed it to the {role} role")
+        return notes
+    if tap == "prefader":
+        if s.chain:
+            notes.append("This stem is after its chain: " + ", ".join(_describe(e) for e in s.chain))
+        if automated:
+            notes.append("Its automation is in the file: " + "; ".join(automated))
+        if s.duck is not None:
+            notes.append(f"Ducking is in the file: {_describe_duck(s.duck)}")
+        if role is not None and (s.pan or pan_lane is not None):
+            what = f"The pan lane ({describe_lane(pan_lane)})" if pan_lane is not None else f"pan {s.pan:+g}"
+            notes.append(f"{what} is applied in the file, before the 5.1 routing")
+    return notes
+
+
+def describe_lane(lane) -> str:
+    """One line for a lane: where its points come from, how many, when, and their range."""
+    if lane.source is not None:
+        src = lane.source
+        what = f"CC {src.number}" if src.kind == "cc" else src.kind
+        where = f" channel {src.channel}" if src.channel is not None else ""
+        origin = f"MIDI {src.path} {what}{where} -> [{src.value_range[0]:g}, {src.value_range[1]:g}], "
+    else:
+        origin = ""
+    span = f"{lane.times[0]:g} s" if len(lane.times) == 1 else f"{lane.times[0]:g} s to {lane.times[-1]:g} s"
+    return (f"{origin}{lane.curve}, {len(lane.times)} point{'s' if len(lane.times) != 1 else ''} {span}, "
+            f"values {lane.minimum:g} to {lane.maximum:g}")
+
+
+def _describe_duck(duck) -> str:
+    return (f"by {duck.by}, depth {duck.depth_db:g} dB, threshold {duck.threshold_db:g} dB, "
+            f"attack {duck.attack_ms:g} ms, release {duck.release_ms:g} ms")
+
+
+def _chain_text(chain, lanes: dict) -> str:
+    text = ", ".join(_describe(e) for e in chain)
+    automated = [f"[{i}].{param}: {describe_lane(lane)}" for i, pairs in sorted(lanes.items()) if i is not None
+                 for param, lane in pairs]
+    return text + (f" (automation: {'; '.join(automated)})" if automated else "")
 
 
 def separation_project(project: Path, *, source: Path, source_seconds: float, files: dict[str, Path],

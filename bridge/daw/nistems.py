@@ -132,9 +132,12 @@ class NiStemsWriter:
 
     def _encode(self, index: int, audio: np.ndarray) -> None:
         av, stream = self._av, self._streams[index]
-        for start in range(0, audio.shape[1], AAC_FRAME):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + AAC_FRAME]),
-                                               format="fltp", layout="stereo")
+        count = audio.shape[1] // AAC_FRAME  # whole frames only: write() and close() see to it
+        # One copy into frame-major order, so that each frame is a contiguous (2, 1024) view
+        # (from_ndarray wants one) instead of a copy of a strided slice per frame.
+        frames = np.ascontiguousarray(audio[:, :count * AAC_FRAME].reshape(2, count, AAC_FRAME).transpose(1, 0, 2))
+        for block in frames:
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
             frame.sample_rate = self.sample_rate
             frame.pts = self._pts[index]
             self._pts[index] += AAC_FRAME

@@ -10,8 +10,8 @@ values separated by spaces. What this module writes, per track::
       IPHASE <polarity inverted 0|1>
       NCHAN <channels>
       AUTOMODE 0                                        trim/read: the fader scales the envelopes
-      <VOLENV2 ...  PT <seconds> <linear volume> 0 ...>     gain automation
-      <PANENV2 ...  PT <seconds> <value> 0 ...>             pan automation
+      <VOLENV2 ...  PT <seconds> <linear volume> <shape> ...>   gain automation
+      <PANENV2 ...  PT <seconds> <-pan> <shape> ...>            pan automation (REAPER: left positive)
       <ITEM POSITION 0  LENGTH <seconds>  <SOURCE WAVE FILE "relative/path.wav">>
     >
 
@@ -25,21 +25,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
+from ..automation import Lane
 from ..errors import OutputError
-from ..io import partial_path
+from ..io import write_text_atomic
 
 #: REAPER's source type per file extension (the word after ``<SOURCE``).
 SOURCE_TYPES = {"wav": "WAVE", "aiff": "WAVE", "aif": "WAVE", "flac": "FLAC", "mp3": "MP3", "ogg": "VORBIS"}
-#: Largest gain step (dB) between two volume envelope points. REAPER interpolates points linearly
-#: in amplitude and the session linearly in dB; over 1 dB the two differ by at most 0.015 dB
-#: (at the middle of a step, 20 log10((1 + r) / (2 sqrt r)) with r = 10^(1/20)).
-MAX_ENVELOPE_STEP_DB = 1.0
+#: Point shapes of REAPER envelopes (the third field of ``PT``): linear between this point and the
+#: next, or square (this point's value until the next point: a lane's ``hold``).
+LINEAR, SQUARE = 0, 1
+#: Largest difference (dB) between REAPER's volume envelope and the session's gain lane. REAPER
+#: interpolates volume points linearly in amplitude; the session's lanes are linear (or
+#: exponential) in dB, so such a segment is split into equal-time pieces, as few as keep every
+#: piece within this (checked on :data:`_CHECKS` points per piece; a 1 dB step of a dB-linear lane
+#: is off by at most 0.0157 dB, 20 log10((1 + r) / (2 sqrt r)) with r = 10^(1/20), at its middle).
+GAIN_TOLERANCE_DB = 0.02
+#: Largest difference between REAPER's pan envelope and an exponential pan lane (pan runs -1..+1;
+#: linear and hold pan lanes are exact).
+PAN_TOLERANCE = 0.002
+_CHECKS = 16
 #: The REAPER version whose project format this module writes.
 FORMAT_VERSION = "6.0"
 _GUID_NAMESPACE = uuid.UUID("5b0d3c62-4f2e-4b8e-9d59-6a2f0d1e7c14")
@@ -71,9 +82,9 @@ class Track:
     pan : float
         -1 (left) .. +1 (right).
     mute, solo, invert : bool
-    volume_envelope : tuple of (seconds, linear gain)
-        Breakpoints, linear between points; empty for none.
-    pan_envelope : tuple of (seconds, pan)
+    volume_envelope : tuple of (seconds, linear gain[, shape])
+        Breakpoints, shape :data:`LINEAR` (the default) or :data:`SQUARE`; empty for none.
+    pan_envelope : tuple of (seconds, pan[, shape])
         Breakpoints in the session's sign (-1 left); empty for none.
     notes : str
         The track's notes (REAPER shows them in the track's notes window).
@@ -88,8 +99,8 @@ class Track:
     mute: bool = False
     solo: bool = False
     invert: bool = False
-    volume_envelope: tuple[tuple[float, float], ...] = ()
-    pan_envelope: tuple[tuple[float, float], ...] = ()
+    volume_envelope: tuple[tuple, ...] = ()
+    pan_envelope: tuple[tuple, ...] = ()
     notes: str = ""
 
 
@@ -118,11 +129,13 @@ def quote(text: str, *, what: str = "a name") -> str:
 
 
 def number(value: float) -> str:
-    """A plain decimal as REAPER writes numbers: no exponent, no trailing zeros."""
+    """A plain decimal as REAPER writes numbers: no exponent, no trailing zeros; the shortest that
+    reads back as the same double, so an envelope point sits on the very sample the session's does
+    (a hold lane's jump at a bar line falls on a sample boundary), and -150 dB keeps its digits."""
     if not math.isfinite(value):
         raise ValueError(f"not a finite number: {value!r}")
-    text = f"{value:.14f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    text = np.format_float_positional(float(value), trim="-")
+    return "0" if text == "-0" else text
 
 
 def guid(*parts: str) -> str:
@@ -130,26 +143,75 @@ def guid(*parts: str) -> str:
     return "{" + str(uuid.uuid5(_GUID_NAMESPACE, "\0".join(parts))).upper() + "}"
 
 
-def volume_points(gain_db) -> tuple[tuple[float, float], ...]:
-    """Session gain breakpoints ``((seconds, dB), ...)`` as linear-gain envelope points.
+def gain_envelope(lane: Lane) -> tuple[tuple[float, float, int], ...]:
+    """A gain lane (values in dB) as volume envelope points ``(seconds, linear gain, shape)``.
 
-    Steps over :data:`MAX_ENVELOPE_STEP_DB` are split, so REAPER's amplitude-linear segments
-    follow the session's dB-linear ones within 0.015 dB.
+    ``hold`` lanes keep their breakpoints, square-shaped. ``linear`` and ``exponential`` lanes
+    keep their breakpoints too, and each segment between two of them is split into equal-time
+    pieces, as few as keep REAPER's amplitude-linear interpolation within
+    :data:`GAIN_TOLERANCE_DB` of the lane (:meth:`bridge.automation.Lane.at`).
     """
-    points = [(float(t), float(db)) for t, db in gain_db]
-    out = [(points[0][0], 10 ** (points[0][1] / 20))]
-    for (t0, g0), (t1, g1) in zip(points, points[1:]):
-        steps = max(1, math.ceil(abs(g1 - g0) / MAX_ENVELOPE_STEP_DB))
-        for k in range(1, steps + 1):
-            f = k / steps
-            out.append((t0 + f * (t1 - t0), 10 ** ((g0 + f * (g1 - g0)) / 20)))
+    return _follow(lane, scale=lambda db: 10.0 ** (np.asarray(db, dtype=np.float64) / 20.0),
+                   error=lambda got, want: np.abs(20.0 * np.log10(got) - want), tolerance=GAIN_TOLERANCE_DB)
+
+
+def pan_envelope(lane: Lane) -> tuple[tuple[float, float, int], ...]:
+    """A pan lane (-1 left .. +1 right) as pan envelope points ``(seconds, pan, shape)``, in the
+    session's sign (:func:`dumps` writes REAPER's). Linear and hold lanes map point for point;
+    exponential segments are split as in :func:`gain_envelope`, within :data:`PAN_TOLERANCE`."""
+    return _follow(lane, scale=lambda v: np.asarray(v, dtype=np.float64), error=lambda got, want: np.abs(got - want),
+                   tolerance=PAN_TOLERANCE, exact_linear=True)
+
+
+def _shape(curve: str, v0: float, v1: float, f):
+    """A lane's value a fraction ``f`` (0..1) of the way between breakpoints valued ``v0`` and ``v1``."""
+    if curve == "exponential":
+        return v0 * (v1 / v0) ** np.asarray(f, dtype=np.float64)
+    return v0 + np.asarray(f, dtype=np.float64) * (v1 - v0)
+
+
+def _follow(lane: Lane, *, scale, error, tolerance: float, exact_linear: bool = False):
+    """Envelope points ``(seconds, scale(value), shape)`` whose linear interpolation follows ``lane``
+    within ``tolerance`` (``error(interpolated, lane value)``); see :func:`gain_envelope`."""
+    times, values, curve = lane.times, lane.values, lane.curve
+    if curve == "hold":
+        return tuple((float(t), float(scale(v)), SQUARE) for t, v in zip(times, values))
+    out = [(float(times[0]), float(scale(values[0])), LINEAR)]
+    for t0, t1, v0, v1 in zip(times, times[1:], values, values[1:]):
+        # A jump (two points at one time) and a flat or exactly mapped segment need no pieces.
+        if t1 > t0 and v1 != v0 and not (exact_linear and curve == "linear"):
+            pieces = _pieces(curve, v0, v1, scale=scale, error=error, tolerance=tolerance)
+            for k in range(1, pieces):
+                out.append((t0 + k / pieces * (t1 - t0), float(scale(_shape(curve, v0, v1, k / pieces))), LINEAR))
+        out.append((float(t1), float(scale(v1)), LINEAR))
     return tuple(out)
+
+
+def _pieces(curve: str, v0: float, v1: float, *, scale, error, tolerance: float) -> int:
+    """The fewest equal-time pieces whose linear interpolation (after ``scale``) stays within
+    ``tolerance`` of the segment's curve, checked on :data:`_CHECKS` points per piece."""
+    def worst(n: int) -> float:
+        f = np.linspace(0.0, 1.0, n * _CHECKS + 1)
+        knots = np.linspace(0.0, 1.0, n + 1)
+        return float(np.max(error(np.interp(f, knots, scale(_shape(curve, v0, v1, knots))), _shape(curve, v0, v1, f))))
+
+    high = 1
+    while worst(high) > tolerance:
+        high *= 2
+    low = high // 2  # too few (or 0); the answer is in (low, high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if worst(middle) <= tolerance:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _envelope(tag: str, points, *, pad: str, seed: str) -> list[str]:
     lines = [f"{pad}<{tag}", f"{pad}  EGUID {guid(seed, tag)}", f"{pad}  ACT 1 -1", f"{pad}  VIS 1 1 1",
              f"{pad}  LANEHEIGHT 0 0", f"{pad}  ARM 0", f"{pad}  DEFSHAPE 0 -1 -1"]
-    lines += [f"{pad}  PT {number(t)} {number(v)} 0" for t, v in points]
+    lines += [f"{pad}  PT {number(p[0])} {number(p[1])} {p[2] if len(p) > 2 else LINEAR}" for p in points]
     return lines + [f"{pad}>"]
 
 
@@ -171,7 +233,8 @@ def _track(track: Track, index: int, seed: str) -> list[str]:
         lines += _envelope("VOLENV2", track.volume_envelope, pad="    ", seed=ident)
     if track.pan_envelope:
         # REAPER keeps pan envelope points with left positive (its lane draws L at the top).
-        lines += _envelope("PANENV2", tuple((t, -p) for t, p in track.pan_envelope), pad="    ", seed=ident)
+        lines += _envelope("PANENV2", tuple((p[0], -p[1], *p[2:]) for p in track.pan_envelope), pad="    ",
+                           seed=ident)
     lines += ["    <ITEM", "      POSITION 0", "      SNAPOFFS 0", f"      LENGTH {number(track.length)}",
               "      LOOP 0", "      ALLTAKES 0", "      FADEIN 1 0 0 1 0 0 0", "      FADEOUT 1 0 0 1 0 0 0",
               "      MUTE 0 0", f"      IGUID {guid(seed, 'item', str(index), track.name)}", f"      NAME {name}",
@@ -202,23 +265,8 @@ def dumps(project: Project) -> str:
 
 def write(path, project: Project) -> Path:
     """Write ``project`` to ``path`` atomically (a hidden partial file, fsynced, then renamed)."""
-    path = Path(path)
     text = dumps(project)  # every refusal happens before anything is written
-    partial = partial_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the REAPER project ({exc}); check the output folder") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text, what="REAPER project")
 
 
 def relative_source(file: Path, project: Path) -> str:

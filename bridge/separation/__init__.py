@@ -45,7 +45,9 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         (``stembridge models`` lists them), or a path to a card ``.yaml`` or an ``.onnx`` file.
     overlap : float, optional
         Fraction of each chunk shared with the next, in [0, 1). Default: 0.25 for MDX-Net
-        (as UVR), 0.25 for mask models, 0.5 for the DSP fallback.
+        (as UVR), 0.25 for mask models, 0.5 for the DSP fallback; for RoFormers, the fraction that
+        steps ``chunk_size // num_overlap`` samples, as the card's ``num_overlap`` asks
+        (:mod:`.roformer`).
     batch_size : int
         Chunks per onnxruntime call.
     threads : int, optional
@@ -78,6 +80,9 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     elif card.family == "mask":
         from .mask import MaskEngine
         engine = MaskEngine(card, threads=threads, batch_size=batch_size, high_band=high_band, wiener=wiener)
+    elif card.family == "roformer":
+        from .roformer import RoformerEngine
+        engine = RoformerEngine(card, threads=threads, batch_size=batch_size)
     elif card.family == "hpss":
         from .dsp4 import Dsp4Engine
         from .mask import MaskEngine
@@ -87,7 +92,7 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         from .dsp import DspEngine
         engine = DspEngine()
     if overlap is None:
-        overlap = 0.5 if card.family == "dsp" else 0.25
+        overlap = getattr(engine, "default_overlap", 0.5 if card.family == "dsp" else 0.25)
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)
 
 

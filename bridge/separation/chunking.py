@@ -12,16 +12,26 @@ Geometry, in samples of the model's rate::
 A chunk of ``chunk`` samples goes to the engine; the ``trim`` samples at each edge are dropped
 (they carry the transform's edge effects); the kept part is weighted by a window whose raised-
 cosine fades of ``fade = keep - step`` samples are complementary (sin² + cos² = 1) between
-neighbours, added up, and divided by the summed weights. The signal is preceded by
-``trim + fade`` zeros, so its first sample falls where the first chunk's weight is already 1,
-and followed by as many zeros as the last chunk needs.
+neighbours, added up, and divided by the summed weights.
+
+At the song's ends, two modes (``ChunkPlan.pad``):
+
+- ``"zeros"``: the signal is preceded by ``trim + fade`` zeros, so its first sample falls where
+  the first chunk's weight is already 1, and followed by zeros until the last sample has full
+  weight;
+- ``"reflect"``: the signal mirrored at its ends (``numpy.pad``'s reflect mode, repeated for a
+  signal shorter than the pad), as a centred STFT pads and as the RoFormer reference tools pad the
+  song, so that a model that reads context sees music-like input beyond the song's ends. Only
+  ``trim`` samples precede the signal: the first chunk has no fade-in, and the last chunk's kept
+  part only has to reach the song's end, where the division by the summed weights makes its
+  fade-out harmless. That saves ``(trim + fade) / step`` chunks, one to three, per song.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -41,17 +51,22 @@ class ChunkPlan:
         Samples dropped at each edge of a chunk's output.
     overlap : float
         Fraction in [0, 1) of a chunk's kept part shared with the next chunk.
+    pad : {"zeros", "reflect"}
+        What precedes and follows the signal in the first and last chunks.
     """
 
     chunk: int
     trim: int
     overlap: float
+    pad: Literal["zeros", "reflect"] = "zeros"
 
     def __post_init__(self):
         if self.keep < 1:
             raise ValueError(f"chunk {self.chunk} leaves nothing after trimming {self.trim} samples at each edge")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.pad not in ("zeros", "reflect"):
+            raise ValueError(f"pad must be 'zeros' or 'reflect', got {self.pad!r}")
 
     @property
     def keep(self) -> int:
@@ -67,13 +82,20 @@ class ChunkPlan:
 
     @property
     def lead(self) -> int:
-        """Zeros before the signal, so its first sample meets full weight."""
-        return self.trim + self.fade
+        """Samples before the signal: with zeros, so that its first sample meets full weight."""
+        return self.trim if self.pad == "reflect" else self.trim + self.fade
+
+    @property
+    def start(self) -> int:
+        """Signal index where the first chunk's kept part begins (negative: before the signal)."""
+        return self.trim - self.lead
 
     def chunks_for(self, samples: int) -> int:
-        """How many chunks cover ``samples`` samples with full weight."""
+        """How many chunks cover ``samples`` samples (with full weight, for ``pad="zeros"``)."""
         if samples <= 0:
             return 0
+        if self.pad == "reflect":
+            return 1 + max(0, math.ceil((samples - self.keep) / self.step))
         return math.ceil((samples + self.fade) / self.step)
 
     def window(self) -> np.ndarray:
@@ -107,13 +129,20 @@ class OverlapAdd:
         self._run = run
         self.batch_size = max(1, int(batch_size))
         self._window = plan.window()
-        # Input: padded-signal samples from index _in_start on.
-        self._input = np.zeros((channels, plan.lead), np.float32)
+        self._reflect = plan.pad == "reflect"
+        self._first_window = self._window.copy()
+        if self._reflect and plan.fade:
+            self._first_window[:plan.fade] = 1.0  # nothing before the first chunk to fade from
+        # Input: padded-signal samples from index _in_start on. A reflected lead waits for the
+        # signal's first lead + 1 samples, and a reflected tail needs the signal's last chunk.
+        self._input = np.zeros((channels, 0 if self._reflect else plan.lead), np.float32)
+        self._lead_done = not self._reflect
+        self._history = plan.chunk if self._reflect else 0
         self._in_start = 0
         self._next_chunk = 0
         self._received = 0
         # Output: accumulators for signal samples from index _out_start on.
-        self._out_start = -plan.fade  # the first chunk's kept part starts before the signal
+        self._out_start = plan.start  # where the first chunk's kept part starts
         self._acc = {stem: np.zeros((channels, 0), np.float32) for stem in stems}
         self._weight = np.zeros(0, np.float64)
         self._finished = False
@@ -125,23 +154,41 @@ class OverlapAdd:
         if block.shape[1]:
             self._input = np.concatenate([self._input, block], axis=1)
             self._received += block.shape[1]
+        if not self._lead_done:
+            if self._received <= self.plan.lead:
+                return {stem: np.zeros((self.channels, 0), np.float32) for stem in self._acc}
+            self._add_lead()
         ready = self._ready_chunks()
         while ready >= self.batch_size:
             self._run_batch(self.batch_size)
             ready -= self.batch_size
-        return self._emit(limit=self._next_chunk * self.plan.step - self.plan.fade)
+        return self._emit(limit=self._next_chunk * self.plan.step + self.plan.start)
 
     def finish(self) -> dict[str, np.ndarray]:
         """Process what is left and return the rest of the output."""
         self._finished = True
         total = self.plan.chunks_for(self._received)
+        if not self._lead_done and total:
+            self._add_lead()
         needed = (total - 1) * self.plan.step + self.plan.chunk - self._in_start if total else 0
         if needed > self._input.shape[1]:
-            pad = np.zeros((self.channels, needed - self._input.shape[1]), np.float32)
+            extra = needed - self._input.shape[1]
+            if self._reflect:
+                # The signal part of the buffer (it keeps the last chunk of the signal at least).
+                signal = self._input[:, max(0, self.plan.lead - self._in_start):]
+                pad = np.pad(signal, ((0, 0), (0, extra)), mode="reflect")[:, signal.shape[1]:]
+            else:
+                pad = np.zeros((self.channels, extra), np.float32)
             self._input = np.concatenate([self._input, pad], axis=1)
         while self._next_chunk < total:
             self._run_batch(min(self.batch_size, total - self._next_chunk))
         return self._emit(limit=self._received)
+
+    def _add_lead(self) -> None:
+        """Put the mirrored start of the signal before it (the whole signal is in the buffer)."""
+        lead = self.plan.lead
+        self._input = np.pad(self._input, ((0, 0), (lead, 0)), mode="reflect") if lead else self._input
+        self._lead_done = True
 
     def _ready_chunks(self) -> int:
         available = self._in_start + self._input.shape[1]  # padded samples seen so far
@@ -157,20 +204,21 @@ class OverlapAdd:
         batch = np.stack([self._input[:, s:s + plan.chunk] for s in starts])
         outputs = self._run(batch)
         # Signal index where chunk `first`'s kept part begins.
-        base = first * plan.step - plan.fade
+        base = first * plan.step + plan.start
         end = base + (count - 1) * plan.step + plan.keep
         self._grow(end)
         offset = base - self._out_start
+        windows = [self._first_window if first + i == 0 else self._window for i in range(count)]
         for stem, chunks in outputs.items():
             acc = self._acc[stem]
             for i in range(count):
                 at = offset + i * plan.step
-                acc[:, at:at + plan.keep] += chunks[i, :, plan.trim:plan.trim + plan.keep] * self._window
+                acc[:, at:at + plan.keep] += chunks[i, :, plan.trim:plan.trim + plan.keep] * windows[i]
         for i in range(count):
             at = offset + i * plan.step
-            self._weight[at:at + plan.keep] += self._window
+            self._weight[at:at + plan.keep] += windows[i]
         self._next_chunk += count
-        drop = self._next_chunk * plan.step - self._in_start
+        drop = max(0, self._next_chunk * plan.step - self._history - self._in_start)
         self._input = self._input[:, drop:]
         self._in_start += drop
 

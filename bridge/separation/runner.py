@@ -29,7 +29,8 @@ class Engine(Protocol):
 
     #: Sample rate the model runs at, in Hz.
     sample_rate: int
-    #: Samples per chunk, and samples dropped at each chunk edge.
+    #: Samples per chunk, and samples dropped at each chunk edge. An engine may also set
+    #: ``pad = "reflect"`` to have the song mirrored beyond its ends instead of zero-padded.
     chunk: int
     trim: int
     #: Every stem the separator produces, and the one computed as the mix minus the others
@@ -57,7 +58,8 @@ class ChunkedSeparator:
 
     def __init__(self, engine: Engine, *, overlap: float = 0.25, batch_size: int = 1, name: str = "separator"):
         self.engine = engine
-        self.plan = ChunkPlan(chunk=engine.chunk, trim=engine.trim, overlap=overlap)
+        self.plan = ChunkPlan(chunk=engine.chunk, trim=engine.trim, overlap=overlap,
+                              pad=getattr(engine, "pad", "zeros"))
         self.batch_size = batch_size
         self.name = name
 

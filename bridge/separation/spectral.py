@@ -16,9 +16,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 
 @functools.lru_cache(maxsize=16)
-def hann(n_fft: int) -> np.ndarray:
-    """Periodic Hann window of ``n_fft`` points, float32 (``torch.hann_window(n, periodic=True)``)."""
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+def hann(n_fft: int, win_length: int | None = None) -> np.ndarray:
+    """Periodic Hann window of ``win_length`` points (default ``n_fft``) zero-padded, centred, to
+    ``n_fft``, float32: ``torch.hann_window(win_length)`` as ``torch.stft`` pads it."""
+    win_length = n_fft if win_length is None else win_length
+    window = np.zeros(n_fft, np.float32)
+    left = (n_fft - win_length) // 2
+    window[left:left + win_length] = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win_length) / win_length)
+    return window
 
 
 class Stft:
@@ -30,14 +35,21 @@ class Stft:
         Window and FFT length in samples.
     hop : int
         Frame step in samples.
+    win_length : int, optional
+        Hann window length in samples, at most ``n_fft`` (default ``n_fft``); a shorter window is
+        zero-padded to ``n_fft``, centred, as ``torch.stft`` does.
     """
 
-    def __init__(self, n_fft: int, hop: int):
-        if hop > n_fft // 2:
-            raise ValueError(f"hop {hop} is too large for n_fft {n_fft}: the inverse needs overlap")
+    def __init__(self, n_fft: int, hop: int, win_length: int | None = None):
+        win_length = n_fft if win_length is None else win_length
+        if not 0 < win_length <= n_fft:
+            raise ValueError(f"win_length {win_length} must be from 1 to n_fft {n_fft}")
+        if hop > win_length // 2:
+            raise ValueError(f"hop {hop} is too large for a window of {win_length}: the inverse needs overlap")
         self.n_fft = n_fft
         self.hop = hop
-        self.window = hann(n_fft)
+        self.win_length = win_length
+        self.window = hann(n_fft, win_length)
 
     @property
     def bins(self) -> int:

@@ -1,8 +1,11 @@
 """What each DAW hand-off output costs on a 4-minute song (issue 14).
 
-    PYTHONPATH=. python tests/benchmarks/handoff.py [--minutes 4] [--repeats 3] [--json out.json]
+    PYTHONPATH=. python tests/benchmarks/handoff.py [--song real|synthetic] [--minutes 4] [--repeats 3]
+                                                    [--json out.json]
 
-A synthetic 44.1 kHz stereo song (tones and noise, 24-bit wav, in a temporary folder) is rendered
+The song: ``real`` is Karissa Hobbs - Let's Go Fishin' (../shared/data/fullmix, 133 s, CC BY 3.0)
+played twice over to ``--minutes``, as a 24-bit wav; ``synthetic`` is tones and noise (noise is
+what AAC codes most slowly). Either is written to a temporary folder and rendered
 with the 4-stem test separator (tests/four_stems.py: FFT bands, so the separator itself costs
 little and the hand-off's share is visible) to a mix and four stems (24-bit wav), in four
 configurations: none of the hand-off outputs, then Broadcast WAV chunks, a REAPER project,
@@ -55,9 +58,29 @@ def write_song(path: Path, minutes: float) -> Path:
     return path
 
 
+# ../shared/data beside the repository (a worktree sits one folder deeper).
+REAL_SONG = next((p / "shared" / "data" / "fullmix" / "karissa-hobbs-lets-go-fishin.ogg" for p in REPO.parents
+                  if (p / "shared" / "data").is_dir()), Path("karissa-hobbs-lets-go-fishin.ogg"))
+
+
+def write_real_song(path: Path, minutes: float) -> Path:
+    audio, rate = sf.read(str(REAL_SONG), dtype="float32", always_2d=True)
+    frames = int(minutes * 60 * rate)
+    audio = np.tile(audio, (frames // len(audio) + 1, 1))[:frames]
+    sf.write(str(path), audio, rate, subtype="PCM_24")
+    return path
+
+
+#: Lanes as a session has them (issue 12): the .rpp gets them as envelopes, the mixer plays them.
+AUTOMATION = {"stems.vocals.gain_db": [[0, 0], ["31:1", -6], ["61:1", 0]],
+              "stems.drums.gain_db": {"points": [[0, 1], [120, 6], [200, 1]], "curve": "exponential"},
+              "stems.bass.pan": [[0, -0.3], [240, 0.3]],
+              "stems.other.gain_db": {"points": [[t, -(t % 7)] for t in range(0, 240, 2)], "curve": "hold"}}
+
+
 def render_once(song: Path, out: Path, output: dict) -> float:
     files = {"mix": "{track}.remix.{ext}", "stems": "{track}/{stem}.{ext}"}
-    session = parse({"version": 1, "stems": {"vocals": {"gain_db": [[0, 0], [60, -6], [120, 0]]}},
+    session = parse({"version": 1, "tempo": {"bpm": 120, "time_signature": "4/4"}, "automation": AUTOMATION,
                      "output": {"files": files, "tail_seconds": 1.0, **output}}, source="bench.yaml")
     graph = RenderGraph(session, four_stem_separator())
     start, cpu = time.perf_counter(), time.process_time()
@@ -67,6 +90,7 @@ def render_once(song: Path, out: Path, output: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--song", choices=("real", "synthetic"), default="real")
     parser.add_argument("--minutes", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
@@ -74,7 +98,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="handoff-bench-") as folder:
         folder = Path(folder)
-        song = write_song(folder / "song.wav", args.minutes)
+        song = (write_real_song if args.song == "real" else write_song)(folder / "song.wav", args.minutes)
         render_once(song, folder / "warm-up", CONFIGS["nistems"])  # imports, first-call set-up
         times = {name: [] for name in CONFIGS}
         for repeat in range(args.repeats):
@@ -100,15 +124,22 @@ def main() -> None:
             embeds.append(time.perf_counter() - start)
         results["bwf_embed_one_file"] = {"median_s": round(statistics.median(embeds), 3),
                                          "file_mb": round(stem.stat().st_size / 1e6, 1)}
-        tracks = tuple(reaper.Track(name=s, file=f"song/{s}.wav", length=info.frames / SR,
-                                    volume_envelope=reaper.volume_points(((0, 0), (60, -6), (120, 0))))
-                       for s in ("vocals", "drums", "bass", "other"))
+        session = parse({"version": 1, "tempo": {"bpm": 120}, "automation": AUTOMATION}, source="bench.yaml")
+        lanes = {(t.stem, t.param): lane for t, lane in session.automation}
         start = time.perf_counter()
+        tracks = tuple(reaper.Track(name=s, file=f"song/{s}.wav", length=info.frames / SR,
+                                    volume_envelope=reaper.gain_envelope(lanes[s, "gain_db"])
+                                    if (s, "gain_db") in lanes else (),
+                                    pan_envelope=reaper.pan_envelope(lanes[s, "pan"]) if (s, "pan") in lanes else ())
+                       for s in ("vocals", "drums", "bass", "other"))
         reaper.write(folder / "x.rpp", reaper.Project(sample_rate=SR, tracks=tracks))
-        results["rpp_write"] = {"median_s": round(time.perf_counter() - start, 4)}
+        results["rpp_envelopes_and_write"] = {"median_s": round(time.perf_counter() - start, 4),
+                                              "points": sum(len(t.volume_envelope) + len(t.pan_envelope)
+                                                            for t in tracks)}
         nistems_file = folder / "out-nistems-0" / "song.stem.mp4"
         results["nistems_file_mb"] = round(nistems_file.stat().st_size / 1e6, 1)
-    results["input"] = f"{args.minutes:g} min synthetic 44.1 kHz stereo, 24-bit wav; outputs mix + 4 stems, 24-bit wav"
+    what = "Let's Go Fishin' twice over" if args.song == "real" else "synthetic tones and noise"
+    results["input"] = f"{args.minutes:g} min {what}, 44.1 kHz stereo 24-bit wav; outputs mix + 4 stems, 24-bit wav"
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

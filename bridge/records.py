@@ -1,0 +1,105 @@
+"""The records a run leaves beside its outputs: manifests, resume records, and what names a model.
+
+A manifest (``<mix>.manifest.json``) holds the input and its sha256, the preset as rendered, the
+model's identity, package versions and per-output levels; ``separate`` leaves a smaller hidden
+record of the same kind. Both are written atomically (:func:`~bridge.io.write_text_atomic`) and
+read back by the resume checks, which compare them with what a new run would write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__, io
+
+
+def model_identity(separator) -> dict | None:
+    """What names the separator's model for the cache and for resume checks, or None if unknown.
+
+    None (e.g. a separator written in Python without a card): its stems are never cached.
+    """
+    engine = getattr(separator, "engine", None)
+    if engine is None or not hasattr(separator, "settings"):
+        return None
+    card = getattr(engine, "card", None)
+    identity = {"engine": f"{type(engine).__module__}.{type(engine).__qualname__}", "stembridge": __version__,
+                "settings": {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}}
+    if card is not None:
+        fields = dataclasses.asdict(card)
+        for provenance in ("file", "license", "credit", "description", "source", "imported",
+                           "quantized_from"):
+            fields.pop(provenance, None)
+        identity["card"] = fields
+    return identity
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for package in ("stembridge", "numpy", "onnxruntime", "pedalboard", "soundfile", "soxr", "pyloudnorm"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    found["python"] = platform.python_version()
+    return found
+
+
+def manifest_record(*, source: Path, header, session, separator, input_sha256: str | None = None) -> dict:
+    """Everything a manifest holds but the outputs and the loudness gain."""
+    card = getattr(getattr(separator, "engine", None), "card", None)
+    model = {"name": separator.name, "settings": getattr(separator, "settings", {}),
+             "identity": model_identity(separator)}
+    if card is not None:
+        model.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family,
+                     card=card.source)
+    return {
+        "stembridge": __version__,
+        "input": {"path": str(source.resolve()), "sha256": input_sha256 or file_sha256(source),
+                  "sample_rate": header.sample_rate, "channels": header.channels, "frames": header.frames},
+        "preset": {"source": session.source, "session": session.to_dict()},
+        "model": model,
+    }
+
+
+def write_manifest_record(target: Path, record: dict, *, outputs: dict, written: dict, loudness) -> Path:
+    """A manifest from :func:`manifest_record` plus what was written, atomically."""
+    full = {**record, "loudness": loudness,
+            "outputs": {label: {**outputs[label], "path": str(written[label])} for label in outputs},
+            "handoff": {label: str(written[label]) for label in ("project", "nistems") if label in written},
+            "versions": versions()}
+    text = json.dumps(full, indent=2, allow_nan=False, default=str) + "\n"
+    return io.write_text_atomic(target, text, what="manifest")
+
+
+def write_manifest(target: Path, *, source: Path, header, session, separator, outputs: dict, written: dict,
+                   loudness) -> Path:
+    """The render's record, written atomically: input and hash, preset, model, versions, outputs."""
+    record = manifest_record(source=source, header=header, session=session, separator=separator)
+    return write_manifest_record(target, record, outputs=outputs, written=written, loudness=loudness)
+
+
+def write_json(target: Path, data) -> Path:
+    """``data`` as JSON at ``target``, atomically (:func:`~bridge.io.write_text_atomic`)."""
+    text = json.dumps(data, indent=2, allow_nan=False, default=str) + "\n"
+    return io.write_text_atomic(target, text, what="JSON record")
+
+
+def read_json(path: Path):
+    """A JSON record, or None when it is missing or unreadable (a resume check then redoes the work)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
