@@ -354,13 +354,13 @@ def cmd_parity(args) -> None:
     asp = results[f"as_{args.arch}_{args.size}_{args.song}"]
     ref = read(audiosep_outputs(Path(asp["outputs"][next(iter(asp["outputs"]))]).parent)["vocals"])
     mix = read(song_path(args.song))
-    engine, card = engine_for(sb_name(args.arch, args.size), threads=args.threads)
+    engine, card = engine_for(sb_name(args.arch, args.size, args.variant), threads=args.threads)
     chunk = int(args.chunk or engine.chunk)
     t = time.perf_counter()
     emulated, valid = audiosep_grid(mix, lambda part: primary_of(engine, part), chunk, args.num_overlap,
                                     max_chunks=args.chunks)
     seconds = time.perf_counter() - t
-    out = WORK / "runs" / f"grid_{args.arch}_{args.size}_{args.song}.wav"
+    out = WORK / "runs" / f"grid_{args.arch}_{args.size}{args.variant}_{args.song}.wav"
     sf.write(str(out), emulated.T, RATE, subtype="FLOAT")
     entry = {"chunk": chunk, "num_overlap": args.num_overlap, "chunks": args.chunks, "valid_samples": valid,
              "seconds": seconds, "load1": load(), "emulated": str(out),
@@ -375,7 +375,7 @@ def cmd_parity(args) -> None:
     if native and "vocals" in native["outputs"]:
         entry["stembridge_native_vs_audiosep"] = compare(ref, read(native["outputs"]["vocals"]))
         entry["stembridge_native_vs_grid"] = compare(emulated, read(native["outputs"]["vocals"])[:, :valid])
-    record(f"parity_{args.arch}_{args.size}_{args.song}", entry)
+    record(f"parity_{args.arch}_{args.size}{args.variant}_{args.song}", entry)
     log(f"parity {args.arch} {args.size}: " + json.dumps({k: v for k, v in entry.items() if isinstance(v, dict)}))
 
 
@@ -518,6 +518,34 @@ def cmd_sensitivity(args) -> None:
     record(f"sensitivity_{name}", {"chunk_start_s": args.start, "song": args.song, "rows": rows})
 
 
+def cmd_quantize(args) -> None:
+    """``stembridge models quantize bench-ARCH-SIZE`` (-> bench-ARCH-SIZE-int8), timed."""
+    name = sb_name(args.arch, args.size)
+    cmd = [sys.executable, "-m", "bridge.cli", "models", "quantize", name, "--force"]
+    m = timed(cmd, env=sb_env(), logfile=WORK / "runs" / f"quantize_{name}.log", cwd=REPO)
+    m["onnx_bytes"] = (WORK / "sbmodels" / f"{name}-int8.onnx").stat().st_size
+    m["float_onnx_bytes"] = (WORK / "sbmodels" / f"{name}.onnx").stat().st_size
+    record(f"quantize_{name}", m)
+    log(f"quantized {name}: {m['wall_s']:.1f} s, peak RSS {m['peak_rss_mb']:.0f} MB, {m['onnx_bytes'] / 1e6:.0f} MB "
+        f"(float {m['float_onnx_bytes'] / 1e6:.0f} MB)\n" + (WORK / "runs" / f"quantize_{name}.log").read_text()[-400:])
+
+
+def cmd_compare(args) -> None:
+    """SNR between two recorded runs' stems (``--a TAG --b TAG``, e.g. int8 vs float32)."""
+    results = json.loads((WORK / "results" / "roformer.json").read_text())
+
+    def stems(tag):
+        outputs = results[tag]["outputs"]
+        if results[tag]["tool"] == "audio-separator":
+            return audiosep_outputs(Path(next(iter(outputs.values()))).parent)
+        return outputs
+
+    a, b = stems(args.a), stems(args.b)
+    entry = {stem: compare(read(a[stem]), read(b[stem])) for stem in args.stems.split(",") if stem in a and stem in b}
+    record(f"compare_{args.a}__{args.b}", entry)
+    log(f"compare {args.a} vs {args.b}: {json.dumps(entry)}")
+
+
 # --------------------------------------------------------------------------- songs
 
 def cmd_songs(args) -> None:
@@ -562,6 +590,7 @@ def main() -> int:
     p.add_argument("--chunks", type=int, help="emulate only the first N chunks")
     p.add_argument("--shift", type=int, default=0, help="also run the grid moved by this many samples")
     p.add_argument("--threads", type=int)
+    p.add_argument("--variant", default="", help="the imported variant, e.g. asgrid (audio-separator's chunk)")
     p = common(sub.add_parser("netparity"))
     p.add_argument("--variant", default="")
     p.add_argument("--start", type=float, default=10.0, help="where the chunk starts in the song, seconds")
@@ -571,12 +600,17 @@ def main() -> int:
     p.add_argument("--start", type=float, default=10.0)
     p.add_argument("--noise-db", default="-80,-60")
     p.add_argument("--threads", type=int)
+    common(sub.add_parser("quantize"), song=False)
+    p = sub.add_parser("compare")
+    p.add_argument("--a", required=True)
+    p.add_argument("--b", required=True)
+    p.add_argument("--stems", default="vocals,instrumental,other")
     p = common(sub.add_parser("floor"))
     p.add_argument("--quant", default="")
     p.add_argument("--threads", type=int)
     p.add_argument("--max-chunks", type=int)
     args = parser.parse_args()
-    {"sensitivity": cmd_sensitivity, "floor": cmd_floor, "netparity": cmd_netparity, "build": cmd_build, "audiosep": cmd_audiosep, "songs": cmd_songs, "import": cmd_import,
+    {"quantize": cmd_quantize, "compare": cmd_compare, "sensitivity": cmd_sensitivity, "floor": cmd_floor, "netparity": cmd_netparity, "build": cmd_build, "audiosep": cmd_audiosep, "songs": cmd_songs, "import": cmd_import,
      "stembridge": cmd_stembridge, "parity": cmd_parity}[args.cmd](args)
     return 0
 
