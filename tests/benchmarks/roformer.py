@@ -297,8 +297,8 @@ def cmd_import(args) -> None:
         cmd = [sys.executable, "-m", "bridge.cli", "models", "import", str(ckpt), "--config", str(config),
                "--name", name, "--force"]
     else:  # before the CLI has it: the function it calls
-        cmd = [sys.executable, "-c", "import sys; from bridge.importers.roformer import import_roformer as f; "
-               "r = f(sys.argv[1], config=sys.argv[2], name=sys.argv[3], force=True); print(r)",
+        cmd = [sys.executable, "-c", ("import sys; from bridge.importers.roformer import import_roformer as f; "
+                                      "r = f(sys.argv[1], config=sys.argv[2], name=sys.argv[3], force=True); print(r)"),
                str(ckpt), str(config), name]
     m = timed(cmd, env=sb_env(), logfile=WORK / "runs" / f"import_{name}.log", cwd=REPO)
     record(f"import_{name}", m)
@@ -354,7 +354,7 @@ def cmd_parity(args) -> None:
     asp = results[f"as_{args.arch}_{args.size}_{args.song}"]
     ref = read(audiosep_outputs(Path(asp["outputs"][next(iter(asp["outputs"]))]).parent)["vocals"])
     mix = read(song_path(args.song))
-    engine, card = engine_for(sb_name(args.arch, args.size, args.variant), threads=args.threads)
+    engine, _ = engine_for(sb_name(args.arch, args.size, args.variant), threads=args.threads)
     chunk = int(args.chunk or engine.chunk)
     t = time.perf_counter()
     emulated, valid = audiosep_grid(mix, lambda part: primary_of(engine, part), chunk, args.num_overlap,

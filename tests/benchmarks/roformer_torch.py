@@ -68,7 +68,7 @@ def read_song(path: Path, start_s: float, seconds: float) -> np.ndarray:
 
 def last_layers(model):
     """The ``Linear(hidden, 2 * dim_in)`` before each band's GLU, in every mask estimator."""
-    import torch.nn as nn
+    from torch import nn
 
     out = []
     for estimator in model.mask_estimators:
@@ -193,7 +193,7 @@ def flops(args) -> None:
     attention = [0]
 
     def count_attention(module, inputs, output):
-        q, k, v = inputs[:3]
+        q, k = inputs[:2]
         attention[0] += 4 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1]
 
     for module in model.modules():
