@@ -157,8 +157,9 @@ def grouped(transformer: nn.Module, x, *, heads: int):
     m, n, d = (int(v) for v in x.shape[1:])
     per_sequence = 4 * n * (heads * n + 4 * d)  # float32 scores + the 4x feed-forward width
     size = max(1, min(m, GROUP_BYTES // per_sequence))
-    parts = [transformer(part.reshape(-1, n, d)).reshape(-1, int(part.shape[1]), n, d)
-             for part in x.split(size, dim=1)]
+    # Slices with constant bounds: the exporter once wrote torch.split's sizes for another length.
+    parts = [transformer(x[:, start:start + size].reshape(-1, n, d)).reshape(-1, min(size, m - start), n, d)
+             for start in range(0, m, size)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
