@@ -40,7 +40,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import io
+from . import partials
 from .errors import AudioError, BridgeError, ModelError
 from .models import canonical_stem, derived_stems
 from .references import Song, SongFiles, find_songs, load_song
@@ -314,7 +314,7 @@ class Report:
     def write_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (a partial file renamed when complete)."""
         text = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
-        return io.write_text_atomic(path, text, what="report")
+        return partials.write_text_atomic(path, text, what="report")
 
 
 # --- evaluation --------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -24,6 +23,7 @@ import soundfile as sf
 
 from .audio import channels_first, check_finite, check_sample_rate, frames_first
 from .errors import AudioError, OutputError
+from .partials import fsync_dir, partial_path, remove_stale_partials
 
 BitDepth = Literal[16, 24, 32]
 
@@ -31,7 +31,6 @@ BitDepth = Literal[16, 24, 32]
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3", "aiff": "AIFF", "aif": "AIFF"}
 LOSSY = {"ogg", "mp3"}
 DEFAULT_BIT_DEPTH: BitDepth = 24
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,77 +233,6 @@ def subtype_for(extension: str, bit_depth: BitDepth) -> str | None:
     return "FLOAT" if bit_depth == 32 else f"PCM_{bit_depth}"
 
 
-def partial_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-
-
-@contextlib.contextmanager
-def scratch_folder(parent: Path) -> Iterator[Path]:
-    """A private folder for intermediate files inside ``parent``, removed afterwards.
-
-    Its name carries the process id, so a folder a killed run left behind is removed by the next
-    run that writes there.
-    """
-    parent.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(rf"^\.stembridge-(\d+)-.*{re.escape(PARTIAL_SUFFIX)}$")
-    for candidate in parent.iterdir():
-        match = pattern.match(candidate.name)
-        if match and candidate.is_dir() and not _pid_alive(int(match.group(1))):
-            shutil.rmtree(candidate, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".stembridge-{os.getpid()}-", suffix=PARTIAL_SUFFIX, dir=parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def remove_stale_partials(final: Path) -> list[Path]:
-    """Delete partial files a crashed earlier run left for ``final``; return what was removed."""
-    removed = []
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+){re.escape(PARTIAL_SUFFIX)}$")
-    if not final.parent.is_dir():
-        return removed
-    for candidate in final.parent.iterdir():
-        match = pattern.match(candidate.name)
-        if match and not _pid_alive(int(match.group(1))):
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
-
-
-def remove_dead_partials(folder: Path) -> list[Path]:
-    """Delete, anywhere below ``folder``, the partial files and scratch folders of processes that
-    are gone (a killed run's); return what was removed. Live processes' files are left alone."""
-    removed = []
-    partial = re.compile(rf"^\..+\.(\d+){re.escape(PARTIAL_SUFFIX)}$")
-    scratch = re.compile(rf"^\.stembridge-(\d+)-.*{re.escape(PARTIAL_SUFFIX)}$")
-    for root, dirs, files in os.walk(folder):
-        for name in list(dirs):
-            match = scratch.match(name)
-            if match and not _pid_alive(int(match.group(1))):
-                shutil.rmtree(Path(root) / name, ignore_errors=True)
-                removed.append(Path(root) / name)
-                dirs.remove(name)
-        for name in files:
-            match = partial.match(name)
-            if match and not _pid_alive(int(match.group(1))):
-                (Path(root) / name).unlink(missing_ok=True)
-                removed.append(Path(root) / name)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
@@ -403,7 +331,7 @@ class AudioWriter:
         except OSError as exc:
             self.abort()
             raise OutputError(f"{self.path}: could not finish the output ({exc}); check free space and permissions") from None
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -423,47 +351,6 @@ class AudioWriter:
             self.close()
         else:
             self.abort()
-
-
-def write_text_atomic(path, text: str, *, what: str = "file") -> Path:
-    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically: a hidden partial file beside
-    it, fsynced, then renamed, so a crash never leaves a half-written file under the final name.
-
-    Raises
-    ------
-    OutputError
-        The folder cannot be created or written; the message names ``what`` and ``path``.
-    """
-    path = Path(path)
-    partial = partial_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the {what} ({exc.strerror or exc}); "
-                          "check the folder exists and is writable") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write(path, audio: np.ndarray, sample_rate: int, *, bit_depth: BitDepth = DEFAULT_BIT_DEPTH,

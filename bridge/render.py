@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, io
+from . import __version__, io, partials
 from .audio import StreamResampler, db_to_gain
 from .cache import StemCache
 from .daw import bwf, handoff as daw, nistems
@@ -178,7 +178,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
         # Registered first, so it runs last: only once the scratch folder is gone are a failed
         # song's new folders empty (an unusable plugin must not leave an empty output folder).
         stack.callback(lambda: remove_empty(created) if failed else None)
-        scratch = defer_gain_to if defer_gain_to is not None else stack.enter_context(io.scratch_folder(out_dir))
+        scratch = defer_gain_to if defer_gain_to is not None else stack.enter_context(partials.scratch_folder(out_dir))
         try:
             if hand.nistems is not None:
                 feed = nistems.RenderFeed(hand.nistems, scratch, orig_sr=header.sample_rate, sample_rate=rate,

@@ -13,7 +13,7 @@ import pytest
 import rpp
 import soundfile as sf
 
-from bridge import __version__, io
+from bridge import __version__, partials
 from bridge.cli import main as cli
 from bridge.daw import handoff, reaper
 from bridge.errors import OutputError
@@ -285,7 +285,7 @@ def test_project_write_is_atomic(tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.os, "replace", crash)  # the rename of io.write_text_atomic
+    monkeypatch.setattr(partials.os, "replace", crash)  # the rename of partials.write_text_atomic
     with pytest.raises(KeyboardInterrupt):
         reaper.write(target, project)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["song.rpp"]

@@ -160,7 +160,7 @@ def test_onnx_equals_torch_on_a_batch(imported, kind):
                       normalized=False, return_complex=True)
     spec = torch.view_as_real(spec).reshape(2, cfg.audio_channels, N_FFT // 2 + 1, FRAMES, 2)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    (inp,), (_,) = session.get_inputs(), session.get_outputs()
     assert inp.shape[1:] == [cfg.audio_channels, N_FFT // 2 + 1, FRAMES, 2] and isinstance(inp.shape[0], str)
     mask = session.run(None, {inp.name: spec.numpy()})[0]
     with torch.no_grad():

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__, io
+from .. import __version__, partials
 from ..errors import BridgeError
 from .discover import RUN_RECORD, Song
 from .executors import DaskExecutor, ProcessExecutor, SerialExecutor
@@ -194,7 +194,7 @@ def _sha(path: Path) -> str | None:
 
 def _album_scratch(out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    folder = out_dir / f".stembridge-{os.getpid()}-album{io.PARTIAL_SUFFIX}"
+    folder = out_dir / f".stembridge-{os.getpid()}-album{partials.PARTIAL_SUFFIX}"
     folder.mkdir(exist_ok=True)
     return folder
 
@@ -202,7 +202,7 @@ def _album_scratch(out_dir: Path) -> Path:
 def sweep(out_dir: Path) -> None:
     """Remove what killed runs left in ``out_dir``: pid-named partial files and scratch folders."""
     if out_dir.is_dir():
-        io.remove_dead_partials(out_dir)
+        partials.remove_dead_partials(out_dir)
 
 
 def write_record(report: RunReport, out_dir: Path) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import io, partials
 from ..audio import StreamResampler, db_to_gain
 from ..errors import OutputError, PresetError
 
@@ -97,10 +97,10 @@ class NiStemsWriter:
         self._av = av
         self.sample_rate = sample_rate
         self.frames = 0
-        self._partial = io.partial_path(self.path)
+        self._partial = partials.partial_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            io.remove_stale_partials(self.path)
+            partials.remove_stale_partials(self.path)
             self._container = av.open(str(self._partial), "w", format="mp4")
             if title:
                 self._container.metadata["title"] = title

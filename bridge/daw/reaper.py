@@ -34,7 +34,7 @@ import numpy as np
 from .. import __version__
 from ..automation import Lane
 from ..errors import OutputError
-from ..io import write_text_atomic
+from ..partials import write_text_atomic
 
 #: REAPER's source type per file extension (the word after ``<SOURCE``).
 SOURCE_TYPES = {"wav": "WAVE", "aiff": "WAVE", "aif": "WAVE", "flac": "FLAC", "mp3": "MP3", "ogg": "VORBIS"}

@@ -60,6 +60,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import inputs  # noqa: E402
 import onnx_models  # noqa: E402
+from roformer import audiosep_chunk_starts  # noqa: E402  (the grid's one copy, beside its driver)
 
 from bridge import load_separator  # noqa: E402
 from bridge.models import load_card  # noqa: E402
@@ -109,15 +110,7 @@ def audiosep(engine, mix: np.ndarray, *, num_overlap: int) -> tuple[np.ndarray, 
 
     C = engine.chunk
     step = C // num_overlap
-    length = mix.shape[1]
-    starts = []
-    for offset in range(0, length, step):
-        if offset + C >= length:
-            tail = max(length - C, 0)
-            if not starts or starts[-1] != tail:
-                starts.append(tail)
-            break
-        starts.append(offset)
+    starts = audiosep_chunk_starts(mix.shape[1], C, step)
     window = windows.hamming(C).astype(np.float32)
     result = np.zeros(mix.shape, np.float32)
     counter = np.zeros(mix.shape, np.float32)
