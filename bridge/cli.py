@@ -12,7 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, console
+from . import console
+from .version import __version__
 from .errors import BridgeError, ModelError, PresetError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -45,7 +46,7 @@ def cmd_render(args) -> int:
 
 def _check_model(args) -> None:
     """The model and settings of ``separate``, checked before any work without loading the model."""
-    from .models import resolve, verify_file
+    from .separation.models import resolve, verify_file
     from .separation import _check_settings, check_wiener_fits
     from .separation.mask import check_wiener
 
@@ -66,7 +67,7 @@ def _jobs(args, *, songs: int) -> int:
 
 
 def _batch_options(args) -> dict:
-    from .cache import default_location, default_max_gb
+    from .render.cache import default_location, default_max_gb
 
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_location()
     max_gb = default_max_gb() if args.cache_max_gb is None else args.cache_max_gb
@@ -76,9 +77,9 @@ def _batch_options(args) -> dict:
 def _check_session(preset, overrides):
     """Validate a preset, its model card and its plugins without loading the model; the session."""
     from .batch.jobs import separator_card
-    from .graph import check_chains
-    from .models import verify_file
-    from .session import load
+    from .render.graph import check_chains
+    from .separation.models import verify_file
+    from .preset.session import load
 
     session = load(preset, overrides=overrides)
     card = separator_card(session)
@@ -149,8 +150,8 @@ def _separator_card(session):
 
 
 def cmd_preset_check(args) -> int:
-    from .graph import check_chains, check_stem_names
-    from .session import load
+    from .render.graph import check_chains, check_stem_names
+    from .preset.session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
@@ -168,7 +169,7 @@ def cmd_preset_check(args) -> int:
 
 
 def cmd_effects(args) -> int:
-    from .effects import builtin_effects, builtin_parameters
+    from .host.effects import builtin_effects, builtin_parameters
 
     print("pedalboard built-in effects and their parameters (use as {effect: Name, parameter: value}):")
     for name, cls in builtin_effects().items():
@@ -179,7 +180,7 @@ def cmd_effects(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from .plugins import listing, listing_json, search_folders
+    from .host.plugins import listing, listing_json, search_folders
 
     folders = [Path(d) for d in args.dirs] if args.dirs else list(search_folders())
     infos = listing(folders)
@@ -197,14 +198,14 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate
+    from .quality.evaluate import evaluate
     from .separation import load_separator
 
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
     if args.model == "no-split":
-        from .evaluate import NoSplit
+        from .quality.evaluate import NoSplit
         separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener))
     else:
         separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
@@ -226,7 +227,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import DEFAULT_4STEMS, DEFAULT_MODEL, known_cards, search_paths
+    from .separation.models import DEFAULT_4STEMS, DEFAULT_MODEL, known_cards, search_paths
 
     print("Model cards (name, family, stems, file):")
     for name, card in sorted(known_cards().items()):
@@ -396,7 +397,7 @@ def _add_batch_arguments(command) -> None:
 
 
 def cmd_cache(args) -> int:
-    from .cache import StemCache, default_location, default_max_gb
+    from .render.cache import StemCache, default_location, default_max_gb
 
     root = Path(args.cache_dir) if args.cache_dir else default_location()
     cache = StemCache(root, max_gb=default_max_gb() if args.cache_max_gb is None else args.cache_max_gb)

@@ -48,7 +48,7 @@ def show_layer_warnings() -> None:
     """Print a layer's warnings (silent instrument, notes after the end) as one stembridge line."""
     import warnings
 
-    from .layers import LayerWarning
+    from .host.layers import LayerWarning
 
     default = warnings.showwarning
     if getattr(default, "stembridge", False):
@@ -65,7 +65,7 @@ def show_layer_warnings() -> None:
 
 
 def warn_clipped(target: Path, count: int) -> None:
-    from .songs import clipping_message
+    from .render.songs import clipping_message
 
     say(f"stembridge: warning: {clipping_message(target, count)}", file=sys.stderr)
 
@@ -76,10 +76,10 @@ def label(song) -> str:
 
 
 def seconds(path: Path) -> float:
-    from . import io
+    from .audio import files
 
     try:
-        return io.info(path).seconds
+        return files.info(path).seconds
     except BridgeError:
         return 0.0
 

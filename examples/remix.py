@@ -12,10 +12,7 @@ from pathlib import Path
 
 from pedalboard import Compressor, HighShelfFilter, Limiter, Pedalboard, Reverb
 
-from bridge.graph import RenderGraph
-from bridge.render import render_file
-from bridge.separation import load_separator
-from bridge.session import OutputSettings, Session, StemSettings
+from bridge import OutputSettings, RenderGraph, Session, StemSettings, load_separator, render_file
 
 
 def main(song: str, out_dir: str) -> None:

@@ -14,14 +14,15 @@ import mido
 import numpy as np
 import pytest
 
-from bridge import io, midi
-from bridge.automation import Lane, Tempo, parse_target, parse_time, update_block
+from bridge.audio import files
+from bridge.host import midi
+from bridge.host.automation import Lane, Tempo, parse_target, parse_time, update_block
 from bridge.cli import main as cli
 from bridge.errors import BridgeError, MidiError, PluginError, PresetError
-from bridge.graph import RenderGraph, check_chains
-from bridge.mixer import BLOCK
+from bridge.render.graph import RenderGraph, check_chains
+from bridge.render.mixer import BLOCK
 from bridge.separation import load_separator
-from bridge.session import load, parse
+from bridge.preset.session import load, parse
 
 SR = 44100
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def song() -> np.ndarray:
-    audio, rate = io.read(REPO / "examples" / "demo.flac")
+    audio, rate = files.read(REPO / "examples" / "demo.flac")
     return audio[:, : 4 * SR]
 
 
@@ -390,8 +391,8 @@ def test_errors_are_bridge_errors():
 def test_the_stem_cache_tells_pre_chain_lanes_apart(tmp_path):
     """Stems separated after an automated pre chain depend on its lanes: a changed lane is not a cache hit."""
     song = tmp_path / "song.wav"
-    audio, _ = io.read(REPO / "examples" / "demo.flac")
-    io.write(song, audio[:, : 2 * SR], SR, bit_depth=32)
+    audio, _ = files.read(REPO / "examples" / "demo.flac")
+    files.write(song, audio[:, : 2 * SR], SR, bit_depth=32)
     base = ("version: 1\nseparator: {model: dsp}\npre: [{effect: Gain}]\noutput: {tail_seconds: 0}\n"
             "automation:\n  pre[0].gain_db: [[0, 0], [1, DEPTH]]\n")
     statuses = []

@@ -24,10 +24,10 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from bridge import io
+from bridge.audio import files
 from bridge.batch import RunSpec, discover, run_batch
 from bridge.batch.jobs import _WORKERS
-from bridge.cache import FORMAT_VERSION, CacheWarning, StemCache
+from bridge.render.cache import FORMAT_VERSION, CacheWarning, StemCache
 from bridge.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def audio_files(folder: Path) -> dict[str, bytes]:
     found = {}
     for path in sorted(folder.rglob("*")):
         if path.suffix in (".wav", ".flac") and not path.name.startswith("."):
-            audio, rate = io.read(path)
+            audio, rate = files.read(path)
             found[str(path.relative_to(folder))] = f"{rate} {audio.shape}".encode() + audio.tobytes()
     return found
 
@@ -131,7 +131,7 @@ def test_colliding_names_in_nested_folders_render_to_distinct_mirrored_outputs(a
                      "lib/second/disc 2/01.mix.wav"]
     for mix in out.rglob("*.mix.wav"):  # each output is its own song, mirrored from its input
         source = album / mix.relative_to(out / "lib").parent / mix.name.replace(".mix.wav", ".wav")
-        np.testing.assert_allclose(io.read(mix)[0], io.read(source)[0], atol=1e-6)  # dsp stems sum to the mix
+        np.testing.assert_allclose(files.read(mix)[0], files.read(source)[0], atol=1e-6)  # dsp stems sum to the mix
     assert (out / "lib" / "second" / "disc 2" / "01" / "vocals.wav").is_file()
 
 
@@ -152,7 +152,7 @@ def test_two_files_that_would_write_one_output_fail_the_second_and_render_the_fi
     assert cli(["render", str(preset), str(a), str(b), "--out", str(out), "--no-cache"]) == 1
     err = capsys.readouterr().err
     assert f"{b}: its outputs" in err and "would overwrite those of song.wav" in err and "{relpath}" in err
-    np.testing.assert_allclose(io.read(out / "song.mix.wav")[0], io.read(a)[0], atol=1e-6)
+    np.testing.assert_allclose(files.read(out / "song.mix.wav")[0], files.read(a)[0], atol=1e-6)
 
 
 def test_a_failed_song_leaves_no_folder_behind(tmp_path, preset):
@@ -242,8 +242,8 @@ def test_a_second_preset_over_cached_stems_calls_the_model_zero_times(counted, m
     assert audio_files(tmp_path / "d") == audio_files(tmp_path / "c")
     for song in songs:  # and they still sum to the input exactly
         rel = song.naming.relpath
-        stems = [io.read(tmp_path / "d" / rel / song.path.stem / f"{s}.wav")[0] for s in ("vocals", "instrumental")]
-        np.testing.assert_allclose(stems[0] + stems[1], io.read(song.path)[0], atol=1e-6)
+        stems = [files.read(tmp_path / "d" / rel / song.path.stem / f"{s}.wav")[0] for s in ("vocals", "instrumental")]
+        np.testing.assert_allclose(stems[0] + stems[1], files.read(song.path)[0], atol=1e-6)
 
 
 def test_a_flac_is_named_by_its_own_md5_of_the_samples_and_retagging_keeps_its_entry(tmp_path):
@@ -254,7 +254,7 @@ def test_a_flac_is_named_by_its_own_md5_of_the_samples_and_retagging_keeps_its_e
     packed = (samples.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3]).tobytes()  # 24-bit little-endian
     import hashlib
 
-    assert io.flac_audio_md5(song) == hashlib.md5(packed).hexdigest()
+    assert files.flac_audio_md5(song) == hashlib.md5(packed).hexdigest()
     cache = tmp_path / "cache"
     argv = ["separate", "--model", "dsp", "--quiet", "--cache-dir", str(cache)]
     assert cli([*argv, str(song), "--out", str(tmp_path / "a")]) == 0
@@ -266,7 +266,7 @@ def test_a_flac_is_named_by_its_own_md5_of_the_samples_and_retagging_keeps_its_e
     assert tagged.read_bytes() != song.read_bytes()
     assert cli([*argv, str(tagged), "--out", str(tmp_path / "b")]) == 0
     assert run_record(tmp_path / "b")["songs"][0]["status"] == "cached"
-    assert io.flac_audio_md5(tmp_path / "cache") is None  # not a FLAC file: decoded and hashed instead
+    assert files.flac_audio_md5(tmp_path / "cache") is None  # not a FLAC file: decoded and hashed instead
 
 
 def test_separate_reads_and_fills_the_same_cache(tmp_path, capsys):
@@ -281,8 +281,8 @@ def test_separate_reads_and_fills_the_same_cache(tmp_path, capsys):
     assert cli(["render", str(preset), str(song), "--out", str(tmp_path / "b"), "--cache-dir", str(cache)]) == 0
     assert "(from cached stems)" in capsys.readouterr().out
     for stem in ("vocals", "instrumental"):
-        assert np.array_equal(io.read(tmp_path / "a" / "song" / f"{stem}.wav")[0],
-                              io.read(tmp_path / "b" / "stems" / f"{stem}.wav")[0])
+        assert np.array_equal(files.read(tmp_path / "a" / "song" / f"{stem}.wav")[0],
+                              files.read(tmp_path / "b" / "stems" / f"{stem}.wav")[0])
 
 
 def _entry_files(cache: Path) -> list[Path]:
@@ -359,7 +359,7 @@ def test_cache_command_and_lru_cap(tmp_path, capsys):
 
 
 def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
-    from bridge.cache import default_location, default_max_gb
+    from bridge.render.cache import default_location, default_max_gb
 
     monkeypatch.delenv("STEMBRIDGE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -421,7 +421,7 @@ def test_sigkill_mid_album_then_a_rerun_completes_only_what_is_missing(tmp_path,
     stembridge("render", preset, tmp_path / "album", "--out", clean, "--no-cache", "--quiet")
     assert audio_files(out) == audio_files(clean)
     for song in songs:
-        np.testing.assert_allclose(io.read(out / "album" / f"{song.stem}.mix.wav")[0], io.read(song)[0], atol=1e-6)
+        np.testing.assert_allclose(files.read(out / "album" / f"{song.stem}.mix.wav")[0], files.read(song)[0], atol=1e-6)
 
 
 # --- parallel jobs ---------------------------------------------------------------------------------
@@ -456,8 +456,8 @@ def test_jobs_2_equals_jobs_1_also_with_vst3_chains(album, tmp_path, vst3_plugin
     a, b = audio_files(tmp_path / "o1"), audio_files(tmp_path / "o2")
     assert a.keys() == b.keys()
     for key in a:  # onnxruntime's thread count may change its summation order: 1e-6, not bits
-        x = io.read(tmp_path / "o1" / key)[0]
-        y = io.read(tmp_path / "o2" / key)[0]
+        x = files.read(tmp_path / "o1" / key)[0]
+        y = files.read(tmp_path / "o2" / key)[0]
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
@@ -466,14 +466,14 @@ def test_decoder_silencing_keeps_other_threads_output(tmp_path):
     song = write_song(tmp_path / "song.wav", 0.1, seed=1)
     script = (
         "import os, sys, threading\n"
-        "from bridge import io\n"
+        "from bridge.audio import files\n"
         "stop = threading.Event()\n"
         "def talk():\n"
         "    for i in range(400):\n"
         "        os.write(2, f'line {i}\\n'.encode())\n"
         "threads = [threading.Thread(target=talk)]\n"
         "threads[0].start()\n"
-        f"for _ in range(200): io.info({str(song)!r})\n"
+        f"for _ in range(200): files.info({str(song)!r})\n"
         "threads[0].join()\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env(), timeout=60)
     assert result.returncode == 0, result.stderr
@@ -497,8 +497,8 @@ def test_album_loudness_gives_every_song_of_a_folder_one_gain(tmp_path):
     for name, levels in albums.items():
         gains, outputs = [], []
         for i in range(len(levels)):
-            ref = io.read(tmp_path / "plain" / "in" / name / f"{i}.wav")[0]
-            out = io.read(tmp_path / "album" / "in" / name / f"{i}.wav")[0]
+            ref = files.read(tmp_path / "plain" / "in" / name / f"{i}.wav")[0]
+            out = files.read(tmp_path / "album" / "in" / name / f"{i}.wav")[0]
             gains.append(20 * np.log10(np.sqrt(np.mean(out.astype(np.float64) ** 2) / np.mean(ref.astype(np.float64) ** 2))))
             outputs.append(out)
             manifest = json.loads((tmp_path / "album" / "in" / name / f"{i}.manifest.json").read_text())
@@ -614,4 +614,4 @@ def test_a_dask_worker_that_dies_mid_song_has_it_retried_elsewhere(dask_cluster,
     assert process.returncode == 0, stderr
     assert not hidden_leftovers(out)
     for song in songs:
-        np.testing.assert_allclose(io.read(out / "in" / f"{song.stem}.mix.wav")[0], io.read(song)[0], atol=1e-6)
+        np.testing.assert_allclose(files.read(out / "in" / f"{song.stem}.mix.wav")[0], files.read(song)[0], atol=1e-6)

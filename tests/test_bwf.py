@@ -20,14 +20,15 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from bridge import __version__, io
+from bridge import __version__
+from bridge.audio import files
 from bridge.daw import bwf
 from bridge.errors import AudioError, OutputError
-from bridge.graph import RenderGraph
-from bridge.render import render_file
-from bridge.separate import SeparateOptions, separate_file
+from bridge.render.graph import RenderGraph
+from bridge.render.song import render_file
+from bridge.render.separate import SeparateOptions, separate_file
 from bridge.separation import load_separator
-from bridge.session import parse
+from bridge.preset.session import parse
 
 SR = 44100
 TEN_AM = 10 * 3600 * SR  # a timecode of 10:00:00:00, in samples since midnight
@@ -198,7 +199,7 @@ def test_separate_writes_broadcast_wav_stems_with_loudness_unknown(tmp_path, sep
 @pytest.mark.parametrize("channels,subtype,bit_depth", [(6, "FLOAT", 32), (1, "PCM_16", 16), (2, "PCM_24", 24)])
 def test_embed_keeps_every_chunk_and_sample(tmp_path, rng, channels, subtype, bit_depth):
     audio = (0.2 * rng.standard_normal((channels, 3001))).astype(np.float32)
-    path = io.write(tmp_path / "x.wav", audio, SR, bit_depth=bit_depth)
+    path = files.write(tmp_path / "x.wav", audio, SR, bit_depth=bit_depth)
     before = riff_chunks(path)
     info = bwf.Broadcast(description="x" * 300, sample_rate=SR, channels=channels, time_reference=2**33 + 5,
                          project="p", take="t", bit_depth=None if bit_depth == 32 else bit_depth)
@@ -208,7 +209,7 @@ def test_embed_keeps_every_chunk_and_sample(tmp_path, rng, channels, subtype, bi
     bext = parse_bext(dict(after)[b"bext"])
     assert bext["description"] == "x" * 256 and bext["time_reference"] == 2**33 + 5
     np.testing.assert_array_equal(sf.read(str(path), dtype="float32", always_2d=True)[0].T,
-                                  io.read(path)[0])
+                                  files.read(path)[0])
     if channels == 6:
         ixml = ElementTree.fromstring(dict(after)[b"iXML"].rstrip(b"\0").decode())
         assert [t.findtext("NAME") for t in ixml.findall("TRACK_LIST/TRACK")] == ["L", "R", "C", "LFE", "Ls", "Rs"]
@@ -216,7 +217,7 @@ def test_embed_keeps_every_chunk_and_sample(tmp_path, rng, channels, subtype, bi
 
 def test_a_failing_finish_leaves_neither_the_final_file_nor_the_partial(tmp_path, rng):
     target = tmp_path / "mix.wav"
-    writer = io.AudioWriter(target, sample_rate=SR, channels=2)
+    writer = files.AudioWriter(target, sample_rate=SR, channels=2)
     writer.write((0.1 * rng.standard_normal((2, 1000))).astype(np.float32))
 
     def broken(partial: Path) -> None:
@@ -267,7 +268,7 @@ def test_album_loudness_renders_carry_the_album_gain_in_bext_and_get_their_proje
 
 def test_loudness_descriptors_follow_ebu_tech_3341_and_3342():
     """10 s of a 1 kHz tone, then 10 s of it 10 dB down: LRA 10 LU, maxima the loud part's loudness."""
-    from bridge.loudness import LoudnessMeter
+    from bridge.audio.loudness import LoudnessMeter
 
     t = np.arange(10 * SR) / SR
     loud = np.stack([0.3 * np.sin(2 * np.pi * 1000 * t)] * 2).astype(np.float32)

@@ -11,8 +11,8 @@ import yaml
 from conftest import DATA
 
 from bridge.errors import ModelError
-from bridge.evaluate import evaluate
-from bridge.models import DEFAULT_MODEL, known_cards, resolve
+from bridge.quality.evaluate import evaluate
+from bridge.separation.models import DEFAULT_MODEL, known_cards, resolve
 from bridge.separation import load_separator
 
 SR = 44100
@@ -86,12 +86,12 @@ def test_drums_and_bass_only_song_gives_a_near_silent_vocal_stem(default):
 
 
 def test_separate_command_streams_real_music_into_stems_that_sum_to_it(tmp_path, music):
-    from bridge import io
+    from bridge.audio import files
     from bridge.cli import main as cli
 
     mixture = music / "mixture.flac"
     assert cli(["separate", str(mixture), "--out", str(tmp_path), "--bit-depth", "32", "--quiet"]) == 0
-    source, rate = io.read(mixture)
-    stems = {s: io.read(tmp_path / "mixture" / f"{s}.wav")[0] for s in ("vocals", "instrumental")}
+    source, rate = files.read(mixture)
+    stems = {s: files.read(tmp_path / "mixture" / f"{s}.wav")[0] for s in ("vocals", "instrumental")}
     assert all(a.shape == source.shape for a in stems.values())
     np.testing.assert_allclose(stems["vocals"] + stems["instrumental"], source, atol=1e-5)

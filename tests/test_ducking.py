@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge import io
-from bridge.ducking import DETECTOR_SECONDS, Ducker, DuckSettings
+from bridge.audio import files
+from bridge.host.ducking import DETECTOR_SECONDS, Ducker, DuckSettings
 from bridge.errors import PresetError
-from bridge.graph import RenderGraph
+from bridge.render.graph import RenderGraph
 from bridge.separation import load_separator
-from bridge.session import load
+from bridge.preset.session import load
 
 SR = 44100
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def test_streaming_equals_one_pass(sizes):
 
 @pytest.fixture(scope="module")
 def song() -> np.ndarray:
-    audio, rate = io.read(REPO / "examples" / "demo.flac")
+    audio, rate = files.read(REPO / "examples" / "demo.flac")
     return audio[:, : 5 * SR]
 
 

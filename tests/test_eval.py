@@ -1,4 +1,4 @@
-"""bridge.evaluate: metrics against hand-computable cases, reference folders, the oracle, real music."""
+"""bridge.quality.evaluate: metrics against hand-computable cases, reference folders, the oracle, real music."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import DATA, noise
 from scipy import signal
 
 from bridge.errors import AudioError, ModelError
-from bridge.evaluate import Report, evaluate, find_songs, framewise_sdr, si_sdr
+from bridge.quality.evaluate import Report, evaluate, find_songs, framewise_sdr, si_sdr
 
 SR = 8000
 SECONDS = 3
@@ -251,7 +251,7 @@ def test_dsp_on_real_excerpt(tmp_path):
 
 @pytest.mark.parametrize("channels, samples", [(1, 2049), (2, 8000), (2, 11111)])
 def test_oracle_masks_sum_to_mix_and_leave_inputs(rng, channels, samples):
-    from bridge.evaluate import ideal_ratio_mask
+    from bridge.quality.evaluate import ideal_ratio_mask
 
     sources = {"vocals": noise(rng, channels, samples), "drums": noise(rng, channels, samples),
                "silent": np.zeros((channels, samples), np.float32)}

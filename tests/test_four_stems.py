@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 from conftest import DATA, assert_streaming_equals_one_pass, noise
 
-from bridge import io
+from bridge.audio import files
 from bridge.errors import PresetError
-from bridge.evaluate import NoSplit, Song, evaluate
-from bridge.models import derived_stems, offered_stems, resolve
+from bridge.quality.evaluate import NoSplit, Song, evaluate
+from bridge.separation.models import derived_stems, offered_stems, resolve
 from bridge.separation import load_separator, with_sums
 from bridge.separation.dsp4 import bass_weights, hpss_masks
 
@@ -34,7 +34,7 @@ def _song(name: str) -> Song:
     for stem in ("mixture", "vocals", "drums", "bass", "other"):
         path = folder / f"{stem}.flac"
         if path.is_file():
-            refs[stem] = io.read(path)[0]
+            refs[stem] = files.read(path)[0]
     frames = min(a.shape[1] for a in refs.values())
     refs = {k: np.ascontiguousarray(v[:, :frames]) for k, v in refs.items()}
     mixture = refs.pop("mixture")
@@ -105,7 +105,7 @@ def framewise_sdr_closed_form(refs: list[np.ndarray], ests: list[np.ndarray], sa
     """BSS Eval v4 SDR per 1 s frame in closed form: ``10 log10(|s|^2 / |s_hat - s|^2)``.
 
     museval's filters only split the error ``s_hat - s`` into parts, so its SDR is this (see
-    bridge.evaluate); frames where any reference or estimate of the group is silent are NaN, as
+    bridge.quality.evaluate); frames where any reference or estimate of the group is silent are NaN, as
     museval marks them. Seconds instead of minutes for a whole song (checked against museval in
     :func:`test_closed_form_sdr_is_museval`).
     """
@@ -129,7 +129,7 @@ def _medians(song: Song, estimates: dict, stems) -> dict[str, float]:
 
 
 def test_closed_form_sdr_is_museval(separated):
-    from bridge.evaluate import framewise_sdr
+    from bridge.quality.evaluate import framewise_sdr
 
     song, stems = separated["musdb7-80s-rock"]
     cut = slice(SR, 4 * SR)
@@ -160,8 +160,8 @@ def test_separate_command_writes_four_stems_and_the_instrumental(tmp_path, music
     mixture = music / "mixture.flac"
     assert cli(["separate", str(mixture), "--model", "default-4stems", "--out", str(tmp_path), "--bit-depth", "32",
                 "--stems", "vocals,drums,bass,other,instrumental", "--quiet"]) == 0
-    source, _ = io.read(mixture)
-    got = {s: io.read(tmp_path / "mixture" / f"{s}.wav")[0] for s in STEMS + ("instrumental",)}
+    source, _ = files.read(mixture)
+    got = {s: files.read(tmp_path / "mixture" / f"{s}.wav")[0] for s in STEMS + ("instrumental",)}
     np.testing.assert_allclose(sum(got[s] for s in STEMS), source, atol=1e-5)  # float32 files
     np.testing.assert_allclose(got["instrumental"], got["drums"] + got["bass"] + got["other"], atol=1e-6)
     assert cli(["separate", str(mixture), "--model", "default-4stems", "--out", str(tmp_path / "x"),
@@ -178,8 +178,8 @@ def test_models_lists_the_split_as_dsp(capsys):
 
 
 def test_a_preset_may_write_the_instrumental_but_not_set_it(tmp_path):
-    from bridge.graph import check_stem_names
-    from bridge.session import load
+    from bridge.render.graph import check_stem_names
+    from bridge.preset.session import load
 
     ok = tmp_path / "ok.yaml"
     ok.write_text("version: 1\nseparator: {model: default-4stems, stems: [vocals, instrumental]}\n"
@@ -225,10 +225,10 @@ FOUR_STEM_PRESETS = ("drumless", "no-bass", "drums-only", "acapella-4stems", "up
 @pytest.fixture(scope="module")
 def excerpt(tmp_path_factory, four):
     """5 s of the demo song as float WAV, and its four stems as the split gives them."""
-    audio, rate = io.read(REPO / "examples" / "demo.flac")
+    audio, rate = files.read(REPO / "examples" / "demo.flac")
     audio = np.ascontiguousarray(audio[:, 5 * rate: 10 * rate])
     path = tmp_path_factory.mktemp("excerpt") / "demo.wav"
-    io.write(path, audio, rate, bit_depth=32)
+    files.write(path, audio, rate, bit_depth=32)
     return path, audio, four(audio, rate)
 
 
@@ -237,7 +237,7 @@ def test_four_stem_presets_check_render_and_stay_exact(name, excerpt, tmp_path, 
     import pedalboard
 
     from bridge.cli import main as cli
-    from bridge.mixer import fold_down
+    from bridge.render.mixer import fold_down
 
     preset = REPO / "presets" / f"{name}.yaml"
     assert cli(["preset", "check", str(preset)]) == 0
@@ -246,7 +246,7 @@ def test_four_stem_presets_check_render_and_stay_exact(name, excerpt, tmp_path, 
     assert cli(["render", str(preset), str(path), "--out", str(tmp_path), "--set", "output.format=wav",
                 "--set", "output.bit_depth=32", "--quiet"]) == 0
     (out,) = [p for p in tmp_path.glob("demo.*.wav")]
-    mix, rate = io.read(out)
+    mix, rate = files.read(out)
     expected = {"drumless": x - stems["drums"], "no-bass": x - stems["bass"], "drums-only": stems["drums"]}
     if name in expected:
         np.testing.assert_allclose(mix, expected[name], atol=1e-5)  # float32 sums, float WAV
@@ -277,7 +277,7 @@ def test_a_render_writes_the_instrumental_as_the_sum_of_processed_stems(excerpt,
                       "stems: {drums: {gain_db: -6}}\n"
                       "output: {format: wav, bit_depth: 32, tail_seconds: 0, files: {mix: null, stems: '{track}/{stem}.{ext}'}}\n")
     assert cli(["render", str(preset), str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    got = {s: io.read(tmp_path / "out" / "demo" / f"{s}.wav")[0] for s in ("vocals", "drums", "instrumental")}
+    got = {s: files.read(tmp_path / "out" / "demo" / f"{s}.wav")[0] for s in ("vocals", "drums", "instrumental")}
     half = 10 ** (-6 / 20)
     np.testing.assert_allclose(got["drums"], half * stems["drums"], atol=1e-5)
     np.testing.assert_allclose(got["instrumental"], half * stems["drums"] + stems["bass"] + stems["other"], atol=1e-5)

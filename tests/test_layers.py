@@ -10,14 +10,14 @@ import mido
 import numpy as np
 import pytest
 
-from bridge import io
+from bridge.audio import files
 from bridge.cli import main as cli
 from bridge.errors import MidiError, PluginError, PresetError
-from bridge.graph import RenderGraph, check_chains
-from bridge.layers import LayerWarning, arrange, block_size
-from bridge.render import render_file
+from bridge.render.graph import RenderGraph, check_chains
+from bridge.host.layers import LayerWarning, arrange, block_size
+from bridge.render.song import render_file
 from bridge.separation import load_separator
-from bridge.session import load
+from bridge.preset.session import load
 
 SR = 44100
 TPQ = 480
@@ -27,7 +27,7 @@ TEMPI = [(0, 500_000), (1920, 666_667), (2880, 300_000)]
 
 
 def seconds(tick: int) -> float:
-    """The tempo map above, by hand (independent of bridge.midi)."""
+    """The tempo map above, by hand (independent of bridge.host.midi)."""
     if tick <= 1920:
         return tick * 0.5 / TPQ
     if tick <= 2880:
@@ -158,7 +158,7 @@ def test_a_real_instrument_kars_plays_the_notes_on_time(tmp_path, third_party, s
 
 def test_streaming_equals_one_pass_with_layers_and_automation(tmp_path, vst3_plugins):
     write_song(tmp_path / "song.mid")
-    song, _ = io.read(REPO / "examples" / "demo.flac")
+    song, _ = files.read(REPO / "examples" / "demo.flac")
     song = song[:, : 5 * SR]
     preset = layer_preset(tmp_path, vst3_plugins["sbsine"], layer=", gain_db: -6, pan: 0.3, chain: [{effect: Reverb}]",
                           extra="automation:\n  stems.synth.gain_db: [[0, -20], [4, 0]]\n"
@@ -213,14 +213,14 @@ layers:
   synth: {{instrument: {{vst3: {vst3_plugins['sbsine']}}}, midi: song.mid}}
 output: {{tail_seconds: 0, bit_depth: 32, files: {{mix: "{{track}}.mix.wav", stems: "{{track}}/{{stem}}.wav"}}}}
 """)
-    song, _ = io.read(REPO / "examples" / "demo.flac")
+    song, _ = files.read(REPO / "examples" / "demo.flac")
     source = tmp_path / "demo.wav"
-    io.write(source, song[:, : 2 * SR], SR, bit_depth=32)
+    files.write(source, song[:, : 2 * SR], SR, bit_depth=32)
     graph = RenderGraph(load(preset), load_separator("dsp"))
     written = render_file(source, graph, tmp_path / "out")
     assert set(written) == {"mix", "vocals", "instrumental", "synth", "manifest"}
-    mix, _ = io.read(written["mix"])
-    parts = [io.read(written[k])[0] for k in ("vocals", "instrumental", "synth")]
+    mix, _ = files.read(written["mix"])
+    parts = [files.read(written[k])[0] for k in ("vocals", "instrumental", "synth")]
     np.testing.assert_allclose(sum(parts), mix, atol=1e-6)
     assert np.abs(parts[2]).max() == pytest.approx(0.5, abs=1e-3)
 
@@ -252,7 +252,7 @@ def test_the_cli_prints_a_layer_warning_as_one_line(tmp_path, vst3_plugins, caps
     preset.write_text(f"version: 1\nseparator: {{model: dsp}}\nlayers:\n  synth: {{instrument: "
                       f"{vst3_plugins['sbsine']}, midi: song.mid}}\noutput: {{tail_seconds: 0}}\n")
     song = tmp_path / "short.wav"
-    io.write(song, np.zeros((2, SR), np.float32), SR)
+    files.write(song, np.zeros((2, SR), np.float32), SR)
     import warnings as w
     with w.catch_warnings():
         w.simplefilter("always")

@@ -20,11 +20,11 @@ av = pytest.importorskip("av")
 
 from bridge.daw import nistems  # noqa: E402
 from bridge.errors import PresetError  # noqa: E402
-from bridge.graph import RenderGraph  # noqa: E402
-from bridge.render import render_file  # noqa: E402
+from bridge.render.graph import RenderGraph
+from bridge.render.song import render_file
 from bridge.separation import load_separator  # noqa: E402
 from four_stems import four_stem_separator  # noqa: E402
-from bridge.session import parse  # noqa: E402
+from bridge.preset.session import parse
 
 SR = 44100
 
@@ -187,7 +187,7 @@ def test_preset_check_refuses_nistems_for_a_two_stem_model(tmp_path, capsys):
 
 def test_album_loudness_encodes_the_stem_file_with_the_album_gain(tmp_path, four_stems):
     """The deferred path: the first pass keeps the streams as scratch, the album's gain comes later."""
-    from bridge.render import finish_render, render_song
+    from bridge.render.song import finish_render, render_song
 
     source = song(tmp_path / "song.wav", seconds=1.0)
     plain = decode(render(tmp_path / "a", four_stems, source)["nistems"])

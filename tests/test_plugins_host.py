@@ -17,15 +17,15 @@ import pedalboard
 import pytest
 
 import vst3
-from bridge import io
+from bridge.audio import files
 from bridge.cli import main as cli
 from bridge.errors import PluginError
-from bridge.graph import RenderGraph, check_chains
-from bridge.mixer import BLOCK
-from bridge.plugins import find_bundles, groups_for, resolve, search_folders
-from bridge.render import render_file
+from bridge.render.graph import RenderGraph, check_chains
+from bridge.render.mixer import BLOCK
+from bridge.host.plugins import find_bundles, groups_for, resolve, search_folders
+from bridge.render.song import render_file
 from bridge.separation import load_separator
-from bridge.session import load as load_session
+from bridge.preset.session import load as load_session
 
 SR = 44100
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ EQ = {"boost_cut_1_db": 12.0, "frequency_1_hz": 1000.0, "boost_cut_h_db": -20.0}
 
 @pytest.fixture(scope="module")
 def song() -> np.ndarray:
-    audio, rate = io.read(REPO / "examples" / "demo.flac")
+    audio, rate = files.read(REPO / "examples" / "demo.flac")
     assert rate == SR
     return audio[:, : 3 * SR]
 
@@ -192,9 +192,9 @@ def test_zameq2_preset_checks_and_renders_from_the_cli(plugin_dir, tmp_path, cap
     assert cli(["preset", "check", str(preset)]) == 0
     assert "ok" in capsys.readouterr().out
     excerpt = tmp_path / "demo.wav"
-    io.write(excerpt, song, SR, bit_depth=32)
+    files.write(excerpt, song, SR, bit_depth=32)
     assert cli(["render", str(preset), str(excerpt), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    audio, rate = io.read(tmp_path / "out" / "demo.remix.wav")
+    audio, rate = files.read(tmp_path / "out" / "demo.remix.wav")
     assert audio.shape == (2, song.shape[1] + SR // 10) and rate == SR
 
 

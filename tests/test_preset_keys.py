@@ -13,8 +13,8 @@ import yaml
 
 from bridge.cli import main as cli
 from bridge.errors import PresetError
-from bridge.safeyaml import load_yaml
-from bridge.session import load
+from bridge.preset.safeyaml import load_yaml
+from bridge.preset.session import load
 
 BASE = """\
 version: 1

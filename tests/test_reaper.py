@@ -13,15 +13,16 @@ import pytest
 import rpp
 import soundfile as sf
 
-from bridge import __version__, partials
+from bridge import __version__
+from bridge.audio import partials
 from bridge.cli import main as cli
 from bridge.daw import handoff, reaper
 from bridge.errors import OutputError
-from bridge.graph import RenderGraph
-from bridge.mixer import gain_curve
-from bridge.render import render_file
+from bridge.render.graph import RenderGraph
+from bridge.render.mixer import gain_curve
+from bridge.render.song import render_file
 from bridge.separation import load_separator
-from bridge.session import parse
+from bridge.preset.session import parse
 
 SR = 44100
 
@@ -607,7 +608,7 @@ def test_raw_stems_in_a_5_1_session_are_stereo_tracks_with_their_lanes_as_envelo
 
 @pytest.mark.parametrize("curve", ["linear", "exponential", "hold"])
 def test_envelopes_follow_lanes_with_jumps_and_the_whole_gain_range(curve):
-    from bridge.automation import Lane
+    from bridge.host.automation import Lane
 
     values = (-150.0, 48.0, 48.0, -20.0, 0.0) if curve != "exponential" else (0.01, 48.0, 48.0, 3.0, 0.5)
     lane = Lane((0.1, 0.5, 0.5, 0.9, 0.9), values, curve)  # two jumps: equal times, the later point wins

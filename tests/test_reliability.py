@@ -36,13 +36,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bridge.render
-import bridge.separate
+import bridge.render.separate
+import bridge.render.song
 from bridge.cli import main as cli
-from bridge.ducking import DuckSettings
+from bridge.host.ducking import DuckSettings
 from bridge.errors import BridgeError
-from bridge.songs import ClippingWarning
-from bridge.session import OutputSettings, SeparatorSettings, Session, StemSettings, load, parse
+from bridge.render.songs import ClippingWarning
+from bridge.preset.session import OutputSettings, SeparatorSettings, Session, StemSettings, load, parse
 
 REPO = Path(__file__).resolve().parent.parent
 SR = 44100
@@ -313,7 +313,7 @@ def test_a_file_that_disappears_mid_run_is_skipped(kind, tmp_path, preset, capsy
     """Deleted before its turn (as root, chmod 000 does not stop reads); else made unreadable."""
     inputs = [write(tmp_path / f"song{i}.wav", tone(SR // 4)) for i in range(3)]
     victim = inputs[1]
-    module, name = (bridge.separate, "separate_song") if kind == "separate" else (bridge.render, "render_song")
+    module, name = (bridge.render.separate, "separate_song") if kind == "separate" else (bridge.render.song, "render_song")
     original = getattr(module, name)
 
     def job(path, *args, **kwargs):
@@ -639,17 +639,17 @@ def test_preset_check_names_the_model_key_of_an_unknown_model(tmp_path, capsys):
 
 def test_ctrl_c_while_an_output_is_being_created_leaves_no_partial(tmp_path, monkeypatch):
     """The window the SIGINT test hits now and then: the partial exists, the writer is not returned yet."""
-    from bridge import io
+    from bridge.audio import files
 
-    real = io.sf.SoundFile
+    real = files.sf.SoundFile
 
     def created_then_interrupted(*args, **kwargs):
         real(*args, **kwargs).close()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.sf, "SoundFile", created_then_interrupted)
+    monkeypatch.setattr(files.sf, "SoundFile", created_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
-        io.AudioWriter(tmp_path / "vocals.wav", sample_rate=SR, channels=2)
+        files.AudioWriter(tmp_path / "vocals.wav", sample_rate=SR, channels=2)
     assert list(tmp_path.iterdir()) == []
 
 

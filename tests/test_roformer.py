@@ -21,8 +21,8 @@ import yaml
 from conftest import REPO, assert_streaming_equals_one_pass, noise
 
 from bridge import ModelError, load_separator
-from bridge.audio import power_db
-from bridge.models import load_card
+from bridge.audio.buffers import power_db
+from bridge.separation.models import load_card
 from bridge.separation.roformer import grid
 from bridge.separation.spectral import Stft
 
@@ -286,7 +286,7 @@ def test_card_keeps_the_import_record_and_stays_hashable(rf):
     assert hash(card) == hash(dataclasses.replace(card, imported={"other": 1}))
     assert card.architecture == "bs_roformer" and card.win_length == N_FFT and card.residual == "other"
     assert "bs_roformer" in card.describe() and "parity 120.5 dB" in card.describe()
-    from bridge.records import model_identity
+    from bridge.render.records import model_identity
     identity = model_identity(load_separator(card))
     assert "imported" not in identity["card"] and identity["settings"]["overlap"] == pytest.approx(1 - 640 / 2048)
     json.dumps(identity, default=str)

@@ -287,7 +287,7 @@ def test_stem_names_from_the_config():
 
 
 def test_torch_is_not_imported_at_run_time():
-    code = ("import sys, bridge, bridge.cli, bridge.models, bridge.separation, bridge.importers, "
+    code = ("import sys, bridge, bridge.cli, bridge.separation.models, bridge.separation, bridge.importers, "
             "bridge.importers.roformer, bridge.importers.roformer_config; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -295,7 +295,7 @@ def test_torch_is_not_imported_at_run_time():
 
 def test_models_lists_the_imported_model(imported, monkeypatch, capsys):
     """``stembridge models`` lists cards; the run-time side teaches parse_card the roformer family."""
-    from bridge.models import load_card
+    from bridge.separation.models import load_card
 
     _, _, _, onnx_path = imported["bs"]
     try:

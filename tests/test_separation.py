@@ -7,7 +7,7 @@ import pytest
 from conftest import DIM_T, N_FFT, assert_streaming_equals_one_pass, noise
 
 from bridge import AudioError, ModelError, load_separator
-from bridge.audio import power_db
+from bridge.audio.buffers import power_db
 from bridge.separation.chunking import ChunkPlan, OverlapAdd
 
 CHUNK = (N_FFT // 4) * (DIM_T - 1)
@@ -167,7 +167,7 @@ def test_model_errors_are_clear(models_dir, tmp_path):
 def test_uvr_hash_is_md5_of_the_last_10240000_bytes(tmp_path):
     import hashlib
 
-    from bridge.models import uvr_hash
+    from bridge.separation.models import uvr_hash
     small = tmp_path / "small.onnx"
     small.write_bytes(b"abc" * 1000)
     assert uvr_hash(small) == hashlib.md5(small.read_bytes()).hexdigest()

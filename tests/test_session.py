@@ -19,16 +19,16 @@ import pyloudnorm
 import pytest
 import yaml
 
-from bridge import io
-from bridge.audio import resample
+from bridge.audio import files
+from bridge.audio.buffers import resample
 from bridge.cli import main as cli
 from bridge.errors import PluginError, PresetError
-from bridge.graph import RenderGraph, StemSplit
-from bridge.mixer import StreamChain, fold_down, gain_curve, pan_gains
-from bridge.records import file_sha256
-from bridge.render import render_file
+from bridge.render.graph import RenderGraph, StemSplit
+from bridge.render.mixer import StreamChain, fold_down, gain_curve, pan_gains
+from bridge.render.records import file_sha256
+from bridge.render.song import render_file
 from bridge.separation import load_separator
-from bridge.session import Session, load, parse
+from bridge.preset.session import Session, load, parse
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "demo.flac"
@@ -48,7 +48,7 @@ def separator():
 
 @pytest.fixture(scope="module")
 def song() -> np.ndarray:
-    audio, rate = io.read(DEMO)
+    audio, rate = files.read(DEMO)
     assert rate == SR
     return audio[:, : 6 * SR]
 
@@ -264,11 +264,11 @@ def render(tmp_path, separator, **top) -> dict[str, Path]:
 def test_render_of_a_unity_session_equals_the_input_file(tmp_path, separator):
     written = render(tmp_path, separator, output={"bit_depth": 32, "tail_seconds": 0,
                                                   "files": {"mix": "{track}.{ext}", "stems": "{track}/{stem}.{ext}"}})
-    source, _ = io.read(DEMO)
-    mix, rate = io.read(written["mix"])
+    source, _ = files.read(DEMO)
+    mix, rate = files.read(written["mix"])
     assert rate == SR and snr_db(source, mix) > 100
-    vocals, _ = io.read(written["vocals"])
-    instrumental, _ = io.read(written["instrumental"])
+    vocals, _ = files.read(written["vocals"])
+    instrumental, _ = files.read(written["instrumental"])
     assert snr_db(source, vocals + instrumental) > 100  # the stems sum to the mix
 
 
@@ -281,7 +281,7 @@ def test_manifest_records_input_preset_model_and_outputs(tmp_path, separator):
     assert manifest["model"]["settings"] == {"overlap": separator.plan.overlap}
     assert set(manifest["versions"]) >= {"stembridge", "numpy", "onnxruntime", "pedalboard"}
     mix = manifest["outputs"]["mix"]
-    audio, _ = io.read(written["mix"])
+    audio, _ = files.read(written["mix"])
     assert mix["frames"] == audio.shape[1] == 20 * SR + 2 * SR  # the 2 s default tail
     assert mix["peak_dbfs"] == pytest.approx(20 * math.log10(np.max(np.abs(audio))), abs=0.01)
     reference = pyloudnorm.Meter(SR).integrated_loudness(audio.T.astype(np.float64))
@@ -291,10 +291,10 @@ def test_manifest_records_input_preset_model_and_outputs(tmp_path, separator):
 def test_loudness_target_is_met_under_the_true_peak_ceiling(tmp_path, separator):
     written = render(tmp_path, separator, output={"loudness_lufs": -20.0, "true_peak_db": -1.0, "bit_depth": 32,
                                                   "files": {"mix": "{track}.{ext}", "stems": "{track}/{stem}.{ext}"}})
-    mix, _ = io.read(written["mix"])
+    mix, _ = files.read(written["mix"])
     assert pyloudnorm.Meter(SR).integrated_loudness(mix.T.astype(np.float64)) == pytest.approx(-20.0, abs=0.05)
-    vocals, _ = io.read(written["vocals"])
-    instrumental, _ = io.read(written["instrumental"])
+    vocals, _ = files.read(written["vocals"])
+    instrumental, _ = files.read(written["instrumental"])
     assert snr_db(mix, vocals + instrumental) > 100  # one gain for every output keeps the sum
 
 
@@ -318,8 +318,8 @@ def test_clipping_is_reported_not_silent(tmp_path, separator, capsys):
 
 def test_output_sample_rate_is_converted(tmp_path, separator):
     written = render(tmp_path, separator, output={"sample_rate": 48000, "tail_seconds": 0, "bit_depth": 32})
-    audio, rate = io.read(written["mix"])
-    source, _ = io.read(DEMO)
+    audio, rate = files.read(written["mix"])
+    source, _ = files.read(DEMO)
     assert rate == 48000 and audio.shape[1] == pytest.approx(source.shape[1] * 48000 / SR, abs=2)
     back = resample(audio, orig_sr=48000, target_sr=SR)
     assert snr_db(source[:, SR:-SR], back[:, SR:source.shape[1] - SR]) > 60
@@ -332,8 +332,8 @@ def test_5_1_file_is_extensible_with_mask_0x3f_and_folds_down_to_the_input(tmp_p
     tag, channels = struct.unpack("<HH", header[fmt + 8: fmt + 12])
     mask = struct.unpack("<I", header[fmt + 28: fmt + 32])[0]
     assert (tag, channels, mask) == (0xFFFE, 6, 0x3F)
-    surround, _ = io.read(written["mix"])
-    source, _ = io.read(DEMO)
+    surround, _ = files.read(written["mix"])
+    source, _ = files.read(DEMO)
     assert snr_db(source, fold_down(surround)) > 100
 
 
@@ -347,7 +347,7 @@ def test_every_preset_checks_and_renders_the_demo(preset, tmp_path, capsys):
     outputs = [p for p in tmp_path.rglob("*") if p.suffix in (".wav", ".flac")]
     assert outputs, "the preset wrote nothing"
     for path in outputs:
-        audio, rate = io.read(path)
+        audio, rate = files.read(path)
         assert rate == SR and np.isfinite(audio).all() and np.max(np.abs(audio)) > 1e-3
     assert not list(tmp_path.rglob("*.partial"))
 
@@ -363,7 +363,7 @@ def test_preset_check_reports_one_line_with_the_path_inside_the_file(tmp_path, c
 
 def test_render_refuses_to_overwrite_its_input(tmp_path, capsys):
     song = tmp_path / "song.wav"
-    io.write(song, io.read(DEMO)[0][:, :SR], SR)
+    files.write(song, files.read(DEMO)[0][:, :SR], SR)
     before = song.read_bytes()
     preset = tmp_path / "p.yaml"
     preset.write_text("version: 1\nseparator: {model: dsp}\noutput: {files: {mix: '{track}.{ext}'}}\n")
@@ -382,5 +382,5 @@ def test_remix_example_script_runs(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "examples" / "remix.py"), str(DEMO), str(tmp_path)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    audio, rate = io.read(tmp_path / "demo.remix.flac")
+    audio, rate = files.read(tmp_path / "demo.remix.flac")
     assert rate == SR and audio.shape == (2, 22 * SR)

@@ -13,12 +13,12 @@ import pytest
 import tf_checkpoints
 from conftest import DATA, noise
 
-from bridge import io
+from bridge.audio import files
 from bridge.cli import main as cli
 from bridge.errors import ModelError
 from bridge.importers.spleeter_tf import import_checkpoint
 from bridge.importers.tf_checkpoint import Checkpoint, read_index
-from bridge.models import resolve
+from bridge.separation.models import resolve
 from bridge.separation import load_separator
 from bridge.separation.spectral import Stft
 
@@ -54,7 +54,7 @@ def _magnitudes(seconds_in: float = 30.0) -> np.ndarray:
     path = DATA / "ni-halcyon-sky-koronium-5" / "mixture.flac"
     if not path.is_file():
         pytest.skip(f"real music not found at {path}")
-    audio, _ = io.read(path)
+    audio, _ = files.read(path)
     start = int(seconds_in * SR)
     chunk = audio[np.newaxis, :, start:start + 1024 * 511]
     return np.ascontiguousarray(np.swapaxes(np.abs(Stft(4096, 1024).forward(chunk))[:, :, :1024, :], -1, -2))
@@ -93,7 +93,7 @@ def test_real_2stem_import_matches_the_embedded_model(real_2stems, models_folder
 
 def test_imported_model_separates_like_the_default_through_the_cli(real_2stems, models_folder, music, tmp_path):
     assert cli(["models", "import", str(real_2stems), "--name", "sp2"]) == 0
-    mixture, _ = io.read(music / "mixture.flac")
+    mixture, _ = files.read(music / "mixture.flac")
     ours = load_separator("sp2")(mixture, SR)
     theirs = load_separator("default")(mixture, SR)
     for stem in ("vocals", "instrumental"):
@@ -149,10 +149,10 @@ def test_4_and_5_stem_checkpoints_run_end_to_end(tmp_path, models_folder, rng, s
     # and through separate, with the instrumental sum
     assert cli(["models"]) == 0
     src = tmp_path / "song.wav"
-    io.write(src, x, SR, bit_depth=32)
+    files.write(src, x, SR, bit_depth=32)
     assert cli(["separate", str(src), "--model", f"spleeter-{stems}stems", "--stems", "bass,instrumental",
                 "--out", str(tmp_path / "sep"), "--bit-depth", "32", "--quiet"]) == 0
-    inst, _ = io.read(tmp_path / "sep" / "song" / "instrumental.wav")
+    inst, _ = files.read(tmp_path / "sep" / "song" / "instrumental.wav")
     np.testing.assert_allclose(inst, x - out["vocals"], atol=1e-5)
 
 
@@ -230,7 +230,7 @@ def test_existing_names_need_force_and_unwritable_folders_are_refused(real_2stem
 
 
 def test_user_folder_default_is_xdg(monkeypatch, tmp_path):
-    from bridge.models import search_paths, user_models_folder
+    from bridge.separation.models import search_paths, user_models_folder
 
     monkeypatch.delenv("STEMBRIDGE_MODELS", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))

@@ -1,4 +1,4 @@
-"""Real VST3 plugins (built from tests/plugins/ with DPF) under pedalboard and under bridge.effects.
+"""Real VST3 plugins (built from tests/plugins/ with DPF) under pedalboard and under bridge.host.effects.
 
 The plugins and their exact transfer functions are described in ``tests/vst3.py``.
 """
@@ -16,13 +16,13 @@ import pedalboard
 import pytest
 
 import vst3
-from bridge import io
-from bridge.effects import EffectSpec, build, latency
+from bridge.audio import files
+from bridge.host.effects import EffectSpec, build, latency
 from bridge.errors import PluginError
-from bridge.graph import RenderGraph
-from bridge.mixer import StreamChain
+from bridge.render.graph import RenderGraph
+from bridge.render.mixer import StreamChain
 from bridge.separation import load_separator
-from bridge.session import load as load_session
+from bridge.preset.session import load as load_session
 
 SR = 44100
 
@@ -121,7 +121,7 @@ def test_mix_blends_dry_and_wet(load, noise):
 
 
 def test_pedalboard_setter_snaps_floats_to_thousandths(load):
-    """A pedalboard 0.9 quirk that bridge.effects has to work around (vst3.set_exact).
+    """A pedalboard 0.9 quirk that bridge.host.effects has to work around (vst3.set_exact).
 
     The setter picks the 1/1000 raw step whose display value is nearest and, when the plugin's
     parsed value is not inside that step, uses the step's start: -6.0206 dB becomes -5.988 dB.
@@ -358,7 +358,7 @@ def _render(tmp_path, preset_text: str, song: np.ndarray) -> np.ndarray:
 
 @pytest.fixture
 def song():
-    audio, rate = io.read(Path(__file__).resolve().parent.parent / "examples" / "demo.flac")
+    audio, rate = files.read(Path(__file__).resolve().parent.parent / "examples" / "demo.flac")
     return audio[:, : 4 * SR]
 
 

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from bridge import ModelError, PresetError, load_separator
 from bridge.cli import main
 from bridge.separation.spectral import Stft
-from bridge.models import MAX_WIENER
-from bridge.session import parse
+from bridge.separation.models import MAX_WIENER
+from bridge.preset.session import parse
 
 # The oracle model's geometry: every bin modelled, one chunk of hop * (dim_t - 1) samples.
 N_FFT, HOP, DIM_T, BINS = 256, 64, 64, 129

@@ -2,7 +2,7 @@
 
 ``discover`` turns files and folders into songs; ``run_batch`` runs them through any executor
 (this process, local host processes, or a Dask cluster) and reports every song's outcome. It
-calls :mod:`bridge.render` per song, never the command line.
+calls :mod:`bridge.render.song` per song, never the command line.
 """
 
 from .discover import Song, discover

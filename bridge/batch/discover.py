@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..errors import BridgeError
-from ..songs import Naming
+from ..render.songs import Naming
 
 #: What libsndfile decodes. m4a/aac have no decoder there: they are reported, not read.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")

@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..cache import StemCache
+from ..render.cache import StemCache
 from ..errors import BridgeError, ModelError, PresetError
 from .discover import Song
 
@@ -76,7 +76,7 @@ def worker_for(spec: RunSpec):
 
 
 def build(spec: RunSpec):
-    from ..separate import SeparateOptions
+    from ..render.separate import SeparateOptions
     from ..separation import load_separator
 
     if spec.kind == "separate":
@@ -90,9 +90,9 @@ def build(spec: RunSpec):
 
 def session_graph(preset, overrides=(), *, threads=None, separator=None):
     """A session preset bound to its separator, every plugin loaded once (errors name preset keys)."""
-    from ..graph import RenderGraph
+    from ..render.graph import RenderGraph
     from ..separation import load_separator
-    from ..session import load
+    from ..preset.session import load
 
     session = load(preset, overrides=overrides or ())
     card = separator_card(session)
@@ -110,7 +110,7 @@ def session_graph(preset, overrides=(), *, threads=None, separator=None):
 
 def separator_card(session):
     """The session's model card, with model errors named by the preset key they come from."""
-    from ..models import resolve
+    from ..separation.models import resolve
     from ..separation import check_wiener_fits
 
     try:
@@ -131,7 +131,8 @@ def open_cache(spec: RunSpec) -> StemCache | None:
 def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain_to: Path | None = None,
              album: list[str] | None = None, input_sha256: str | None = None, progress=None) -> SongOutcome:
     """Run one song; a bad song is reported in the outcome, never raised (Ctrl-C is)."""
-    from .. import render, separate
+    from ..render.separate import separate_song
+    from ..render.song import render_song
 
     if song.error:
         return SongOutcome(song.path, "failed", error=song.error, worker=os.getpid())
@@ -141,12 +142,12 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
     try:
         if spec.kind == "separate":
             separator, options = worker_for(spec)
-            result = separate.separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
+            result = separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
                                           force=force, progress=progress,
                                           on_clip=lambda target, count: clipped.append((target, count)))
         else:
             graph = worker_for(spec)
-            result = render.render_song(song.path, graph, spec.out_dir, naming=song.naming, cache=open_cache(spec),
+            result = render_song(song.path, graph, spec.out_dir, naming=song.naming, cache=open_cache(spec),
                                         force=force, progress=progress, defer_gain_to=defer_gain_to, album=album,
                                         input_sha256=input_sha256)
     except BridgeError as exc:
@@ -183,11 +184,11 @@ def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
         A template that cannot be expanded, or two outputs of one song that would write one
         file: a usage error, so nothing is rendered.
     """
-    from ..graph import RenderGraph
-    from ..models import resolve
-    from ..render import render_targets
-    from ..separate import SeparateOptions, separate_targets
-    from ..session import load
+    from ..render.graph import RenderGraph
+    from ..separation.models import resolve
+    from ..render.song import render_targets
+    from ..render.separate import SeparateOptions, separate_targets
+    from ..preset.session import load
 
     if spec.kind == "render":
         session = load(spec.preset, overrides=spec.overrides or ())

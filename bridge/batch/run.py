@@ -10,7 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__, partials
+from ..version import __version__
+from ..audio import partials
 from ..errors import BridgeError
 from .discover import RUN_RECORD, Song
 from .executors import DaskExecutor, ProcessExecutor, SerialExecutor
@@ -139,8 +140,8 @@ def _drive(executor, jobs, songs, fail_fast, on_event, progress_for):
 
 
 def _finish_albums(spec: RunSpec, albums, members, by_path, on_event) -> None:
-    from ..loudness import album_loudness
-    from ..render import finish_render, loudness_gain
+    from ..audio.loudness import album_loudness
+    from ..render.song import finish_render, loudness_gain
     o = _session(spec).output
     for album, group in albums.items():
         pending = [by_path[s.path].pending for s in group if by_path.get(s.path) and by_path[s.path].status == "measured"]
@@ -172,19 +173,19 @@ def _rounded(value: float) -> float | None:
 
 
 def _loudness(state) -> float:
-    from ..loudness import album_loudness
+    from ..audio.loudness import album_loudness
 
     return album_loudness([state])[0]
 
 
 def _session(spec: RunSpec):
-    from ..session import load
+    from ..preset.session import load
 
     return load(spec.preset, overrides=spec.overrides or ())
 
 
 def _sha(path: Path) -> str | None:
-    from ..records import file_sha256
+    from ..render.records import file_sha256
 
     try:
         return file_sha256(path)
@@ -206,6 +207,6 @@ def sweep(out_dir: Path) -> None:
 
 
 def write_record(report: RunReport, out_dir: Path) -> Path:
-    from ..records import write_json
+    from ..render.records import write_json
 
     return write_json(Path(out_dir) / RUN_RECORD, report.record())

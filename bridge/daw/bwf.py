@@ -1,7 +1,7 @@
 """Broadcast WAV: the ``bext`` chunk (EBU Tech 3285 v2) and an ``iXML`` chunk, added to a WAV file.
 
 libsndfile writes the samples; this module adds the two chunks to the finished file before it is
-renamed onto its final name (see :meth:`bridge.io.AudioWriter.close`), so the output is still
+renamed onto its final name (see :meth:`bridge.audio.files.AudioWriter.close`), so the output is still
 written atomically. They go before the ``data`` chunk, where EBU Tech 3285 (section 2) and most
 hosts expect them; readers that do not know them (libsndfile, pedalboard) skip unknown chunks as
 RIFF requires.
@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from xml.etree import ElementTree
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AudioError, OutputError
 
 BEXT_VERSION = 2

@@ -2,7 +2,7 @@
 
 :func:`plan` reads the session's ``output.bwf``, ``output.project``, ``output.project_stems`` and
 ``output.files.nistems``, checks what can be checked up front (the input's timecode, names and
-collisions, the stems NI Stems needs) and returns a :class:`HandOff` that :mod:`bridge.render`
+collisions, the stems NI Stems needs) and returns a :class:`HandOff` that :mod:`bridge.render.song`
 asks at three points: which view of the stems to write (:attr:`HandOff.tap`), what to add to each
 WAV before its rename (:meth:`HandOff.finisher`), and what to write once the audio files are
 final (:class:`Deferred`: the REAPER project and the NI Stems file).
@@ -18,16 +18,16 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from ..automation import Lane
+from ..host.automation import Lane
 from ..errors import OutputError
-from ..mixer import DEFAULT_ROLES
-from ..outputs import expand
+from ..preset.session import DEFAULT_ROLES
+from ..preset.templates import expand
 from . import bwf, reaper
 from .nistems import ScratchStems, check_stems
 
 
 #: The project's notes when a track is panned: stembridge's pan law is constant power with unity at
-#: the centre (bridge.mixer.pan_gains), nearest REAPER's -3 dB law with gain compensation, not its
+#: the centre (bridge.render.mixer.pan_gains), nearest REAPER's -3 dB law with gain compensation, not its
 #: default; the .rpp does not set it (its encoding there is not documented; not checked in REAPER).
 PAN_LAW_NOTE = ("Pan law: stembridge pans at constant power with unity at the centre (+3 dB hard-panned); "
                 "the closest REAPER setting is Project settings > Pan law -3.0 dB with gain compensation.")
@@ -142,7 +142,7 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
 
 def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path],
                     track: str | None = None) -> HandOff:
-    """:func:`plan` for :func:`bridge.separate.separate_file` (no session: its options instead)."""
+    """:func:`plan` for :func:`bridge.render.separate.separate_file` (no session: its options instead)."""
     rate = header.sample_rate
     track = track or path.stem
     reference = bwf.source_time_reference(path, source_rate=rate, target_rate=rate) if options.bwf else 0
@@ -185,7 +185,7 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
     (layers included), the session's tempo and time signature.
 
     A stem's gain is its ``automation:`` lane on ``stems.NAME.gain_db`` if it has one (the lane
-    replaces a constant ``gain_db``, as in :class:`bridge.mixer.Mixer`; a preset cannot give both
+    replaces a constant ``gain_db``, as in :class:`bridge.render.mixer.Mixer`; a preset cannot give both
     a lane and ``gain_db`` breakpoints), else its ``gain_db`` breakpoints, else the constant; the
     same for pan. Lanes become envelopes (:func:`bridge.daw.reaper.gain_envelope`), the fader
     stays at unity. What REAPER cannot redo on its own tracks is in the stem files

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io, partials
-from ..audio import StreamResampler, db_to_gain
+from ..audio import files, partials
+from ..audio.buffers import StreamResampler, db_to_gain
 from ..errors import OutputError, PresetError
 
 #: NI Stems' stem order after the mix.
@@ -202,7 +202,7 @@ class RenderFeed:
         self._scratch = {}
         try:
             for label in self._labels:
-                self._scratch[label] = io.AudioWriter(scratch / f"nistems-{label}.wav", sample_rate=sample_rate,
+                self._scratch[label] = files.AudioWriter(scratch / f"nistems-{label}.wav", sample_rate=sample_rate,
                                                       channels=2, bit_depth=32)
         except BaseException:
             self.abort()
@@ -240,7 +240,7 @@ class ScratchStems:
         encoder = NiStemsWriter(self.target, sample_rate=self.sample_rate, title=self.title)
         labels = ("mix",) + STEMS
         try:
-            streams = [io.stream(self.files[label], block_frames=64 * AAC_FRAME) for label in labels]
+            streams = [files.stream(self.files[label], block_frames=64 * AAC_FRAME) for label in labels]
             for blocks in zip(*streams, strict=True):
                 encoder.write(blocks[0] * gain, {s: b * gain for s, b in zip(STEMS, blocks[1:])})
         except BaseException:

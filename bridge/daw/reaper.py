@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..automation import Lane
+from ..version import __version__
+from ..host.automation import Lane
 from ..errors import OutputError
-from ..partials import write_text_atomic
+from ..audio.partials import write_text_atomic
 
 #: REAPER's source type per file extension (the word after ``<SOURCE``).
 SOURCE_TYPES = {"wav": "WAVE", "aiff": "WAVE", "aif": "WAVE", "flac": "FLAC", "mp3": "MP3", "ogg": "VORBIS"}
@@ -149,7 +149,7 @@ def gain_envelope(lane: Lane) -> tuple[tuple[float, float, int], ...]:
     ``hold`` lanes keep their breakpoints, square-shaped. ``linear`` and ``exponential`` lanes
     keep their breakpoints too, and each segment between two of them is split into equal-time
     pieces, as few as keep REAPER's amplitude-linear interpolation within
-    :data:`GAIN_TOLERANCE_DB` of the lane (:meth:`bridge.automation.Lane.at`).
+    :data:`GAIN_TOLERANCE_DB` of the lane (:meth:`bridge.host.automation.Lane.at`).
     """
     return _follow(lane, scale=lambda db: 10.0 ** (np.asarray(db, dtype=np.float64) / 20.0),
                    error=lambda got, want: np.abs(20.0 * np.log10(got) - want), tolerance=GAIN_TOLERANCE_DB)

@@ -28,9 +28,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import ModelError
-from ..records import file_sha256
+from ..render.records import file_sha256
 from . import publish
-from ..models import known_cards, resolve, user_models_folder, verify_file
+from ..separation.models import known_cards, resolve, user_models_folder, verify_file
 from .spleeter_tf import NAME, RESERVED
 
 
@@ -58,7 +58,7 @@ def quantize_model(spec, *, name: str | None = None, force: bool = False, folder
     force : bool
         Replace a model of that name.
     folder : path-like, optional
-        Where to write; default :func:`bridge.models.user_models_folder`.
+        Where to write; default :func:`bridge.separation.models.user_models_folder`.
 
     Raises
     ------

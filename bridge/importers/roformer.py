@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ModelError
-from ..models import user_models_folder
-from ..records import file_sha256
+from ..separation.models import user_models_folder
+from ..render.records import file_sha256
 from . import publish
 from .roformer_config import RoformerConfig, parse_config, read_config
 
@@ -197,7 +197,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
     force : bool
         Replace a model of the same name in the model folder.
     folder : path-like, optional
-        Where to write; default :func:`bridge.models.user_models_folder`.
+        Where to write; default :func:`bridge.separation.models.user_models_folder`.
 
     Raises
     ------

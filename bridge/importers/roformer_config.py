@@ -22,8 +22,8 @@ import numpy as np
 import yaml
 
 from ..errors import ModelError
-from ..models import canonical_stem
-from ..safeyaml import check_size, load_yaml
+from ..separation.models import canonical_stem
+from ..preset.safeyaml import check_size, load_yaml
 
 
 class ConfigLoader(yaml.SafeLoader):

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from ..records import file_sha256
+from ..render.records import file_sha256
 from . import publish
-from ..models import known_cards, user_models_folder
+from ..separation.models import known_cards, user_models_folder
 from .tf_checkpoint import Checkpoint, CheckpointError, message_fields
 
 STEM_ORDER = {2: ("vocals", "accompaniment"), 4: ("vocals", "drums", "bass", "other"),
@@ -219,7 +219,7 @@ def import_checkpoint(path, *, name: str | None = None, force: bool = False, bin
         then gives exactly the embedded model's outputs (float32 storage differs from it by the
         embedded model's own float16 rounding, 58.7 dB SNR on vocals, measured).
     folder : path-like, optional
-        Where to write; default :func:`bridge.models.user_models_folder`.
+        Where to write; default :func:`bridge.separation.models.user_models_folder`.
 
     Returns
     -------

@@ -12,7 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import ModelError
-from ..models import DEFAULT_MODEL, ModelCard, derived_stems, resolve
+from .models import DEFAULT_MODEL, ModelCard, derived_stems, resolve
 from .runner import ChunkedSeparator, SeparationStream
 
 
@@ -97,7 +97,7 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
 
 
 def with_sums(stems: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:
-    """``stems`` plus each sum of :func:`~bridge.models.derived_stems` that ``wanted`` names.
+    """``stems`` plus each sum of :func:`~bridge.separation.models.derived_stems` that ``wanted`` names.
 
     ``stems`` maps names to equal-shape float32 buffers; a 4-stem split's ``instrumental`` is
     ``drums + bass + other`` (so ``vocals + instrumental`` is the mix, as for a 2-stem model).

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import ModelError
-from ..models import MAX_WIENER, ModelCard, verify_file
+from .models import MAX_WIENER, ModelCard, verify_file
 from .runtime import Runner, open_session, static_dims
 from .spectral import Stft
 

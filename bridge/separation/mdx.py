@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from ..models import ModelCard, verify_file
+from .models import ModelCard, verify_file
 from .runtime import Runner, open_session, static_dims
 from .spectral import Stft, pack_mdx, unpack_mdx
 

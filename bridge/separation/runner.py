@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..audio import StreamResampler, check_finite, validate
+from ..audio.buffers import StreamResampler, check_finite, validate
 from ..errors import AudioError
 from .chunking import ChunkPlan, OverlapAdd
 

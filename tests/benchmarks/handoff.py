@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 from bridge.daw import bwf, reaper  # noqa: E402
-from bridge.graph import RenderGraph  # noqa: E402
-from bridge.render import render_file  # noqa: E402
-from bridge.session import parse  # noqa: E402
+from bridge.render.graph import RenderGraph
+from bridge.render.song import render_file
+from bridge.preset.session import parse
 from four_stems import four_stem_separator  # noqa: E402
 
 SR = 44100

@@ -35,11 +35,11 @@ sys.path.insert(0, str(HERE.parent))
 import inputs  # noqa: E402
 import vst3  # noqa: E402
 
-from bridge.graph import RenderGraph  # noqa: E402
-from bridge.render import render_file  # noqa: E402
-from bridge.separate import SeparateOptions, separate_file  # noqa: E402
+from bridge.render.graph import RenderGraph
+from bridge.render.song import render_file
+from bridge.render.separate import SeparateOptions, separate_file
 from bridge.separation import load_separator  # noqa: E402
-from bridge.session import load  # noqa: E402
+from bridge.preset.session import load
 
 PLAIN = """version: 1
 separator: {{model: {model}}}

@@ -309,7 +309,7 @@ def cmd_import(args) -> None:
 def engine_for(name: str, *, threads: int | None = None):
     os.environ["STEMBRIDGE_MODELS"] = str(WORK / "sbmodels")
     sys.path.insert(0, str(REPO))
-    from bridge.models import resolve
+    from bridge.separation.models import resolve
     from bridge.separation import load_separator
 
     card = resolve(name)
@@ -389,7 +389,7 @@ def cmd_floor(args) -> None:
     name = sb_name(args.arch, args.size, args.quant)
     os.environ["STEMBRIDGE_MODELS"] = str(WORK / "sbmodels")
     sys.path.insert(0, str(REPO))
-    from bridge.models import resolve, verify_file
+    from bridge.separation.models import resolve, verify_file
     from bridge.separation import load_separator
     from bridge.separation.runtime import default_threads, open_session
 

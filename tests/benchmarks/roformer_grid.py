@@ -63,7 +63,7 @@ import onnx_models  # noqa: E402
 from roformer import audiosep_chunk_starts  # noqa: E402  (the grid's one copy, beside its driver)
 
 from bridge import load_separator  # noqa: E402
-from bridge.models import load_card  # noqa: E402
+from bridge.separation.models import load_card
 from bridge.separation.roformer import RoformerEngine  # noqa: E402
 
 N_FFT, HOP, CHUNK, RATE = 2048, 441, 352800, 44100

@@ -276,7 +276,7 @@ def uvr_grid_reference(song: Path, card: Path, *, chunks: int, overlap: float = 
     ``chunks`` chunks only. Returns the primary stem for the samples those chunks fully determine,
     and that sample count. ``shift`` moves the grid: that many zeros go before the song and are
     dropped from the result (a control: how much the model's output depends on where chunks fall)."""
-    from bridge.models import resolve
+    from bridge.separation.models import resolve
     from bridge.separation.mdx import MdxEngine
 
     engine = MdxEngine(resolve(str(card)))

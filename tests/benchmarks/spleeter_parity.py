@@ -98,7 +98,7 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 def sdr(reference: dict[str, np.ndarray], estimate: dict[str, np.ndarray]) -> dict[str, float]:
-    from bridge.evaluate import framewise_sdr
+    from bridge.quality.evaluate import framewise_sdr
     n = min(min(a.shape[-1] for a in reference.values()), min(a.shape[-1] for a in estimate.values()))
     stems = list(reference)
     scores = framewise_sdr([reference[s][:, :n] for s in stems], [estimate[s][:, :n] for s in stems], sample_rate=SR)
@@ -158,7 +158,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO / "models"))
     from convert_spleeter import build, read_checkpoints, write_card
-    from bridge.models import load_card
+    from bridge.separation.models import load_card
     from bridge.separation import load_separator
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
     layers:
       bass:
         instrument: {vst3: Nekobi, params: {cutoff: 40}}
-        midi: bass.mid           # read by bridge.midi, on the file's tempo map
+        midi: bass.mid           # read by bridge.host.midi, on the file's tempo map
         track: 1                 # optional filters
         channel: 2
         transpose: -12           # semitones
@@ -37,7 +37,7 @@ import pedalboard
 
 from . import effects, midi, plugins
 from .effects import EffectSpec
-from .errors import PluginError
+from ..errors import PluginError
 
 #: Seconds per instrument call. Notes are placed to the sample inside a call, but pedalboard
 #: (through JUCE's VST3 host, which turns MIDI controllers into parameter changes) applies a

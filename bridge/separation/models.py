@@ -31,7 +31,7 @@ from typing import Literal
 
 import yaml
 
-from .errors import ModelError, suggest
+from ..errors import ModelError, suggest
 
 #: Most EM iterations of the multichannel Wiener filter accepted (norbert's and Spleeter's usual is 1).
 MAX_WIENER = 10

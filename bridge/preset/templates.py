@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 from pathlib import Path, PurePosixPath
 
-from .errors import OutputError
+from ..errors import OutputError
 
 FIELDS = {"track", "stem", "ext", "model", "album", "relpath"}
 #: Fields that place a song's outputs by its folders; a template without them is put under the

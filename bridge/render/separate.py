@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from . import __version__, io
+from ..version import __version__
+from ..audio import files
 from .cache import StemCache
-from .daw import bwf, handoff as daw
-from .errors import BridgeError
-from .models import offered_stems
-from .outputs import check_template, check_unique, expand
+from ..daw import bwf, handoff as daw
+from ..errors import BridgeError
+from ..separation.models import offered_stems
+from ..preset.templates import check_template, check_unique, expand
 from .records import file_sha256, model_identity, read_json, write_json
-from .separation import ChunkedSeparator, with_sums
-from .separation.runner import check_channels
-from .songs import (BLOCK_SECONDS, Clipped, Naming, Progress, SongResult, missing_folders, remove_empty,
-                    report_clipping)
+from ..separation import ChunkedSeparator, with_sums
+from ..separation.runner import check_channels
+from .songs import BLOCK_SECONDS, Clipped, Naming, Progress, SongResult, missing_folders, remove_empty, report_clipping
 from .stemsource import StemSource
 
 
@@ -30,7 +30,7 @@ class SeparateOptions:
     out_dir: Path
     template: str = "{track}/{stem}.{ext}"
     ext: str = "wav"
-    bit_depth: io.BitDepth = 24
+    bit_depth: files.BitDepth = 24
     stems: tuple[str, ...] | None = None
     bwf: bool = True  # wav stems carry bext (EBU Tech 3285 v2) and iXML chunks
     project: str | None = None  # "reaper": <track>.rpp beside the stems
@@ -76,7 +76,7 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     and a hidden manifest beside the stems recording what made them."""
     path = Path(path)
     naming = naming or Naming.of(path)
-    header = io.info(path)
+    header = files.info(path)
     check_channels(header.channels, source=str(path))
     targets, manifest = separate_targets(path, separator, options, naming)
     digest = file_sha256(path)
@@ -96,11 +96,11 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
         separation = StemSource(path, header, separator, cache=cache)
         stream = separation.stream
         for stem, target in targets.items():
-            writers[stem] = io.AudioWriter(target, sample_rate=header.sample_rate, channels=header.channels,
+            writers[stem] = files.AudioWriter(target, sample_rate=header.sample_rate, channels=header.channels,
                                            bit_depth=options.bit_depth, inputs=[path])
         done = 0
         block = max(1, int(BLOCK_SECONDS * header.sample_rate))
-        for audio in io.stream(path, block_frames=block):
+        for audio in files.stream(path, block_frames=block):
             _write(writers, stream.process(audio))
             done += audio.shape[1]
             if progress:

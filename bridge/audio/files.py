@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Iterator, Literal
 import numpy as np
 import soundfile as sf
 
-from .audio import channels_first, check_finite, check_sample_rate, frames_first
-from .errors import AudioError, OutputError
+from .buffers import channels_first, check_finite, check_sample_rate, frames_first
+from ..errors import AudioError, OutputError
 from .partials import fsync_dir, partial_path, remove_stale_partials
 
 BitDepth = Literal[16, 24, 32]

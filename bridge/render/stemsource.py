@@ -1,7 +1,7 @@
 """Where a song's stems come from: the stem cache replayed, the separator filling the cache, or
 the separator alone.
 
-A cache entry is named by what decides the stems (:func:`~bridge.cache.entry_key`): the song's
+A cache entry is named by what decides the stems (:func:`~bridge.render.cache.entry_key`): the song's
 decoded audio (FLAC's own MD5 of its samples where it has one), the pre chain with its automation
 and its plugins' files, the model's identity and the separation settings.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import io, plugins
+from ..audio import files
+from ..host import plugins
 from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
-from .errors import BridgeError
+from ..errors import BridgeError
 from .records import model_identity
 
 #: Seconds of audio decoded per block while hashing a song that has no MD5 of its own.
@@ -22,7 +23,7 @@ HASH_BLOCK_SECONDS = 10.0
 class StemSource:
     """The separation stream for one song: replayed from the cache, filled into it, or plain."""
 
-    def __init__(self, path: Path, header: io.AudioInfo, separator, *, cache: StemCache | None, pre=(),
+    def __init__(self, path: Path, header: files.AudioInfo, separator, *, cache: StemCache | None, pre=(),
                  pre_lanes=None):
         self.stream = None
         self.writer = None
@@ -71,8 +72,8 @@ def _pre_identity(specs, lanes=None) -> list:
                 bundle = plugins.resolve(spec.name, base=spec.base, where="pre")
             except BridgeError:
                 bundle = spec.resolve(spec.name)
-            files = sorted(p for p in bundle.rglob("*") if p.is_file()) if bundle.is_dir() else [bundle]
-            item["files"] = [(str(p.relative_to(bundle)) if bundle.is_dir() else p.name, *_stat(p)) for p in files]
+            bundle_files = sorted(p for p in bundle.rglob("*") if p.is_file()) if bundle.is_dir() else [bundle]
+            item["files"] = [(str(p.relative_to(bundle)) if bundle.is_dir() else p.name, *_stat(p)) for p in bundle_files]
         out.append(item)
     return out
 
@@ -85,11 +86,11 @@ def _stat(path: Path) -> tuple[int, int]:
     return (st.st_size, st.st_mtime_ns)
 
 
-def _audio_identity(path: Path, header: io.AudioInfo) -> str:
+def _audio_identity(path: Path, header: files.AudioInfo) -> str:
     """A hash of the song's decoded audio: FLAC's own MD5 of its samples where the file has one
     (no decoding needed), else sha256 of the decoded float32 samples."""
-    md5 = io.flac_audio_md5(path) if header.format == "FLAC" else None
+    md5 = files.flac_audio_md5(path) if header.format == "FLAC" else None
     if md5 is not None:
         return f"flac-md5:{md5}:{header.subtype}"
     block = max(1, int(HASH_BLOCK_SECONDS * header.sample_rate))
-    return audio_digest(io.stream(path, block_frames=block))
+    return audio_digest(files.stream(path, block_frames=block))

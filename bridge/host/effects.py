@@ -2,7 +2,7 @@
 
 A built-in is written ``{effect: Compressor, threshold_db: -18, ratio: 3}``; a VST3 plugin is
 written ``{vst3: path/to/Plugin.vst3, params: {mix: 0.2}, preset: file.vstpreset}`` or with
-``raw_state: <base64>``; ``vst3:`` may also be a plugin name, looked up by :mod:`bridge.plugins`. Parameter names are checked here, because pedalboard silently accepts
+``raw_state: <base64>``; ``vst3:`` may also be a plugin name, looked up by :mod:`bridge.host.plugins`. Parameter names are checked here, because pedalboard silently accepts
 any attribute name on a plugin; values are checked by pedalboard and its errors are reworded to
 name the preset path.
 """
@@ -19,7 +19,7 @@ import pedalboard
 
 from . import plugins
 from .automation import ParameterLane
-from .errors import PluginError, suggest
+from ..errors import PluginError, suggest
 
 #: pedalboard classes that are containers, bases or need arguments no YAML can give.
 _NOT_EFFECTS = {"Plugin", "PluginContainer", "Pedalboard", "Chain", "Mix", "ExternalPlugin", "VST3Plugin",
@@ -201,7 +201,7 @@ def build_chain(specs, *, where: str) -> pedalboard.Pedalboard:
 def prepare_chain(specs, *, where: str, channels: int, sample_rate: int) -> list[plugins.Segment]:
     """Build a chain for a buffer of ``channels`` at ``sample_rate``, adapted to each plugin's bus.
 
-    Returns the chain cut into :class:`bridge.plugins.Segment` s (one per channel arrangement);
+    Returns the chain cut into :class:`bridge.host.plugins.Segment` s (one per channel arrangement);
     a mono VST3 on a stereo buffer becomes two linked instances built from the same spec.
     Raises :class:`PluginError` naming ``where[i]`` for a plugin no arrangement fits.
     """

@@ -90,7 +90,7 @@ def parse_time(value, *, tempo: Tempo | None) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class MidiSource:
-    """Where a lane's points came from: a controller of a MIDI file (see :mod:`bridge.midi`).
+    """Where a lane's points came from: a controller of a MIDI file (see :mod:`bridge.host.midi`).
 
     ``kind`` is ``"cc"`` (with ``number``), ``"pitchbend"`` or ``"pressure"``; ``channel`` is
     1-based or None for any; ``track`` an index or None for all; the controller's 0..1 range is

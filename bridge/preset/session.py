@@ -24,7 +24,7 @@ Schema (every key but ``version`` may be left out)::
     layers:                              # stems played by a VST3 instrument from a MIDI file
       <name>: {instrument: Nekobi, midi: bass.mid, channel: 1, transpose: 0, velocity: 1, start: 0, ...}
     tempo: {bpm: 120, time_signature: 4/4}    # for "bar:beat" times
-    automation:                          # target -> lane (see bridge.automation)
+    automation:                          # target -> lane (see bridge.host.automation)
       stems.vocals.chain[0].mix: [[0, 0.1], ["9:1", 0.6]]
       master[0].threshold_db: {midi: song.mid, cc: 11, channel: 1, range: [-30, 0], curve: hold}
     output:
@@ -54,19 +54,22 @@ from pathlib import Path
 
 import yaml
 
-from . import automation, effects, midi
-from .automation import Lane, Target, Tempo
-from .ducking import DuckSettings
-from .layers import LayerSettings
-from .errors import BridgeError, PresetError
-from .io import FORMATS
-from .models import MAX_WIENER
-from . import preset_fields as fields
-from .outputs import check_template
+from ..host import automation, effects, midi
+from ..host.automation import Lane, Target, Tempo
+from ..host.ducking import DuckSettings
+from ..host.layers import LayerSettings
+from ..errors import BridgeError, PresetError
+from ..audio.files import FORMATS
+from ..separation.models import MAX_WIENER
+from . import fields
+from .templates import check_template
 from .safeyaml import check_size, load_yaml
 
 VERSION = 1
 ROLES = ("center", "front", "bass", "ambience")
+# A stem's 5.1 role when its preset names none: vocals to the centre, bass to the centre and LFE,
+# everything else to the surrounds.
+DEFAULT_ROLES = {"vocals": "center", "bass": "bass"}
 LAYOUTS = ("stereo", "5.1")
 PROJECTS = ("reaper",)
 PROJECT_STEMS = ("processed", "raw")

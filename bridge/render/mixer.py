@@ -27,14 +27,13 @@ import math
 import numpy as np
 import pedalboard
 
-from . import automation, effects
-from .ducking import Ducker
-from .errors import PluginError
-from .separation import with_sums
-from .session import Session, StemSettings
+from ..host import automation, effects
+from ..host.ducking import Ducker
+from ..errors import PluginError
+from ..separation import with_sums
+from ..preset.session import DEFAULT_ROLES, Session, StemSettings
 
 LAYOUT_CHANNELS = {"stereo": 2, "5.1": 6}
-DEFAULT_ROLES = {"vocals": "center", "bass": "bass"}
 AMBIENCE_GAIN = 10 ** (-3 / 20)
 LFE_CUTOFF_HZ = 120.0
 #: Samples per call into a pedalboard chain: always the same (see :class:`StreamChain`).
@@ -119,7 +118,7 @@ class StreamChain:
 class ChainStream:
     """A preset's chain, adapted to the buffer's channels, streamed: a :class:`StreamChain` per segment.
 
-    Each segment (see :mod:`bridge.plugins`) compensates its own latency, so the chain's output
+    Each segment (see :mod:`bridge.host.plugins`) compensates its own latency, so the chain's output
     stays aligned with its input however its plugins are laid over the channels.
     """
 

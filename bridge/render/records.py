@@ -2,7 +2,7 @@
 
 A manifest (``<mix>.manifest.json``) holds the input and its sha256, the preset as rendered, the
 model's identity, package versions and per-output levels; ``separate`` leaves a smaller hidden
-record of the same kind. Both are written atomically (:func:`~bridge.partials.write_text_atomic`) and
+record of the same kind. Both are written atomically (:func:`~bridge.audio.partials.write_text_atomic`) and
 read back by the resume checks, which compare them with what a new run would write.
 """
 
@@ -15,7 +15,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__, partials
+from ..version import __version__
+from ..audio import partials
 
 
 def model_identity(separator) -> dict | None:
@@ -92,7 +93,7 @@ def write_manifest(target: Path, *, source: Path, header, session, separator, ou
 
 
 def write_json(target: Path, data) -> Path:
-    """``data`` as JSON at ``target``, atomically (:func:`~bridge.partials.write_text_atomic`)."""
+    """``data`` as JSON at ``target``, atomically (:func:`~bridge.audio.partials.write_text_atomic`)."""
     text = json.dumps(data, indent=2, allow_nan=False, default=str) + "\n"
     return partials.write_text_atomic(target, text, what="JSON record")
 

@@ -13,13 +13,13 @@ import dataclasses
 import numpy as np
 import pedalboard
 
-from .audio import validate
-from .errors import PresetError
-from .layers import load_instrument, open_layer
+from ..audio.buffers import validate
+from ..errors import PresetError
+from ..host.layers import load_instrument, open_layer
 from .mixer import LAYOUT_CHANNELS, ChainStream, Mixer, StreamChain
-from .models import derived_stems, offered_stems
-from .separation import Separator
-from .session import Session, StemSettings
+from ..separation.models import derived_stems, offered_stems
+from ..separation import Separator
+from ..preset.session import Session, StemSettings
 
 
 def referenced_stems(session: Session) -> dict[str, str]:
@@ -233,7 +233,7 @@ class StemSplit:
         stems = tuple((name, StemSettings(gain_db=_gain(gain_db.get(name, 0.0)), pan=float(pan.get(name, 0.0)),
                                           mute=name in mute, solo=name in solo, invert=name in invert))
                       for name in sorted(names))
-        from .session import OutputSettings
+        from ..preset.session import OutputSettings
         session = Session(stems=stems, output=dataclasses.replace(OutputSettings(), layout=layout,
                                                                    tail_seconds=float(tail_seconds)),
                           source="StemSplit")

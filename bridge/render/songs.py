@@ -1,6 +1,6 @@
 """What every per-song job shares: where its outputs go, what it reports, how it cleans up.
 
-:mod:`bridge.separate` (stems only) and :mod:`bridge.render` (a whole session) each run one song
+:mod:`bridge.render.separate` (stems only) and :mod:`bridge.render.song` (a whole session) each run one song
 with these; :mod:`bridge.batch` runs many.
 """
 

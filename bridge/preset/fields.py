@@ -1,7 +1,7 @@
 """Reading a preset's values: the checks every key goes through, each failure naming the preset
 file and the key path inside it, and the sections that hold lanes (tempo, ducking, automation).
 
-:mod:`bridge.session` walks the preset's structure and builds the session from what these give.
+:mod:`bridge.preset.session` walks the preset's structure and builds the session from what these give.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import automation, effects, midi
-from .automation import Lane, MidiSource, Target, Tempo
-from .ducking import DuckSettings
-from .errors import BridgeError, PresetError, suggest
+from ..host import automation, effects, midi
+from ..host.automation import Lane, MidiSource, Target, Tempo
+from ..host.ducking import DuckSettings
+from ..errors import BridgeError, PresetError, suggest
 
 
 class Reader:
@@ -162,7 +162,7 @@ STEM_RANGES = {"gain_db": (-150.0, 48.0), "pan": (-1.0, 1.0)}
 
 def automation_section(r: Reader, value, session, tempo: Tempo | None) -> tuple[tuple[Target, Lane], ...]:
     """Parse ``automation:``; targets are checked against ``session``'s chains (a
-    :class:`bridge.session.Session` without its lanes yet) and, for built-in effects, their
+    :class:`bridge.preset.session.Session` without its lanes yet) and, for built-in effects, their
     parameters and ranges (VST3 parameters when the chain is prepared)."""
     if value is None:
         return ()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mido
 
-from .errors import MidiError
+from ..errors import MidiError
 
 DEFAULT_TEMPO = 500_000  # microseconds per beat: 120 bpm, the Standard MIDI File default
 KINDS = ("cc", "pitchbend", "pressure")

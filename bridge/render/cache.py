@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BridgeError, OutputError
+from ..errors import BridgeError, OutputError
 
 #: Bump when the stored layout or anything that decides stored samples changes.
 FORMAT_VERSION = 1

@@ -2,10 +2,10 @@
 
 Conventions
 -----------
-- Reference songs are found and loaded by :mod:`bridge.references` (its docstring says how a
+- Reference songs are found and loaded by :mod:`bridge.quality.references` (its docstring says how a
   references folder is laid out and how lengths are trimmed).
 - Every stem the model gives is scored against the reference of that name, and so are the sums
-  the model gives (:func:`bridge.models.derived_stems`: a 4-stem model's ``instrumental`` is
+  the model gives (:func:`bridge.separation.models.derived_stems`: a 4-stem model's ``instrumental`` is
   drums + bass + other) wherever the song has that reference.
 - **SDR** is BSS Eval v4 as museval computes it for SiSEC/MUSDB18: ``bss_eval`` images with
   one set of distortion filters (512 taps) for the whole song, on 1 s frames with a 1 s hop,
@@ -40,9 +40,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import partials
-from .errors import AudioError, BridgeError, ModelError
-from .models import canonical_stem, derived_stems
+from ..audio import partials
+from ..errors import AudioError, BridgeError, ModelError
+from ..separation.models import canonical_stem, derived_stems
 from .references import Song, SongFiles, find_songs, load_song
 
 #: Frame length and hop of the framewise SDR, in seconds (SiSEC 2018).
@@ -154,7 +154,7 @@ def ideal_ratio_mask(mixture: np.ndarray, sources: Mapping[str, np.ndarray], *, 
     -------
     dict of str to ndarray, shape (channels, samples), float32
     """
-    from .separation.spectral import Stft
+    from ..separation.spectral import Stft
 
     samples = mixture.shape[-1]
     if samples <= n_fft // 2:
@@ -387,7 +387,7 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
     start = time.perf_counter()
     oracle = isinstance(separator, str) and separator == "oracle"
     if isinstance(separator, str) and not oracle:
-        from .separation import load_separator
+        from ..separation import load_separator
         separator = load_separator(separator)
     model = "oracle" if oracle else getattr(separator, "name", type(separator).__name__)
     songs = find_songs(references)  # every header checked before any separation

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pedalboard
 
-from .errors import PluginError, suggest
+from ..errors import PluginError, suggest
 
 #: Steinberg's VST3 "Plug-in Locations" on Linux, after $VST3_PATH.
 STANDARD_FOLDERS = ("~/.vst3", "/usr/lib/vst3", "/usr/local/lib/vst3")

@@ -4,7 +4,7 @@ of killed runs.
 Every output goes to ``.<name>.<pid>.partial`` beside its target and is renamed when complete;
 intermediate files live in ``.stembridge-<pid>-*.partial`` folders. The process id in the name
 tells a later run which leftovers belong to a process that is gone, so it can remove them
-without touching a live run's. :mod:`bridge.io` writes audio this way; text outputs use
+without touching a live run's. :mod:`bridge.audio.files` writes audio this way; text outputs use
 :func:`write_text_atomic`.
 """
 
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputError
+from ..errors import OutputError
 
 PARTIAL_SUFFIX = ".partial"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from .errors import AudioError
+from ..errors import AudioError
 
 #: Sample rates outside this range are refused: below it nothing musical survives, above it
 #: the resampler and the models have never been checked.

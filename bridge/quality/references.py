@@ -5,7 +5,7 @@ Conventions
 - A *references folder* holds songs, found recursively: every folder with a ``mixture.<ext>``
   file is a song, and the other audio files beside it are its reference stems, named by stem
   (``vocals.flac``, ``drums.wav``, ...). Names are canonicalised with
-  :func:`bridge.models.canonical_stem` (``accompaniment`` -> ``instrumental``). When a song has
+  :func:`bridge.separation.models.canonical_stem` (``accompaniment`` -> ``instrumental``). When a song has
   no ``instrumental`` reference but has vocals and other stems, the instrumental reference is
   the sum of the non-vocal stems (drums + bass + other); a song without vocals but with two or
   more stems (drums, bass, other) gets the same sum, which is then its mixture.
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .errors import AudioError
-from .models import canonical_stem
+from ..audio import files
+from ..errors import AudioError
+from ..separation.models import canonical_stem
 
 #: Largest length difference between a song's files that is trimmed rather than refused, in seconds.
 MAX_TRIM_SECONDS = 1.0
@@ -58,7 +58,7 @@ class Song:
 
 def _audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lstrip(".").lower() in io.FORMATS)
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lstrip(".").lower() in files.FORMATS)
 
 
 def find_songs(references) -> list[SongFiles]:
@@ -74,7 +74,7 @@ def find_songs(references) -> list[SongFiles]:
     if not root.is_dir():
         raise AudioError(f"{root}: no such folder; pass a folder of songs laid out as <song>/mixture.wav, <song>/vocals.wav, ...")
     folders = sorted({p.parent for p in root.rglob("*") if p.is_file() and p.stem.lower() == MIXTURE
-                      and p.suffix.lstrip(".").lower() in io.FORMATS})
+                      and p.suffix.lstrip(".").lower() in files.FORMATS})
     if not folders:
         raise AudioError(
             f"{root}: no song found (no mixture.wav/.flac/... in it or its subfolders); lay references out as "
@@ -92,10 +92,10 @@ def _song_files(root: Path, folder: Path) -> SongFiles:
             raise AudioError(f"{path}: a second file for stem '{stem}' (also {by_stem[stem].name}); keep one of them")
         by_stem[stem] = path
     mixture = by_stem.pop(MIXTURE)
-    head = io.info(mixture)
+    head = files.info(mixture)
     frames = [head.frames]
     for stem, path in by_stem.items():
-        ref = io.info(path)
+        ref = files.info(path)
         if ref.sample_rate != head.sample_rate:
             raise AudioError(
                 f"{path}: sample rate {ref.sample_rate} Hz, but the mixture {mixture.name} is {head.sample_rate} Hz; "
@@ -109,7 +109,7 @@ def _song_files(root: Path, folder: Path) -> SongFiles:
         frames.append(ref.frames)
     shortest, longest = min(frames), max(frames)
     if longest - shortest > MAX_TRIM_SECONDS * head.sample_rate:
-        lengths = ", ".join(f"{p.name} {io.info(p).seconds:.2f} s" for p in [mixture, *by_stem.values()])
+        lengths = ", ".join(f"{p.name} {files.info(p).seconds:.2f} s" for p in [mixture, *by_stem.values()])
         raise AudioError(
             f"{folder}: the song's files differ in length by more than {MAX_TRIM_SECONDS:g} s ({lengths}); "
             "check that they are stems of the same song and the same edit"
@@ -117,15 +117,15 @@ def _song_files(root: Path, folder: Path) -> SongFiles:
     return SongFiles(name, mixture, by_stem, head.sample_rate, head.channels, shortest, longest - shortest)
 
 
-def load_song(files: SongFiles) -> Song:
+def load_song(song_files: SongFiles) -> Song:
     """Read a song whole, trimmed to its shortest file, and derive the instrumental reference."""
     def read(path: Path) -> np.ndarray:
-        audio, _ = io.read(path)
-        return audio[:, : files.frames]
+        audio, _ = files.read(path)
+        return audio[:, : song_files.frames]
 
-    references = {stem: read(path) for stem, path in files.stems.items()}
+    references = {stem: read(path) for stem, path in song_files.stems.items()}
     others = [s for s in references if s not in ("vocals", "instrumental")]
     atoms = tuple(s for s in references if not (s == "instrumental" and others))
     if "instrumental" not in references and others and ("vocals" in references or len(others) >= 2):
         references["instrumental"] = np.sum([references[s] for s in others], axis=0, dtype=np.float32)
-    return Song(files.name, files.sample_rate, read(files.mixture), references, atoms)
+    return Song(song_files.name, song_files.sample_rate, read(song_files.mixture), references, atoms)

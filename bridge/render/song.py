@@ -9,17 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, io, partials
-from .audio import StreamResampler, db_to_gain
+from ..version import __version__
+from ..audio import files, partials
+from ..audio.buffers import StreamResampler, db_to_gain
 from .cache import StemCache
-from .daw import bwf, handoff as daw, nistems
-from .errors import OutputError
+from ..daw import bwf, handoff as daw, nistems
+from ..errors import OutputError
 from .graph import RenderGraph
-from .loudness import LoudnessMeter
-from .outputs import check_unique, expand
+from ..audio.loudness import LoudnessMeter
+from ..preset.templates import check_unique, expand
 from .records import file_sha256, manifest_record, model_identity, read_json, write_manifest_record
-from .separation.runner import check_channels
-from .songs import (BLOCK_SECONDS, Naming, Progress, SongResult, missing_folders, remove_empty)
+from ..separation.runner import check_channels
+from .songs import BLOCK_SECONDS, Naming, Progress, SongResult, missing_folders, remove_empty
 from .stemsource import StemSource
 
 #: Outputs at or below this loudness are treated as silence: no loudness gain is applied.
@@ -35,7 +36,7 @@ class _Output:
     channels: int
     resampler: StreamResampler
     meter: LoudnessMeter
-    writer: io.AudioWriter | None = None
+    writer: files.AudioWriter | None = None
 
 
 @dataclasses.dataclass
@@ -95,7 +96,7 @@ def render_targets(path: Path, graph: RenderGraph, out_dir: Path, naming: Naming
         check_unique({**targets, "manifest": manifest})
     except OutputError as exc:
         raise OutputError(f"{session.source}: output.files: {exc}") from None
-    if io.same_file(manifest, path):
+    if files.same_file(manifest, path):
         raise OutputError(f"{manifest}: the manifest would overwrite the input; choose another output folder")
     return targets, manifest
 
@@ -149,7 +150,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
     path = Path(path)
     out_dir = Path(out_dir)
     naming = naming or Naming.of(path)
-    header = io.info(path)
+    header = files.info(path)
     check_channels(header.channels, source=str(path))
     session, separator = graph.session, graph.separator
     o = session.output
@@ -185,7 +186,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                                           title=naming.track)
             for out in outputs:
                 first_pass = scratch / f"{out.label}.wav" if two_pass else out.path
-                out.writer = io.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
+                out.writer = files.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
                                             bit_depth=32 if two_pass else o.bit_depth, inputs=[path])
             separation = StemSource(path, header, separator, cache=None if graph._pre is not None else cache,
                                      pre=session.pre, pre_lanes=session.lanes("pre"))
@@ -193,7 +194,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                                   separation=separation.stream, taps=hand.taps)
             done = 0
             block = max(1, int(BLOCK_SECONDS * header.sample_rate))
-            for audio in io.stream(path, block_frames=block):
+            for audio in files.stream(path, block_frames=block):
                 mix, stems = stream.process(audio)
                 _emit(outputs, mix, stream.taps[hand.tap] if hand.tap else stems)
                 if feed is not None:
@@ -316,17 +317,17 @@ def loudness_gain(loudness: float, true_peak_db: float, *, target: float, ceilin
 
 
 def _apply_gain(scratch: Path, target: Path, gain_db: float, *, channels: int, bit_depth, inputs,
-                finish=None) -> io.AudioWriter:
+                finish=None) -> files.AudioWriter:
     """Second pass: a float first-pass file, times the gain, into the final file (atomically).
 
-    ``finish`` is passed to :meth:`io.AudioWriter.close` (Broadcast WAV chunks). Returns the
+    ``finish`` is passed to :meth:`files.AudioWriter.close` (Broadcast WAV chunks). Returns the
     closed writer (its ``path``, ``peak``, ``frames`` and ``clipped`` count).
     """
     gain = np.float32(db_to_gain(gain_db))
-    rate = io.info(scratch).sample_rate
-    writer = io.AudioWriter(target, sample_rate=rate, channels=channels, bit_depth=bit_depth, inputs=inputs)
+    rate = files.info(scratch).sample_rate
+    writer = files.AudioWriter(target, sample_rate=rate, channels=channels, bit_depth=bit_depth, inputs=inputs)
     try:
-        for block in io.stream(scratch):
+        for block in files.stream(scratch):
             writer.write(block * gain)
     except BaseException:
         writer.abort()
