@@ -107,6 +107,11 @@ class MeterState:
     def true_peak_db(self) -> float:
         return 20 * np.log10(self.peak) if self.peak > 0 else float("-inf")
 
+    @property
+    def integrated(self) -> float:
+        """Gated integrated loudness in LUFS, as :attr:`LoudnessMeter.integrated` gave it."""
+        return gated_loudness(_block_powers(self.steps, self.step, self.channels))
+
     def descriptors(self) -> "Descriptors":
         return descriptors(self.steps, self.step, self.channels)
 

@@ -58,7 +58,7 @@ class SongOutcome:
     seconds: float = 0.0  # audio
     wall: float = 0.0
     error: str | None = None
-    pending: object = None  # render.PendingRender for album loudness
+    pending: object = None  # render.pipeline.PendingSong for album loudness
     worker: int = 0  # pid
     clipped: list = dataclasses.field(default_factory=list)  # (file, samples clipped)
 

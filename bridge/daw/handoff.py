@@ -2,10 +2,10 @@
 
 :func:`plan` reads the session's ``output.bwf``, ``output.project``, ``output.project_stems`` and
 ``output.files.nistems``, checks what can be checked up front (the input's timecode, names and
-collisions, the stems NI Stems needs) and returns a :class:`HandOff` that :mod:`bridge.render.song`
-asks at three points: which view of the stems to write (:attr:`HandOff.tap`), what to add to each
-WAV before its rename (:meth:`HandOff.finisher`), and what to write once the audio files are
-final (:class:`Deferred`: the REAPER project and the NI Stems file).
+collisions, the stems NI Stems needs) and returns a :class:`HandOff` that the render's sinks
+(:mod:`bridge.render.sinks`) ask: which view of the stems to write (:attr:`HandOff.tap`), what to
+add to each WAV before its rename (:meth:`HandOff.finisher`), and where the REAPER project
+(built by :func:`session_project` or :func:`separation_project`) and the NI Stems file go.
 
 Stems a project references are written *before the fader* (after the chains for ``processed``,
 straight from the separator for ``raw``): the project's tracks carry the gain, pan, mute, solo
@@ -23,7 +23,7 @@ from ..errors import OutputError
 from ..preset.session import DEFAULT_ROLES
 from ..preset.templates import expand
 from . import bwf, reaper
-from .nistems import ScratchStems, check_stems
+from .nistems import check_stems
 
 
 #: The project's notes when a track is panned: stembridge's pan law is constant power with unity at
@@ -78,31 +78,6 @@ class HandOff:
             project=self.track, take=self.take, track_names=bwf.channel_names(label, channels),
             loudness=loudness, bit_depth=None if bit_depth == 32 else bit_depth)
         return lambda partial: bwf.embed(partial, info)
-
-
-@dataclasses.dataclass(frozen=True)
-class Deferred:
-    """What a render hands off once its audio files are final: the REAPER project (built when
-    the first pass ended, so every length is known) and the NI Stems scratch files. Picklable,
-    so album loudness can finish it in another process."""
-
-    plan: HandOff
-    project: reaper.Project | None = None
-    nistems: ScratchStems | None = None
-
-    def write(self, gain_db: float) -> dict[str, Path]:
-        """Write the project and encode the NI Stems file (its streams times ``gain_db``)."""
-        written = {}
-        try:
-            if self.project is not None:
-                written["project"] = reaper.write(self.plan.project, self.project)
-            if self.nistems is not None:
-                written["nistems"] = self.nistems.encode(gain_db)
-        except BaseException:
-            for path in written.values():
-                path.unlink(missing_ok=True)
-            raise
-        return written
 
 
 def plan(path: Path, *, header, session, separator_name: str, targets: dict[str, Path], rate: int,

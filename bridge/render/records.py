@@ -85,11 +85,34 @@ def write_manifest_record(target: Path, record: dict, *, outputs: dict, written:
     return partials.write_text_atomic(target, text, what="manifest")
 
 
-def write_manifest(target: Path, *, source: Path, header, session, separator, outputs: dict, written: dict,
-                   loudness) -> Path:
-    """The render's record, written atomically: input and hash, preset, model, versions, outputs."""
-    record = manifest_record(source=source, header=header, session=session, separator=separator)
-    return write_manifest_record(target, record, outputs=outputs, written=written, loudness=loudness)
+@dataclasses.dataclass(frozen=True)
+class ManifestRecord:
+    """What a resume check reads back from a manifest (:func:`read_manifest`)."""
+
+    stembridge: str
+    input_sha256: str
+    session: dict
+    model_sha256: str | None
+    model_identity: dict | None
+    album_songs: list | None  # album loudness: the album's sorted input hashes
+    outputs: dict  # label -> Path
+    handoff: dict  # "project" / "nistems" -> Path
+
+
+def read_manifest(path: Path) -> ManifestRecord | None:
+    """A manifest written by :func:`write_manifest_record`, or None when it is missing, unreadable
+    or not one (a resume check then renders the song again)."""
+    record = read_json(path)
+    try:
+        loudness = record.get("loudness") or {}
+        return ManifestRecord(
+            stembridge=record["stembridge"], input_sha256=record["input"]["sha256"],
+            session=record["preset"]["session"], model_sha256=record["model"].get("sha256"),
+            model_identity=record["model"].get("identity"), album_songs=(loudness.get("album") or {}).get("songs"),
+            outputs={label: Path(out["path"]) for label, out in record["outputs"].items()},
+            handoff={label: Path(p) for label, p in (record.get("handoff") or {}).items()})
+    except (AttributeError, KeyError, TypeError):
+        return None
 
 
 def write_json(target: Path, data) -> Path:

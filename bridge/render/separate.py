@@ -7,19 +7,21 @@ resume, Broadcast WAV chunks and a REAPER project; no session, no mixing.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
-from ..version import __version__
 from ..audio import files
-from .cache import StemCache
-from ..daw import bwf, handoff as daw
+from ..daw import handoff as daw
 from ..errors import BridgeError
-from ..separation.models import offered_stems
 from ..preset.templates import check_template, check_unique, expand
-from .records import file_sha256, model_identity, read_json, write_json
 from ..separation import ChunkedSeparator, with_sums
-from ..separation.runner import check_channels
-from .songs import BLOCK_SECONDS, Clipped, Naming, Progress, SongResult, missing_folders, remove_empty, report_clipping
+from ..separation.models import offered_stems
+from ..version import __version__
+from .cache import StemCache
+from .pipeline import SongFile, run_song
+from .records import file_sha256, model_identity, read_json
+from .sinks import AudioFiles, Block, Gain, Project, Record
+from .songs import Clipped, Naming, Progress, SongResult, report_clipping
 from .stemsource import StemSource
 
 
@@ -74,74 +76,61 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
                   on_clip: Clipped | None = None) -> SongResult:
     """:func:`separate_file` with a stem cache, resume (``force=False`` skips an up-to-date song)
     and a hidden manifest beside the stems recording what made them."""
-    path = Path(path)
-    naming = naming or Naming.of(path)
-    header = files.info(path)
-    check_channels(header.channels, source=str(path))
-    targets, manifest = separate_targets(path, separator, options, naming)
-    digest = file_sha256(path)
-    expected = {"kind": "separate", "input_sha256": digest, "model": model_identity(separator) or separator.name,
-                "stems": list(targets), "ext": options.ext, "bit_depth": options.bit_depth, "stembridge": __version__,
-                "bwf": options.bwf, "project": options.project}
-    hand = daw.separation_plan(path, header=header, options=options, separator_name=separator.name, targets=targets,
-                               track=naming.track)
+    song = SongFile.open(path, naming)
+    targets, manifest = separate_targets(song.path, separator, options, song.naming)
+    expected = {"kind": "separate", "input_sha256": file_sha256(song.path),
+                "model": model_identity(separator) or separator.name, "stems": list(targets), "ext": options.ext,
+                "bit_depth": options.bit_depth, "stembridge": __version__, "bwf": options.bwf,
+                "project": options.project}
+    hand = daw.separation_plan(song.path, header=song.header, options=options, separator_name=separator.name,
+                               targets=targets, track=song.naming.track)
     handoff = {"project": hand.project} if hand.project is not None else {}
     if not force and _separate_up_to_date(manifest, expected, {**targets, **handoff}):
-        return SongResult(path, "skipped", written={**targets, **handoff}, seconds=header.seconds)
-    created = missing_folders([*targets.values()], Path(options.out_dir))
-    separation = None
-    writers = {}
-    written: dict[str, Path] = {}
-    try:
-        separation = StemSource(path, header, separator, cache=cache)
-        stream = separation.stream
-        for stem, target in targets.items():
-            writers[stem] = files.AudioWriter(target, sample_rate=header.sample_rate, channels=header.channels,
-                                           bit_depth=options.bit_depth, inputs=[path])
-        done = 0
-        block = max(1, int(BLOCK_SECONDS * header.sample_rate))
-        for audio in files.stream(path, block_frames=block):
-            _write(writers, stream.process(audio))
-            done += audio.shape[1]
-            if progress:
-                progress(done, header.frames)
-        _write(writers, stream.finish())
-        separation.commit(path)
-        written = {stem: writer.close(finish=hand.finisher(stem, writer.path, channels=writer.channels,
-                                                           bit_depth=options.bit_depth, loudness=bwf.Loudness(),
-                                                           kind="separate"))
-                   for stem, writer in writers.items()}
-        if hand.project is not None:
-            project = daw.separation_project(hand.project, source=path, source_seconds=header.seconds,
-                                             files=dict(written), frames={s: w.frames for s, w in writers.items()},
-                                             channels=header.channels, sample_rate=header.sample_rate,
-                                             model=separator.name)
-            written["project"] = daw.reaper.write(hand.project, project)
-        write_json(manifest, {**expected, "input": str(path.resolve()),
-                              "outputs": {s: str(p) for s, p in written.items()}})
-    except BaseException:  # Ctrl-C while closing too: no partial file may outlive the run
-        for writer in writers.values():
-            writer.abort()
-        for final in written.values():  # stems finished before a failure in the project go too
-            Path(final).unlink(missing_ok=True)
-        if separation is not None:
-            separation.abort()
-        remove_empty(created)
-        raise
-    for stem, writer in writers.items():
-        if writer.clipped:
-            report_clipping(written[stem], writer.clipped, on_clip)
-    return SongResult(path, "cached" if separation.cached else "rendered", written=written, seconds=header.seconds)
+        return song.result("skipped", {**targets, **handoff})
+    header = song.header
+    audio = AudioFiles([(stem, target, header.channels) for stem, target in targets.items()],
+                       source_rate=header.sample_rate, sample_rate=header.sample_rate, bit_depth=options.bit_depth,
+                       inputs=[song.path], hand=hand, measure=False, kind="separate")
+    sinks = [audio]
+    if hand.project is not None:
+        sinks.append(Project(hand.project, lambda: daw.separation_project(
+            hand.project, source=song.path, source_seconds=header.seconds,
+            files={f.label: f.path for f in audio.files}, frames={f.label: f.frames for f in audio.files},
+            channels=header.channels, sample_rate=header.sample_rate, model=separator.name)))
+    sinks.append(Record(manifest, expected, song.path))
+    source = StemSource(song.path, header, separator, cache=cache)
+    result = run_song(song, sinks, source=source, feed=_StemsFeed(source.stream, tuple(targets)),
+                      out_dir=Path(options.out_dir), gain=Gain, progress=progress)
+    for f in audio.files:
+        if f.clipped:
+            report_clipping(f.path, f.clipped, on_clip)
+    return result
 
 
 def _separate_up_to_date(manifest: Path, expected: dict, targets: dict) -> bool:
+    """True if the hidden record holds what this run would write (JSON-typed, as read back) and
+    every file is there."""
     record = read_json(manifest)
-    if record is None or any(record.get(k) != v for k, v in expected.items()):
+    expected = json.loads(json.dumps(expected))  # tuples become lists, as they were stored
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in expected.items()):
         return False
-    return all(Path(p).is_file() and Path(record["outputs"].get(s, "")) == Path(p) for s, p in targets.items())
+    outputs = record.get("outputs")
+    return isinstance(outputs, dict) and all(Path(p).is_file() and Path(outputs.get(s, "")) == Path(p)
+                                             for s, p in targets.items())
 
 
-def _write(writers: dict, stems: dict) -> None:
-    stems = with_sums(stems, writers)
-    for stem, writer in writers.items():
-        writer.write(stems[stem])
+class _StemsFeed:
+    """A separation stream's stems, with the sums asked for (a 4-stem ``instrumental``)."""
+
+    def __init__(self, stream, wanted: tuple[str, ...]):
+        self.stream = stream
+        self.wanted = wanted
+
+    def open(self) -> None:
+        pass
+
+    def process(self, audio) -> Block:
+        return Block(None, with_sums(self.stream.process(audio), self.wanted))
+
+    def finish(self) -> Block:
+        return Block(None, with_sums(self.stream.finish(), self.wanted), last=True)

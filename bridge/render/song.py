@@ -1,63 +1,31 @@
-"""Run separations and sessions over files, streaming block by block, writing atomically."""
+"""A whole session over one song: the graph's mix and stems into files, atomically.
+
+:func:`render_song` is the short story of a song: plan its outputs, open their sinks
+(:mod:`bridge.render.sinks`), stream the song through the graph into them
+(:func:`bridge.render.pipeline.run_song`), finish or abort them all. :func:`render_file` is the
+plain form; :func:`finish_render` is album loudness's second half.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-
-from ..version import __version__
-from ..audio import files, partials
-from ..audio.buffers import StreamResampler, db_to_gain
-from .cache import StemCache
-from ..daw import bwf, handoff as daw, nistems
+from ..audio import files
+from ..daw import handoff as daw
 from ..errors import OutputError
-from .graph import RenderGraph
-from ..audio.loudness import LoudnessMeter
 from ..preset.templates import check_unique, expand
-from .records import file_sha256, manifest_record, model_identity, read_json, write_manifest_record
-from ..separation.runner import check_channels
-from .songs import BLOCK_SECONDS, Naming, Progress, SongResult, missing_folders, remove_empty
+from ..version import __version__
+from .cache import StemCache
+from .graph import RenderGraph
+from .pipeline import PendingSong, SongFile, finish_pending, run_song
+from .records import file_sha256, manifest_record, model_identity, read_manifest
+from .sinks import AudioFiles, Block, Gain, Manifest, NiStems, Project, loudness_gain
+from .songs import Naming, Progress, SongResult
 from .stemsource import StemSource
 
-#: Outputs at or below this loudness are treated as silence: no loudness gain is applied.
-SILENCE_LUFS = -70.0
-
-
-@dataclasses.dataclass
-class _Output:
-    """One file a render writes: where, how many channels, its resampler, meter and writer."""
-
-    label: str
-    path: Path
-    channels: int
-    resampler: StreamResampler
-    meter: LoudnessMeter
-    writer: files.AudioWriter | None = None
-
-
-@dataclasses.dataclass
-class PendingRender:
-    """A song rendered to float scratch files, waiting for one gain (album loudness).
-
-    Picklable: it crosses from the worker that rendered the song to whoever applies the gain.
-    ``loudness`` holds each output's meter state (:meth:`LoudnessMeter.state`).
-    """
-
-    path: Path
-    targets: dict[str, Path]
-    scratch: dict[str, Path]
-    manifest: Path
-    record: dict
-    report: dict
-    loudness: dict
-    bit_depth: int
-    seconds: float
-    cached: bool
-    handoff: "daw.Deferred | None" = None  # the project and NI Stems, written with the gain
+__all__ = ["PendingSong", "finish_render", "loudness_gain", "render_file", "render_song", "render_targets",
+           "up_to_date"]
 
 
 def render_file(path, graph: RenderGraph, out_dir, *, progress: Progress | None = None) -> dict[str, Path]:
@@ -105,22 +73,17 @@ def up_to_date(manifest: Path, *, input_sha256: str, graph: RenderGraph, targets
                album: list[str] | None = None) -> bool:
     """True if ``manifest`` records this input, preset, model and stembridge version, and every
     output it lists is there (and, for album loudness, the same songs in the album)."""
-    record = read_json(manifest)
-    if not isinstance(record, dict):
+    record = read_manifest(manifest)
+    if record is None:
         return False
-    try:
-        same = (record["stembridge"] == __version__ and record["input"]["sha256"] == input_sha256
-                and record["preset"]["session"] == json.loads(json.dumps(graph.session.to_dict()))
-                and record["model"].get("sha256") == _model_sha(graph.separator)
-                and record["model"].get("identity") == json.loads(json.dumps(model_identity(graph.separator))))
-        if album is not None:
-            same = same and (record.get("loudness") or {}).get("album", {}).get("songs") == album
-        outputs = record["outputs"]
-    except (KeyError, TypeError):
-        return False
-    handoff = record.get("handoff") or {}  # a deleted REAPER project or NI Stems file is rendered again
-    return same and all(label in outputs and Path(outputs[label]["path"]) == target and target.is_file()
-                        for label, target in targets.items()) and all(Path(p).is_file() for p in handoff.values())
+    same = (record.stembridge == __version__ and record.input_sha256 == input_sha256
+            and record.session == json.loads(json.dumps(graph.session.to_dict()))
+            and record.model_sha256 == _model_sha(graph.separator)
+            and record.model_identity == json.loads(json.dumps(model_identity(graph.separator)))
+            and (album is None or record.album_songs == album))
+    outputs_there = all(record.outputs.get(label) == target and target.is_file() for label, target in targets.items())
+    handoff_there = all(path.is_file() for path in record.handoff.values())  # a deleted .rpp is rendered again
+    return same and outputs_there and handoff_there
 
 
 def _model_sha(separator) -> str | None:
@@ -143,224 +106,83 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
         False: a song whose manifest is :func:`up_to_date` is skipped.
     defer_gain_to : Path, optional
         Album loudness: render the first pass into float files in this folder and return a
-        :class:`PendingRender` for :func:`finish_render`, instead of applying the song's own gain.
+        :class:`PendingSong` for :func:`finish_render`, instead of applying the song's own gain.
     album : list of str, optional
         The sorted input hashes of the song's album (album loudness), for the resume check.
     """
-    path = Path(path)
+    song = SongFile.open(path, naming)
     out_dir = Path(out_dir)
-    naming = naming or Naming.of(path)
-    header = files.info(path)
-    check_channels(header.channels, source=str(path))
-    session, separator = graph.session, graph.separator
-    o = session.output
-    rate = o.sample_rate or header.sample_rate
-    targets, manifest = render_targets(path, graph, out_dir, naming)
-    digest = input_sha256 or file_sha256(path)
+    targets, manifest = render_targets(song.path, graph, out_dir, song.naming)
+    digest = input_sha256 or file_sha256(song.path)
     if not force and up_to_date(manifest, input_sha256=digest, graph=graph, targets=targets, album=album):
-        return SongResult(path, "skipped", written={**targets, "manifest": manifest}, seconds=header.seconds)
-    hand = daw.plan(path, header=header, session=session, separator_name=separator.name, targets=targets, rate=rate,
-                    separator_stems=separator.stems, out_dir=out_dir, track=naming.track)
-    raw_channels = header.channels if hand.tap == "raw" else graph.channels  # raw stems keep the input's channels
-
-    outputs = [_Output(label, target, graph.channels if label == "mix" else raw_channels,
-                       StreamResampler(orig_sr=header.sample_rate, target_sr=rate,
-                                       channels=graph.channels if label == "mix" else raw_channels),
-                       LoudnessMeter(sample_rate=rate, channels=graph.channels if label == "mix" else raw_channels))
-               for label, target in targets.items()]
-    target_lufs = o.loudness_lufs
-    two_pass = target_lufs is not None
-    created = missing_folders([*targets.values(), manifest], out_dir)
-    separation = None
-    written: dict[str, Path] = {}
-    feed = None
-    failed: list[bool] = []
-    with contextlib.ExitStack() as stack:
-        # Registered first, so it runs last: only once the scratch folder is gone are a failed
-        # song's new folders empty (an unusable plugin must not leave an empty output folder).
-        stack.callback(lambda: remove_empty(created) if failed else None)
-        scratch = defer_gain_to if defer_gain_to is not None else stack.enter_context(partials.scratch_folder(out_dir))
-        try:
-            if hand.nistems is not None:
-                feed = nistems.RenderFeed(hand.nistems, scratch, orig_sr=header.sample_rate, sample_rate=rate,
-                                          title=naming.track)
-            for out in outputs:
-                first_pass = scratch / f"{out.label}.wav" if two_pass else out.path
-                out.writer = files.AudioWriter(first_pass, sample_rate=rate, channels=out.channels,
-                                            bit_depth=32 if two_pass else o.bit_depth, inputs=[path])
-            separation = StemSource(path, header, separator, cache=None if graph._pre is not None else cache,
-                                     pre=session.pre, pre_lanes=session.lanes("pre"))
-            stream = graph.stream(sample_rate=header.sample_rate, channels=header.channels,
-                                  separation=separation.stream, taps=hand.taps)
-            done = 0
-            block = max(1, int(BLOCK_SECONDS * header.sample_rate))
-            for audio in files.stream(path, block_frames=block):
-                mix, stems = stream.process(audio)
-                _emit(outputs, mix, stream.taps[hand.tap] if hand.tap else stems)
-                if feed is not None:
-                    feed.process(mix, stems)
-                done += audio.shape[1]
-                if progress:
-                    progress(done, header.frames)
-            mix, stems = stream.finish()
-            _emit(outputs, mix, stream.taps[hand.tap] if hand.tap else stems, last=True)
-            if feed is not None:
-                feed.process(mix, stems, last=True)
-            separation.commit(path)
-            deferred = daw.Deferred(
-                plan=hand, nistems=feed.close_scratch() if feed is not None else None,
-                project=daw.session_project(hand, session=session, source=path, source_seconds=header.seconds,
-                                            files={o_.label: o_.path for o_ in outputs if o_.label != "mix"},
-                                            frames={o_.label: o_.writer.frames for o_ in outputs},
-                                            channels={o_.label: o_.channels for o_ in outputs},
-                                            layout_channels=graph.channels) if hand.project is not None else None)
-            record = manifest_record(source=path, header=header, session=session, separator=separator,
-                                     input_sha256=digest)
-            if defer_gain_to is not None and two_pass:
-                scratch_files = {out.label: out.writer.close() for out in outputs}
-                report = {out.label: _measure(out, 0.0) for out in outputs}
-                pending = PendingRender(path, targets, scratch_files, manifest, record, report,
-                                        {out.label: out.meter.state() for out in outputs}, o.bit_depth,
-                                        header.seconds, separation.cached, handoff=deferred)
-                return SongResult(path, "measured", seconds=header.seconds, pending=pending)
-            gain_db = _loudness_gain(outputs, target_lufs, o.true_peak_db) if two_pass else 0.0
-            for out in outputs:
-                finish = _finisher(hand, out, gain_db, o.bit_depth)
-                if two_pass:
-                    out.writer = _apply_gain(out.writer.close(), out.path, gain_db, channels=out.channels,
-                                             bit_depth=o.bit_depth, inputs=[path], finish=finish)
-                    written[out.label] = out.path
-                else:
-                    written[out.label] = out.writer.close(finish=finish)
-            report = {out.label: _measure(out, gain_db) for out in outputs}
-            written.update(deferred.write(gain_db))
-            loudness = None if not two_pass else {"target_lufs": target_lufs, "true_peak_ceiling_db": o.true_peak_db,
-                                                  "gain_db": round(gain_db, 3), "scope": "track"}
-            written["manifest"] = write_manifest_record(manifest, record, outputs=report, written=written,
-                                                        loudness=loudness)
-        except BaseException:
-            for out in outputs:
-                if out.writer is not None:
-                    out.writer.abort()
-            if feed is not None:
-                feed.abort()
-            for label, final in written.items():  # outputs finished before the failure go too
-                if label != "manifest":
-                    Path(final).unlink(missing_ok=True)
-            if separation is not None:
-                separation.abort()
-            remove_empty(created)
-            failed.append(True)
-            raise
-    return SongResult(path, "cached" if separation.cached else "rendered", written=written, seconds=header.seconds)
+        return song.result("skipped", {**targets, "manifest": manifest})
+    session, o = graph.session, graph.session.output
+    rate = o.sample_rate or song.header.sample_rate
+    hand = daw.plan(song.path, header=song.header, session=session, separator_name=graph.separator.name,
+                    targets=targets, rate=rate, separator_stems=graph.separator.stems, out_dir=out_dir,
+                    track=song.naming.track)
+    sinks = _sinks(song, graph, hand, targets, manifest, rate=rate, digest=digest)
+    source = StemSource(song.path, song.header, graph.separator, cache=None if graph._pre is not None else cache,
+                        pre=session.pre, pre_lanes=session.lanes("pre"))
+    feed = _GraphFeed(graph, song.header, separation=source.stream, taps=hand.taps)
+    return run_song(song, sinks, source=source, feed=feed, out_dir=out_dir, progress=progress,
+                    gain=lambda: _track_gain(sinks[0], o), defer_gain_to=defer_gain_to)
 
 
-def finish_render(pending: PendingRender, *, gain_db: float, album: dict) -> dict[str, Path]:
-    """Album loudness, second pass: apply ``gain_db`` to a :class:`PendingRender`'s scratch files,
-    write the final files and the manifest (recording the album's gain and loudness)."""
-    written, report = {}, {}
-    try:
-        for label, target in pending.targets.items():
-            shifted = _shift(pending.report[label], gain_db)
-            finish = None
-            if pending.handoff is not None:
-                extra = pending.loudness[label].descriptors()
-                finish = pending.handoff.plan.finisher(
-                    label, target, channels=shifted["channels"], bit_depth=pending.bit_depth,
-                    loudness=bwf.Loudness(integrated=shifted["loudness_lufs"], true_peak=shifted["true_peak_dbtp"],
-                                          max_momentary=extra.max_momentary + gain_db,
-                                          max_short_term=extra.max_short_term + gain_db,
-                                          range=extra.loudness_range))
-            writer = _apply_gain(pending.scratch[label], target, gain_db, channels=pending.report[label]["channels"],
-                                 bit_depth=pending.bit_depth, inputs=[pending.path], finish=finish)
-            written[label] = writer.path
-            report[label] = {**shifted, "clipped_samples": writer.clipped, "peak_dbfs": _db(writer.peak)}
-        if pending.handoff is not None:
-            written.update(pending.handoff.write(gain_db))
-    except BaseException:
-        for path in written.values():
-            Path(path).unlink(missing_ok=True)
-        raise
-    written["manifest"] = write_manifest_record(pending.manifest, pending.record, outputs=report, written=written,
-                                                loudness={**album, "gain_db": round(gain_db, 3), "scope": "album"})
-    return written
+def _sinks(song: SongFile, graph: RenderGraph, hand: "daw.HandOff", targets: dict, manifest: Path, *, rate: int,
+           digest: str) -> list:
+    """The song's outputs: its audio files, the hand-off (project, NI Stems) and the manifest, last."""
+    session, o = graph.session, graph.session.output
+    stem_channels = song.header.channels if hand.tap == "raw" else graph.channels  # raw stems keep the input's
+    audio = AudioFiles([(label, target, graph.channels if label == "mix" else stem_channels)
+                        for label, target in targets.items()],
+                       source_rate=song.header.sample_rate, sample_rate=rate, bit_depth=o.bit_depth,
+                       inputs=[song.path], two_pass=o.loudness_lufs is not None, hand=hand, view=hand.tap)
+    sinks = [audio]
+    if hand.project is not None:
+        sinks.append(Project(hand.project, lambda: daw.session_project(
+            hand, session=session, source=song.path, source_seconds=song.header.seconds,
+            files={f.label: f.path for f in audio.files if f.label != "mix"},
+            frames={f.label: f.frames for f in audio.files}, channels={f.label: f.channels for f in audio.files},
+            layout_channels=graph.channels)))
+    if hand.nistems is not None:
+        sinks.append(NiStems(hand.nistems, source_rate=song.header.sample_rate, sample_rate=rate,
+                             title=song.naming.track))
+    record = manifest_record(source=song.path, header=song.header, session=session, separator=graph.separator,
+                             input_sha256=digest)
+    return sinks + [Manifest(manifest, record, audio)]
 
 
-def _shift(stats: dict, gain_db: float) -> dict:
-    out = dict(stats)
-    for key in ("true_peak_dbtp", "loudness_lufs"):
-        if out[key] is not None:
-            out[key] = round(out[key] + gain_db, 3)
-    return out
+def _track_gain(audio: AudioFiles, o) -> Gain:
+    """The song's own loudness gain, or none without a target."""
+    if o.loudness_lufs is None:
+        return Gain()
+    gain_db = audio.gain_db(target=o.loudness_lufs, ceiling=o.true_peak_db)
+    return Gain(gain_db, {"target_lufs": o.loudness_lufs, "true_peak_ceiling_db": o.true_peak_db,
+                          "gain_db": round(gain_db, 3), "scope": "track"})
 
 
-def _emit(outputs: list[_Output], mix, stems, *, last: bool = False) -> None:
-    for out in outputs:
-        audio = out.resampler.process(mix if out.label == "mix" else stems[out.label], last=last)
-        out.meter.process(audio)
-        out.writer.write(audio)
+class _GraphFeed:
+    """The render graph's output as the sinks see it."""
+
+    def __init__(self, graph: RenderGraph, header: files.AudioInfo, *, separation, taps):
+        self.graph, self.header, self.separation, self.taps = graph, header, separation, taps
+        self.stream = None
+
+    def open(self) -> None:
+        self.stream = self.graph.stream(sample_rate=self.header.sample_rate, channels=self.header.channels,
+                                        separation=self.separation, taps=self.taps)
+
+    def process(self, audio) -> Block:
+        mix, stems = self.stream.process(audio)
+        return Block(mix, stems, self.stream.taps)
+
+    def finish(self) -> Block:
+        mix, stems = self.stream.finish()
+        return Block(mix, stems, self.stream.taps, last=True)
 
 
-def _loudness_gain(outputs: list[_Output], target: float, ceiling: float) -> float:
-    """One gain (dB) for every output: the mix's loudness to ``target``, its true peak under ``ceiling``."""
-    meter = next((out.meter for out in outputs if out.label == "mix"), None)
-    if meter is None:  # stems only: aim their sum, approximated by the loudest stem
-        meter = max((out.meter for out in outputs), key=lambda m: m.integrated)
-    return loudness_gain(meter.integrated, meter.true_peak_db, target=target, ceiling=ceiling)
-
-
-def loudness_gain(loudness: float, true_peak_db: float, *, target: float, ceiling: float) -> float:
-    """``min(target - loudness, ceiling - true_peak)`` in dB; 0 for silence."""
-    if not np.isfinite(loudness) or loudness <= SILENCE_LUFS:
-        return 0.0
-    return min(target - loudness, ceiling - true_peak_db)
-
-
-def _apply_gain(scratch: Path, target: Path, gain_db: float, *, channels: int, bit_depth, inputs,
-                finish=None) -> files.AudioWriter:
-    """Second pass: a float first-pass file, times the gain, into the final file (atomically).
-
-    ``finish`` is passed to :meth:`files.AudioWriter.close` (Broadcast WAV chunks). Returns the
-    closed writer (its ``path``, ``peak``, ``frames`` and ``clipped`` count).
-    """
-    gain = np.float32(db_to_gain(gain_db))
-    rate = files.info(scratch).sample_rate
-    writer = files.AudioWriter(target, sample_rate=rate, channels=channels, bit_depth=bit_depth, inputs=inputs)
-    try:
-        for block in files.stream(scratch):
-            writer.write(block * gain)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close(finish=finish)
-    return writer
-
-
-def _finisher(hand: "daw.HandOff", out: _Output, gain_db: float, bit_depth):
-    """Broadcast WAV chunks for ``out``, with the loudness measured on it (shifted by the loudness gain)."""
-    def shifted(value: float) -> float | None:
-        return value + gain_db if np.isfinite(value) else None
-
-    extra = out.meter.descriptors()
-    loudness = bwf.Loudness(integrated=shifted(out.meter.integrated), true_peak=shifted(out.meter.true_peak_db),
-                            max_momentary=shifted(extra.max_momentary), max_short_term=shifted(extra.max_short_term),
-                            range=extra.loudness_range)
-    return hand.finisher(out.label, out.path, channels=out.channels, bit_depth=bit_depth, loudness=loudness)
-
-
-def _measure(out: _Output, gain_db: float) -> dict:
-    """Peak, true peak and loudness of what was written.
-
-    The meters ran on the first pass; the loudness gain shifts their readings by exactly ``gain_db``.
-    """
-    def db(value: float, shift: float = 0.0) -> float | None:
-        return round(value + shift, 3) if np.isfinite(value) else None
-
-    return {"file": out.path.name, "channels": out.channels, "sample_rate": out.writer.sample_rate,
-            "frames": out.writer.frames, "peak_dbfs": _db(out.writer.peak),
-            "true_peak_dbtp": db(out.meter.true_peak_db, gain_db),
-            "loudness_lufs": db(out.meter.integrated, gain_db), "clipped_samples": out.writer.clipped}
-
-
-def _db(peak: float) -> float | None:
-    return round(20 * float(np.log10(peak)), 3) if peak > 0 else None
+def finish_render(pending: PendingSong, *, gain_db: float, album: dict) -> dict[str, Path]:
+    """Album loudness, second pass: apply ``gain_db`` to a pending song's outputs and write them
+    with the manifest (recording the album's gain and loudness)."""
+    return finish_pending(pending, Gain(gain_db, {**album, "gain_db": round(gain_db, 3), "scope": "album"}))

@@ -58,7 +58,7 @@ class SongResult:
     status: str
     written: dict[str, Path] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0  # audio length
-    pending: object = None  # a render.PendingRender while the song waits for its album's gain
+    pending: object = None  # a render.pipeline.PendingSong while the song waits for its album's gain
 
 
 def missing_folders(targets, root: Path) -> list[Path]:
