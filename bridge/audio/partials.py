@@ -83,8 +83,13 @@ def remove_dead_partials(folder: Path) -> list[Path]:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
+    """Whether a partial named by ``pid`` may still be in use (never one named by this process:
+    it was left by an earlier process that had the same id)."""
+    return pid != os.getpid() and process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (ours included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

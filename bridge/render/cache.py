@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import partials
 from ..errors import BridgeError, OutputError
 
 #: Bump when the stored layout or anything that decides stored samples changes.
@@ -196,6 +197,14 @@ class StemCache:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def _remove_dead_fills(tmp: Path) -> None:
+    """Fills a killed process left behind (``<key>.<pid>.<random>``) go when the next fill starts."""
+    for candidate in tmp.iterdir():
+        parts = candidate.name.split(".")
+        if len(parts) == 3 and parts[1].isdigit() and not partials.process_alive(int(parts[1])):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
 def _folder_size(folder: Path) -> int:
     total = 0
     for item in folder.iterdir():
@@ -278,6 +287,7 @@ class EntryWriter:
         tmp = cache._entries / "tmp"
         try:
             tmp.mkdir(parents=True, exist_ok=True)
+            _remove_dead_fills(tmp)
             self.folder = Path(tempfile.mkdtemp(prefix=f"{key}.{os.getpid()}.", dir=tmp))
             self._files = {s: open(self.folder / f"{s}.f32", "wb") for s in self.stems}
         except OSError as exc:
