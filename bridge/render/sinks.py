@@ -289,81 +289,85 @@ class NiStems:
             self.target.unlink(missing_ok=True)
 
 
-class Project:
-    """A REAPER project, built when the song ends (every length is known then) by ``build``,
-    written with the final files."""
+class _OneFile:
+    """A sink that writes one file when it is finished and takes no audio (the rest of the
+    protocol is a no-op); ``abort`` removes the file once it is written."""
 
     needs_gain = False
+    key: str | None = None  # the label it adds to the files written
 
-    def __init__(self, target: Path, build: Callable[[], reaper.Project]):
+    def __init__(self, target: Path):
         self.target = Path(target)
-        self._build = build
-        self._project = None
         self._written = False
 
     @property
     def targets(self) -> tuple[Path, ...]:
         return (self.target,)
 
-    def open(self, scratch: Path) -> None:
+    def open(self, scratch: Path | None) -> None:
         pass
 
     def process(self, block: Block) -> None:
         pass
 
     def end(self) -> None:
-        self._project, self._build = self._build(), None  # the builder may hold unpicklable state
+        pass
 
     def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
-        path = reaper.write(self.target, self._project)
+        path = self._write(gain, written)
         self._written = True
-        return {"project": path}
+        return {self.key: path} if self.key else {}
+
+    def _write(self, gain: Gain, written: Mapping[str, Path]) -> Path:
+        raise NotImplementedError
 
     def abort(self) -> None:
         if self._written:
             self.target.unlink(missing_ok=True)
 
 
-class Manifest:
+class Project(_OneFile):
+    """A REAPER project, built when the song ends (every length is known then) by ``build``,
+    written with the final files."""
+
+    key = "project"
+
+    def __init__(self, target: Path, build: Callable[[], reaper.Project]):
+        super().__init__(target)
+        self._build = build
+        self._project = None
+
+    def end(self) -> None:
+        self._project, self._build = self._build(), None  # the builder may hold unpicklable state
+
+    def _write(self, gain: Gain, written: Mapping[str, Path]) -> Path:
+        return reaper.write(self.target, self._project)
+
+
+class Manifest(_OneFile):
     """A render's manifest (:mod:`bridge.render.records`), written last: the record of the input,
     preset and model, and each output's levels from ``audio``."""
 
-    needs_gain = True
+    needs_gain = True  # it records the gain and the levels after it
+    key = "manifest"
 
     def __init__(self, target: Path, record: dict, audio: AudioFiles):
-        self.target = Path(target)
+        super().__init__(target)
         self.record = record
         self.audio = audio
 
-    @property
-    def targets(self) -> tuple[Path, ...]:
-        return (self.target,)
-
-    def open(self, scratch: Path) -> None:
-        pass
-
-    def process(self, block: Block) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
+    def _write(self, gain: Gain, written: Mapping[str, Path]) -> Path:
         stats = {label: s.to_json() for label, s in self.audio.stats(gain.db).items()}
-        return {"manifest": write_manifest_record(self.target, self.record, outputs=stats, written=dict(written),
-                                                  loudness=gain.loudness)}
-
-    def abort(self) -> None:
-        pass
+        return write_manifest_record(self.target, self.record, outputs=stats, written=dict(written),
+                                     loudness=gain.loudness)
 
 
-class Record:
-    """``separate``'s hidden resume record: ``expected`` (what made the stems) and the files written."""
-
-    needs_gain = False
+class Record(_OneFile):
+    """``separate``'s hidden resume record: ``expected`` (what made the stems) and the files
+    written. Not among the files a song reports."""
 
     def __init__(self, target: Path, expected: dict, source: Path):
-        self.target = Path(target)
+        super().__init__(target)
         self.expected = expected
         self.source = Path(source)
 
@@ -371,22 +375,9 @@ class Record:
     def targets(self) -> tuple[Path, ...]:
         return ()  # beside the stems, never in a folder of its own
 
-    def open(self, scratch: Path) -> None:
-        pass
-
-    def process(self, block: Block) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
-        write_json(self.target, {**self.expected, "input": str(self.source.resolve()),
-                                 "outputs": {label: str(path) for label, path in written.items()}})
-        return {}
-
-    def abort(self) -> None:
-        pass
+    def _write(self, gain: Gain, written: Mapping[str, Path]) -> Path:
+        return write_json(self.target, {**self.expected, "input": str(self.source.resolve()),
+                                        "outputs": {label: str(path) for label, path in written.items()}})
 
 
 #: Outputs at or below this loudness are treated as silence: no loudness gain is applied.
