@@ -47,14 +47,14 @@ def cmd_render(args) -> int:
 def _check_model(args) -> None:
     """The model and settings of ``separate``, checked before any work without loading the model."""
     from .separation.models import resolve, verify_file
-    from .separation import _check_settings, check_wiener_fits
+    from .separation import _check_settings, check_wiener_fits, families
     from .separation.mask import check_wiener
 
     wiener = check_wiener(args.wiener)
     _check_settings(overlap=args.overlap, batch_size=args.batch_size, threads=args.threads)
     card = resolve(args.model)
     check_wiener_fits(card, wiener)
-    if card.family != "dsp":
+    if families.family(card.family).weights:
         verify_file(card)
 
 
@@ -227,15 +227,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .separation.models import DEFAULT_4STEMS, DEFAULT_MODEL, known_cards, search_paths
+    from .separation import families
+    from .separation.models import DEFAULT_MODEL, known_cards, search_paths
 
     print("Model cards (name, family, stems, file):")
     for name, card in sorted(known_cards().items()):
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"  {card.describe()}{mark}")
-    print("  dsp                          dsp      vocals/instrumental              (no weights; weight-free fallback)")
-    print(f"  {DEFAULT_4STEMS:<28} hpss     vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
-          "the rest by HPSS; not a 4-stem model; also gives instrumental = drums+bass+other)")
+    for name in families.builtin_names():  # the weight-free ones, which no card file names
+        print(f"  {families.builtin_card(name).describe()}")
     print("Also accepted: a path to a card .yaml, or to a UVR MDX-Net .onnx file (recognised by its hash).")
     print("Searched folders ($STEMBRIDGE_MODELS first):")
     for folder in search_paths():

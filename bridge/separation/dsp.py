@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .families import Family, register
+from .models import ModelCard
 from .spectral import Stft
 
 SAMPLE_RATE = 44100
@@ -48,3 +50,16 @@ class DspEngine:
         mask = (similarity ** POWER).astype(np.float32) * self.band
         vocals = self.stft.inverse(spec * mask[:, np.newaxis], self.chunk)
         return {"vocals": vocals}
+
+
+def _card(name: str) -> ModelCard:
+    return ModelCard(name="dsp", family="dsp", stems=DspEngine.stems, description="weight-free centre-channel fallback")
+
+
+FAMILY = register(Family(
+    name="dsp",
+    open_engine=lambda card, settings: DspEngine(),
+    default_overlap=lambda card: 0.5, weights=False,
+    where=lambda card: "(no weights; weight-free fallback)",
+    builtin=("dsp",), builtin_card=_card,
+))
