@@ -68,7 +68,7 @@ def check_chains(session: Session, *, sample_rates=CHECK_RATES, input_channels=(
 def _chain(session: Session, specs, key: str, stem, *, channels: int, sample_rate: int) -> ChainStream:
     """One of the session's chains, prepared and with its automation lanes bound."""
     section = "stems" if stem is not None else key
-    lanes = {i: v for i, v in session.lanes(section, stem).items() if i is not None}
+    lanes = session.lanes(section, stem).effects
     shown = f"layers.{stem}.chain" if stem in session.layer_names else key
     return ChainStream.build(specs, where=f"{session.source}: {shown}", sample_rate=sample_rate, channels=channels,
                              lanes=lanes, lane_where=f"{session.source}: automation.{key}")
