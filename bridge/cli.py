@@ -75,20 +75,20 @@ def _batch_options(args) -> dict:
 
 
 def _check_session(preset, overrides):
-    """Validate a preset, its model card and its plugins without loading the model; the session."""
-    from .batch.jobs import separator_card
-    from .render.graph import check_chains
+    """Validate a preset as ``preset check`` does, and its model file, without loading the model."""
+    from .batch.jobs import check_session, separator_card
+    from .separation import families
     from .separation.models import verify_file
     from .preset.session import load
 
     session = load(preset, overrides=overrides)
     card = separator_card(session)
     try:
-        if card.family != "dsp":
+        if families.family(card.family).weights:
             verify_file(card)
     except ModelError as exc:
         raise PresetError(f"{session.source}: separator.model: {exc}") from exc
-    check_chains(session)  # at the real channel counts and rates, lanes bound, instruments loaded
+    check_session(session)
     return session
 
 
@@ -143,25 +143,13 @@ def _run(args, spec, *, album: bool = False) -> int:
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
-def _separator_card(session):
-    from .batch.jobs import separator_card
-
-    return separator_card(session)
-
-
 def cmd_preset_check(args) -> int:
-    from .render.graph import check_chains, check_stem_names
+    from .batch.jobs import check_session
     from .preset.session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
-        card = _separator_card(session)
-        check_stem_names(session, card.stems, model=card.name)
-        if session.output.nistems is not None:
-            from .daw.nistems import check_stems
-
-            check_stems(card.stems, where=f"{preset}: output.files.nistems")
-        check_chains(session)  # at the real channel counts and rates: "ok" means it renders
+        card = check_session(session)
         o = session.output
         print(f"{preset}: ok (model {card.name}, stems {', '.join(card.stems)}, {o.layout} {o.format}"
               f" {o.bit_depth}-bit)")
