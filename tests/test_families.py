@@ -164,3 +164,23 @@ def test_a_hand_written_separator_renders_and_names_itself_in_the_manifest(tmp_p
     np.testing.assert_allclose(mix, 0.25 * x + 0.5 * x, atol=1e-5)  # vocals at half, the rest as is
     manifest = json.loads(written["manifest"].read_text())
     assert manifest["model"]["name"] == "halves" and manifest["model"]["settings"] == {"share": 0.5}
+
+
+# --- a chain's lanes -------------------------------------------------------------------------------
+
+def test_session_lanes_keep_a_stems_own_lanes_apart_from_its_effects():
+    from bridge.preset.session import ChainLanes, parse
+
+    session = parse({"version": 1, "separator": {"model": "dsp"},
+                     "stems": {"vocals": {"chain": [{"effect": "Gain"}, {"effect": "Reverb"}]}},
+                     "pre": [{"effect": "Gain"}],
+                     "automation": {"stems.vocals.gain_db": [[0, -6], [1, 0]], "stems.vocals.pan": [[0, -1], [1, 1]],
+                                    "stems.vocals.chain[1].wet_level": [[0, 0.1], [1, 0.5]],
+                                    "pre[0].gain_db": [[0, 0], [1, 3]]}}, source="lanes.yaml")
+    vocals = session.lanes("stems", "vocals")
+    assert isinstance(vocals, ChainLanes)
+    assert set(vocals.mix) == {"gain_db", "pan"} and vocals.mix["gain_db"].values == (-6.0, 0.0)
+    assert list(vocals.effects) == [1] and [p for p, _ in vocals.effects[1]] == ["wet_level"]
+    pre = session.lanes("pre")
+    assert list(pre.effects) == [0] and pre.mix == {}
+    assert session.lanes("master") == ChainLanes() and session.lanes("stems", "instrumental") == ChainLanes()
