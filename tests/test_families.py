@@ -145,7 +145,8 @@ def test_every_separator_satisfies_the_protocol():
     for separator in (Halves(), dsp, NoSplit(dsp)):
         assert isinstance(separator, Separator), separator
         assert isinstance(separator.name, str) and isinstance(dict(separator.settings), dict)
-    assert dsp.card is None and dsp.residual == "instrumental" and NoSplit(dsp).settings == dsp.settings
+    assert dsp.card.family == "dsp" and dsp.residual == "instrumental" and NoSplit(dsp).settings == dsp.settings
+    assert NoSplit(dsp).card is None  # a yardstick: never cached
 
 
 def test_a_hand_written_separator_renders_and_names_itself_in_the_manifest(tmp_path, rng):

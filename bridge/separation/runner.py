@@ -66,7 +66,8 @@ class ChunkedSeparator:
                               pad=getattr(engine, "pad", "zeros"))
         self.batch_size = batch_size
         self.name = name
-        #: The model file's card (for default-4stems, the vocal model's), or None for an engine without one.
+        #: The model's card (for default-4stems, the vocal model's, whose file it runs); None for an
+        #: engine without one (a test's), whose stems are then never cached.
         self.card = getattr(engine, "card", None)
         self._options = dict(getattr(engine, "options", {}))
 
