@@ -47,14 +47,14 @@ def cmd_render(args) -> int:
 def _check_model(args) -> None:
     """The model and settings of ``separate``, checked before any work without loading the model."""
     from .separation.models import resolve, verify_file
-    from .separation import _check_settings, check_wiener_fits
+    from .separation import _check_settings, check_wiener_fits, families
     from .separation.mask import check_wiener
 
     wiener = check_wiener(args.wiener)
     _check_settings(overlap=args.overlap, batch_size=args.batch_size, threads=args.threads)
     card = resolve(args.model)
     check_wiener_fits(card, wiener)
-    if card.family != "dsp":
+    if families.family(card.family).weights:
         verify_file(card)
 
 
@@ -75,20 +75,20 @@ def _batch_options(args) -> dict:
 
 
 def _check_session(preset, overrides):
-    """Validate a preset, its model card and its plugins without loading the model; the session."""
-    from .batch.jobs import separator_card
-    from .render.graph import check_chains
+    """Validate a preset as ``preset check`` does, and its model file, without loading the model."""
+    from .batch.jobs import check_session, separator_card
+    from .separation import families
     from .separation.models import verify_file
     from .preset.session import load
 
     session = load(preset, overrides=overrides)
     card = separator_card(session)
     try:
-        if card.family != "dsp":
+        if families.family(card.family).weights:
             verify_file(card)
     except ModelError as exc:
         raise PresetError(f"{session.source}: separator.model: {exc}") from exc
-    check_chains(session)  # at the real channel counts and rates, lanes bound, instruments loaded
+    check_session(session)
     return session
 
 
@@ -143,25 +143,13 @@ def _run(args, spec, *, album: bool = False) -> int:
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
-def _separator_card(session):
-    from .batch.jobs import separator_card
-
-    return separator_card(session)
-
-
 def cmd_preset_check(args) -> int:
-    from .render.graph import check_chains, check_stem_names
+    from .batch.jobs import check_session
     from .preset.session import load
 
     for preset in args.presets:
         session = load(preset, overrides=args.set or ())
-        card = _separator_card(session)
-        check_stem_names(session, card.stems, model=card.name)
-        if session.output.nistems is not None:
-            from .daw.nistems import check_stems
-
-            check_stems(card.stems, where=f"{preset}: output.files.nistems")
-        check_chains(session)  # at the real channel counts and rates: "ok" means it renders
+        card = check_session(session)
         o = session.output
         print(f"{preset}: ok (model {card.name}, stems {', '.join(card.stems)}, {o.layout} {o.format}"
               f" {o.bit_depth}-bit)")
@@ -227,15 +215,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .separation.models import DEFAULT_4STEMS, DEFAULT_MODEL, known_cards, search_paths
+    from .separation import families
+    from .separation.models import DEFAULT_MODEL, known_cards, search_paths
 
     print("Model cards (name, family, stems, file):")
     for name, card in sorted(known_cards().items()):
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"  {card.describe()}{mark}")
-    print("  dsp                          dsp      vocals/instrumental              (no weights; weight-free fallback)")
-    print(f"  {DEFAULT_4STEMS:<28} hpss     vocals/drums/bass/other          ({DEFAULT_MODEL} vocals + a DSP split of "
-          "the rest by HPSS; not a 4-stem model; also gives instrumental = drums+bass+other)")
+    for name in families.builtin_names():  # the weight-free ones, which no card file names
+        print(f"  {families.builtin_card(name).describe()}")
     print("Also accepted: a path to a card .yaml, or to a UVR MDX-Net .onnx file (recognised by its hash).")
     print("Searched folders ($STEMBRIDGE_MODELS first):")
     for folder in search_paths():

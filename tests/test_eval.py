@@ -12,6 +12,7 @@ from conftest import DATA, noise
 from scipy import signal
 
 from bridge.errors import AudioError, ModelError
+from bridge.separation import WholeSongStream
 from bridge.quality.evaluate import Report, evaluate, find_songs, framewise_sdr, si_sdr
 
 SR = 8000
@@ -21,7 +22,7 @@ SECONDS = 3
 class FakeSeparator:
     """Returns fixed estimates whatever the input (a separator is any callable with ``stems``)."""
 
-    name = "fake"
+    name, settings, card, residual = "fake", {}, None, None
 
     def __init__(self, estimates: dict[str, np.ndarray]):
         self.estimates = estimates
@@ -31,6 +32,9 @@ class FakeSeparator:
     def __call__(self, audio, sample_rate):
         self.calls += 1
         return {stem: a.copy() for stem, a in self.estimates.items()}
+
+    def stream(self, *, sample_rate, channels):
+        return WholeSongStream(self, sample_rate=sample_rate, channels=channels)
 
 
 def write(path, audio, sample_rate=SR):

@@ -13,6 +13,7 @@ from conftest import DATA, assert_streaming_equals_one_pass, noise
 from bridge.audio import files
 from bridge.errors import PresetError
 from bridge.quality.evaluate import NoSplit, Song, evaluate
+from bridge.separation import WholeSongStream
 from bridge.separation.models import derived_stems, offered_stems, resolve
 from bridge.separation import load_separator, with_sums
 from bridge.separation.dsp4 import bass_weights, hpss_masks
@@ -203,7 +204,10 @@ def test_no_split_baseline_and_the_eval_sum(tmp_path, rng):
         sf.write(str(folder / f"{name}.wav"), audio.T, sr, subtype="FLOAT")
 
     class Exact:
-        name, stems = "exact2", ("vocals", "instrumental")
+        name, stems, settings, card, residual = "exact2", ("vocals", "instrumental"), {}, None, "instrumental"
+
+        def stream(self, *, sample_rate, channels):
+            return WholeSongStream(self, sample_rate=sample_rate, channels=channels)
 
         def __call__(self, audio, sample_rate):
             return {"vocals": parts["vocals"].copy(), "instrumental": audio - parts["vocals"]}

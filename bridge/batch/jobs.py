@@ -124,6 +124,31 @@ def separator_card(session):
     return card
 
 
+def check_session(session):
+    """Everything ``stembridge preset check`` checks, without loading the model; the model's card.
+
+    The stems the preset names come from the model, an NI Stems output has its four stems, and
+    every chain builds at the channel counts and rates a render runs it at (every VST3 loaded,
+    lanes bound). ``stembridge render`` runs this before the first song, so a preset that
+    ``preset check`` refuses is a usage error (exit 2), never a failure of every song.
+
+    Raises
+    ------
+    PresetError, PluginError
+        Naming the preset file and the key.
+    """
+    from ..render.graph import check_chains, check_stem_names
+
+    card = separator_card(session)
+    check_stem_names(session, card.stems, model=card.name)
+    if session.output.nistems is not None:
+        from ..daw.nistems import check_stems
+
+        check_stems(card.stems, where=f"{session.source}: output.files.nistems")
+    check_chains(session)  # at the real channel counts and rates: "ok" means it renders
+    return card
+
+
 def open_cache(spec: RunSpec) -> StemCache | None:
     return None if spec.cache_dir is None else StemCache(spec.cache_dir, max_gb=spec.cache_max_gb)
 

@@ -175,7 +175,7 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
     for stem, file in files.items():
         s = session.stem(stem)
         lanes = session.lanes("stems", stem)
-        mix_lanes = dict(lanes.get(None, ()))
+        mix_lanes = dict(lanes.mix)
         gain_lane = mix_lanes.get("gain_db")
         if gain_lane is None and not isinstance(s.gain_db, (int, float)):
             gain_lane = Lane(tuple(t for t, _ in s.gain_db), tuple(db for _, db in s.gain_db), "linear")
@@ -186,7 +186,7 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
         pan_in_file = surround and handoff.tap == "prefader"
         pan_lane = None if pan_in_file else mix_lanes.get("pan")
         pan = 0.0 if pan_in_file or pan_lane is not None else s.pan
-        notes = _stem_notes(s, {i: v for i, v in lanes.items() if i is not None}, tap=handoff.tap,
+        notes = _stem_notes(s, lanes.effects, tap=handoff.tap,
                             role=(s.upmix or DEFAULT_ROLES.get(stem, "ambience")) if surround else None,
                             pan_lane=mix_lanes.get("pan") if pan_in_file else None)
         tracks.append(reaper.Track(
@@ -199,10 +199,10 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
         notes.append(PAN_LAW_NOTE)
     if session.pre:
         notes.append("Every stem is after the pre chain (before separation): "
-                     + _chain_text(session.pre, session.lanes("pre")))
+                     + _chain_text(session.pre, session.lanes("pre").effects))
     if session.master:
         notes.append("Not in this project (the mix file has it): the master chain "
-                     + _chain_text(session.master, session.lanes("master")))
+                     + _chain_text(session.master, session.lanes("master").effects))
     tempo = session.tempo
     return reaper.Project(sample_rate=handoff.sample_rate, tracks=tuple(tracks), channels=layout_channels,
                           tempo=reaper.Tempo(bpm=tempo.bpm, numerator=tempo.beats_per_bar,

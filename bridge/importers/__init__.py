@@ -1,9 +1,10 @@
 """Model conversion into the families stembridge runs: what ``stembridge models import`` calls.
 
-:func:`import_model` looks at what a path is and hands it to the importer for that kind:
+:func:`import_model` asks each registered family (:mod:`bridge.separation.families`) whether the
+path is one of its checkpoints, and hands it to that family's importer:
 
 - a folder or ``.tar.gz`` holding a TensorFlow checkpoint (``*.index`` + ``*.data-*``):
-  Spleeter's 2/4/5-stem U-Nets, :mod:`.spleeter_tf`;
+  Spleeter's 2/4/5-stem U-Nets, the mask family, :mod:`.spleeter_tf`;
 - a torch checkpoint (``.ckpt``, ``.pth``, ...) with ``config=`` its YAML config: BS-RoFormer or
   Mel-Band RoFormer, :mod:`.roformer` (needs torch).
 
@@ -16,14 +17,10 @@ run-time separators.
 
 from __future__ import annotations
 
-import tarfile
-import zipfile
 from pathlib import Path
 
 from ..errors import ModelError
-
-#: Suffixes of torch checkpoints (the RoFormer releases use .ckpt and .pth).
-TORCH_SUFFIXES = (".ckpt", ".pth", ".pt", ".th", ".bin")
+from ..separation import families
 
 
 def import_model(path, *, config=None, **options):
@@ -34,23 +31,12 @@ def import_model(path, *, config=None, **options):
     :func:`.spleeter_tf.import_checkpoint` (``name``, ``force``, ``bins``, ``fp32``, ``folder``).
     """
     path = Path(path)
-    if config is not None:
-        spleeter_only = [f"--{k}" for k in ("bins", "fp32") if options.pop(k, None)]
-        if spleeter_only:
-            raise ModelError(f"{' and '.join(spleeter_only)}: only for Spleeter checkpoints; drop it for a RoFormer")
-        if path.is_dir() or (path.is_file() and tarfile.is_tarfile(path)):
-            raise ModelError(f"{path}: a Spleeter checkpoint takes no --config; drop --config")
-        from .roformer import import_roformer
-        return import_roformer(path, config=config, **options)
-    if path.is_file() and (path.suffix.lower() in TORCH_SUFFIXES or zipfile.is_zipfile(path)):
-        raise ModelError(f"{path}: a torch checkpoint (BS-RoFormer or Mel-Band RoFormer) needs its YAML config: "
-                         "pass --config CONFIG.yaml")
-    if path.is_dir() or (path.is_file() and tarfile.is_tarfile(path)):
-        from .spleeter_tf import import_checkpoint
-        return import_checkpoint(path, **options)
+    importable = [f for f in families.registered().values() if f.importer is not None]
+    for family in importable:
+        if family.imports(path, config):
+            return family.load_importer()(path, config=config, **options)
     if not path.exists():
         raise ModelError(f"{path}: no such file or folder; pass Spleeter's model folder (e.g. pretrained_models/4stems) "
                          "or its .tar.gz")
-    raise ModelError(f"{path}: not a model stembridge can import; it imports Spleeter TensorFlow checkpoints "
-                     "(a folder with model.index and model.data-00000-of-00001, or the release .tar.gz) and "
-                     "BS-/Mel-Band RoFormer checkpoints (CHECKPOINT.ckpt --config CONFIG.yaml)")
+    raise ModelError(f"{path}: not a model stembridge can import; it imports "
+                     f"{' and '.join(f.import_help for f in importable)}")

@@ -183,6 +183,23 @@ def _taken(name: str, folder: Path) -> Path | None:
     return None
 
 
+def convert(path, *, config=None, **options) -> "ImportedRoformer":
+    """``stembridge models import`` for the roformer family (:mod:`bridge.separation.roformer`
+    claims torch checkpoints and anything given a config): refuses options of other importers."""
+    import tarfile
+
+    path = Path(path)
+    if config is None:
+        raise ModelError(f"{path}: a torch checkpoint (BS-RoFormer or Mel-Band RoFormer) needs its YAML config: "
+                         "pass --config CONFIG.yaml")
+    spleeter_only = [f"--{k}" for k in ("bins", "fp32") if options.pop(k, None)]
+    if spleeter_only:
+        raise ModelError(f"{' and '.join(spleeter_only)}: only for Spleeter checkpoints; drop it for a RoFormer")
+    if path.is_dir() or (path.is_file() and tarfile.is_tarfile(path)):
+        raise ModelError(f"{path}: a Spleeter checkpoint takes no --config; drop --config")
+    return import_roformer(path, config=config, **options)
+
+
 def import_roformer(path, *, config, name: str | None = None, force: bool = False, folder=None) -> ImportedRoformer:
     """Convert a RoFormer checkpoint and its config into ``NAME.onnx`` + ``NAME.yaml``.
 

@@ -198,6 +198,12 @@ def default_name(stems: int, bins: int) -> str:
     return f"spleeter-{stems}stems" + ("-16khz" if bins == 1536 else "") + ("-tf" if stems == 2 else "")
 
 
+def convert(path, *, config=None, **options) -> "Imported":
+    """``stembridge models import`` for the mask family (:mod:`bridge.separation.mask` claims
+    TensorFlow checkpoint folders and archives, never with a config)."""
+    return import_checkpoint(path, **options)
+
+
 def import_checkpoint(path, *, name: str | None = None, force: bool = False, bins: int | None = None,
                       fp32: bool = False, folder=None) -> Imported:
     """Convert a Spleeter checkpoint into ``NAME.onnx`` and its card ``NAME.yaml`` in the model folder.

@@ -120,6 +120,23 @@ class OutputSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChainLanes:
+    """The automation lanes of one chain, as :meth:`Session.lanes` gives them.
+
+    Attributes
+    ----------
+    effects : dict of int to tuple of (str, Lane)
+        ``{effect index: ((param, lane), ...)}``: lanes on the chain's effects, in preset order.
+    mix : dict of str to Lane
+        A stem's own lanes, ``"gain_db"`` (dB) and ``"pan"`` (-1 .. +1), where automated; empty
+        for the pre and master chains.
+    """
+
+    effects: dict = dataclasses.field(default_factory=dict)
+    mix: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Session:
     separator: SeparatorSettings = SeparatorSettings()
     pre: tuple[effects.EffectSpec, ...] = ()
@@ -142,14 +159,19 @@ class Session:
     def layer_names(self) -> tuple[str, ...]:
         return tuple(name for name, _, _ in self.layers)
 
-    def lanes(self, section: str, stem: str | None = None) -> dict:
-        """Lanes of one chain (``section`` ``"pre"``, ``"master"`` or ``"stems"`` with ``stem``),
-        as ``{effect index: ((param, lane), ...)}``; stem ``gain_db``/``pan`` lanes under key None."""
-        out: dict = {}
+    def lanes(self, section: str, stem: str | None = None) -> ChainLanes:
+        """Lanes of one chain: ``section`` ``"pre"``, ``"master"``, or ``"stems"`` with ``stem``
+        (a stem's ``gain_db`` and ``pan`` lanes in :attr:`ChainLanes.mix`)."""
+        effects: dict = {}
+        mix: dict = {}
         for target, lane in self.automation:
-            if target.section == section and target.stem == stem:
-                out.setdefault(target.index, []).append((target.param, lane))
-        return {k: tuple(v) for k, v in out.items()}
+            if target.section != section or target.stem != stem:
+                continue
+            if target.index is None:  # the stem's own gain_db / pan, not an effect's parameter
+                mix[target.param] = lane
+            else:
+                effects.setdefault(target.index, []).append((target.param, lane))
+        return ChainLanes(effects={k: tuple(v) for k, v in effects.items()}, mix=mix)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..audio import partials
 from ..errors import AudioError, BridgeError, ModelError
+from ..separation import Separator, WholeSongStream
 from ..separation.models import canonical_stem, derived_stems
 from .references import Song, SongFiles, find_songs, load_song
 
@@ -173,13 +174,20 @@ def ideal_ratio_mask(mixture: np.ndarray, sources: Mapping[str, np.ndarray], *, 
 
 
 class Oracle:
-    """Ideal-ratio-mask "separator" for one song, built from its references."""
+    """Ideal-ratio-mask "separator" for one song, built from its references (a
+    :class:`~bridge.separation.Separator` with no model card: never cached)."""
 
     name = "oracle"
+    settings: dict = {}
+    card = None
+    residual = None  # the masks share the mix, but nothing is set to the mix minus the others
 
     def __init__(self, song: "Song"):
         self.song = song
         self.stems = tuple(song.references)
+
+    def stream(self, *, sample_rate: int, channels: int) -> WholeSongStream:
+        return WholeSongStream(self, sample_rate=sample_rate, channels=channels)
 
     def __call__(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
         atoms = {s: self.song.references[s] for s in self.song.atoms}
@@ -203,15 +211,21 @@ class NoSplit:
         The stems that get the instrumental as their estimate.
     """
 
-    def __init__(self, separator, parts: tuple[str, ...] = ("drums", "bass", "other")):
+    card = None  # a yardstick, not a model's output: never cached
+    residual = None
+
+    def __init__(self, separator: Separator, parts: tuple[str, ...] = ("drums", "bass", "other")):
         if not {"vocals", "instrumental"} <= set(separator.stems):
-            raise ModelError(f"no-split needs a vocals/instrumental model, '{getattr(separator, 'name', separator)}' "
+            raise ModelError(f"no-split needs a vocals/instrumental model, '{separator.name}' "
                              f"gives {', '.join(separator.stems)}; use --model default")
         self.separator = separator
         self.parts = tuple(parts)
-        self.name = f"no-split ({getattr(separator, 'name', type(separator).__name__)})"
+        self.name = f"no-split ({separator.name})"
         self.stems = ("vocals", "instrumental") + self.parts
-        self.settings = getattr(separator, "settings", {})
+        self.settings = dict(separator.settings)
+
+    def stream(self, *, sample_rate: int, channels: int) -> WholeSongStream:
+        return WholeSongStream(self, sample_rate=sample_rate, channels=channels)
 
     def __call__(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
         out = self.separator(audio, sample_rate)
@@ -389,7 +403,7 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
     if isinstance(separator, str) and not oracle:
         from ..separation import load_separator
         separator = load_separator(separator)
-    model = "oracle" if oracle else getattr(separator, "name", type(separator).__name__)
+    model = "oracle" if oracle else separator.name
     songs = find_songs(references)  # every header checked before any separation
     notes = [f"{s.name}: files trimmed by up to {s.trimmed} samples to the shortest ({s.frames} samples)"
              for s in songs if s.trimmed]
@@ -424,7 +438,7 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
             "add <song>/<stem>.<ext> files named like the model's stems (vocals, drums, bass, other, instrumental)"
         )
     return Report(model, Path(references), tuple(scores), tuple(notes), time.perf_counter() - start,
-                  settings=getattr(separator, "settings", {}))
+                  settings={} if oracle else dict(separator.settings))
 
 
 __all__ = ["Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",

@@ -68,7 +68,7 @@ def check_chains(session: Session, *, sample_rates=CHECK_RATES, input_channels=(
 def _chain(session: Session, specs, key: str, stem, *, channels: int, sample_rate: int) -> ChainStream:
     """One of the session's chains, prepared and with its automation lanes bound."""
     section = "stems" if stem is not None else key
-    lanes = {i: v for i, v in session.lanes(section, stem).items() if i is not None}
+    lanes = session.lanes(section, stem).effects
     shown = f"layers.{stem}.chain" if stem in session.layer_names else key
     return ChainStream.build(specs, where=f"{session.source}: {shown}", sample_rate=sample_rate, channels=channels,
                              lanes=lanes, lane_where=f"{session.source}: automation.{key}")
@@ -85,7 +85,7 @@ class RenderGraph:
     """
 
     def __init__(self, session: Session, separator: Separator, *, chains=None, pre=None, master=None):
-        check_stem_names(session, separator.stems, model=getattr(separator, "name", "the separator"))
+        check_stem_names(session, separator.stems, model=separator.name)
         self.session = session
         self.separator = separator
         self._chains = chains
@@ -95,6 +95,12 @@ class RenderGraph:
     @property
     def channels(self) -> int:
         return LAYOUT_CHANNELS[self.session.output.layout]
+
+    @property
+    def pre_chain(self) -> pedalboard.Pedalboard | None:
+        """The ready-made pre chain this graph was given (``pre=``), or None: each song then
+        builds the session's own pre chain from its specs (``session.pre``)."""
+        return self._pre
 
     def check(self, *, sample_rates=CHECK_RATES, input_channels=(1, 2)) -> None:
         """Prepare every chain as a render would (see :func:`check_chains`), without rendering."""

@@ -183,10 +183,10 @@ class Mixer:
                        else ChainStream.build(settings[name].chain, where=f"{session.source}: "
                                               f"{'layers' if name in session.layer_names else 'stems'}.{name}.chain",
                                               sample_rate=sample_rate, channels=2,
-                                              lanes={i: v for i, v in lanes[name].items() if i is not None},
+                                              lanes=lanes[name].effects,
                                               lane_where=f"{session.source}: automation.stems.{name}.chain")
                        for name in self.stems}
-        self.mix_lanes = {name: dict(lanes[name].get(None, ())) for name in self.stems}  # gain_db / pan lanes
+        self.mix_lanes = {name: dict(lanes[name].mix) for name in self.stems}  # gain_db / pan lanes
         self.roles = {name: s.upmix or DEFAULT_ROLES.get(name, "ambience") for name, s in settings.items()}
         self._fifo = {name: np.zeros((2, 0), np.float32) for name in self.stems}  # chain outputs, stereo
         self.duckers = {name: Ducker(s.duck, sample_rate=sample_rate) for name, s in settings.items()

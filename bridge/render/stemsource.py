@@ -35,7 +35,7 @@ class StemSource:
         residual = getattr(separator.engine, "residual_stem", None)
         computed = tuple(s for s in separator.stems if s != residual)
         key = entry_key(audio=_audio_identity(path, header), sample_rate=header.sample_rate,
-                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre, pre_lanes), model=identity,
+                        channels=header.channels, frames=header.frames, pre=_pre_identity(pre, pre_lanes and pre_lanes.effects), model=identity,
                         settings=identity["settings"], stems=computed, residual=residual)
         entry = cache.open(key, stems=computed, frames=header.frames, channels=header.channels)
         if entry is not None:

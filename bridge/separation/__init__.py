@@ -1,19 +1,34 @@
 """Separators: ``separator(audio, sample_rate) -> {stem: audio}``.
 
-Anything with that call, a ``stems`` tuple and a ``stream()`` satisfies :class:`Separator`; no
-base class is needed (a ten-line fake in a test is a separator too). :func:`load_separator`
-builds the real ones from a model name, card or file.
+Anything with the attributes and methods of :class:`Separator` satisfies it; no base class is
+needed (a ten-line fake in a test is a separator too). :func:`load_separator` builds the real ones
+from a model name, card or file, through the family its card names (:mod:`.families`).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import ModelError
-from .models import DEFAULT_MODEL, ModelCard, derived_stems, resolve
+from . import families
+from .models import ModelCard, derived_stems, resolve
 from .runner import ChunkedSeparator, SeparationStream
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+@runtime_checkable
+class SeparatorStream(Protocol):
+    """One song fed block by block: concatenated outputs equal one call of the separator."""
+
+    def process(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        """``block`` (channels, n) float32 -> ``{stem: (channels, m)}`` for the samples that are final."""
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """The rest of every stem: in total each stem has as many samples as were fed."""
 
 
 @runtime_checkable
@@ -23,12 +38,58 @@ class Separator(Protocol):
     Stem names are demucs's (``vocals``, ``drums``, ``bass``, ``other``) plus ``instrumental``
     (everything but the vocals) for 2-stem models. ``stems`` partition the mix; a 4- or 5-stem
     separator also offers ``instrumental`` as a sum (:func:`with_sums`), never among ``stems``.
+
+    Attributes
+    ----------
+    name : str
+        What messages, manifests and score files call it.
+    stems : tuple of str
+        The stems every call returns, in order.
+    settings : mapping of str to value
+        What changes the output besides the model (overlap, denoise, ...); JSON-able values.
+        With :attr:`card`, what names the separation for the stem cache and resume checks.
+    card : ModelCard or None
+        The model behind it (file, sha256, family); None for a separator without one (a fake,
+        a yardstick): its stems are never cached.
+    residual : str or None
+        The stem set to the mix minus the others, so the stems sum to the input; None when
+        they are not promised to.
     """
 
+    name: str
     stems: tuple[str, ...]
+    settings: "Mapping[str, object]"
+    card: ModelCard | None
+    residual: str | None
 
     def __call__(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
         """``audio`` (channels, samples) float32 -> ``{stem: (channels, samples) float32}``."""
+
+    def stream(self, *, sample_rate: int, channels: int) -> SeparatorStream:
+        """A stream that separates one song fed block by block (see :class:`SeparatorStream`)."""
+
+
+class WholeSongStream:
+    """:meth:`Separator.stream` for a separator that needs the whole song: it gathers the blocks
+    and separates them at :meth:`finish` (memory grows with the song; real separators stream)."""
+
+    def __init__(self, separator, *, sample_rate: int, channels: int):
+        self._separator = separator
+        self._sample_rate = sample_rate
+        self._blocks: list[np.ndarray] = []
+        self._channels = channels
+
+    def process(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        self._blocks.append(np.array(block, dtype=np.float32))
+        return {stem: np.zeros((self._channels, 0), np.float32) for stem in self._separator.stems}
+
+    def finish(self) -> dict[str, np.ndarray]:
+        audio = np.concatenate(self._blocks, axis=1) if self._blocks else np.zeros((self._channels, 0), np.float32)
+        self._blocks = []
+        if audio.shape[1] == 0:
+            return {stem: audio.copy() for stem in self._separator.stems}
+        out = self._separator(audio, self._sample_rate)
+        return {stem: out[stem] for stem in self._separator.stems}
 
 
 def load_separator(model: str | ModelCard = "default", *, overlap: float | None = None, batch_size: int = 1,
@@ -44,10 +105,10 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         ``"default-4stems"`` (the embedded model's vocals and a DSP split of the rest), a card name
         (``stembridge models`` lists them), or a path to a card ``.yaml`` or an ``.onnx`` file.
     overlap : float, optional
-        Fraction of each chunk shared with the next, in [0, 1). Default: 0.25 for MDX-Net
-        (as UVR), 0.25 for mask models, 0.5 for the DSP fallback; for RoFormers, the fraction that
-        steps ``chunk_size // num_overlap`` samples, as the card's ``num_overlap`` asks
-        (:mod:`.roformer`).
+        Fraction of each chunk shared with the next, in [0, 1). Default: the family's (0.25 for
+        MDX-Net, as UVR, and for mask models, 0.5 for the DSP fallback; for RoFormers, the
+        fraction that steps ``chunk_size // num_overlap`` samples, as the card's ``num_overlap``
+        asks, :mod:`.roformer`).
     batch_size : int
         Chunks per onnxruntime call.
     threads : int, optional
@@ -74,25 +135,11 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     _check_settings(overlap=overlap, batch_size=batch_size, threads=threads)
     card = model if isinstance(model, ModelCard) else resolve(model)
     check_wiener_fits(card, wiener)
-    if card.family == "mdx":
-        from .mdx import MdxEngine
-        engine = MdxEngine(card, threads=threads, batch_size=batch_size, denoise=denoise, invert=invert)
-    elif card.family == "mask":
-        from .mask import MaskEngine
-        engine = MaskEngine(card, threads=threads, batch_size=batch_size, high_band=high_band, wiener=wiener)
-    elif card.family == "roformer":
-        from .roformer import RoformerEngine
-        engine = RoformerEngine(card, threads=threads, batch_size=batch_size)
-    elif card.family == "hpss":
-        from .dsp4 import Dsp4Engine
-        from .mask import MaskEngine
-        engine = Dsp4Engine(MaskEngine(resolve(DEFAULT_MODEL), threads=threads, batch_size=batch_size,
-                                       high_band=high_band))
-    else:
-        from .dsp import DspEngine
-        engine = DspEngine()
+    family = families.family(card.family)
+    engine = family.open_engine(card, families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise,
+                                                              invert=invert, high_band=high_band, wiener=wiener))
     if overlap is None:
-        overlap = getattr(engine, "default_overlap", 0.5 if card.family == "dsp" else 0.25)
+        overlap = family.default_overlap(card)
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)
 
 
@@ -111,7 +158,7 @@ def with_sums(stems: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:
 
 def check_wiener_fits(card: ModelCard, wiener: int) -> None:
     """Refuse Wiener filtering for a model that is not a mask model."""
-    if wiener and card.family != "mask":
+    if wiener and not families.family(card.family).wiener:
         raise ModelError(f"wiener={wiener}: Wiener filtering needs a mask model (e.g. 'default'), "
                          f"but '{card.name}' is a {card.family} model; use wiener=0 (--wiener 0) with it")
 
@@ -129,4 +176,5 @@ def _check_settings(*, overlap, batch_size, threads) -> None:
                          "or left out for every core (--threads 2)")
 
 
-__all__ = ["Separator", "SeparationStream", "ChunkedSeparator", "check_wiener_fits", "load_separator", "with_sums"]
+__all__ = ["Separator", "SeparatorStream", "SeparationStream", "ChunkedSeparator", "WholeSongStream",
+           "check_wiener_fits", "load_separator", "with_sums"]

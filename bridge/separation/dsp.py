@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .families import Family, register
+from .models import ModelCard
 from .spectral import Stft
 
 SAMPLE_RATE = 44100
@@ -33,7 +35,8 @@ class DspEngine:
     stems = ("vocals", "instrumental")
     residual_stem = "instrumental"
 
-    def __init__(self):
+    def __init__(self, card: ModelCard | None = None):
+        self.card = card  # the built-in "dsp" card: no file, but what names this split in caches and manifests
         self.stft = Stft(N_FFT, HOP)
         freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
         ramp = np.clip((freqs - LOW_HZ * 0.5) / (LOW_HZ * 0.5), 0, 1) * np.clip((HIGH_HZ * 1.5 - freqs) / (HIGH_HZ * 0.5), 0, 1)
@@ -48,3 +51,16 @@ class DspEngine:
         mask = (similarity ** POWER).astype(np.float32) * self.band
         vocals = self.stft.inverse(spec * mask[:, np.newaxis], self.chunk)
         return {"vocals": vocals}
+
+
+def _card(name: str) -> ModelCard:
+    return ModelCard(name="dsp", family="dsp", stems=DspEngine.stems, description="weight-free centre-channel fallback")
+
+
+FAMILY = register(Family(
+    name="dsp",
+    open_engine=lambda card, settings: DspEngine(card),
+    default_overlap=lambda card: 0.5, weights=False,
+    where=lambda card: "(no weights; weight-free fallback)",
+    builtin=("dsp",), builtin_card=_card,
+))

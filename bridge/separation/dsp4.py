@@ -27,8 +27,9 @@ output that is kept.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import median_filter
 
+from .families import Family, register
+from .models import DEFAULT_4STEMS, DEFAULT_MODEL, ModelCard, resolve
 from .spectral import Stft
 
 #: STFT of the split, in samples at 44.1 kHz (Fitzgerald 2010 uses 4096-point frames, 1/4 hop).
@@ -66,6 +67,8 @@ def hpss_masks(magnitude: np.ndarray, *, harmonic_frames: int = HARMONIC_FRAMES,
     harmonic, percussive : ndarray, same shape, float32
         Masks in [0, 1] that sum to 1 in every bin (equal shares where both medians are 0).
     """
+    from scipy.ndimage import median_filter  # here: the family registry imports this module cheaply
+
     lead = (1,) * (magnitude.ndim - 2)
     harmonic = median_filter(magnitude, size=lead + (1, harmonic_frames), mode="reflect")
     percussive = median_filter(magnitude, size=lead + (percussive_bins, 1), mode="reflect")
@@ -92,11 +95,11 @@ class Dsp4Engine:
         if "vocals" not in vocals.stems:
             raise ValueError(f"the vocal engine gives {vocals.stems}, not vocals")
         self.vocals = vocals
-        self.card = getattr(vocals, "card", None)  # the model file behind the split (cache keys, manifests)
+        self.card = vocals.card  # the model file behind the split (cache keys, manifests)
         self.sample_rate = vocals.sample_rate
         self.chunk = vocals.chunk
         self.trim = max(vocals.trim, N_FFT // 2 + (HARMONIC_FRAMES // 2) * HOP)
-        self.options = {**getattr(vocals, "options", {}), "split": "hpss"}
+        self.options = {**vocals.options, "split": "hpss"}
         self.stft = Stft(N_FFT, HOP)
         self.bass = bass_weights(N_FFT, self.sample_rate)
 
@@ -115,3 +118,28 @@ class Dsp4Engine:
         drums = self.stft.inverse(spec * percussive[:, np.newaxis], samples)
         bass = self.stft.inverse(spec * (harmonic * self.bass)[:, np.newaxis], samples)
         return drums, bass
+
+
+def _card(name: str) -> ModelCard:
+    # The file and its checksum are the vocal model's: what there is to verify and to cache by.
+    vocals = resolve(DEFAULT_MODEL)
+    return ModelCard(name=DEFAULT_4STEMS, family="hpss", stems=Dsp4Engine.stems,
+                     file=vocals.file, sha256=vocals.sha256, license=vocals.license, credit=vocals.credit,
+                     description=f"DSP split, not a 4-stem model: {DEFAULT_MODEL} vocals, the rest split "
+                                 "into drums/bass/other by median-filter HPSS")
+
+
+def _open(card: ModelCard, settings) -> Dsp4Engine:
+    from .mask import MaskEngine
+
+    return Dsp4Engine(MaskEngine(resolve(DEFAULT_MODEL), threads=settings.threads, batch_size=settings.batch_size,
+                                 high_band=settings.high_band))
+
+
+FAMILY = register(Family(
+    name="hpss",
+    open_engine=_open,
+    where=lambda card: (f"({DEFAULT_MODEL} vocals + a DSP split of the rest by HPSS; not a 4-stem model; "
+                        "also gives instrumental = drums+bass+other)"),
+    builtin=(DEFAULT_4STEMS,), builtin_card=_card,
+))

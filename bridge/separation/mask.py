@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import ModelError
+from .families import Family, register, torch_checkpoint
 from .models import MAX_WIENER, ModelCard, verify_file
 from .runtime import Runner, open_session, static_dims
 from .spectral import Stft
@@ -149,3 +150,29 @@ class MaskEngine:
         else:
             fill = np.zeros(mask.shape[:2] + (above, mask.shape[3]), np.float32)
         return np.concatenate([mask, fill], axis=2)
+
+
+def check_card(card: ModelCard, source: str) -> None:
+    """A mask card's band and how its nets' masks are combined."""
+    if not isinstance(card.bins, int) or not 0 < card.bins <= card.n_fft // 2 + 1:
+        raise ModelError(f"{source}: a mask card needs bins from 1 to n_fft/2+1, got {card.bins!r}")
+    if card.combine not in ("ratio", "subtract"):
+        raise ModelError(f"{source}: combine must be 'ratio' or 'subtract', got {card.combine!r}")
+
+
+def _imports(path, config) -> bool:
+    """A Spleeter TensorFlow checkpoint: a folder, or the release's ``.tar.gz`` (never with ``--config``)."""
+    import tarfile
+
+    return config is None and (path.is_dir() or (not torch_checkpoint(path) and path.is_file() and tarfile.is_tarfile(path)))
+
+
+FAMILY = register(Family(
+    name="mask",
+    open_engine=lambda card, s: MaskEngine(card, threads=s.threads, batch_size=s.batch_size, high_band=s.high_band,
+                                           wiener=s.wiener),
+    check=check_card, wiener=True,
+    importer="bridge.importers.spleeter_tf:convert", imports=_imports,
+    import_help="Spleeter TensorFlow checkpoints (a folder with model.index and model.data-00000-of-00001, "
+                "or the release .tar.gz)",
+))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
+from .families import Family, register
 from .models import ModelCard, verify_file
 from .runtime import Runner, open_session, static_dims
 from .spectral import Stft, pack_mdx, unpack_mdx
@@ -88,3 +89,20 @@ class MdxEngine:
     def _model(self, x: np.ndarray) -> np.ndarray:
         outputs = self.runner(x)
         return next(iter(outputs.values())).astype(np.float32, copy=False)
+
+
+def check_card(card: ModelCard, source: str) -> None:
+    """An mdx card's band and stems: ``dim_f`` bins of ``n_fft``, two stems, one of them primary."""
+    if not isinstance(card.dim_f, int) or not 3 < card.dim_f <= card.n_fft // 2 + 1:
+        raise ModelError(f"{source}: an mdx card needs dim_f from 4 to n_fft/2+1, got {card.dim_f!r}")
+    if card.primary not in card.stems or len(card.stems) != 2:
+        raise ModelError(f"{source}: an mdx card needs two stems and a primary stem among them, "
+                         f"got stems {list(card.stems)} and primary {card.primary!r}")
+
+
+FAMILY = register(Family(
+    name="mdx",
+    open_engine=lambda card, s: MdxEngine(card, threads=s.threads, batch_size=s.batch_size, denoise=s.denoise,
+                                          invert=s.invert),
+    check=check_card,
+))

@@ -4,7 +4,7 @@ A card is a small YAML file (``models/*.yaml``) that names the model's family an
 parameters its pipeline needs, so nothing is guessed from a file name::
 
     name: spleeter-2stems
-    family: mask            # mdx | mask | dsp
+    family: mask            # a registered family: mdx | mask | roformer (separation/families.py)
     file: spleeter-2stems.onnx
     sha256: 9f0c...         # checked on every load
     sample_rate: 44100
@@ -32,6 +32,7 @@ from typing import Literal
 import yaml
 
 from ..errors import ModelError, suggest
+from . import families
 
 #: Most EM iterations of the multichannel Wiener filter accepted (norbert's and Spleeter's usual is 1).
 MAX_WIENER = 10
@@ -40,9 +41,8 @@ DEFAULT_MODEL = "spleeter-2stems"
 #: The weight-free 4-stem split: the default model's vocals, the rest split by HPSS (separation/dsp4.py).
 DEFAULT_4STEMS = "default-4stems"
 UVR_HASH_BYTES = 10_000 * 1024
-Family = Literal["mdx", "mask", "roformer", "dsp", "hpss"]
-#: RoFormer variants a ``roformer`` card may name (the ONNX interface is the same for both).
-ROFORMER_ARCHITECTURES = ("bs_roformer", "mel_band_roformer")
+#: A registered family's name (:func:`bridge.separation.families.registered` lists them).
+Family = str
 
 #: Canonical stem names (demucs's, plus instrumental for 2-stem splits), and the spellings
 #: model files use for them.
@@ -123,19 +123,8 @@ class ModelCard:
     source: str = "built in"
 
     def describe(self) -> str:
-        where = str(self.file) if self.file else "(no weights)"
-        line = f"{self.name:<28} {self.family:<8} {'/'.join(self.stems):<32} {where}"
-        if self.family == "roformer":
-            details = [self.architecture, f"{self.chunk_size / self.sample_rate:g} s chunks, num_overlap {self.num_overlap}"]
-            if self.audio_channels == 1:
-                details.append("mono")
-            parity = (self.imported or {}).get("parity_db")
-            if isinstance(parity, (int, float)) and not isinstance(parity, bool):
-                details.append(f"parity {parity:.1f} dB")
-            if self.quantized_from:
-                details.append(f"int8 of {self.quantized_from.get('name')}")
-            line += f" ({', '.join(details)})"
-        return line
+        """This card's row in ``stembridge models``, as its family writes it."""
+        return families.family(self.family).describe(self)
 
 
 _CARD_KEYS = {f.name for f in dataclasses.fields(ModelCard)} - {"source", "outputs", "stems"} | {"stems"}
@@ -171,9 +160,10 @@ def parse_card(data, *, source: str, folder: Path) -> ModelCard:
     for key in ("name", "family", "stems"):
         if key not in data:
             raise ModelError(f"{source}: the card needs '{key}'")
-    family = data["family"]
-    if family not in ("mdx", "mask", "roformer", "dsp"):
-        raise ModelError(f"{source}: family '{family}' is not one of mdx, mask, roformer, dsp")
+    try:
+        family = families.family(data["family"])
+    except ModelError as exc:
+        raise ModelError(f"{source}: {exc}") from None
     raw_stems = data["stems"]
     if not isinstance(raw_stems, list) or not raw_stems or not all(isinstance(s, str) for s in raw_stems):
         raise ModelError(f"{source}: stems must be a list of names, got {raw_stems!r}")
@@ -186,9 +176,10 @@ def parse_card(data, *, source: str, folder: Path) -> ModelCard:
         fields["primary"] = canonical_stem(str(fields["primary"]))
     if fields.get("residual") is not None:
         fields["residual"] = canonical_stem(str(fields["residual"]))
-    if family == "roformer":
-        _check_roformer_keys(data, source)
-        fields.setdefault("win_length", data.get("n_fft"))
+    for key in family.requires:
+        if data.get(key) is None:
+            raise ModelError(f"{source}: a {family.name} card needs '{key}'{family.requires_hint}")
+    family.prepare(data, fields, source)
     try:
         card = ModelCard(source=source, **fields)
     except TypeError as exc:
@@ -197,69 +188,13 @@ def parse_card(data, *, source: str, folder: Path) -> ModelCard:
         value = getattr(card, key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ModelError(f"{source}: {key} must be a positive whole number, got {value!r}")
-    if family == "mdx":
-        if not isinstance(card.dim_f, int) or not 3 < card.dim_f <= card.n_fft // 2 + 1:
-            raise ModelError(f"{source}: an mdx card needs dim_f from 4 to n_fft/2+1, got {card.dim_f!r}")
-        if card.primary not in card.stems or len(card.stems) != 2:
-            raise ModelError(f"{source}: an mdx card needs two stems and a primary stem among them, "
-                             f"got stems {list(card.stems)} and primary {card.primary!r}")
-    if family == "mask":
-        if not isinstance(card.bins, int) or not 0 < card.bins <= card.n_fft // 2 + 1:
-            raise ModelError(f"{source}: a mask card needs bins from 1 to n_fft/2+1, got {card.bins!r}")
-        if card.combine not in ("ratio", "subtract"):
-            raise ModelError(f"{source}: combine must be 'ratio' or 'subtract', got {card.combine!r}")
-    if family == "roformer":
-        _check_roformer(card, source)
+    family.check(card, source)
     return card
 
 
-def _whole(value, low: int = 1) -> bool:
+def whole(value, low: int = 1) -> bool:
+    """``value`` is an int (not a bool) of at least ``low``: what card counts must be."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _check_roformer_keys(data: dict, source: str) -> None:
-    """The keys a roformer card must spell out (nothing about a RoFormer is guessed)."""
-    for key in ("architecture", "n_fft", "hop", "chunk_size", "dim_t", "num_overlap", "sample_rate", "file"):
-        if data.get(key) is None:
-            raise ModelError(f"{source}: a roformer card needs '{key}' (stembridge models import writes it)")
-    if "residual" not in data:
-        raise ModelError(f"{source}: a roformer card needs 'residual': the stem computed as the mix minus the "
-                         "model's outputs, or null when the model predicts every stem")
-    for key in ("imported", "quantized_from"):
-        if data.get(key) is not None and not isinstance(data[key], dict):
-            raise ModelError(f"{source}: {key} must be a mapping, got {type(data[key]).__name__}")
-
-
-def _check_roformer(card: ModelCard, source: str) -> None:
-    """One-line errors for a roformer card whose numbers disagree with each other."""
-    if card.architecture not in ROFORMER_ARCHITECTURES:
-        raise ModelError(f"{source}: architecture '{card.architecture}' is not one of "
-                         f"{', '.join(ROFORMER_ARCHITECTURES)}{suggest(str(card.architecture), ROFORMER_ARCHITECTURES)}")
-    for key in ("chunk_size", "win_length", "num_overlap"):
-        if not _whole(getattr(card, key)):
-            raise ModelError(f"{source}: {key} must be a positive whole number, got {getattr(card, key)!r}")
-    if card.win_length > card.n_fft:
-        raise ModelError(f"{source}: win_length {card.win_length} is longer than n_fft {card.n_fft}; "
-                         "the window is zero-padded to n_fft, so win_length <= n_fft")
-    if card.hop > card.win_length // 2:
-        raise ModelError(f"{source}: hop {card.hop} is more than half of win_length {card.win_length}; "
-                         "the inverse STFT needs overlapping windows")
-    if card.dim_t != card.chunk_size // card.hop + 1:
-        raise ModelError(f"{source}: dim_t {card.dim_t} does not match chunk_size {card.chunk_size} and hop "
-                         f"{card.hop}: a centred STFT of a chunk has chunk_size // hop + 1 = "
-                         f"{card.chunk_size // card.hop + 1} frames")
-    if card.chunk_size <= card.n_fft // 2:
-        raise ModelError(f"{source}: chunk_size {card.chunk_size} is too short for n_fft {card.n_fft} "
-                         f"(the centred STFT reflects n_fft // 2 = {card.n_fft // 2} samples at each end)")
-    if card.audio_channels not in (1, 2):
-        raise ModelError(f"{source}: audio_channels must be 1 (a mono model) or 2, got {card.audio_channels!r}")
-    if card.residual is not None and card.residual not in card.stems:
-        raise ModelError(f"{source}: residual '{card.residual}' is not among the stems {list(card.stems)}; "
-                         "name one of them, or null when the model predicts every stem")
-    if len(set(card.stems)) != len(card.stems):
-        raise ModelError(f"{source}: stems {list(card.stems)} name a stem twice")
-    if card.residual is not None and len(card.stems) < 2:
-        raise ModelError(f"{source}: a residual stem needs at least one model stem beside it, got stems {list(card.stems)}")
 
 
 def load_card(path) -> ModelCard:
@@ -325,16 +260,9 @@ def resolve(spec: str) -> ModelCard:
     spec = str(spec)
     if spec == "default":
         spec = DEFAULT_MODEL if DEFAULT_MODEL in known_cards() else "dsp"
-    if spec == "dsp":
-        return ModelCard(name="dsp", family="dsp", stems=("vocals", "instrumental"),
-                         description="weight-free centre-channel fallback")
-    if spec == DEFAULT_4STEMS:
-        # The file and its checksum are the vocal model's: what there is to verify and to cache by.
-        vocals = resolve(DEFAULT_MODEL)
-        return ModelCard(name=DEFAULT_4STEMS, family="hpss", stems=("vocals", "drums", "bass", "other"),
-                         file=vocals.file, sha256=vocals.sha256, license=vocals.license, credit=vocals.credit,
-                         description=f"DSP split, not a 4-stem model: {DEFAULT_MODEL} vocals, the rest split "
-                                     "into drums/bass/other by median-filter HPSS")
+    builtin = families.builtin_card(spec)
+    if builtin is not None:
+        return builtin
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml", ".onnx"):
         if not path.is_file():
@@ -343,7 +271,7 @@ def resolve(spec: str) -> ModelCard:
     cards = known_cards()
     if spec in cards:
         return cards[spec]
-    raise ModelError(f"unknown model '{spec}'{suggest(spec, sorted(cards) + ['dsp', DEFAULT_4STEMS])}; "
+    raise ModelError(f"unknown model '{spec}'{suggest(spec, sorted(cards) + list(families.builtin_names()))}; "
                      "or pass a path to a .onnx file or a card .yaml")
 
 

@@ -57,10 +57,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
-from .models import ModelCard, verify_file
+from ..errors import ModelError, suggest
+from .families import Family, register, torch_checkpoint
+from .models import ModelCard, verify_file, whole
 from .runtime import Runner, open_session, static_dims
 from .spectral import Stft
+
+
+#: RoFormer variants a ``roformer`` card may name (the ONNX interface is the same for both).
+ROFORMER_ARCHITECTURES = ("bs_roformer", "mel_band_roformer")
 
 
 def grid(card: ModelCard) -> tuple[int, float]:
@@ -141,3 +146,77 @@ class RoformerEngine:
                              f"{', '.join(self.model_stems)}); fix stems/residual in {self.card.source}")
         y = np.ascontiguousarray(y, dtype=np.float32)
         return y.view(np.complex64)[..., 0]
+
+
+# --- the family ----------------------------------------------------------------------------------
+
+def _prepare(data: dict, fields: dict, source: str) -> None:
+    """What a roformer card must say beyond its required keys (nothing about a RoFormer is guessed)."""
+    if "residual" not in data:
+        raise ModelError(f"{source}: a roformer card needs 'residual': the stem computed as the mix minus the "
+                         "model's outputs, or null when the model predicts every stem")
+    for key in ("imported", "quantized_from"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ModelError(f"{source}: {key} must be a mapping, got {type(data[key]).__name__}")
+    fields.setdefault("win_length", data.get("n_fft"))
+
+
+def check_card(card: ModelCard, source: str) -> None:
+    """One-line errors for a roformer card whose numbers disagree with each other."""
+    if card.architecture not in ROFORMER_ARCHITECTURES:
+        raise ModelError(f"{source}: architecture '{card.architecture}' is not one of "
+                         f"{', '.join(ROFORMER_ARCHITECTURES)}{suggest(str(card.architecture), ROFORMER_ARCHITECTURES)}")
+    for key in ("chunk_size", "win_length", "num_overlap"):
+        if not whole(getattr(card, key)):
+            raise ModelError(f"{source}: {key} must be a positive whole number, got {getattr(card, key)!r}")
+    if card.win_length > card.n_fft:
+        raise ModelError(f"{source}: win_length {card.win_length} is longer than n_fft {card.n_fft}; "
+                         "the window is zero-padded to n_fft, so win_length <= n_fft")
+    if card.hop > card.win_length // 2:
+        raise ModelError(f"{source}: hop {card.hop} is more than half of win_length {card.win_length}; "
+                         "the inverse STFT needs overlapping windows")
+    if card.dim_t != card.chunk_size // card.hop + 1:
+        raise ModelError(f"{source}: dim_t {card.dim_t} does not match chunk_size {card.chunk_size} and hop "
+                         f"{card.hop}: a centred STFT of a chunk has chunk_size // hop + 1 = "
+                         f"{card.chunk_size // card.hop + 1} frames")
+    if card.chunk_size <= card.n_fft // 2:
+        raise ModelError(f"{source}: chunk_size {card.chunk_size} is too short for n_fft {card.n_fft} "
+                         f"(the centred STFT reflects n_fft // 2 = {card.n_fft // 2} samples at each end)")
+    if card.audio_channels not in (1, 2):
+        raise ModelError(f"{source}: audio_channels must be 1 (a mono model) or 2, got {card.audio_channels!r}")
+    if card.residual is not None and card.residual not in card.stems:
+        raise ModelError(f"{source}: residual '{card.residual}' is not among the stems {list(card.stems)}; "
+                         "name one of them, or null when the model predicts every stem")
+    if len(set(card.stems)) != len(card.stems):
+        raise ModelError(f"{source}: stems {list(card.stems)} name a stem twice")
+    if card.residual is not None and len(card.stems) < 2:
+        raise ModelError(f"{source}: a residual stem needs at least one model stem beside it, got stems {list(card.stems)}")
+
+
+def _details(card: ModelCard) -> list[str]:
+    details = [card.architecture, f"{card.chunk_size / card.sample_rate:g} s chunks, num_overlap {card.num_overlap}"]
+    if card.audio_channels == 1:
+        details.append("mono")
+    parity = (card.imported or {}).get("parity_db")
+    if isinstance(parity, (int, float)) and not isinstance(parity, bool):
+        details.append(f"parity {parity:.1f} dB")
+    if card.quantized_from:
+        details.append(f"int8 of {card.quantized_from.get('name')}")
+    return details
+
+
+def _imports(path, config) -> bool:
+    """A torch checkpoint, or anything given with ``--config``: the RoFormer importer's to take or refuse."""
+    return config is not None or torch_checkpoint(path)
+
+
+FAMILY = register(Family(
+    name="roformer",
+    open_engine=lambda card, s: RoformerEngine(card, threads=s.threads, batch_size=s.batch_size),
+    requires=("architecture", "n_fft", "hop", "chunk_size", "dim_t", "num_overlap", "sample_rate", "file"),
+    requires_hint=" (stembridge models import writes it)",
+    prepare=_prepare, check=check_card, details=_details,
+    default_overlap=lambda card: grid(card)[1],
+    importer="bridge.importers.roformer:convert", imports=_imports,
+    import_help="BS-/Mel-Band RoFormer checkpoints (CHECKPOINT.ckpt --config CONFIG.yaml)",
+))

@@ -37,6 +37,10 @@ class Engine(Protocol):
     #: (None: the stems are not promised to sum to the mix).
     stems: tuple[str, ...]
     residual_stem: str | None
+    # Optional, read once by ChunkedSeparator with these defaults (a ten-line test engine needs
+    # none of them): ``card`` (ModelCard or None: the model file behind it, for caches and
+    # manifests), ``options`` (dict: settings that change the output, for manifests), and
+    # ``pad`` ("zeros" or "reflect").
 
     def run(self, chunks: np.ndarray) -> dict[str, np.ndarray]:
         """``(batch, 2, chunk)`` float32 -> ``{stem: (batch, 2, chunk)}`` for every stem but the residual."""
@@ -57,20 +61,29 @@ class ChunkedSeparator:
     """
 
     def __init__(self, engine: Engine, *, overlap: float = 0.25, batch_size: int = 1, name: str = "separator"):
-        self.engine = engine
+        self.engine = engine  # kept for older callers: use card, residual and settings instead
         self.plan = ChunkPlan(chunk=engine.chunk, trim=engine.trim, overlap=overlap,
                               pad=getattr(engine, "pad", "zeros"))
         self.batch_size = batch_size
         self.name = name
+        #: The model's card (for default-4stems, the vocal model's, whose file it runs); None for an
+        #: engine without one (a test's), whose stems are then never cached.
+        self.card = getattr(engine, "card", None)
+        self._options = dict(getattr(engine, "options", {}))
 
     @property
     def stems(self) -> tuple[str, ...]:
         return self.engine.stems
 
     @property
+    def residual(self) -> str | None:
+        """The stem set to the mix minus the others (None: the stems need not sum to the mix)."""
+        return self.engine.residual_stem
+
+    @property
     def settings(self) -> dict:
         """What changes this separator's output besides the model: for manifests and score files."""
-        return {"overlap": self.plan.overlap, **getattr(self.engine, "options", {})}
+        return {"overlap": self.plan.overlap, **self._options}
 
     @property
     def sample_rate(self) -> int:
