@@ -22,21 +22,18 @@ from ..audio import partials
 def model_identity(separator) -> dict | None:
     """What names the separator's model for the cache and for resume checks, or None if unknown.
 
-    None (e.g. a separator written in Python without a card): its stems are never cached.
+    None (a separator without a card, e.g. one written in Python): its stems are never cached.
     """
-    engine = getattr(separator, "engine", None)
-    if engine is None or not hasattr(separator, "settings"):
+    card = separator.card
+    if card is None:
         return None
-    card = getattr(engine, "card", None)
-    identity = {"engine": f"{type(engine).__module__}.{type(engine).__qualname__}", "stembridge": __version__,
-                "settings": {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}}
-    if card is not None:
-        fields = dataclasses.asdict(card)
-        for provenance in ("file", "license", "credit", "description", "source", "imported",
-                           "quantized_from"):
-            fields.pop(provenance, None)
-        identity["card"] = fields
-    return identity
+    # batch_size is a ChunkedSeparator's knob (onnxruntime may round differently per batch);
+    # a separator that does not batch has none.
+    settings = {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}
+    fields = dataclasses.asdict(card)
+    for provenance in ("file", "license", "credit", "description", "source", "imported", "quantized_from"):
+        fields.pop(provenance, None)
+    return {"family": card.family, "stembridge": __version__, "settings": settings, "card": fields}
 
 
 def file_sha256(path: Path) -> str:
@@ -60,9 +57,8 @@ def versions() -> dict[str, str]:
 
 def manifest_record(*, source: Path, header, session, separator, input_sha256: str | None = None) -> dict:
     """Everything a manifest holds but the outputs and the loudness gain."""
-    card = getattr(getattr(separator, "engine", None), "card", None)
-    model = {"name": separator.name, "settings": getattr(separator, "settings", {}),
-             "identity": model_identity(separator)}
+    card = separator.card
+    model = {"name": separator.name, "settings": dict(separator.settings), "identity": model_identity(separator)}
     if card is not None:
         model.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family,
                      card=card.source)

@@ -78,17 +78,12 @@ def up_to_date(manifest: Path, *, input_sha256: str, graph: RenderGraph, targets
         return False
     same = (record.stembridge == __version__ and record.input_sha256 == input_sha256
             and record.session == json.loads(json.dumps(graph.session.to_dict()))
-            and record.model_sha256 == _model_sha(graph.separator)
+            and record.model_sha256 == (graph.separator.card.sha256 if graph.separator.card else None)
             and record.model_identity == json.loads(json.dumps(model_identity(graph.separator)))
             and (album is None or record.album_songs == album))
     outputs_there = all(record.outputs.get(label) == target and target.is_file() for label, target in targets.items())
     handoff_there = all(path.is_file() for path in record.handoff.values())  # a deleted .rpp is rendered again
     return same and outputs_there and handoff_there
-
-
-def _model_sha(separator) -> str | None:
-    card = getattr(getattr(separator, "engine", None), "card", None)
-    return getattr(card, "sha256", None)
 
 
 def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = None, cache: StemCache | None = None,
@@ -122,7 +117,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
                     targets=targets, rate=rate, separator_stems=graph.separator.stems, out_dir=out_dir,
                     track=song.naming.track)
     sinks = _sinks(song, graph, hand, targets, manifest, rate=rate, digest=digest)
-    source = StemSource(song.path, song.header, graph.separator, cache=None if graph._pre is not None else cache,
+    source = StemSource(song.path, song.header, graph.separator, cache=None if graph.pre_chain is not None else cache,
                         pre=session.pre, pre_lanes=session.lanes("pre"))
     feed = _GraphFeed(graph, song.header, separation=source.stream, taps=hand.taps)
     return run_song(song, sinks, source=source, feed=feed, out_dir=out_dir, progress=progress,

@@ -32,7 +32,7 @@ class StemSource:
         if identity is None:
             self.stream = separator.stream(sample_rate=header.sample_rate, channels=header.channels)
             return
-        residual = getattr(separator.engine, "residual_stem", None)
+        residual = separator.residual
         computed = tuple(s for s in separator.stems if s != residual)
         key = entry_key(audio=_audio_identity(path, header), sample_rate=header.sample_rate,
                         channels=header.channels, frames=header.frames, pre=_pre_identity(pre, pre_lanes and pre_lanes.effects), model=identity,
