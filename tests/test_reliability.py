@@ -285,25 +285,39 @@ def _square(frames: int) -> np.ndarray:
     return np.stack([wave, wave], axis=1)
 
 
+#: (case, kind) -> the outputs that clip. The dsp vocals of a full-scale square ring over full scale
+#: (the instrumental peaks at 0.94); a DC offset of 0.5 is no vocal and stays under full scale in both
+#: stems, but the session's +12 dB takes it (and the square) to 2.0 on every sample.
+CLIPS = {("full-scale square", "separate"): {"vocals.wav"}, ("full-scale square", "render"): {"hot.remix.wav"},
+         ("DC offset 0.5", "separate"): set(), ("DC offset 0.5", "render"): {"hot.remix.wav"}}
+FULL_SCALE_24 = 1 - 2.0 ** -23  # the largest 24-bit PCM sample
+
+
 @pytest.mark.parametrize("kind", ["separate", "render"])
 @pytest.mark.parametrize("case", ["full-scale square", "DC offset 0.5"])
 def test_hot_signals_render_and_clipping_is_reported(case, kind, tmp_path, preset, capsys):
     frames = _square(SR // 2) if case == "full-scale square" else np.full((SR // 2, 2), 0.5, np.float32)
     source = write(tmp_path / "hot.wav", frames, subtype="FLOAT")
     out = tmp_path / "out"
-    # The dsp vocals of a full-scale square ring over full scale; a session adds +12 dB to both.
     hot = ["--set", "stems.vocals.gain_db=12", "--set", "stems.instrumental.gain_db=12"] if kind == "render" else []
     code, _, err = run(capsys, commands(kind, preset, [source], out, *hot))
     assert code == 0 and "Traceback" not in err
-    targets = final_files(out)
-    audio = [sf.read(str(t), always_2d=True)[0] for t in targets if t.suffix == ".wav"]
-    assert audio and all(a.shape[0] == frames.shape[0] for a in audio)
-    clipped = any(np.max(np.abs(a)) >= 1.0 - 1e-6 for a in audio)
-    if clipped or kind == "render":
-        assert "clipped" in err, "samples were clipped without a word"
+    targets = [t for t in final_files(out) if t.suffix == ".wav"]
+    audio = {t: sf.read(str(t), always_2d=True)[0] for t in targets}
+    assert audio and all(a.shape[0] == frames.shape[0] for a in audio.values())
+    clips = CLIPS[case, kind]
+    for target, a in audio.items():
+        count = int(np.sum(np.abs(a) >= FULL_SCALE_24))  # clipped samples, counted in the file itself
+        if target.name in clips:
+            assert count > 0 and f"{target}: {count} samples were over full scale and clipped" in err, (count, err)
+        else:
+            assert count == 0 and str(target) not in err, (target, count, err)
+    if not clips:  # nothing clipped: nothing said, and the stems sum back to the mix (24-bit outputs)
+        assert err == ""
+        np.testing.assert_allclose(sum(audio.values()), frames, atol=1e-5)
     if kind == "render":
         manifest = json.loads((out / "hot.remix.manifest.json").read_text())
-        assert manifest["outputs"]["mix"]["clipped_samples"] > 0
+        assert manifest["outputs"]["mix"]["clipped_samples"] == int(np.sum(np.abs(audio[out / "hot.remix.wav"]) >= FULL_SCALE_24))
     record(case, kind + (" +12 dB" if hot else ""),
            f"exit 0; {'`' + err.strip().splitlines()[0].replace(str(tmp_path), '<tmp>') + '`' if err else 'no clipping'}")
 
