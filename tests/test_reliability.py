@@ -30,7 +30,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyloudnorm as pyln
 import pytest
+import scipy.signal
 import soundfile as sf
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -501,8 +503,23 @@ def test_the_full_preset_is_valid_and_renders(tmp_path, capsys):
     preset = tmp_path / "full.yaml"
     preset.write_text(yaml.safe_dump(data))
     song = write(tmp_path / "song.wav", tone(SR // 10))
-    code, _, err = run(capsys, ["render", preset, song, "--out", tmp_path / "out"])
+    out = tmp_path / "out"
+    code, _, err = run(capsys, ["render", preset, song, "--out", out])
     assert code == 0, err
+    assert sorted(str(p.relative_to(out)) for p in final_files(out)) == [
+        "song.remix.manifest.json", "song.remix.wav", "song/instrumental.wav", "song/vocals.wav"]
+    output = data["output"]
+    frames = SR // 10 + round(output["tail_seconds"] * output["sample_rate"])  # the song, then the tail
+    for target in ("song.remix.wav", "song/instrumental.wav", "song/vocals.wav"):
+        info = sf.info(str(out / target))
+        assert (info.frames, info.channels, info.samplerate, info.subtype) == (frames, 2, 44100, "PCM_24"), target
+        assert b"bext" in (out / target).read_bytes()[:4096], f"{target}: output.bwf is true but there is no bext chunk"
+    mix, rate = sf.read(str(out / "song.remix.wav"), always_2d=True)
+    # output.loudness_lufs, measured independently (pyloudnorm's BS.1770 meter); 0.1 LU: 24-bit rounding.
+    assert pyln.Meter(rate).integrated_loudness(mix) == pytest.approx(output["loudness_lufs"], abs=0.1)
+    # output.true_peak_db: the sample peak of the 4x oversampled mix (BS.1770 true peak), 0.1 dB margin.
+    true_peak = 20 * np.log10(np.max(np.abs(scipy.signal.resample_poly(mix, 4, 1, axis=0))))
+    assert true_peak <= output["true_peak_db"] + 0.1
 
 
 @pytest.mark.parametrize("data, where", list(_misspelled_cases()))
