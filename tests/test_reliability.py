@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 import bridge.render.separate
 import bridge.render.song
+from bridge.audio.files import TEST_PAUSE_VARIABLE
 from bridge.cli import main as cli
 from bridge.host.ducking import DuckSettings
 from bridge.errors import BridgeError
@@ -763,7 +764,7 @@ def test_fuzz_load_only_raises_bridge_errors(text):
 
 # --- signals -------------------------------------------------------------------------------------------
 
-LONG_SECONDS = 40
+LONG_SECONDS = 10  # the run pauses at a point the test picks (no race), so the songs can be short
 
 
 @pytest.fixture(scope="module")
@@ -773,10 +774,18 @@ def long_songs(tmp_path_factory) -> list[Path]:
     return [write(folder / f"long{i}.wav", frames, subtype="PCM_16") for i in range(2)]
 
 
-def _launch(argv) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _launch(argv, **extra_env) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra_env}
     return subprocess.Popen([sys.executable, "-m", "bridge.cli", *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def wait_for(marker: Path, process: subprocess.Popen, seconds: float = 60) -> None:
+    """Wait until a writer paused by the test hook (:data:`bridge.audio.files.TEST_PAUSE_VARIABLE`) made ``marker``."""
+    deadline = time.monotonic() + seconds
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists() and process.poll() is None, "the run never paused in the second song's write"
 
 
 def _expected_outputs(kind: str, out: Path, songs) -> list[Path]:
@@ -802,19 +811,15 @@ def test_an_interrupted_run_leaves_no_partial_file_under_a_final_name(kind, sig,
     preset.write_text(PRESET)
     out = tmp_path / "out"
     before = {p: sha(p) for p in long_songs}
-    process = _launch(commands(kind, preset, long_songs, out))
-    first = _expected_outputs(kind, out, long_songs[:1])[0]
-    deadline = time.monotonic() + 60
-    # Interrupt while the second song is being written (the first is done), or failing that mid-first.
-    while time.monotonic() < deadline and process.poll() is None:
-        try:  # the run renames and removes files meanwhile: a scan may race with it
-            partials = [p for p in out.rglob(f".*.{process.pid}.partial")] if out.exists() else []
-        except FileNotFoundError:
-            partials = []
-        if partials and (first.exists() or time.monotonic() > deadline - 50):
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be interrupted; make the input longer"
+    # Interrupt while the second song is being written (the first is done): its writer pauses after a block.
+    marker = tmp_path / "paused"
+    process = _launch(commands(kind, preset, long_songs, out),
+                      **{TEST_PAUSE_VARIABLE: f"1:{marker}:{out / long_songs[1].stem}*"})
+    wait_for(marker, process)
+    assert int(marker.read_text()) == process.pid
+    assert all(p.exists() for p in _expected_outputs(kind, out, long_songs[:1]))
+    second = [p for p in out.rglob(f".*.{process.pid}.partial") if long_songs[1].stem in str(p.relative_to(out))]
+    assert second, list(out.rglob("*"))  # mid-write: the second song's output is a partial so far
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
     if sig == signal.SIGINT:
