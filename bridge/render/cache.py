@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio.partials import _pid_alive
 from ..errors import BridgeError, OutputError
 
 #: Bump when the stored layout or anything that decides stored samples changes.
@@ -264,6 +265,16 @@ class CacheEntry:
             handle.close()
 
 
+def _remove_dead_tmp(tmp: Path) -> None:
+    """Remove the unfinished entries (``KEY.PID.*``) and trash (``trash-NAME-PID-NS``) of processes that
+    are gone: a run killed mid-song leaves its private folder here, and nothing else would remove it."""
+    for folder in tmp.iterdir():
+        parts = folder.name.split("-") if folder.name.startswith("trash-") else folder.name.split(".")
+        pid = parts[-2] if len(parts) >= 3 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class EntryWriter:
     """Fills one entry in a private folder; :meth:`commit` renames it into place."""
 
@@ -278,6 +289,7 @@ class EntryWriter:
         tmp = cache._entries / "tmp"
         try:
             tmp.mkdir(parents=True, exist_ok=True)
+            _remove_dead_tmp(tmp)
             self.folder = Path(tempfile.mkdtemp(prefix=f"{key}.{os.getpid()}.", dir=tmp))
             self._files = {s: open(self.folder / f"{s}.f32", "wb") for s in self.stems}
         except OSError as exc:
