@@ -25,6 +25,7 @@ import pytest
 import soundfile as sf
 
 from bridge.audio import files
+from bridge.audio.files import TEST_PAUSE_VARIABLE
 from bridge.batch import RunSpec, discover, run_batch
 from bridge.batch.jobs import _WORKERS
 from bridge.render.cache import FORMAT_VERSION, CacheWarning, StemCache
@@ -395,27 +396,27 @@ def test_a_rerun_skips_what_is_up_to_date_and_renders_what_changed(album, preset
 
 
 def test_sigkill_mid_album_then_a_rerun_completes_only_what_is_missing(tmp_path, preset):
-    songs = [write_song(tmp_path / "album" / f"{i:02d}.wav", 25.0, seed=20 + i) for i in range(3)]
-    out, cache = tmp_path / "out", tmp_path / "cache"
+    songs = [write_song(tmp_path / "album" / f"{i:02d}.wav", 5.0, seed=20 + i) for i in range(3)]
+    out, cache, marker = tmp_path / "out", tmp_path / "cache", tmp_path / "paused"
     argv = [sys.executable, "-m", "bridge.cli", "render", str(preset), str(tmp_path / "album"), "--out", str(out),
             "--cache-dir", str(cache), "--quiet"]
-    process = subprocess.Popen(argv, env=env(), cwd=REPO, stderr=subprocess.PIPE, text=True)
-    first = out / "album" / "01.mix.manifest.json"
+    # The third song's mix pauses after its first block (the test hook): killed there, not by a race.
+    process = subprocess.Popen(argv, env={**env(), TEST_PAUSE_VARIABLE: f"1:{marker}:{out}/album/02.mix*"}, cwd=REPO,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if first.exists() and hidden_leftovers(out):
-            break
+    while time.monotonic() < deadline and process.poll() is None and not marker.exists():
         time.sleep(0.01)
-    assert process.poll() is None, "the run ended before it could be killed; make the songs longer"
+    assert marker.exists() and process.poll() is None, "the run never paused in the third song"
+    assert (out / "album" / "01.mix.manifest.json").exists() and hidden_leftovers(out)
     process.kill()
     process.communicate(timeout=60)
     for path in out.rglob("*.wav"):  # every final file is complete
         if not path.name.startswith("."):
-            assert sf.info(str(path)).frames == 25 * SR, path
+            assert sf.info(str(path)).frames == 5 * SR, path
     rerun = stembridge("render", preset, tmp_path / "album", "--out", out, "--cache-dir", cache, "--quiet")
     assert rerun.stderr == ""
     statuses = [s["status"] for s in run_record(out)["songs"]]
-    assert statuses[0] == "skipped" and "skipped" not in statuses[2:] and len(statuses) == 3
+    assert statuses == ["skipped", "skipped", "rendered"]  # killed in the third song: only it is missing
     assert not hidden_leftovers(out) and not list(cache.glob(f"v{FORMAT_VERSION}/tmp/*"))
     clean = tmp_path / "clean"
     stembridge("render", preset, tmp_path / "album", "--out", clean, "--no-cache", "--quiet")
