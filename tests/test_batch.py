@@ -18,6 +18,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyloudnorm
@@ -544,6 +545,9 @@ def dask_cluster(tmp_path_factory):
     if dask is None:
         pytest.skip("the dask command is not installed (pip install 'stembridge[dask]')")
     folder = tmp_path_factory.mktemp("dask")
+    # The workers' song 0 mix pauses after a block once its marker is gone (the test hook); made here: disarmed.
+    pause = folder / "paused"
+    pause.write_text("disarmed")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     logs = [open(folder / name, "w") for name in ("scheduler.log", "worker.log")]
@@ -551,13 +555,14 @@ def dask_cluster(tmp_path_factory):
                                  stdout=logs[0], stderr=subprocess.STDOUT, env=env(), start_new_session=True)
     worker = subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
                                "--host", "127.0.0.1", "--local-directory", str(folder)],
-                              stdout=logs[1], stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+                              stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**env(), TEST_PAUSE_VARIABLE: f"1:{pause}:*/in/0.mix.wav"})
     from distributed import Client
 
     try:
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
-        yield address
+        yield SimpleNamespace(address=address, pause=pause)
     finally:
         for process in (worker, scheduler):
             os.killpg(process.pid, signal.SIGTERM)
@@ -574,7 +579,7 @@ def test_dask_run_equals_the_local_run_also_with_vst3_chains(dask_cluster, album
     preset = _vst3_preset(tmp_path, vst3_plugins)
     local, remote = tmp_path / "local", tmp_path / "remote"
     stembridge("render", preset, album, "--out", local, "--no-cache", "--quiet")
-    result = stembridge("render", preset, album, "--out", remote, "--no-cache", "--scheduler", dask_cluster)
+    result = stembridge("render", preset, album, "--out", remote, "--no-cache", "--scheduler", dask_cluster.address)
     assert "5 rendered" in result.stdout
     assert audio_files(local) == audio_files(remote) and len(audio_files(local)) == 15
     songs = run_record(remote)["songs"]
@@ -589,30 +594,28 @@ def _parent(pid: int) -> int:
 
 
 def test_a_dask_worker_that_dies_mid_song_has_it_retried_elsewhere(dask_cluster, tmp_path, preset):
-    songs = [write_song(tmp_path / "in" / f"{i}.wav", 40.0, seed=50 + i) for i in range(2)]
+    songs = [write_song(tmp_path / "in" / f"{i}.wav", 5.0, seed=50 + i) for i in range(2)]
     out = tmp_path / "out"
+    dask_cluster.pause.unlink()  # armed: the first render host to write song 0's mix pauses there
     process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "render", str(preset), str(tmp_path / "in"),
-                                "--out", str(out), "--no-cache", "--quiet", "--scheduler", dask_cluster],
+                                "--out", str(out), "--no-cache", "--quiet", "--scheduler", dask_cluster.address],
                                env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None and killed is None:
-        for partial in hidden_leftovers(out) if out.exists() else []:
-            match = re.match(r"^\..+\.(\d+)\.partial$", partial.name)
-            if not match:
-                continue
-            host = int(match.group(1))
-            try:
-                worker = _parent(host)
-            except (OSError, ValueError, IndexError):
-                continue
-            os.kill(worker, signal.SIGKILL)  # the Dask worker process rendering this song, mid-song
-            killed = worker
-            break
+    while time.monotonic() < deadline and process.poll() is None and not dask_cluster.pause.exists():
         time.sleep(0.01)
+    assert dask_cluster.pause.exists() and process.poll() is None, "song 0 never paused in a worker"
+    host = int(dask_cluster.pause.read_text())  # the render host writing song 0, paused mid-song
+    worker = _parent(host)
+    os.kill(worker, signal.SIGKILL)  # the Dask worker process rendering this song, mid-song
+    os.kill(host, signal.SIGKILL)  # and its render host (orphaned, it would exit by itself within 50 ms)
     stdout, stderr = process.communicate(timeout=300)
-    assert killed is not None, "no song was caught mid-render; make the songs longer"
     assert process.returncode == 0, stderr
     assert not hidden_leftovers(out)
+    # Retried elsewhere: song 0 was rendered, by another render host than the one killed, and is complete.
+    record = {Path(s["input"]).name: s for s in run_record(out)["songs"]}
+    assert {name: s["status"] for name, s in record.items()} == {"0.wav": "rendered", "1.wav": "rendered"}
+    assert record["0.wav"]["worker_pid"] not in (None, host)
     for song in songs:
-        np.testing.assert_allclose(files.read(out / "in" / f"{song.stem}.mix.wav")[0], files.read(song)[0], atol=1e-6)
+        mix = files.read(out / "in" / f"{song.stem}.mix.wav")[0]
+        assert mix.shape == (2, 5 * SR)
+        np.testing.assert_allclose(mix, files.read(song)[0], atol=1e-6)  # the dsp preset's mix is the song
