@@ -338,10 +338,13 @@ def test_two_processes_racing_on_one_song_with_one_cache_both_succeed(tmp_path):
 def test_cache_command_and_lru_cap(tmp_path, capsys):
     cache = tmp_path / "cache"
     songs = [write_song(tmp_path / f"s{i}.wav", 1.0, seed=10 + i) for i in range(3)]
+    used = time.time() - 3600
     for i, song in enumerate(songs):
+        before = set(cache.glob(f"v{FORMAT_VERSION}/??/*/entry.json"))
         assert cli(["separate", str(song), "--model", "dsp", "--quiet", "--cache-dir", str(cache),
                     "--out", str(tmp_path / "out")]) == 0
-        time.sleep(0.02)  # distinct use times
+        (new,) = set(cache.glob(f"v{FORMAT_VERSION}/??/*/entry.json")) - before
+        os.utime(new, (used + 10 * i, used + 10 * i))  # distinct use times, 10 s apart, on any file system
     entry = _entry_files(cache)[0].stat().st_size
     assert entry == SR * 2 * 4  # 1 s stereo float32: the residual stem is not stored
     capsys.readouterr()
