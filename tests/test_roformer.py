@@ -289,7 +289,11 @@ def test_card_keeps_the_import_record_and_stays_hashable(rf):
     from bridge.render.records import model_identity
     identity = model_identity(load_separator(card))
     assert "imported" not in identity["card"] and identity["settings"]["overlap"] == pytest.approx(1 - 640 / 2048)
-    json.dumps(identity, default=str)
+    # The identity goes into JSON records as it is: JSON types only (a Path or an object raises TypeError here,
+    # where default=str turned anything into a string), and it reads back as the card's values.
+    back = json.loads(json.dumps(identity, allow_nan=False))
+    assert back["card"]["stems"] == list(card.stems) and back["card"]["sha256"] == card.sha256
+    assert back["settings"] == identity["settings"] and back["engine"] == identity["engine"]
 
 
 # --- command line ---------------------------------------------------------------------------------
