@@ -86,7 +86,11 @@ def test_four_stems_sum_to_real_music_and_the_instrumental_is_the_rest(separated
     inst = with_sums(stems, ["instrumental"])["instrumental"]
     np.testing.assert_allclose(inst + stems["vocals"], song.mixture, atol=1e-6)
     level = {k: 10 * np.log10(np.mean(np.square(v, dtype=np.float64))) for k, v in stems.items()}
-    assert min(level.values()) > -45  # every stem carries part of the song (measured -21 to -16 dBFS)
+    # Every stem carries its part of the song: measured vocals -19.9, drums -24.7, bass -23.8, other -25.9 dBFS;
+    # each within 3 dB of that.
+    measured = {"vocals": -19.9, "drums": -24.7, "bass": -23.8, "other": -25.9}
+    for stem, dbfs in measured.items():
+        assert level[stem] == pytest.approx(dbfs, abs=3.0), stem
 
 
 def test_streaming_equals_one_pass_mono_and_untouched(four, rng):
