@@ -13,10 +13,12 @@ observed behaviour that docs/reliability.md holds.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -360,10 +362,65 @@ def test_a_file_that_disappears_mid_run_is_skipped(kind, tmp_path, preset, capsy
            "the other files rendered")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads any file, chmod 000 cannot make one unreadable")
-def test_an_unreadable_file_is_named(tmp_path, preset, capsys):
+def _denied(path) -> PermissionError:
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def act_as_non_root(monkeypatch, *, unreadable=(), read_only=()) -> None:
+    """For root, who reads and writes anything: what a normal user meets on a chmod 000 file
+    (``unreadable``) or in a chmod 555 folder (``read_only``), simulated in-process at the calls that
+    reach the OS (Python's open, os.open, os.mkdir, os.access, libsndfile's open). A normal user gets
+    the real errors from the chmod, and nothing is patched."""
+    if not IS_ROOT:
+        return
+    unreadable = {os.path.abspath(p) for p in unreadable}
+    read_only = {os.path.abspath(p) for p in read_only}
+
+    def refused(path, writing: bool) -> bool:
+        if isinstance(path, int):
+            return False
+        path = os.path.abspath(os.fspath(path))
+        return path in unreadable or (writing and os.path.dirname(path) in read_only)
+
+    def writes(mode) -> bool:
+        return any(c in str(mode) for c in "wax+")
+
+    real_open, real_os_open, real_mkdir, real_access = io.open, os.open, os.mkdir, os.access
+    real_soundfile = sf.SoundFile.__init__
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if refused(file, writes(mode)):
+            raise _denied(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if refused(path, bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))):
+            raise _denied(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if refused(path, True) and not os.path.isdir(path):
+            raise _denied(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def fake_access(path, mode, *args, **kwargs):
+        return not refused(path, bool(mode & os.W_OK)) and real_access(path, mode, *args, **kwargs)
+
+    def fake_soundfile(self, file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and refused(file, writes(mode)):
+            raise sf.LibsndfileError(2, prefix=f"Error opening {str(file)!r}: ")  # SFE_SYSTEM: "System error."
+        return real_soundfile(self, file, mode, *args, **kwargs)
+
+    for target, name, fake in ((io, "open", fake_open), (builtins, "open", fake_open), (os, "open", fake_os_open),
+                               (os, "mkdir", fake_mkdir), (os, "access", fake_access),
+                               (sf.SoundFile, "__init__", fake_soundfile)):
+        monkeypatch.setattr(target, name, fake)
+
+
+def test_an_unreadable_file_is_named(tmp_path, preset, capsys, monkeypatch):
     source = write(tmp_path / "locked.wav", tone(100))
     source.chmod(0)
+    act_as_non_root(monkeypatch, unreadable=[source])
     try:
         code, _, err = run(capsys, commands("separate", preset, [source], tmp_path / "out"))
     finally:
@@ -631,18 +688,20 @@ def test_a_full_disk_fails_cleanly(kind, tmp_path, preset, capsys, monkeypatch):
     record("output disk full (ENOSPC on write)", kind, f"exit 1: `{lines[0].replace(str(tmp_path), '<tmp>')}`")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders, so there is nothing to test")
 @pytest.mark.parametrize("kind", ["separate", "render"])
-def test_a_read_only_output_folder_fails_cleanly(kind, tmp_path, preset, capsys):
+def test_a_read_only_output_folder_fails_cleanly(kind, tmp_path, preset, capsys, monkeypatch):
     song = write(tmp_path / "song.wav", tone(SR // 10))
     out = tmp_path / "out"
     out.mkdir()
     out.chmod(0o555)
+    act_as_non_root(monkeypatch, read_only=[out])
     try:
         code, _, err = run(capsys, commands(kind, preset, [song], out))
     finally:
         out.chmod(0o755)
-    one_error(code, err, str(out), exit_code=SONG_FAILED)
+    # Before any work, one line (the songs and then the run record each failed on it before).
+    one_error(code, err, str(out), "Permission denied", "cannot write into the output folder")
+    assert list(out.iterdir()) == []
 
 
 # --- command-line settings ---------------------------------------------------------------------------
