@@ -26,6 +26,7 @@ import pytest
 import soundfile as sf
 
 from bridge.audio import files
+from conftest import missing, need_module
 from bridge.audio.files import TEST_PAUSE_VARIABLE
 from bridge.batch import RunSpec, discover, run_batch
 from bridge.batch.jobs import _WORKERS
@@ -543,10 +544,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A real scheduler and two one-thread worker processes, started with the dask command line."""
-    pytest.importorskip("distributed")
+    need_module("distributed", "; pip install -e \".[test]\"")
     dask = shutil.which("dask")
     if dask is None:
-        pytest.skip("the dask command is not installed (pip install 'stembridge[dask]')")
+        missing("the dask command is not installed (pip install 'stembridge[dask]')")
     folder = tmp_path_factory.mktemp("dask")
     # The workers' song 0 mix pauses after a block once its marker is gone (the test hook); made here: disarmed.
     pause = folder / "paused"

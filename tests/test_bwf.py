@@ -22,6 +22,7 @@ import scipy.signal
 import soundfile as sf
 
 from bridge import __version__
+from conftest import missing
 from bridge.audio import files
 from bridge.daw import bwf
 from bridge.errors import AudioError, OutputError
@@ -185,7 +186,7 @@ def test_a_time_reference_past_24_hours_is_refused_before_anything_is_written(tm
 
 def test_mediainfo_reads_the_bext_fields(tmp_path, separator, song):
     if shutil.which("mediainfo") is None:
-        pytest.skip("mediainfo is not installed (apt-get install mediainfo; .ci/run installs it)")
+        missing("mediainfo is not installed (apt-get install mediainfo; .ci/run installs it)")
     source = wav_with_bext(tmp_path / "song.wav", song, TEN_AM)
     written = render(tmp_path, separator, source)
     report = json.loads(subprocess.run(["mediainfo", "--Output=JSON", str(written["vocals"])], check=True,

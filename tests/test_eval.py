@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DATA, noise
+from conftest import DATA, need_data, noise
 from scipy import signal
 
 from bridge.errors import AudioError, ModelError
@@ -232,9 +232,7 @@ def test_oracle_separates_two_colours(tmp_path, rng):
 def test_dsp_on_real_excerpt(tmp_path):
     from bridge.separation import load_separator
 
-    source = DATA / "cristina-vane-so-easy"
-    if not source.is_dir():
-        pytest.skip(f"real music not found at {source}")
+    source = need_data(DATA / "cristina-vane-so-easy")
     song = tmp_path / "so-easy"
     song.mkdir()
     for name in ("mixture", "vocals", "accompaniment"):  # the first 5 s keep the test short

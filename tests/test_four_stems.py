@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DATA, assert_streaming_equals_one_pass, noise
+from conftest import DATA, assert_streaming_equals_one_pass, need_data, noise
 
 from bridge.audio import files
 from bridge.errors import PresetError
@@ -27,9 +27,7 @@ def four():
 
 
 def _song(name: str) -> Song:
-    folder = DATA / name
-    if not folder.is_dir():
-        pytest.skip(f"real music not found at {folder}")
+    folder = need_data(DATA / name)
     refs = {}
     for stem in ("mixture", "vocals", "drums", "bass", "other"):
         path = folder / f"{stem}.flac"

@@ -17,7 +17,9 @@ import pyloudnorm as pyln
 import pytest
 import soundfile as sf
 
-av = pytest.importorskip("av")
+from conftest import need_module  # noqa: E402
+
+av = need_module("av", "; pip install -e \".[test]\"")
 
 from bridge.daw import nistems  # noqa: E402
 from bridge.errors import PresetError  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tf_checkpoints
-from conftest import DATA, noise
+from conftest import DATA, need_data, noise
 
 from bridge.audio import files
 from bridge.cli import main as cli
@@ -51,9 +51,7 @@ def _snr(reference, estimate) -> float:
 
 def _magnitudes(seconds_in: float = 30.0) -> np.ndarray:
     """One model chunk (512 frames) of real music: |STFT| [1, 2, 512, 1024]."""
-    path = DATA / "ni-halcyon-sky-koronium-5" / "mixture.flac"
-    if not path.is_file():
-        pytest.skip(f"real music not found at {path}")
+    path = need_data(DATA / "ni-halcyon-sky-koronium-5" / "mixture.flac")
     audio, _ = files.read(path)
     start = int(seconds_in * SR)
     chunk = audio[np.newaxis, :, start:start + 1024 * 511]
