@@ -91,6 +91,9 @@ def need_data(path: Path) -> Path:
     return path
 
 
+TORCH = "; pip install -e \".[test]\" (CPU wheel: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+
+
 def need_module(name: str, why: str = ""):
     """``import name``, or a skip locally / a failure on CI (where the test extra and .ci/run install it)."""
     try:

@@ -18,7 +18,7 @@ import onnx_models
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO, assert_streaming_equals_one_pass, noise
+from conftest import REPO, TORCH, assert_streaming_equals_one_pass, need_module, noise
 
 from bridge import ModelError, load_separator
 from bridge.audio.buffers import power_db
@@ -72,7 +72,7 @@ def rf(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("n_fft,hop,win_length", [(256, 64, 256), (2048, 441, 2048), (256, 50, 200), (512, 100, 301)])
 def test_stft_and_inverse_equal_torch(rng, n_fft, hop, win_length):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch", TORCH)
     x = noise(rng, 3, 20 * hop + 7, level=0.5)
     window = torch.hann_window(win_length)
     expected = torch.stft(torch.from_numpy(x), n_fft, hop, win_length, window=window, center=True,
@@ -95,7 +95,7 @@ def test_stft_and_inverse_equal_torch(rng, n_fft, hop, win_length):
 def test_engine_chunk_equals_the_torch_pipeline(rf, rng):
     """One chunk through the engine = torch.stft -> complex masks -> torch.istft, as the importer's
     parity check runs the original model."""
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch", TORCH)
     engine = load_separator(rf / "halves.yaml").engine
     chunks = noise(rng, 3, CHUNK * 2, level=0.3).reshape(3, 2, CHUNK)
     out = engine.run(chunks)

@@ -16,7 +16,9 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import TORCH, need_module  # noqa: E402
+
+torch = need_module("torch", TORCH)
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
