@@ -443,6 +443,7 @@ def _vst3_preset(tmp_path: Path, vst3_plugins) -> Path:
     return preset
 
 
+@pytest.mark.slow
 def test_jobs_2_equals_jobs_1_also_with_vst3_chains(album, tmp_path, vst3_plugins, models_dir):
     """Bit-identical: the dsp separator has no onnxruntime, and each song's chains start from reset."""
     preset = _vst3_preset(tmp_path, vst3_plugins)

@@ -61,6 +61,7 @@ def _excerpt(folder, target, seconds: float, start: float = 0.0):
             sf.write(str(target / f"{path.stem}.wav"), audio, rate, subtype="FLOAT")
 
 
+@pytest.mark.slow
 def test_default_separates_real_music_far_better_than_the_fallback(tmp_path, default):
     source = need_data(DATA / "cristina-vane-so-easy")
     _excerpt(source, tmp_path / "so-easy", seconds=12.0, start=10.0)

@@ -75,6 +75,7 @@ def test_hpss_masks_split_a_click_train_from_a_tone(rng):
     assert weights[np.argmin(np.abs(freqs - 250))] == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow
 def test_four_stems_sum_to_real_music_and_the_instrumental_is_the_rest(separated):
     song, stems = separated["musdb7-80s-rock"]
     assert tuple(stems) == STEMS
@@ -91,6 +92,7 @@ def test_four_stems_sum_to_real_music_and_the_instrumental_is_the_rest(separated
         assert level[stem] == pytest.approx(dbfs, abs=3.0), stem
 
 
+@pytest.mark.slow
 def test_streaming_equals_one_pass_mono_and_untouched(four, rng):
     x = noise(rng, 2, SR * 6, level=0.2)  # two chunks and their cross-fade
     before = x.copy()
@@ -130,6 +132,7 @@ def _medians(song: Song, estimates: dict, stems) -> dict[str, float]:
     return {s: float(np.nanmedian(row)) for s, row in zip(stems, sdr)}
 
 
+@pytest.mark.slow
 def test_closed_form_sdr_is_museval(separated):
     from bridge.quality.evaluate import framewise_sdr
 
@@ -141,6 +144,7 @@ def test_closed_form_sdr_is_museval(separated):
                                atol=0.01)  # dB; museval solves its filters in float64 too
 
 
+@pytest.mark.slow
 def test_split_beats_the_no_split_baseline_on_real_music(separated):
     """Issue 13's targets on the whole songs: drums and bass >= 3 dB SDR above the baseline (the
     same vocal model's instrumental as each stem's estimate), other >= 1 dB. Measured with

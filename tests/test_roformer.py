@@ -306,6 +306,7 @@ def _cli(*argv, models: Path):
                           text=True, env=env, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_separates_and_renders_with_a_roformer_card(rf, tmp_path, rng):
     song = tmp_path / "song.wav"
     x = band_noise(rng, 2, 3 * CHUNK + 5)

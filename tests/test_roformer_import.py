@@ -258,6 +258,7 @@ def test_torch_missing_says_which_extra(imported, models_folder, monkeypatch, ca
     assert _nothing_written(models_folder)
 
 
+@pytest.mark.slow
 def test_an_existing_name_needs_force(imported, models_folder, capsys):
     ckpt, config, _, _ = imported["mel"]
     assert cli(["models", "import", str(ckpt), "--config", str(config)]) == 0  # default name: the file's
@@ -335,6 +336,7 @@ def test_an_export_under_60_db_is_refused(imported, models_folder, monkeypatch, 
         list(models_folder.glob("*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bs", "mel"])
 def test_sequences_in_groups_give_the_same_mask_in_torch_and_onnx(imported, kind, monkeypatch, tmp_path):
     """With a scratch budget so small that every transformer runs its sequences one group at a

@@ -39,7 +39,8 @@ def test_overlap_add_is_exact_for_identity(rng, overlap, samples, block):
     np.testing.assert_allclose(y, x, atol=1e-6)  # float32 weights summing to 1
 
 
-@pytest.mark.parametrize("samples", [1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17, 44100 * 150])
+@pytest.mark.parametrize("samples", [1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17,
+                                     pytest.param(44100 * 150, marks=pytest.mark.slow)])
 def test_identity_primary_equals_mix_at_every_length(models_dir, rng, samples):
     separator = load_separator(models_dir / "identity-inst.yaml", overlap=0.25, batch_size=4)
     x = band_noise(rng, 2, samples) if samples > 1000 else noise(rng, 2, samples)

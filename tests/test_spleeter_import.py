@@ -122,6 +122,7 @@ def test_crc_is_tensorflows_masked_crc32c():
     assert tf_checkpoints.masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stems, names", [(4, ("vocals", "drums", "bass", "other")),
                                           (5, ("vocals", "piano", "drums", "bass", "other"))])
 def test_4_and_5_stem_checkpoints_run_end_to_end(tmp_path, models_folder, rng, stems, names):
