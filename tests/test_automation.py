@@ -287,11 +287,11 @@ stems:
 master: [{{effect: Gain}}]
 output: {{tail_seconds: 0.5}}
 """
-    preset = write(tmp_path, body + f"""automation:
-  pre[0].cutoff_frequency_hz: {{points: [[0, 300], ["2:1", 12000]], curve: exponential}}
+    preset = write(tmp_path, body + """automation:
+  pre[0].cutoff_frequency_hz: {points: [[0, 300], ["2:1", 12000]], curve: exponential}
   stems.vocals.chain[0].gain_db: [[0, 0], [1, -20], [3, 6]]
   stems.vocals.chain[1].room_size: [[0, 0.1], [3, 0.9]]
-  master[0].gain_db: {{points: [[0, -3], ["1:3", 0]], curve: hold}}
+  master[0].gain_db: {points: [[0, -3], ["1:3", 0]], curve: hold}
   stems.instrumental.gain_db: [[0, -10], [2, 0]]
 """)
     whole = render(preset, song)
