@@ -128,6 +128,7 @@ def test_the_session_snippet_is_the_session_it_describes(workdir):
         {"effect": "Limiter", "threshold_db": -1}]
 
 
+@pytest.mark.slow
 def test_the_readme_command_lines_run(workdir):
     lines = command_lines()
     run = [line for line in lines if not not_run(line)]
