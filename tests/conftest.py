@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -75,13 +76,36 @@ def models_dir(tmp_path_factory) -> Path:
     return d
 
 
+def missing(what: str) -> None:
+    """Skip a test whose data or tool is missing; on CI (``CI`` set, as .ci/run sets it) fail it instead,
+    so a broken data path never hides as skips there."""
+    if vst3.in_ci():
+        pytest.fail(f"{what}; CI must have it", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def need_data(path: Path) -> Path:
+    """``path`` under ../shared/data (a file or folder), or a skip locally / a failure on CI."""
+    if not path.exists():
+        missing(f"real music not found at {path} (the shared/ folder beside the clone; see the README)")
+    return path
+
+
+TORCH = "; pip install -e \".[test]\" (CPU wheel: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+
+
+def need_module(name: str, why: str = ""):
+    """``import name``, or a skip locally / a failure on CI (where the test extra and .ci/run install it)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing(f"{name} is not installed ({exc}){why}")
+
+
 @pytest.fixture(scope="session")
 def music() -> Path:
     """A real song with stems (80s rock, 6.8 s, 44.1 kHz stereo)."""
-    path = DATA / "musdb7-80s-rock"
-    if not path.is_dir():
-        pytest.skip(f"real music not found at {path}")
-    return path
+    return need_data(DATA / "musdb7-80s-rock")
 
 
 @pytest.fixture(scope="session")

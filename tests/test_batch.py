@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -18,6 +17,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyloudnorm
@@ -25,6 +25,8 @@ import pytest
 import soundfile as sf
 
 from bridge.audio import files
+from conftest import missing, need_module
+from bridge.audio.files import TEST_PAUSE_VARIABLE
 from bridge.batch import RunSpec, discover, run_batch
 from bridge.batch.jobs import _WORKERS
 from bridge.render.cache import FORMAT_VERSION, CacheWarning, StemCache
@@ -336,10 +338,13 @@ def test_two_processes_racing_on_one_song_with_one_cache_both_succeed(tmp_path):
 def test_cache_command_and_lru_cap(tmp_path, capsys):
     cache = tmp_path / "cache"
     songs = [write_song(tmp_path / f"s{i}.wav", 1.0, seed=10 + i) for i in range(3)]
+    used = time.time() - 3600
     for i, song in enumerate(songs):
+        before = set(cache.glob(f"v{FORMAT_VERSION}/??/*/entry.json"))
         assert cli(["separate", str(song), "--model", "dsp", "--quiet", "--cache-dir", str(cache),
                     "--out", str(tmp_path / "out")]) == 0
-        time.sleep(0.02)  # distinct use times
+        (new,) = set(cache.glob(f"v{FORMAT_VERSION}/??/*/entry.json")) - before
+        os.utime(new, (used + 10 * i, used + 10 * i))  # distinct use times, 10 s apart, on any file system
     entry = _entry_files(cache)[0].stat().st_size
     assert entry == SR * 2 * 4  # 1 s stereo float32: the residual stem is not stored
     capsys.readouterr()
@@ -395,27 +400,27 @@ def test_a_rerun_skips_what_is_up_to_date_and_renders_what_changed(album, preset
 
 
 def test_sigkill_mid_album_then_a_rerun_completes_only_what_is_missing(tmp_path, preset):
-    songs = [write_song(tmp_path / "album" / f"{i:02d}.wav", 25.0, seed=20 + i) for i in range(3)]
-    out, cache = tmp_path / "out", tmp_path / "cache"
+    songs = [write_song(tmp_path / "album" / f"{i:02d}.wav", 5.0, seed=20 + i) for i in range(3)]
+    out, cache, marker = tmp_path / "out", tmp_path / "cache", tmp_path / "paused"
     argv = [sys.executable, "-m", "bridge.cli", "render", str(preset), str(tmp_path / "album"), "--out", str(out),
             "--cache-dir", str(cache), "--quiet"]
-    process = subprocess.Popen(argv, env=env(), cwd=REPO, stderr=subprocess.PIPE, text=True)
-    first = out / "album" / "01.mix.manifest.json"
+    # The third song's mix pauses after its first block (the test hook): killed there, not by a race.
+    process = subprocess.Popen(argv, env={**env(), TEST_PAUSE_VARIABLE: f"1:{marker}:{out}/album/02.mix*"}, cwd=REPO,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if first.exists() and hidden_leftovers(out):
-            break
+    while time.monotonic() < deadline and process.poll() is None and not marker.exists():
         time.sleep(0.01)
-    assert process.poll() is None, "the run ended before it could be killed; make the songs longer"
+    assert marker.exists() and process.poll() is None, "the run never paused in the third song"
+    assert (out / "album" / "01.mix.manifest.json").exists() and hidden_leftovers(out)
     process.kill()
     process.communicate(timeout=60)
     for path in out.rglob("*.wav"):  # every final file is complete
         if not path.name.startswith("."):
-            assert sf.info(str(path)).frames == 25 * SR, path
+            assert sf.info(str(path)).frames == 5 * SR, path
     rerun = stembridge("render", preset, tmp_path / "album", "--out", out, "--cache-dir", cache, "--quiet")
     assert rerun.stderr == ""
     statuses = [s["status"] for s in run_record(out)["songs"]]
-    assert statuses[0] == "skipped" and "skipped" not in statuses[2:] and len(statuses) == 3
+    assert statuses == ["skipped", "skipped", "rendered"]  # killed in the third song: only it is missing
     assert not hidden_leftovers(out) and not list(cache.glob(f"v{FORMAT_VERSION}/tmp/*"))
     clean = tmp_path / "clean"
     stembridge("render", preset, tmp_path / "album", "--out", clean, "--no-cache", "--quiet")
@@ -437,6 +442,7 @@ def _vst3_preset(tmp_path: Path, vst3_plugins) -> Path:
     return preset
 
 
+@pytest.mark.slow
 def test_jobs_2_equals_jobs_1_also_with_vst3_chains(album, tmp_path, vst3_plugins, models_dir):
     """Bit-identical: the dsp separator has no onnxruntime, and each song's chains start from reset."""
     preset = _vst3_preset(tmp_path, vst3_plugins)
@@ -538,11 +544,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A real scheduler and two one-thread worker processes, started with the dask command line."""
-    pytest.importorskip("distributed")
+    need_module("distributed", "; pip install -e \".[test]\"")
     dask = shutil.which("dask")
     if dask is None:
-        pytest.skip("the dask command is not installed (pip install 'stembridge[dask]')")
+        missing("the dask command is not installed (pip install 'stembridge[dask]')")
     folder = tmp_path_factory.mktemp("dask")
+    # The workers' song 0 mix pauses after a block once its marker is gone (the test hook); made here: disarmed.
+    pause = folder / "paused"
+    pause.write_text("disarmed")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     logs = [open(folder / name, "w") for name in ("scheduler.log", "worker.log")]
@@ -550,13 +559,14 @@ def dask_cluster(tmp_path_factory):
                                  stdout=logs[0], stderr=subprocess.STDOUT, env=env(), start_new_session=True)
     worker = subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
                                "--host", "127.0.0.1", "--local-directory", str(folder)],
-                              stdout=logs[1], stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+                              stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**env(), TEST_PAUSE_VARIABLE: f"1:{pause}:*/in/0.mix.wav"})
     from distributed import Client
 
     try:
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
-        yield address
+        yield SimpleNamespace(address=address, pause=pause)
     finally:
         for process in (worker, scheduler):
             os.killpg(process.pid, signal.SIGTERM)
@@ -573,7 +583,7 @@ def test_dask_run_equals_the_local_run_also_with_vst3_chains(dask_cluster, album
     preset = _vst3_preset(tmp_path, vst3_plugins)
     local, remote = tmp_path / "local", tmp_path / "remote"
     stembridge("render", preset, album, "--out", local, "--no-cache", "--quiet")
-    result = stembridge("render", preset, album, "--out", remote, "--no-cache", "--scheduler", dask_cluster)
+    result = stembridge("render", preset, album, "--out", remote, "--no-cache", "--scheduler", dask_cluster.address)
     assert "5 rendered" in result.stdout
     assert audio_files(local) == audio_files(remote) and len(audio_files(local)) == 15
     songs = run_record(remote)["songs"]
@@ -588,30 +598,28 @@ def _parent(pid: int) -> int:
 
 
 def test_a_dask_worker_that_dies_mid_song_has_it_retried_elsewhere(dask_cluster, tmp_path, preset):
-    songs = [write_song(tmp_path / "in" / f"{i}.wav", 40.0, seed=50 + i) for i in range(2)]
+    songs = [write_song(tmp_path / "in" / f"{i}.wav", 5.0, seed=50 + i) for i in range(2)]
     out = tmp_path / "out"
+    dask_cluster.pause.unlink()  # armed: the first render host to write song 0's mix pauses there
     process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "render", str(preset), str(tmp_path / "in"),
-                                "--out", str(out), "--no-cache", "--quiet", "--scheduler", dask_cluster],
+                                "--out", str(out), "--no-cache", "--quiet", "--scheduler", dask_cluster.address],
                                env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None and killed is None:
-        for partial in hidden_leftovers(out) if out.exists() else []:
-            match = re.match(r"^\..+\.(\d+)\.partial$", partial.name)
-            if not match:
-                continue
-            host = int(match.group(1))
-            try:
-                worker = _parent(host)
-            except (OSError, ValueError, IndexError):
-                continue
-            os.kill(worker, signal.SIGKILL)  # the Dask worker process rendering this song, mid-song
-            killed = worker
-            break
+    while time.monotonic() < deadline and process.poll() is None and not dask_cluster.pause.exists():
         time.sleep(0.01)
+    assert dask_cluster.pause.exists() and process.poll() is None, "song 0 never paused in a worker"
+    host = int(dask_cluster.pause.read_text())  # the render host writing song 0, paused mid-song
+    worker = _parent(host)
+    os.kill(worker, signal.SIGKILL)  # the Dask worker process rendering this song, mid-song
+    os.kill(host, signal.SIGKILL)  # and its render host (orphaned, it would exit by itself within 50 ms)
     stdout, stderr = process.communicate(timeout=300)
-    assert killed is not None, "no song was caught mid-render; make the songs longer"
     assert process.returncode == 0, stderr
     assert not hidden_leftovers(out)
+    # Retried elsewhere: song 0 was rendered, by another render host than the one killed, and is complete.
+    record = {Path(s["input"]).name: s for s in run_record(out)["songs"]}
+    assert {name: s["status"] for name, s in record.items()} == {"0.wav": "rendered", "1.wav": "rendered"}
+    assert record["0.wav"]["worker_pid"] not in (None, host)
     for song in songs:
-        np.testing.assert_allclose(files.read(out / "in" / f"{song.stem}.mix.wav")[0], files.read(song)[0], atol=1e-6)
+        mix = files.read(out / "in" / f"{song.stem}.mix.wav")[0]
+        assert mix.shape == (2, 5 * SR)
+        np.testing.assert_allclose(mix, files.read(song)[0], atol=1e-6)  # the dsp preset's mix is the song

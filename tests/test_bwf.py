@@ -18,9 +18,11 @@ import numpy as np
 import pedalboard
 import pyloudnorm
 import pytest
+import scipy.signal
 import soundfile as sf
 
 from bridge import __version__
+from conftest import missing
 from bridge.audio import files
 from bridge.daw import bwf
 from bridge.errors import AudioError, OutputError
@@ -92,6 +94,22 @@ def render(tmp_path, separator, source: Path, **output):
     return render_file(source, RenderGraph(session, separator), tmp_path / "out")
 
 
+def measured(path: Path) -> tuple[float, float]:
+    """(integrated LUFS, true peak dBTP) of a file: pyloudnorm's BS.1770 meter, and the sample peak of the
+    4x oversampled signal (BS.1770-4 annex 2's method).
+
+    BS.1770 gates 400 ms blocks every 100 ms; samples after the last whole block are in none. pyloudnorm
+    0.1-0.2 instead adds a last, partial block (zero-padded in effect: 0.2 LU low on 1.75 s), so it is
+    given the samples up to the end of the last whole block.
+    """
+    audio, rate = sf.read(str(path), always_2d=True)
+    step = rate // 10
+    blocks = (len(audio) - 4 * step) // step
+    loudness = pyloudnorm.Meter(rate).integrated_loudness(audio[:4 * step + blocks * step])
+    peak = np.max(np.abs(scipy.signal.resample_poly(audio, 4, 1, axis=0)))
+    return loudness, 20 * np.log10(peak)
+
+
 def test_every_wav_output_carries_bext_v2_and_ixml_before_the_data(tmp_path, separator, song):
     source = wav_with_bext(tmp_path / "take 3.wav", song, TEN_AM)
     written = render(tmp_path, separator, source)
@@ -109,9 +127,13 @@ def test_every_wav_output_carries_bext_v2_and_ixml_before_the_data(tmp_path, sep
         assert bext["time_reference"] == TEN_AM  # the stems land at the source's timecode
         assert bext["umid"] == bytes(64) and bext["reserved"] == bytes(180)
         stats = manifest["outputs"][label]
-        # Tech 3285 v2 section 2.4: hundredths of LUFS / dBTP; 0x7FFF where not measured.
+        # Tech 3285 v2 section 2.4: hundredths of LUFS / dBTP; 0x7FFF where not measured. The manifest and
+        # bext share one meter, so both are checked against the file measured here, independently.
+        lufs, true_peak = measured(written[label])
         assert bext["loudness_value"] == round(stats["loudness_lufs"] * 100)
+        assert bext["loudness_value"] / 100 == pytest.approx(lufs, abs=0.02), label  # hundredths: 0.005
         assert bext["max_true_peak"] == round(stats["true_peak_dbtp"] * 100)
+        assert bext["max_true_peak"] / 100 == pytest.approx(true_peak, abs=0.1), label  # 4x: within 0.1 dB
         # 1.75 s of audio: a momentary maximum, but no 3 s short-term window and so no range.
         assert bext["max_momentary"] >= bext["loudness_value"] and bext["max_momentary"] != 0x7FFF
         assert bext["loudness_range"] == bext["max_short_term"] == 0x7FFF
@@ -164,7 +186,7 @@ def test_a_time_reference_past_24_hours_is_refused_before_anything_is_written(tm
 
 def test_mediainfo_reads_the_bext_fields(tmp_path, separator, song):
     if shutil.which("mediainfo") is None:
-        pytest.skip("mediainfo is not installed (apt-get install mediainfo; .ci/run installs it)")
+        missing("mediainfo is not installed (apt-get install mediainfo; .ci/run installs it)")
     source = wav_with_bext(tmp_path / "song.wav", song, TEN_AM)
     written = render(tmp_path, separator, source)
     report = json.loads(subprocess.run(["mediainfo", "--Output=JSON", str(written["vocals"])], check=True,
@@ -261,6 +283,7 @@ def test_album_loudness_renders_carry_the_album_gain_in_bext_and_get_their_proje
         for label, stats in record["outputs"].items():
             bext = parse_bext(dict(riff_chunks(Path(stats["path"])))[b"bext"])
             assert bext["loudness_value"] == round(stats["loudness_lufs"] * 100), label
+            assert bext["loudness_value"] / 100 == pytest.approx(measured(Path(stats["path"]))[0], abs=0.02), label
             assert bext["time_reference"] in (TEN_AM, TEN_AM + SR)
         assert Path(record["handoff"]["project"]).is_file()
     assert len(gains) == 1  # one gain for the album

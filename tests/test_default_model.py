@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from conftest import DATA
+from conftest import DATA, need_data
 
 from bridge.errors import ModelError
 from bridge.quality.evaluate import evaluate
@@ -61,10 +61,9 @@ def _excerpt(folder, target, seconds: float, start: float = 0.0):
             sf.write(str(target / f"{path.stem}.wav"), audio, rate, subtype="FLOAT")
 
 
+@pytest.mark.slow
 def test_default_separates_real_music_far_better_than_the_fallback(tmp_path, default):
-    source = DATA / "cristina-vane-so-easy"
-    if not source.is_dir():
-        pytest.skip(f"real music not found at {source}")
+    source = need_data(DATA / "cristina-vane-so-easy")
     _excerpt(source, tmp_path / "so-easy", seconds=12.0, start=10.0)
     ours = {s.stem: s.sdr for s in evaluate(default, tmp_path).scores}
     fallback = {s.stem: s.sdr for s in evaluate(load_separator("dsp"), tmp_path).scores}
@@ -75,9 +74,7 @@ def test_default_separates_real_music_far_better_than_the_fallback(tmp_path, def
 
 
 def test_drums_and_bass_only_song_gives_a_near_silent_vocal_stem(default):
-    path = DATA / "fullmix" / "admiralbob77-choice-drum-bass-only.ogg"
-    if not path.is_file():
-        pytest.skip(f"real music not found at {path}")
+    path = need_data(DATA / "fullmix" / "admiralbob77-choice-drum-bass-only.ogg")
     audio, rate = sf.read(str(path), frames=15 * SR, dtype="float32", always_2d=True)
     stems = default(np.ascontiguousarray(audio.T), rate)
     level = {k: 10 * np.log10(np.mean(v.astype(np.float64) ** 2)) for k, v in stems.items()}

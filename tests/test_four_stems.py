@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DATA, assert_streaming_equals_one_pass, noise
+from conftest import DATA, assert_streaming_equals_one_pass, need_data, noise
 
 from bridge.audio import files
 from bridge.errors import PresetError
@@ -28,9 +28,7 @@ def four():
 
 
 def _song(name: str) -> Song:
-    folder = DATA / name
-    if not folder.is_dir():
-        pytest.skip(f"real music not found at {folder}")
+    folder = need_data(DATA / name)
     refs = {}
     for stem in ("mixture", "vocals", "drums", "bass", "other"):
         path = folder / f"{stem}.flac"
@@ -78,6 +76,7 @@ def test_hpss_masks_split_a_click_train_from_a_tone(rng):
     assert weights[np.argmin(np.abs(freqs - 250))] == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow
 def test_four_stems_sum_to_real_music_and_the_instrumental_is_the_rest(separated):
     song, stems = separated["musdb7-80s-rock"]
     assert tuple(stems) == STEMS
@@ -87,9 +86,14 @@ def test_four_stems_sum_to_real_music_and_the_instrumental_is_the_rest(separated
     inst = with_sums(stems, ["instrumental"])["instrumental"]
     np.testing.assert_allclose(inst + stems["vocals"], song.mixture, atol=1e-6)
     level = {k: 10 * np.log10(np.mean(np.square(v, dtype=np.float64))) for k, v in stems.items()}
-    assert min(level.values()) > -45  # every stem carries part of the song (measured -21 to -16 dBFS)
+    # Every stem carries its part of the song: measured vocals -19.9, drums -24.7, bass -23.8, other -25.9 dBFS;
+    # each within 3 dB of that.
+    measured = {"vocals": -19.9, "drums": -24.7, "bass": -23.8, "other": -25.9}
+    for stem, dbfs in measured.items():
+        assert level[stem] == pytest.approx(dbfs, abs=3.0), stem
 
 
+@pytest.mark.slow
 def test_streaming_equals_one_pass_mono_and_untouched(four, rng):
     x = noise(rng, 2, SR * 6, level=0.2)  # two chunks and their cross-fade
     before = x.copy()
@@ -129,6 +133,7 @@ def _medians(song: Song, estimates: dict, stems) -> dict[str, float]:
     return {s: float(np.nanmedian(row)) for s, row in zip(stems, sdr)}
 
 
+@pytest.mark.slow
 def test_closed_form_sdr_is_museval(separated):
     from bridge.quality.evaluate import framewise_sdr
 
@@ -140,6 +145,7 @@ def test_closed_form_sdr_is_museval(separated):
                                atol=0.01)  # dB; museval solves its filters in float64 too
 
 
+@pytest.mark.slow
 def test_split_beats_the_no_split_baseline_on_real_music(separated):
     """Issue 13's targets on the whole songs: drums and bass >= 3 dB SDR above the baseline (the
     same vocal model's instrumental as each stem's estimate), other >= 1 dB. Measured with

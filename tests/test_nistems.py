@@ -13,10 +13,13 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pyloudnorm as pyln
 import pytest
 import soundfile as sf
 
-av = pytest.importorskip("av")
+from conftest import need_module  # noqa: E402
+
+av = need_module("av", "; pip install -e \".[test]\"")
 
 from bridge.daw import nistems  # noqa: E402
 from bridge.errors import PresetError  # noqa: E402
@@ -150,12 +153,20 @@ def test_a_crash_while_finishing_leaves_no_stem_file(tmp_path, four_stems, monke
 
 def test_the_loudness_gain_applies_to_every_stream(tmp_path, four_stems):
     source = song(tmp_path / "song.wav", seconds=1.0)
-    plain = decode(render(tmp_path / "a", four_stems, source)["nistems"])
-    loud = decode(render(tmp_path / "b", four_stems, source, loudness_lufs=-30.0)["nistems"])
+    first = render(tmp_path / "a", four_stems, source)
+    plain = decode(first["nistems"])
+    written = render(tmp_path / "b", four_stems, source, loudness_lufs=-30.0)
+    loud = decode(written["nistems"])
+    # The gain that output.loudness_lufs -30 needs, from the unnormalised mix measured with pyloudnorm.
+    mix, rate = sf.read(str(first["mix"]), always_2d=True)
+    gain_db = -30.0 - pyln.Meter(rate).integrated_loudness(mix)
+    assert abs(gain_db) > 3  # the test song is not at -30 LUFS already
+    mix, rate = sf.read(str(written["mix"]), always_2d=True)
+    assert pyln.Meter(rate).integrated_loudness(mix) == pytest.approx(-30.0, abs=0.05)  # 32-bit float mix
     manifest = json.loads(next((tmp_path / "b" / "out").glob("*.manifest.json")).read_text())
-    gain = 10 ** (manifest["loudness"]["gain_db"] / 20)
-    assert abs(manifest["loudness"]["gain_db"]) > 3
+    assert manifest["loudness"]["gain_db"] == pytest.approx(gain_db, abs=0.05)
     assert manifest["handoff"] == {"nistems": str(tmp_path / "b" / "out" / "song.stem.mp4")}
+    gain = 10 ** (gain_db / 20)
     for a, b in zip(plain, loud):
         assert snr_db(a * gain, b) > 28  # as above: AAC precision
 

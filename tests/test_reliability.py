@@ -13,10 +13,12 @@ observed behaviour that docs/reliability.md holds.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -30,7 +32,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyloudnorm as pyln
 import pytest
+import scipy.signal
 import soundfile as sf
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -38,6 +42,7 @@ from hypothesis import strategies as st
 
 import bridge.render.separate
 import bridge.render.song
+from bridge.audio.files import TEST_PAUSE_VARIABLE
 from bridge.cli import main as cli
 from bridge.host.ducking import DuckSettings
 from bridge.errors import BridgeError
@@ -285,25 +290,39 @@ def _square(frames: int) -> np.ndarray:
     return np.stack([wave, wave], axis=1)
 
 
+#: (case, kind) -> the outputs that clip. The dsp vocals of a full-scale square ring over full scale
+#: (the instrumental peaks at 0.94); a DC offset of 0.5 is no vocal and stays under full scale in both
+#: stems, but the session's +12 dB takes it (and the square) to 2.0 on every sample.
+CLIPS = {("full-scale square", "separate"): {"vocals.wav"}, ("full-scale square", "render"): {"hot.remix.wav"},
+         ("DC offset 0.5", "separate"): set(), ("DC offset 0.5", "render"): {"hot.remix.wav"}}
+FULL_SCALE_24 = 1 - 2.0 ** -23  # the largest 24-bit PCM sample
+
+
 @pytest.mark.parametrize("kind", ["separate", "render"])
 @pytest.mark.parametrize("case", ["full-scale square", "DC offset 0.5"])
 def test_hot_signals_render_and_clipping_is_reported(case, kind, tmp_path, preset, capsys):
     frames = _square(SR // 2) if case == "full-scale square" else np.full((SR // 2, 2), 0.5, np.float32)
     source = write(tmp_path / "hot.wav", frames, subtype="FLOAT")
     out = tmp_path / "out"
-    # The dsp vocals of a full-scale square ring over full scale; a session adds +12 dB to both.
     hot = ["--set", "stems.vocals.gain_db=12", "--set", "stems.instrumental.gain_db=12"] if kind == "render" else []
     code, _, err = run(capsys, commands(kind, preset, [source], out, *hot))
     assert code == 0 and "Traceback" not in err
-    targets = final_files(out)
-    audio = [sf.read(str(t), always_2d=True)[0] for t in targets if t.suffix == ".wav"]
-    assert audio and all(a.shape[0] == frames.shape[0] for a in audio)
-    clipped = any(np.max(np.abs(a)) >= 1.0 - 1e-6 for a in audio)
-    if clipped or kind == "render":
-        assert "clipped" in err, "samples were clipped without a word"
+    targets = [t for t in final_files(out) if t.suffix == ".wav"]
+    audio = {t: sf.read(str(t), always_2d=True)[0] for t in targets}
+    assert audio and all(a.shape[0] == frames.shape[0] for a in audio.values())
+    clips = CLIPS[case, kind]
+    for target, a in audio.items():
+        count = int(np.sum(np.abs(a) >= FULL_SCALE_24))  # clipped samples, counted in the file itself
+        if target.name in clips:
+            assert count > 0 and f"{target}: {count} samples were over full scale and clipped" in err, (count, err)
+        else:
+            assert count == 0 and str(target) not in err, (target, count, err)
+    if not clips:  # nothing clipped: nothing said, and the stems sum back to the mix (24-bit outputs)
+        assert err == ""
+        np.testing.assert_allclose(sum(audio.values()), frames, atol=1e-5)
     if kind == "render":
         manifest = json.loads((out / "hot.remix.manifest.json").read_text())
-        assert manifest["outputs"]["mix"]["clipped_samples"] > 0
+        assert manifest["outputs"]["mix"]["clipped_samples"] == int(np.sum(np.abs(audio[out / "hot.remix.wav"]) >= FULL_SCALE_24))
     record(case, kind + (" +12 dB" if hot else ""),
            f"exit 0; {'`' + err.strip().splitlines()[0].replace(str(tmp_path), '<tmp>') + '`' if err else 'no clipping'}")
 
@@ -343,10 +362,65 @@ def test_a_file_that_disappears_mid_run_is_skipped(kind, tmp_path, preset, capsy
            "the other files rendered")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads any file, chmod 000 cannot make one unreadable")
-def test_an_unreadable_file_is_named(tmp_path, preset, capsys):
+def _denied(path) -> PermissionError:
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def act_as_non_root(monkeypatch, *, unreadable=(), read_only=()) -> None:
+    """For root, who reads and writes anything: what a normal user meets on a chmod 000 file
+    (``unreadable``) or in a chmod 555 folder (``read_only``), simulated in-process at the calls that
+    reach the OS (Python's open, os.open, os.mkdir, os.access, libsndfile's open). A normal user gets
+    the real errors from the chmod, and nothing is patched."""
+    if not IS_ROOT:
+        return
+    unreadable = {os.path.abspath(p) for p in unreadable}
+    read_only = {os.path.abspath(p) for p in read_only}
+
+    def refused(path, writing: bool) -> bool:
+        if isinstance(path, int):
+            return False
+        path = os.path.abspath(os.fspath(path))
+        return path in unreadable or (writing and os.path.dirname(path) in read_only)
+
+    def writes(mode) -> bool:
+        return any(c in str(mode) for c in "wax+")
+
+    real_open, real_os_open, real_mkdir, real_access = io.open, os.open, os.mkdir, os.access
+    real_soundfile = sf.SoundFile.__init__
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if refused(file, writes(mode)):
+            raise _denied(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if refused(path, bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))):
+            raise _denied(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if refused(path, True) and not os.path.isdir(path):
+            raise _denied(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def fake_access(path, mode, *args, **kwargs):
+        return not refused(path, bool(mode & os.W_OK)) and real_access(path, mode, *args, **kwargs)
+
+    def fake_soundfile(self, file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and refused(file, writes(mode)):
+            raise sf.LibsndfileError(2, prefix=f"Error opening {str(file)!r}: ")  # SFE_SYSTEM: "System error."
+        return real_soundfile(self, file, mode, *args, **kwargs)
+
+    for target, name, fake in ((io, "open", fake_open), (builtins, "open", fake_open), (os, "open", fake_os_open),
+                               (os, "mkdir", fake_mkdir), (os, "access", fake_access),
+                               (sf.SoundFile, "__init__", fake_soundfile)):
+        monkeypatch.setattr(target, name, fake)
+
+
+def test_an_unreadable_file_is_named(tmp_path, preset, capsys, monkeypatch):
     source = write(tmp_path / "locked.wav", tone(100))
     source.chmod(0)
+    act_as_non_root(monkeypatch, unreadable=[source])
     try:
         code, _, err = run(capsys, commands("separate", preset, [source], tmp_path / "out"))
     finally:
@@ -487,8 +561,23 @@ def test_the_full_preset_is_valid_and_renders(tmp_path, capsys):
     preset = tmp_path / "full.yaml"
     preset.write_text(yaml.safe_dump(data))
     song = write(tmp_path / "song.wav", tone(SR // 10))
-    code, _, err = run(capsys, ["render", preset, song, "--out", tmp_path / "out"])
+    out = tmp_path / "out"
+    code, _, err = run(capsys, ["render", preset, song, "--out", out])
     assert code == 0, err
+    assert sorted(str(p.relative_to(out)) for p in final_files(out)) == [
+        "song.remix.manifest.json", "song.remix.wav", "song/instrumental.wav", "song/vocals.wav"]
+    output = data["output"]
+    frames = SR // 10 + round(output["tail_seconds"] * output["sample_rate"])  # the song, then the tail
+    for target in ("song.remix.wav", "song/instrumental.wav", "song/vocals.wav"):
+        info = sf.info(str(out / target))
+        assert (info.frames, info.channels, info.samplerate, info.subtype) == (frames, 2, 44100, "PCM_24"), target
+        assert b"bext" in (out / target).read_bytes()[:4096], f"{target}: output.bwf is true but there is no bext chunk"
+    mix, rate = sf.read(str(out / "song.remix.wav"), always_2d=True)
+    # output.loudness_lufs, measured independently (pyloudnorm's BS.1770 meter); 0.1 LU: 24-bit rounding.
+    assert pyln.Meter(rate).integrated_loudness(mix) == pytest.approx(output["loudness_lufs"], abs=0.1)
+    # output.true_peak_db: the sample peak of the 4x oversampled mix (BS.1770 true peak), 0.1 dB margin.
+    true_peak = 20 * np.log10(np.max(np.abs(scipy.signal.resample_poly(mix, 4, 1, axis=0))))
+    assert true_peak <= output["true_peak_db"] + 0.1
 
 
 @pytest.mark.parametrize("data, where", list(_misspelled_cases()))
@@ -599,18 +688,20 @@ def test_a_full_disk_fails_cleanly(kind, tmp_path, preset, capsys, monkeypatch):
     record("output disk full (ENOSPC on write)", kind, f"exit 1: `{lines[0].replace(str(tmp_path), '<tmp>')}`")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders, so there is nothing to test")
 @pytest.mark.parametrize("kind", ["separate", "render"])
-def test_a_read_only_output_folder_fails_cleanly(kind, tmp_path, preset, capsys):
+def test_a_read_only_output_folder_fails_cleanly(kind, tmp_path, preset, capsys, monkeypatch):
     song = write(tmp_path / "song.wav", tone(SR // 10))
     out = tmp_path / "out"
     out.mkdir()
     out.chmod(0o555)
+    act_as_non_root(monkeypatch, read_only=[out])
     try:
         code, _, err = run(capsys, commands(kind, preset, [song], out))
     finally:
         out.chmod(0o755)
-    one_error(code, err, str(out), exit_code=SONG_FAILED)
+    # Before any work, one line (the songs and then the run record each failed on it before).
+    one_error(code, err, str(out), "Permission denied", "cannot write into the output folder")
+    assert list(out.iterdir()) == []
 
 
 # --- command-line settings ---------------------------------------------------------------------------
@@ -732,7 +823,7 @@ def test_fuzz_load_only_raises_bridge_errors(text):
 
 # --- signals -------------------------------------------------------------------------------------------
 
-LONG_SECONDS = 40
+LONG_SECONDS = 10  # the run pauses at a point the test picks (no race), so the songs can be short
 
 
 @pytest.fixture(scope="module")
@@ -742,10 +833,18 @@ def long_songs(tmp_path_factory) -> list[Path]:
     return [write(folder / f"long{i}.wav", frames, subtype="PCM_16") for i in range(2)]
 
 
-def _launch(argv) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _launch(argv, **extra_env) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra_env}
     return subprocess.Popen([sys.executable, "-m", "bridge.cli", *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def wait_for(marker: Path, process: subprocess.Popen, seconds: float = 60) -> None:
+    """Wait until a writer paused by the test hook (:data:`bridge.audio.files.TEST_PAUSE_VARIABLE`) made ``marker``."""
+    deadline = time.monotonic() + seconds
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists() and process.poll() is None, "the run never paused in the second song's write"
 
 
 def _expected_outputs(kind: str, out: Path, songs) -> list[Path]:
@@ -771,19 +870,15 @@ def test_an_interrupted_run_leaves_no_partial_file_under_a_final_name(kind, sig,
     preset.write_text(PRESET)
     out = tmp_path / "out"
     before = {p: sha(p) for p in long_songs}
-    process = _launch(commands(kind, preset, long_songs, out))
-    first = _expected_outputs(kind, out, long_songs[:1])[0]
-    deadline = time.monotonic() + 60
-    # Interrupt while the second song is being written (the first is done), or failing that mid-first.
-    while time.monotonic() < deadline and process.poll() is None:
-        try:  # the run renames and removes files meanwhile: a scan may race with it
-            partials = [p for p in out.rglob(f".*.{process.pid}.partial")] if out.exists() else []
-        except FileNotFoundError:
-            partials = []
-        if partials and (first.exists() or time.monotonic() > deadline - 50):
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be interrupted; make the input longer"
+    # Interrupt while the second song is being written (the first is done): its writer pauses after a block.
+    marker = tmp_path / "paused"
+    process = _launch(commands(kind, preset, long_songs, out),
+                      **{TEST_PAUSE_VARIABLE: f"1:{marker}:{out / long_songs[1].stem}*"})
+    wait_for(marker, process)
+    assert int(marker.read_text()) == process.pid
+    assert all(p.exists() for p in _expected_outputs(kind, out, long_songs[:1]))
+    second = [p for p in out.rglob(f".*.{process.pid}.partial") if long_songs[1].stem in str(p.relative_to(out))]
+    assert second, list(out.rglob("*"))  # mid-write: the second song's output is a partial so far
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
     if sig == signal.SIGINT:

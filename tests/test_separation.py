@@ -39,7 +39,8 @@ def test_overlap_add_is_exact_for_identity(rng, overlap, samples, block):
     np.testing.assert_allclose(y, x, atol=1e-6)  # float32 weights summing to 1
 
 
-@pytest.mark.parametrize("samples", [1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17, 44100 * 150])
+@pytest.mark.parametrize("samples", [1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17,
+                                     pytest.param(44100 * 150, marks=pytest.mark.slow)])
 def test_identity_primary_equals_mix_at_every_length(models_dir, rng, samples):
     separator = load_separator(models_dir / "identity-inst.yaml", overlap=0.25, batch_size=4)
     x = band_noise(rng, 2, samples) if samples > 1000 else noise(rng, 2, samples)
@@ -61,6 +62,10 @@ def test_match_mix_silences_the_other_stem_where_subtraction_would_not(models_di
         np.testing.assert_allclose(stems["vocals"] + stems["instrumental"], x, atol=1e-6)
 
 
+#: Measured vocals level of the nonlinear model on seeded noise, dB relative to the mix, per sample rate.
+VOCALS_DB = {8000: -24.5, 11025: -23.0, 22050: -20.0, 44100: -16.7, 48000: -16.9, 96000: -17.0, 192000: -17.2}
+
+
 @pytest.mark.parametrize("sample_rate", [8000, 11025, 22050, 44100, 48000, 96000, 192000])
 @pytest.mark.parametrize("channels", [1, 2])
 def test_stems_sum_to_mix_for_a_nonlinear_model_at_any_rate(models_dir, rng, sample_rate, channels):
@@ -70,7 +75,10 @@ def test_stems_sum_to_mix_for_a_nonlinear_model_at_any_rate(models_dir, rng, sam
     assert set(stems) == {"vocals", "instrumental"}
     for y in stems.values():
         assert y.shape == x.shape and y.dtype == np.float32
-    assert power_db(stems["vocals"]) > power_db(x) - 40  # the model did something
+    # The model's vocals, relative to the mix: measured -24.5 (8 kHz) to -16.7 dB (44.1 kHz), the same for 1 and 2
+    # channels (less of the noise's band reaches the model at low rates). Within 2 dB of that: a model that does
+    # nothing, or everything, or at a wrong rate, is far outside.
+    assert power_db(stems["vocals"]) - power_db(x) == pytest.approx(VOCALS_DB[sample_rate], abs=2.0)
     np.testing.assert_allclose(stems["vocals"] + stems["instrumental"], x, atol=1e-6)
 
 

@@ -150,7 +150,8 @@ def test_reverb_tail_is_not_cut(separator, song):
     out = split(separator, chains=reverb, tail_seconds=2.0)(song, SR)
     assert out.shape[1] == song.shape[1] + 2 * SR
     tail = out[:, song.shape[1] + SR // 10: song.shape[1] + SR // 2]
-    assert 20 * math.log10(np.sqrt(np.mean(tail ** 2))) > -60  # still ringing 0.1-0.5 s after the end
+    # Still ringing 0.1-0.5 s after the end: measured -13.4 dBFS RMS there; 3 dB under that.
+    assert 20 * math.log10(np.sqrt(np.mean(tail ** 2))) > -16.4
 
 
 def test_mono_input_renders_a_stereo_mix(separator, song):

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tf_checkpoints
-from conftest import DATA, noise
+from conftest import DATA, need_data, noise
 
 from bridge.audio import files
 from bridge.cli import main as cli
@@ -51,9 +51,7 @@ def _snr(reference, estimate) -> float:
 
 def _magnitudes(seconds_in: float = 30.0) -> np.ndarray:
     """One model chunk (512 frames) of real music: |STFT| [1, 2, 512, 1024]."""
-    path = DATA / "ni-halcyon-sky-koronium-5" / "mixture.flac"
-    if not path.is_file():
-        pytest.skip(f"real music not found at {path}")
+    path = need_data(DATA / "ni-halcyon-sky-koronium-5" / "mixture.flac")
     audio, _ = files.read(path)
     start = int(seconds_in * SR)
     chunk = audio[np.newaxis, :, start:start + 1024 * 511]
@@ -124,6 +122,7 @@ def test_crc_is_tensorflows_masked_crc32c():
     assert tf_checkpoints.masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stems, names", [(4, ("vocals", "drums", "bass", "other")),
                                           (5, ("vocals", "piano", "drums", "bass", "other"))])
 def test_4_and_5_stem_checkpoints_run_end_to_end(tmp_path, models_folder, rng, stems, names):

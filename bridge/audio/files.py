@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
@@ -240,6 +242,41 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+#: Test hook, for the tests of interrupted runs only: ``STEMBRIDGE_TEST_PAUSE_AFTER_BLOCKS="N:MARKER[:PATTERN]"``.
+#: A writer whose final path matches the fnmatch ``PATTERN`` (any, when left out), after its ``N``-th
+#: block, creates the file ``MARKER`` holding its pid and sleeps there until it is killed (or
+#: interrupted, or its parent process is gone, when it exits). One pause per marker: a writer that
+#: finds ``MARKER`` already there goes on, so a song retried elsewhere runs through. Tests wait for the
+#: marker and kill the process in the middle of a write instead of racing the run. Read once per writer.
+TEST_PAUSE_VARIABLE = "STEMBRIDGE_TEST_PAUSE_AFTER_BLOCKS"
+
+
+def _test_pause(path: Path) -> tuple[int, Path] | None:
+    value = os.environ.get(TEST_PAUSE_VARIABLE)
+    if not value:
+        return None
+    blocks, marker, *pattern = value.split(":", 2)
+    if pattern and not fnmatch.fnmatch(str(path), pattern[0]):
+        return None
+    return int(blocks), Path(marker)
+
+
+def _pause_for_test(marker: Path) -> None:
+    """Create ``marker`` (exclusively, holding this pid) and sleep until killed; see :data:`TEST_PAUSE_VARIABLE`."""
+    staged = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    staged.write_text(str(os.getpid()))
+    try:
+        os.link(staged, marker)  # atomic and exclusive: the marker appears with the pid in it
+    except FileExistsError:
+        return  # paused once already
+    finally:
+        staged.unlink()
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.05)
+    os._exit(70)  # orphaned (the process that ran this one was killed): nothing is left to wait for
+
+
 class AudioWriter:
     """Write ``(channels, samples)`` blocks to a file, atomically.
 
@@ -282,6 +319,7 @@ class AudioWriter:
         self.peak = 0.0
         self._pcm = subtype.startswith("PCM")
         self._partial = partial_path(self.path)
+        self._pause = _test_pause(self.path)  # None unless a test asks for a pause (see TEST_PAUSE_VARIABLE)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_partials(self.path)
@@ -311,6 +349,11 @@ class AudioWriter:
             self.abort()
             raise OutputError(f"{self.path}: writing failed ({exc}); check free space on the output disk") from None
         self.frames += block.shape[1]
+        if self._pause is not None:
+            blocks, marker = self._pause
+            self._pause = (blocks - 1, marker) if blocks > 1 else None
+            if blocks <= 1:
+                _pause_for_test(marker)
 
     def close(self, *, finish: Callable[[Path], None] | None = None) -> Path:
         """Finish the file and move it to its final name; return that name.

@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..version import __version__
 from ..audio import partials
-from ..errors import BridgeError
+from ..errors import BridgeError, OutputError
 from .discover import RUN_RECORD, Song
 from .executors import DaskExecutor, ProcessExecutor, SerialExecutor
 from .jobs import RunSpec, SongOutcome
@@ -82,6 +82,7 @@ def run_batch(spec: RunSpec, songs: list[Song], *, jobs: int = 1, scheduler: str
     started = time.perf_counter()
     out_dir = Path(spec.out_dir)
     sweep(out_dir)
+    check_writable(out_dir)
     if scheduler:
         executor = DaskExecutor(spec, scheduler)
     elif jobs > 1:
@@ -198,6 +199,19 @@ def _album_scratch(out_dir: Path) -> Path:
     folder = out_dir / f".stembridge-{os.getpid()}-album{partials.PARTIAL_SUFFIX}"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+def check_writable(out_dir: Path) -> None:
+    """One error before any work when the output folder cannot take files (read-only, not ours):
+    otherwise every song fails on it and then the run record does too."""
+    probe = out_dir / f".stembridge-probe.{os.getpid()}{partials.PARTIAL_SUFFIX}"  # a partial: a killed run's is swept
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write into the output folder ({exc.strerror or exc}); "
+                          "fix its permissions or choose another --out") from None
 
 
 def sweep(out_dir: Path) -> None:

@@ -197,14 +197,6 @@ class StemCache:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _remove_dead_fills(tmp: Path) -> None:
-    """Fills a killed process left behind (``<key>.<pid>.<random>``) go when the next fill starts."""
-    for candidate in tmp.iterdir():
-        parts = candidate.name.split(".")
-        if len(parts) == 3 and parts[1].isdigit() and not partials.process_alive(int(parts[1])):
-            shutil.rmtree(candidate, ignore_errors=True)
-
-
 def _folder_size(folder: Path) -> int:
     total = 0
     for item in folder.iterdir():
@@ -273,6 +265,16 @@ class CacheEntry:
             handle.close()
 
 
+def _remove_dead_tmp(tmp: Path) -> None:
+    """Remove the unfinished entries (``KEY.PID.*``) and trash (``trash-NAME-PID-NS``) of processes that
+    are gone: a run killed mid-song leaves its private folder here, and nothing else would remove it."""
+    for folder in tmp.iterdir():
+        parts = folder.name.split("-") if folder.name.startswith("trash-") else folder.name.split(".")
+        pid = parts[-2] if len(parts) >= 3 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not partials.process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class EntryWriter:
     """Fills one entry in a private folder; :meth:`commit` renames it into place."""
 
@@ -287,7 +289,7 @@ class EntryWriter:
         tmp = cache._entries / "tmp"
         try:
             tmp.mkdir(parents=True, exist_ok=True)
-            _remove_dead_fills(tmp)
+            _remove_dead_tmp(tmp)
             self.folder = Path(tempfile.mkdtemp(prefix=f"{key}.{os.getpid()}.", dir=tmp))
             self._files = {s: open(self.folder / f"{s}.f32", "wb") for s in self.stems}
         except OSError as exc:
