@@ -295,7 +295,7 @@ def test_card_keeps_the_import_record_and_stays_hashable(rf):
     # where default=str turned anything into a string), and it reads back as the card's values.
     back = json.loads(json.dumps(identity, allow_nan=False))
     assert back["card"]["stems"] == list(card.stems) and back["card"]["sha256"] == card.sha256
-    assert back["settings"] == identity["settings"] and back["engine"] == identity["engine"]
+    assert back["settings"] == identity["settings"] and back["family"] == identity["family"] == "roformer"
 
 
 # --- command line ---------------------------------------------------------------------------------
