@@ -24,13 +24,16 @@ import dataclasses
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from ..errors import ModelError
 
 if TYPE_CHECKING:
-    from .models import ModelCard
     from .runner import Engine
+
+#: A :class:`bridge.separation.models.ModelCard`. Not imported, not even for type checkers:
+#: models.py reads cards through this registry, and the registry stays below it.
+ModelCard = Any
 
 
 #: Suffixes of torch checkpoints (the RoFormer releases use .ckpt and .pth): an importer for
