@@ -15,7 +15,7 @@ nothing else changes. Modules are found by listing this package the first time t
 asked (:func:`registered`), not at ``import bridge``: the registry costs nothing to a command
 that never reads a card. Engines and importers load only when used; importers are named by a
 dotted path (``"bridge.importers.roformer:convert"``) because they sit in a higher wing and
-import torch.
+need torch.
 """
 
 from __future__ import annotations
