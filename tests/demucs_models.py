@@ -1,0 +1,90 @@
+"""Random-weight Demucs model files, built with the ``demucs`` package's classes and saved exactly
+as Demucs saves them (``demucs.states.serialize_model`` then ``torch.save``; the file name
+``<signature>-<sha256[:8]>.th`` as ``save_with_checksum`` writes it), and Demucs bag files.
+
+The constructor arguments are the published ones: Demucs's training config (``conf/config.yaml``,
+``htdemucs:`` section) with the ``mmi`` grid's overrides (``dconv_mode 3, depth 4, t_dropout 0.02,
+t_layers 5``), ``bottom_channels`` 512 (htdemucs, each htdemucs_ft specialist) or 0 (htdemucs_6s),
+segment ``Fraction(39, 5)``. :func:`reduced` keeps every code path (depth, branches, transformer,
+bottom channels when non-zero) with fewer channels, transformer layers and a shorter segment so
+the tests run in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+SOURCES_4 = ["drums", "bass", "other", "vocals"]
+SOURCES_6 = ["drums", "bass", "other", "vocals", "guitar", "piano"]
+
+HTDEMUCS_CONFIG = dict(
+    channels=48, channels_time=None, growth=2, nfft=4096, wiener_iters=0, end_iters=0, wiener_residual=False,
+    cac=True, depth=4, rewrite=True, multi_freqs=[], multi_freqs_depth=3, freq_emb=0.2, emb_scale=10,
+    emb_smooth=True, kernel_size=8, stride=4, time_stride=2, context=1, context_enc=0, norm_starts=4,
+    norm_groups=4, dconv_mode=3, dconv_depth=2, dconv_comp=8, dconv_init=1e-3, bottom_channels=512, t_layers=5,
+    t_hidden_scale=4.0, t_heads=8, t_dropout=0.02, t_layer_scale=True, t_gelu=True, t_emb="sin",
+    t_max_positions=10000, t_max_period=10000.0, t_weight_pos_embed=1.0, t_cape_mean_normalize=True,
+    t_cape_augment=True, t_cape_glob_loc_scale=[5000.0, 1.0, 1.4], t_sin_random_shift=0, t_norm_in=True,
+    t_norm_in_group=False, t_group_norm=False, t_norm_first=True, t_norm_out=True, t_weight_decay=0.0, t_lr=None,
+    t_sparse_self_attn=False, t_sparse_cross_attn=False, t_mask_type="diag", t_mask_random_seed=42,
+    t_sparse_attn_window=400, t_global_window=100, t_sparsity=0.95, t_auto_sparsity=False, t_cross_first=False,
+    rescale=0.1, audio_channels=2, samplerate=44100, segment=Fraction(39, 5),
+)
+
+
+def published(sources=SOURCES_4, **overrides) -> dict:
+    """HTDemucs keyword arguments as the published htdemucs (4 sources) / htdemucs_6s (6) files hold them."""
+    from demucs.htdemucs import HTDemucs
+
+    kwargs = dict(HTDEMUCS_CONFIG, sources=list(sources))
+    if len(sources) == 6:
+        kwargs["bottom_channels"] = 0
+    kwargs.update(overrides)
+    known = inspect.signature(HTDemucs).parameters
+    return {k: v for k, v in kwargs.items() if k in known}
+
+
+def reduced(sources=SOURCES_4, **overrides) -> dict:
+    """:func:`published` with fewer channels, 2 transformer layers and a 1.95 s segment."""
+    small = dict(channels=8, t_layers=2, segment=Fraction(39, 20))
+    if len(sources) != 6:
+        small["bottom_channels"] = 32
+    small.update(overrides)
+    return published(sources, **small)
+
+
+def build(kwargs: dict, *, seed: int):
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    return HTDemucs(**kwargs).eval()
+
+
+def save(model, folder: Path, signature: str) -> Path:
+    """``serialize_model`` + ``torch.save`` as ``<signature>-<sha256[:8]>.th`` (Demucs's save_with_checksum)."""
+    from demucs.states import serialize_model
+    from omegaconf import OmegaConf
+
+    package = serialize_model(model, OmegaConf.create({"model": "htdemucs", "seed": 42}))
+    buffer = io.BytesIO()
+    torch.save(package, buffer)
+    path = Path(folder) / f"{signature}-{hashlib.sha256(buffer.getvalue()).hexdigest()[:8]}.th"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def save_bag(folder: Path, name: str, signatures, weights=None, segment=None) -> Path:
+    lines = [f"models: {list(signatures)!r}"]
+    if weights is not None:
+        lines.append("weights: [" + ", ".join("[" + ", ".join(f"{w:.1f}" for w in row) + "]" for row in weights) + "]")
+    if segment is not None:
+        lines.append(f"segment: {segment}")
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
