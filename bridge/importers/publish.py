@@ -50,29 +50,38 @@ def writing(folder: Path, name: str) -> Iterator[Path]:
         raise
 
 
+def discard(path: Path) -> None:
+    """Remove ``path`` if it is there."""
+    _discard(path)
+
+
 def _discard(path: Path) -> None:
     with contextlib.suppress(OSError):  # e.g. the "folder" is a file: there is nothing to remove
         path.unlink()
 
 
-def publish(folder: Path, name: str, card: dict, *, header: str) -> tuple[Path, Path]:
+def publish(folder: Path, name: str, card: dict, *, header: str, models=None) -> tuple[Path, Path]:
     """Rename the finished :func:`partial_onnx` file into place and write ``card`` beside it.
 
-    ``header`` is the card's first comment line (what made it). Returns ``(onnx, card)`` paths.
+    ``header`` is the card's first comment line (what made it). ``models`` names the ONNX files
+    (by model name) to rename into place, for a card with several (a Demucs bag); default
+    ``[name]``. Returns ``(first onnx, card)`` paths.
     """
-    onnx_path, card_path = paths(folder, name)
-    partial = partial_onnx(folder, name)
+    models = list(models) if models is not None else [name]
+    onnx_path, card_path = paths(folder, models[0])[0], paths(folder, name)[1]
     card_partial = card_path.with_name(f".{card_path.name}.partial")
     try:
         with open(card_partial, "w", encoding="utf-8") as handle:
             handle.write(f"# {header}\n" + yaml.safe_dump(card, sort_keys=False, width=100))
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(partial, onnx_path)
+        for model in models:
+            os.replace(partial_onnx(folder, model), paths(folder, model)[0])
         os.replace(card_partial, card_path)
     except OSError as exc:
         raise folder_error(folder, exc) from None
     finally:
-        _discard(partial)
+        for model in models:
+            _discard(partial_onnx(folder, model))
         _discard(card_partial)
     return onnx_path, card_path

@@ -95,7 +95,8 @@ class WholeSongStream:
 def load_separator(model: str | ModelCard = "default", *, overlap: float | None = None, batch_size: int = 1,
                    threads: int | None = None, denoise: bool = False, invert: bool = False,
                    high_band: Literal["instrumental", "average"] = "instrumental",
-                   wiener: int = 0) -> ChunkedSeparator:
+                   wiener: int = 0, shifts: int | None = None, seed: int = 0,
+                   leftover: str | None = None) -> ChunkedSeparator:
     """Build a separator.
 
     Parameters
@@ -121,6 +122,13 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         Mask models only: EM iterations of the multichannel Wiener filter over the model's
         estimates (norbert, as Spleeter's MWF option), in [0, 10]; 0 (default) keeps the ratio
         masks with the mixture phase.
+    shifts, seed : int
+        Demucs models only: runs on the song delayed by seeded random amounts up to 0.5 s,
+        averaged (Demucs's ``--shifts``; default 1 as the demucs command, 0 runs once,
+        unshifted), and the delays' seed.
+    leftover : str, optional
+        Demucs models only: the stem that also gets the mix minus the sum of the stems, so
+        that the stems sum to the mix (default: the card's ``residual``, none for an import).
 
     Raises
     ------
@@ -135,9 +143,13 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     _check_settings(overlap=overlap, batch_size=batch_size, threads=threads)
     card = model if isinstance(model, ModelCard) else resolve(model)
     check_wiener_fits(card, wiener)
+    if card.family != "demucs" and (shifts is not None or leftover is not None):
+        option = "shifts" if shifts is not None else "leftover"
+        raise ModelError(f"{option}: only for Demucs models, and '{card.name}' is a {card.family} model; drop it")
     family = families.family(card.family)
     engine = family.open_engine(card, families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise,
-                                                              invert=invert, high_band=high_band, wiener=wiener))
+                                                              invert=invert, high_band=high_band, wiener=wiener,
+                                                              shifts=shifts, seed=seed, leftover=leftover))
     if overlap is None:
         overlap = family.default_overlap(card)
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)

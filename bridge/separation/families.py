@@ -53,7 +53,7 @@ class EngineSettings:
     """What :func:`~bridge.separation.load_separator` passes to a family's engine, checked.
 
     Each family reads what applies to it: ``denoise``/``invert`` (MDX-Net), ``high_band`` and
-    ``wiener`` (mask models); ``threads`` (onnxruntime intra-op threads, None for every core)
+    ``wiener`` (mask models), ``shifts``/``seed``/``leftover`` (Demucs); ``threads`` (onnxruntime intra-op threads, None for every core)
     and ``batch_size`` (chunks per model call) apply to every model.
     """
 
@@ -63,6 +63,9 @@ class EngineSettings:
     invert: bool = False
     high_band: Literal["instrumental", "average"] = "instrumental"
     wiener: int = 0
+    shifts: int | None = None  # Demucs: random-shift runs averaged (None: the family's default)
+    seed: int = 0  # Demucs: the shifts' seed
+    leftover: str | None = None  # Demucs: the stem that also gets mix - sum(stems)
 
 
 def _no_fields(data: dict, fields: dict, source: str) -> None:

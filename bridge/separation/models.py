@@ -114,6 +114,9 @@ class ModelCard:
     #: How the importer made the model (checkpoint, its sha256, config, parity): kept as written,
     #: out of the hash and of comparisons (a dict is not hashable, and it does not change the output).
     imported: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: demucs: the networks (file, sha256, segment in samples, bag signature), the bag's weights
+    #: matrix and the architecture, as ``stembridge models import`` writes them (separation/demucs.py).
+    demucs: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize`` variant: the float model's name and sha256, the method.
     quantized_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     # provenance

@@ -140,8 +140,10 @@ class SeparationStream:
         self._to_model = StreamResampler(orig_sr=sample_rate, target_sr=engine.sample_rate, channels=2)
         self._from_model = {s: StreamResampler(orig_sr=engine.sample_rate, target_sr=sample_rate, channels=2)
                             for s in self._computed}
-        self._ola = OverlapAdd(separator.plan, channels=2, stems=self._computed, run=engine.run,
-                               batch_size=separator.batch_size)
+        # An engine with its own chunking (Demucs's apply_model) supplies its own overlap-add.
+        make = getattr(engine, "overlap_add", None) or OverlapAdd
+        self._ola = make(separator.plan, channels=2, stems=self._computed, run=engine.run,
+                         batch_size=separator.batch_size)
         self._pending = {s: [] for s in self._computed}  # back at our rate, not yet matched to the mix
         self._mix = deque()  # input blocks not yet given out, at our rate
         self._mix_frames = 0

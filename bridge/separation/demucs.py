@@ -1,0 +1,483 @@
+"""Demucs separators: Hybrid Transformer Demucs (htdemucs, htdemucs_ft, htdemucs_6s) in ONNX.
+
+HT-Demucs (Rouard, Massa and Défossez, "Hybrid Transformers for Music Source Separation", ICASSP
+2023) has two branches: a time branch reading the waveform and a frequency branch reading its
+complex spectrogram, joined by a cross-domain transformer; the output is the time branch's
+waveform plus the inverse STFT of the frequency branch's spectrogram. ``stembridge models import``
+(:mod:`bridge.importers.demucs`) exports the network between the transforms, so per chunk of
+``segment`` samples this module:
+
+1. computes Demucs's spectrogram of the chunk (``HTDemucs._spec``): reflect-pad by ``3 * hop / 2``
+   (and up to a whole number of hops), centred STFT with a periodic Hann window of ``n_fft``,
+   hop ``n_fft / 4``, scaled by ``1 / sqrt(n_fft)`` (``normalized=True``), the Nyquist bin and two
+   frames at each end dropped; real and imaginary parts become channels (``cac``: L.re, L.im,
+   R.re, R.im);
+2. runs the model on ``(mix, spectrogram)``: it standardises both itself (``HTDemucs.forward``'s
+   mean/std of the chunk) and returns the frequency branch's spectrogram and the time branch's
+   waveform per stem;
+3. inverts the spectrogram (``HTDemucs._ispec``: the Nyquist bin and edge frames padded back with
+   zeros, ``torch.istft`` with ``normalized=True``) and adds the time branch.
+
+Chunking (``demucs.apply.apply_model``)
+---------------------------------------
+Chunks of ``segment`` samples start every ``stride = int(0.75 * segment)`` samples from sample 0,
+while the start lies inside the song; a chunk that runs past the end is centred in a window of
+``segment`` samples (the audio before it, zeros after the end) and its output cut back to its
+length. Outputs are weighted with Demucs's triangle (transition power 1), added and divided by
+the summed weights. ``shifts`` N (Demucs's shift trick) runs the whole split N times on the song
+delayed by a random ``0 <= s <= 0.5 s`` of zeros, drops the first ``s`` output samples and
+averages; here the delays come from ``numpy.random.default_rng(seed)``, so a rerun gives the same
+output. A bag (``htdemucs_ft``) runs each model with its own delays and mixes the stems by the
+bag's ``weights`` (``sum_m w[m, k] est_m[k] / sum_m w[m, k]``); a model whose weights are zero for
+every stem asked for is not run (htdemucs_ft's one-hot matrix: each specialist for its own stem).
+
+Everything streams: chunks run as soon as their samples arrive and output is given out as soon as
+no later chunk covers it, so memory is flat in song length.
+
+Normalisation: ``apply_model`` does not normalise; the model standardises each chunk itself.
+Demucs's command line (``demucs.api.Separator``) additionally standardises the whole track by its
+mean and std before ``apply_model`` and undoes it after, which needs the whole song before the
+first chunk. That is not done here: the model's own per-chunk standardisation makes it nearly a
+no-op (it differs only through the ``1e-5`` in the model's ``std`` and the zeros padded beyond the
+song's ends; ``tests/test_demucs.py`` measures the difference on real music).
+
+Stems are as Demucs gives them: they need not sum to the mix. The card's ``residual`` (``--set
+separator.leftover`` ... or a card written with ``leftover``) names a stem that receives the
+leftover, ``mix - sum(stems)``: that stem becomes ``mix - sum(other stems)`` and a remix at 0 dB
+equals the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from .families import Family, register
+from .models import ModelCard, verify_file
+from .runtime import open_session, static_dims
+from .spectral import Stft
+
+#: Demucs's ``apply_model`` default, and the most a shift delays the song (``0.5 * samplerate``).
+OVERLAP = 0.25
+MAX_SHIFT_SECONDS = 0.5
+ARCHITECTURES = ("htdemucs",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One network of a Demucs card: its ONNX file, sha256, segment (samples) and bag signature."""
+
+    file: str
+    sha256: str
+    segment: int
+    signature: str
+
+
+def parse_members(card: ModelCard) -> tuple[tuple[Member, ...], np.ndarray]:
+    """The card's networks and its weights matrix ``(models, stems)`` float64, validated."""
+    data = card.demucs or {}
+    source = card.source
+    raw = data.get("models")
+    if not isinstance(raw, list) or not raw:
+        raise ModelError(f"{source}: a demucs card needs 'demucs: models:', a list of the networks' files")
+    members = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not all(k in entry for k in ("file", "sha256", "segment")):
+            raise ModelError(f"{source}: demucs.models[{i}] needs file, sha256 and segment")
+        segment = entry["segment"]
+        if not isinstance(segment, int) or isinstance(segment, bool) or segment <= card.n_fft:
+            raise ModelError(f"{source}: demucs.models[{i}].segment must be a whole number of samples above "
+                             f"n_fft {card.n_fft}, got {segment!r}")
+        members.append(Member(str(entry["file"]), str(entry["sha256"]), segment, str(entry.get("signature", ""))))
+    weights = data.get("weights")
+    if weights is None:
+        matrix = np.ones((len(members), len(card.stems)))
+    else:
+        try:
+            matrix = np.asarray(weights, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ModelError(f"{source}: demucs.weights must be a matrix of numbers, got {weights!r}") from None
+        if matrix.shape != (len(members), len(card.stems)):
+            raise ModelError(f"{source}: demucs.weights is {list(matrix.shape)}, expected one row per model and "
+                             f"one column per stem: [{len(members)}, {len(card.stems)}]")
+    totals = matrix.sum(axis=0)
+    if not np.all(np.isfinite(matrix)) or np.any(totals == 0):
+        bad = [s for s, t in zip(card.stems, totals) if t == 0]
+        raise ModelError(f"{source}: demucs.weights gives stem(s) {bad} a total weight of 0 (or holds non-finite "
+                         "numbers); every stem needs a model with a non-zero weight for it")
+    return tuple(members), matrix
+
+
+def check_card(card: ModelCard, source: str) -> None:
+    """One-line errors for a demucs card whose numbers disagree (called by ``parse_card``)."""
+    data = card.demucs
+    if not isinstance(data, dict):
+        raise ModelError(f"{source}: a demucs card needs a 'demucs:' mapping (architecture, models, weights); "
+                         "stembridge models import writes it")
+    if data.get("architecture") not in ARCHITECTURES:
+        raise ModelError(f"{source}: demucs.architecture {data.get('architecture')!r} is not one of "
+                         f"{', '.join(ARCHITECTURES)}")
+    if card.hop * 4 != card.n_fft:
+        raise ModelError(f"{source}: hop {card.hop} must be n_fft / 4 = {card.n_fft // 4}, as Demucs's STFT is")
+    if card.audio_channels not in (1, 2):
+        raise ModelError(f"{source}: audio_channels must be 1 or 2, got {card.audio_channels!r}")
+    if len(set(card.stems)) != len(card.stems):
+        raise ModelError(f"{source}: stems {list(card.stems)} name a stem twice")
+    if card.residual is not None and card.residual not in card.stems:
+        raise ModelError(f"{source}: residual '{card.residual}' (the stem given the leftover, mix minus the sum "
+                         f"of the stems) is not among the stems {list(card.stems)}; name one of them, or null")
+    parse_members(dataclasses.replace(card, source=source))
+
+
+def with_leftover(card: ModelCard, leftover: str | None) -> ModelCard:
+    """``card`` with ``leftover`` as its residual stem (None keeps the card's)."""
+    if leftover is None:
+        return card
+    from .models import canonical_stem
+
+    stem = canonical_stem(str(leftover))
+    if stem not in card.stems:
+        raise ModelError(f"leftover '{leftover}': '{card.name}' gives {', '.join(card.stems)}; name one of them "
+                         "(it also gets the mix minus the sum of the stems)")
+    return dataclasses.replace(card, residual=stem)
+
+
+class DemucsSpectrogram:
+    """Demucs's ``_spec`` and ``_ispec`` for chunks of ``length`` samples, in numpy."""
+
+    def __init__(self, n_fft: int, length: int):
+        self.n_fft = n_fft
+        self.hop = n_fft // 4
+        self.length = length
+        self.stft = Stft(n_fft, self.hop)
+        self.frames = math.ceil(length / self.hop)
+        self.pad = self.hop // 2 * 3
+        self.scale = np.float32(1.0 / math.sqrt(n_fft))  # torch.stft(normalized=True)
+
+    def forward(self, chunks: np.ndarray) -> np.ndarray:
+        """``(b, c, length)`` float32 -> ``(b, 2c, n_fft/2, frames)`` float32 (re/im per channel)."""
+        b, c, length = chunks.shape
+        right = self.pad + self.frames * self.hop - length
+        padded = np.pad(chunks, ((0, 0), (0, 0), (self.pad, right)), mode="reflect")
+        z = self.stft.forward(padded)[..., :-1, 2:2 + self.frames]  # (b, c, n_fft/2, frames)
+        packed = np.empty((b, c, 2) + z.shape[-2:], np.float32)
+        packed[:, :, 0] = z.real
+        packed[:, :, 1] = z.imag
+        packed *= self.scale
+        return packed.reshape(b, 2 * c, *z.shape[-2:])
+
+    def inverse(self, packed: np.ndarray) -> np.ndarray:
+        """``(b, s, 2c, n_fft/2, frames)`` float32 -> ``(b, s, c, length)`` float32."""
+        b, s, cc, bins, frames = packed.shape
+        pairs = packed.reshape(b, s, cc // 2, 2, bins, frames)
+        spec = np.zeros((b, s, cc // 2, bins + 1, frames + 4), np.complex64)
+        spec.real[..., :bins, 2:2 + frames] = pairs[:, :, :, 0]
+        spec.imag[..., :bins, 2:2 + frames] = pairs[:, :, :, 1]
+        total = self.hop * self.frames + 2 * self.pad
+        audio = self.stft.inverse(spec, total)[..., self.pad:self.pad + self.length]
+        return audio * np.float32(math.sqrt(self.n_fft))  # torch.istft(normalized=True)
+
+
+class DemucsNetwork:
+    """One exported network: ``(b, c, segment)`` float32 chunks -> ``(b, stems, c, segment)``."""
+
+    def __init__(self, path, *, segment: int, n_fft: int, stems: int, channels: int, threads: int | None = None):
+        self.path = path
+        self.session = open_session(path, threads=threads)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.segment = segment
+        self.spectrogram = DemucsSpectrogram(n_fft, segment)
+        bins, frames = n_fft // 2, self.spectrogram.frames
+        says = (f"a demucs model takes the waveform [batch, {channels}, {segment}] and its spectrogram [batch, "
+                f"{2 * channels}, {bins}, {frames}] and returns the frequency branch [batch, {stems}, {2 * channels}, "
+                f"{bins}, {frames}] and the time branch [batch, {stems}, {channels}, {segment}]")
+        by_rank_in = {len(i.shape): i for i in inputs}
+        by_rank_out = {len(o.shape): o for o in outputs}
+        if len(inputs) != 2 or len(outputs) != 2 or set(by_rank_in) != {3, 4} or set(by_rank_out) != {4, 5}:
+            raise ModelError(f"{path}: the model's inputs {[i.shape for i in inputs]} and outputs "
+                             f"{[o.shape for o in outputs]} are not Demucs's; {says}")
+        expected = {(by_rank_in[3], (None, channels, segment)), (by_rank_in[4], (None, 2 * channels, bins, frames)),
+                    (by_rank_out[5], (None, stems, 2 * channels, bins, frames)),
+                    (by_rank_out[4], (None, stems, channels, segment))}
+        for node, shape in expected:
+            dims = static_dims(node.shape)
+            if any(d is not None and e is not None and d != e for d, e in zip(dims, shape)):
+                raise ModelError(f"{path}: '{node.name}' is {node.shape}, but {says}; the card does not describe "
+                                 "this model (segment, stems, audio_channels)")
+        self.mix_name, self.spec_name = by_rank_in[3].name, by_rank_in[4].name
+        self.output_names = [by_rank_out[5].name, by_rank_out[4].name]
+
+    def __call__(self, chunks: np.ndarray) -> np.ndarray:
+        chunks = np.ascontiguousarray(chunks, dtype=np.float32)
+        spec = self.spectrogram.forward(chunks)
+        freq, wave = self.session.run(self.output_names, {self.mix_name: chunks, self.spec_name: spec})
+        return wave + self.spectrogram.inverse(freq)
+
+
+def triangle(segment: int) -> np.ndarray:
+    """``apply_model``'s chunk weight: a triangle peaking at 1 mid-chunk (transition power 1)."""
+    weight = np.concatenate([np.arange(1, segment // 2 + 1), np.arange(segment - segment // 2, 0, -1)])
+    return (weight / weight.max()).astype(np.float32)
+
+
+def shift_delays(seed: int, shifts: int, models: int, sample_rate: int) -> np.ndarray:
+    """The zeros each shifted run puts before the song: ``(models, shifts)`` ints in ``[0, 0.5 s]``.
+
+    ``shifts`` 0 is one unshifted run per model (Demucs's ``shifts=0``).
+    """
+    if shifts == 0:
+        return np.zeros((models, 1), np.int64)
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, int(MAX_SHIFT_SECONDS * sample_rate) + 1, size=(models, shifts))
+
+
+class _Split:
+    """``apply_model(model, zeros(delay) ++ song, shifts=0, split=True)[..., delay:]``, streamed."""
+
+    def __init__(self, network: DemucsNetwork, *, delay: int, channels: int, stems: int, overlap: float,
+                 batch_size: int):
+        self.network = network
+        self.segment = network.segment
+        self.stride = int((1 - overlap) * self.segment)
+        self.weight = triangle(self.segment)
+        self.batch_size = batch_size
+        self.delay = delay
+        self._input = np.zeros((channels, delay), np.float32)  # the delayed song from index _in_start
+        self._in_start = 0
+        self._received = delay
+        self._next = 0  # next chunk index
+        self._acc = np.zeros((stems, channels, 0), np.float32)  # from delayed-song index _out_start
+        self._sum = np.zeros(0, np.float32)
+        self._out_start = 0
+        self._skip = delay  # output samples of the delay, never given out
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        self._input = np.concatenate([self._input, block], axis=1)
+        self._received += block.shape[1]
+        ready = 0
+        while (self._next + ready) * self.stride + self.segment <= self._received:
+            ready += 1
+            if ready == self.batch_size:
+                self._run(self._next, ready, total=None)
+                ready = 0
+        if ready:
+            self._run(self._next, ready, total=None)
+        return self._emit(self._next * self.stride)
+
+    def finish(self) -> np.ndarray:
+        total = self._received
+        count = -(-total // self.stride) if total else 0
+        while self._next < count:
+            self._run(self._next, min(self.batch_size, count - self._next), total=total)
+        return self._emit(total)
+
+    def _run(self, first: int, count: int, *, total: int | None) -> None:
+        seg, windows, lengths = self.segment, [], []
+        for k in range(first, first + count):
+            offset = k * self.stride
+            length = seg if total is None else min(seg, total - offset)
+            start = offset - (seg - length) // 2  # TensorChunk.padded: centred, real audio where there is some
+            lo, hi = max(start, 0), min(start + seg, self._received)
+            window = np.zeros((self._input.shape[0], seg), np.float32)
+            window[:, lo - start:hi - start] = self._input[:, lo - self._in_start:hi - self._in_start]
+            windows.append(window)
+            lengths.append(length)
+        out = self.network(np.stack(windows))  # (count, stems, c, seg)
+        end = (first + count - 1) * self.stride + lengths[-1]
+        self._grow(end)
+        for i, k in enumerate(range(first, first + count)):
+            length = lengths[i]
+            trim = (seg - length) // 2  # center_trim
+            at = k * self.stride - self._out_start
+            weight = self.weight[:length]
+            self._acc[..., at:at + length] += out[i, ..., trim:trim + length] * weight
+            self._sum[at:at + length] += weight
+        self._next = first + count
+        # Keep what a later chunk may read: a centred last chunk reaches back up to segment / 2.
+        drop = max(0, self._next * self.stride - seg - self._in_start)
+        self._input = self._input[:, drop:]
+        self._in_start += drop
+
+    def _grow(self, end: int) -> None:
+        size = end - self._out_start
+        if size > self._sum.shape[0]:
+            extra = size - self._sum.shape[0]
+            self._sum = np.concatenate([self._sum, np.zeros(extra, np.float32)])
+            self._acc = np.concatenate([self._acc, np.zeros(self._acc.shape[:2] + (extra,), np.float32)], axis=2)
+
+    def _emit(self, limit: int) -> np.ndarray:
+        """Finished output from ``_out_start`` to ``limit`` (delayed-song indices), the delay dropped."""
+        count = max(0, min(limit, self._received) - self._out_start)
+        out = self._acc[..., :count] / self._sum[:count]
+        self._acc, self._sum = self._acc[..., count:], self._sum[count:]
+        self._out_start += count
+        skip = min(self._skip, count)
+        self._skip -= skip
+        return out[..., skip:]
+
+
+class DemucsOverlapAdd:
+    """Demucs's chunking, shifts and bag weights over a stream (the runner's overlap-add seam).
+
+    Same interface as :class:`~.chunking.OverlapAdd`: ``process(block)`` and ``finish()`` return
+    ``{stem: (channels, n)}`` for the samples now final; in total exactly as many as were fed.
+    """
+
+    def __init__(self, engine: "DemucsEngine", *, overlap: float, channels: int, stems, batch_size: int):
+        self.stems = tuple(stems)
+        self.channels = channels
+        index = [engine.model_stems.index(s) for s in self.stems]
+        delays = shift_delays(engine.seed, engine.shifts, len(engine.networks), engine.sample_rate)
+        totals = engine.weights.sum(axis=0)
+        self._passes = []  # (split, factors over the wanted stems)
+        for m, network in enumerate(engine.networks):
+            factors = engine.weights[m, index] / totals[index] / delays.shape[1]
+            if not np.any(factors):
+                continue  # this model's weight is zero for every stem asked for
+            for delay in delays[m]:
+                split = _Split(network, delay=int(delay), channels=channels, stems=len(engine.model_stems),
+                               overlap=overlap, batch_size=batch_size)
+                self._passes.append((split, factors.astype(np.float32)))
+        self._index = index
+        self._pending = [[] for _ in self._passes]
+        self._pending_len = [0] * len(self._passes)
+
+    def process(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        for i, (split, _) in enumerate(self._passes):
+            self._keep(i, split.process(block))
+        return self._combine()
+
+    def finish(self) -> dict[str, np.ndarray]:
+        for i, (split, _) in enumerate(self._passes):
+            self._keep(i, split.finish())
+        return self._combine()
+
+    def _keep(self, i: int, out: np.ndarray) -> None:
+        if out.shape[-1]:
+            self._pending[i].append(out)
+            self._pending_len[i] += out.shape[-1]
+
+    def _combine(self) -> dict[str, np.ndarray]:
+        ready = min(self._pending_len) if self._passes else 0
+        result = {s: np.zeros((self.channels, ready), np.float32) for s in self.stems}
+        if not ready:
+            return result
+        for i, (_, factors) in enumerate(self._passes):
+            joined = np.concatenate(self._pending[i], axis=-1) if len(self._pending[i]) > 1 else self._pending[i][0]
+            head, rest = joined[..., :ready], joined[..., ready:]
+            self._pending[i] = [rest] if rest.shape[-1] else []
+            self._pending_len[i] -= ready
+            for j, stem in enumerate(self.stems):
+                if factors[j]:
+                    result[stem] += head[self._index[j]] * factors[j]
+        return result
+
+
+class DemucsEngine:
+    """The model-specific part of a Demucs separator (see :class:`~.runner.Engine`).
+
+    Parameters
+    ----------
+    card : ModelCard
+        A ``family: demucs`` card.
+    threads : int, optional
+        onnxruntime intra-op threads (default: every core).
+    shifts : int
+        Demucs's shift trick: runs per model on the song delayed by random amounts up to 0.5 s,
+        averaged; 0 runs once unshifted. Default 1, as the ``demucs`` command.
+    seed : int
+        Seed of the delays (``numpy.random.default_rng``): the same seed gives the same output.
+    """
+
+    default_overlap = OVERLAP
+
+    def __init__(self, card: ModelCard, *, threads: int | None = None, batch_size: int = 1, shifts: int = 1,
+                 seed: int = 0):
+        if isinstance(shifts, bool) or not isinstance(shifts, int) or not 0 <= shifts <= 20:
+            raise ModelError(f"shifts={shifts!r}: Demucs's shift trick takes a whole number of runs from 0 to 20 "
+                             "(1, as the demucs command, is the default)")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ModelError(f"seed={seed!r}: the shifts' seed must be a whole number")
+        members, self.weights = parse_members(card)
+        self.card = card
+        self.model_stems = card.stems
+        self.networks = []
+        for member in members:
+            path = verify_file(dataclasses.replace(card, file=(_folder(card) / member.file).resolve(),
+                                                   sha256=member.sha256))
+            self.networks.append(DemucsNetwork(path, segment=member.segment, n_fft=card.n_fft,
+                                               stems=len(card.stems), channels=card.audio_channels,
+                                               threads=threads))
+        self.sample_rate = card.sample_rate
+        self.chunk = max(m.segment for m in members)
+        self.trim = 0
+        self.stems = card.stems
+        self.residual_stem = card.residual
+        self.shifts, self.seed = shifts, seed
+        self.options = {"shifts": shifts, "seed": seed}
+        if card.audio_channels != 2:
+            raise ModelError(f"{card.source}: a {card.audio_channels}-channel Demucs model is not supported; "
+                             "stembridge runs stereo Demucs models")
+
+    def overlap_add(self, plan, *, channels: int, stems, run=None, batch_size: int = 1) -> DemucsOverlapAdd:
+        """The runner's seam: Demucs's own chunking instead of :class:`~.chunking.OverlapAdd`."""
+        return DemucsOverlapAdd(self, overlap=plan.overlap, channels=channels, stems=stems, batch_size=batch_size)
+
+    def run(self, chunks: np.ndarray) -> dict[str, np.ndarray]:
+        """``(batch, 2, segment)`` -> ``{stem: (batch, 2, segment)}``: the first network on whole chunks."""
+        out = self.networks[0](chunks)
+        return {s: out[:, i] for i, s in enumerate(self.model_stems) if s != self.residual_stem}
+
+
+def _folder(card: ModelCard):
+    from pathlib import Path
+
+    return Path(card.file).parent if card.file is not None else Path(card.source).parent
+
+
+def _details(card: ModelCard) -> list[str]:
+    data = card.demucs or {}
+    members = data.get("models") or []
+    details = [str(data.get("architecture"))]
+    if members:
+        count = len({m.get("file") for m in members if isinstance(m, dict)})
+        segment = members[0].get("segment") if isinstance(members[0], dict) else None
+        details.append(f"{count} network{'s' if count != 1 else ''}"
+                       + (f", {segment / card.sample_rate:g} s segments" if isinstance(segment, int) else ""))
+    if card.residual:
+        details.append(f"leftover in {card.residual}")
+    parity = (card.imported or {}).get("parity_db")
+    if isinstance(parity, (int, float)) and not isinstance(parity, bool):
+        details.append(f"parity {parity:.1f} dB")
+    return details
+
+
+def _imports(path, config) -> bool:
+    """A Demucs ``.th``, a bag ``.yaml``, or a folder of ``.th`` files, given without ``--config``.
+
+    (``.th`` is also a torch suffix the roformer family claims; families are asked in name order,
+    so ``demucs`` answers first, and a ``--config`` leaves the file to the RoFormer importer.)
+    """
+    path = Path(path)
+    if config is not None:
+        return False
+    if path.is_file():
+        return path.suffix in (".th", ".yaml", ".yml")
+    return path.is_dir() and any(path.glob("*.th"))
+
+
+FAMILY = register(Family(
+    name="demucs",
+    open_engine=lambda card, s: DemucsEngine(with_leftover(card, s.leftover), threads=s.threads,
+                                             batch_size=s.batch_size, shifts=1 if s.shifts is None else s.shifts,
+                                             seed=s.seed),
+    requires=("file", "demucs", "sample_rate", "n_fft", "hop"),
+    requires_hint=" (stembridge models import writes it)",
+    check=check_card, details=_details, default_overlap=lambda card: OVERLAP,
+    importer="bridge.importers.demucs:convert", imports=_imports,
+    import_help="Demucs v4 models (htdemucs.th, a bag such as htdemucs_ft.yaml, or a folder with --name)",
+))
