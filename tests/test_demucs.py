@@ -220,6 +220,10 @@ def test_card_errors_are_one_line(repo, tmp_path):
         assert "\n" not in str(info.value) and str(path) in str(info.value)
     with pytest.raises(ModelError, match="shifts"):
         load_separator(load_card(models / "htdemucs.yaml"), shifts=-1)
+    with pytest.raises(ModelError, match="leftover 'guitar'"):
+        load_separator(load_card(models / "htdemucs.yaml"), leftover="guitar")
+    with pytest.raises(ModelError, match="only for Demucs models"):
+        load_separator("dsp", shifts=2)
 
 
 def _with_card(models, name, new, **changes):
@@ -236,3 +240,29 @@ def test_mono_input_gives_mono_stems(repo, song):
     mono = song[:1, :SR]
     stems = load_separator(load_card(models / "htdemucs.yaml"), shifts=0, threads=2)(mono, SR)
     assert all(s.shape == mono.shape for s in stems.values())
+
+
+@pytest.mark.parametrize("name", ["no-guitar", "piano-only"])
+def test_six_stem_presets_render_with_an_imported_htdemucs_6s(repo, song, name, tmp_path, monkeypatch, capsys):
+    from bridge.audio import files
+    from bridge.cli import main as cli
+    from conftest import REPO
+
+    _, models = repo
+    monkeypatch.setenv("STEMBRIDGE_MODELS", str(models))  # the reduced htdemucs_6s, imported under that name
+    preset = REPO / "presets" / "6stems" / f"{name}.yaml"
+    assert cli(["preset", "check", str(preset)]) == 0
+    assert "htdemucs_6s" in capsys.readouterr().out
+    path = tmp_path / "song.wav"
+    files.write(path, song[:, :SR], SR, bit_depth=32)
+    assert cli(["render", str(preset), str(path), "--out", str(tmp_path / "out"), "--set", "output.format=wav",
+                "--set", "output.bit_depth=32", "--quiet"]) == 0
+    (out,) = (tmp_path / "out").rglob("*.wav")
+    mix, rate = files.read(out)
+    card = load_card(models / "htdemucs_6s.yaml")
+    if name == "no-guitar":  # leftover in other: everything but the guitar estimate
+        stems = load_separator(card, leftover="other", threads=2)(song[:, :SR], SR)
+        expected = song[:, :SR] - stems["guitar"]
+    else:
+        expected = load_separator(card, threads=2)(song[:, :SR], SR)["piano"]
+    np.testing.assert_allclose(mix, expected, atol=1e-5)  # float32 sums, float WAV

@@ -100,7 +100,7 @@ def session_graph(preset, overrides=(), *, threads=None, separator=None):
         sep = session.separator
         try:
             separator = load_separator(card, overlap=sep.overlap, batch_size=sep.batch_size, threads=threads,
-                                       wiener=sep.wiener)
+                                       wiener=sep.wiener, shifts=sep.shifts, leftover=sep.leftover)
         except ModelError as exc:  # a missing or corrupt model file: the model key's
             raise PresetError(f"{session.source}: separator.model: {exc}") from exc
     graph = RenderGraph(session, separator)

@@ -85,6 +85,8 @@ class SeparatorSettings:
     overlap: float | None = None
     batch_size: int = 1
     wiener: int = 0  # EM iterations of the multichannel Wiener filter (mask models); 0 = off
+    shifts: int | None = None  # Demucs models: random-shift runs averaged (None: the model's default, 1)
+    leftover: str | None = None  # Demucs models: the stem that also gets mix - sum(stems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +183,9 @@ class Session:
                "batch_size": self.separator.batch_size, "wiener": self.separator.wiener}
         if self.separator.stems is not None:
             sep["stems"] = list(self.separator.stems)
+        for key in ("shifts", "leftover"):
+            if getattr(self.separator, key) is not None:
+                sep[key] = getattr(self.separator, key)
         stems = {}
         for name, s in self.stems:
             gain = float(s.gain_db) if isinstance(s.gain_db, (int, float)) else [list(p) for p in s.gain_db]
@@ -240,7 +245,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if top.get("version") != VERSION:
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
-    s = r.mapping(top.get("separator"), "separator", ("model", "stems", "overlap", "batch_size", "wiener"))
+    s = r.mapping(top.get("separator"), "separator", ("model", "stems", "overlap", "batch_size", "wiener", "shifts",
+                                                      "leftover"))
     stems_list = s.get("stems")
     if stems_list is not None and (not isinstance(stems_list, list) or not all(isinstance(x, str) for x in stems_list)):
         r.fail("separator.stems", f"expected a list of stem names, got {stems_list!r}")
@@ -249,7 +255,9 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         stems=tuple(stems_list) if stems_list is not None else None,
         overlap=r.number(s["overlap"], "separator.overlap", low=0.0, high=0.99) if s.get("overlap") is not None else None,
         batch_size=r.number(s.get("batch_size", 1), "separator.batch_size", low=1, high=64, integer=True),
-        wiener=r.number(s.get("wiener", 0), "separator.wiener", low=0, high=MAX_WIENER, integer=True))
+        wiener=r.number(s.get("wiener", 0), "separator.wiener", low=0, high=MAX_WIENER, integer=True),
+        shifts=r.number(s["shifts"], "separator.shifts", low=0, high=20, integer=True) if s.get("shifts") is not None else None,
+        leftover=r.text(s["leftover"], "separator.leftover") if s.get("leftover") is not None else None)
 
     stems_raw = top.get("stems") or {}
     if not isinstance(stems_raw, dict):

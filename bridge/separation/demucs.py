@@ -41,10 +41,10 @@ first chunk. That is not done here: the model's own per-chunk standardisation ma
 no-op (it differs only through the ``1e-5`` in the model's ``std`` and the zeros padded beyond the
 song's ends; ``tests/test_demucs.py`` measures the difference on real music).
 
-Stems are as Demucs gives them: they need not sum to the mix. The card's ``residual`` (``--set
-separator.leftover`` ... or a card written with ``leftover``) names a stem that receives the
-leftover, ``mix - sum(stems)``: that stem becomes ``mix - sum(other stems)`` and a remix at 0 dB
-equals the input.
+Stems are as Demucs gives them: they need not sum to the mix. ``leftover`` (preset key
+``separator.leftover``, or ``residual`` in the card) names a stem that also receives the leftover,
+``mix - sum(stems)``: that stem becomes ``mix - sum(other stems)`` (the runner's residual stem) and
+a remix at 0 dB equals the input.
 """
 
 from __future__ import annotations
