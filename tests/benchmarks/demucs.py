@@ -1,0 +1,140 @@
+"""Demucs: stembridge's demucs family vs the ``demucs`` command, same model file, same song (issue 25).
+
+    python tests/benchmarks/demucs.py build                 (published-size htdemucs, random weights)
+    python tests/benchmarks/demucs.py import                (stembridge models import, timed)
+    python tests/benchmarks/demucs.py run [--seconds 20]    (demucs -n htdemucs --repo vs stembridge separate)
+
+The model is HTDemucs with the published htdemucs arguments (``tests/demucs_models.py``: 41,984,456
+parameters), random weights, saved as Demucs saves it (``955717e8-<sha256[:8]>.th``) beside a bag
+file ``htdemucs.yaml`` (``models: ['955717e8']``, as Demucs's own), so ``demucs -n htdemucs --repo
+DIR`` and ``stembridge models import DIR --name htdemucs`` read the same file. Both run their
+defaults: segment 7.8 s, overlap 0.25, one random shift (``--shifts 1``), float32 WAV out.
+
+Every measured run is its own process under ``/usr/bin/time -v`` (whole-process wall, CPU = user +
+system, peak RSS), with the 1-minute load average before and after it recorded beside its figures
+(the machine is shared). The stems of both are compared (SNR per stem): they differ by the random
+shift each draws, so expect agreement well below the shifts-0 parity of ``tests/test_demucs.py``.
+
+Everything goes under ``--work`` (default ``/work/bench25`` or ``$BENCH25``); nothing there is
+committed. Needs the ``demucs`` package and, for its command line, ``sphn`` and ``lameenc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DATA = REPO.parent / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+RATE = 44100
+
+
+def work(args) -> Path:
+    return Path(args.work or os.environ.get("BENCH25", "/work/bench25"))
+
+
+def env(args) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), STEMBRIDGE_MODELS=str(work(args) / "models"),
+                STEMBRIDGE_CACHE=str(work(args) / "cache"))
+
+
+def timed(cmd: list[str], *, environ: dict, logfile: Path) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v``: wall, CPU, peak RSS and the load around it."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    vfile = logfile.with_suffix(".time")
+    before = os.getloadavg()
+    start = time.perf_counter()
+    with open(logfile, "w") as out:
+        code = subprocess.call(["/usr/bin/time", "-v", "-o", str(vfile)] + cmd, stdout=out, stderr=subprocess.STDOUT,
+                               env=environ)
+    wall = time.perf_counter() - start
+    after = os.getloadavg()
+    if code:
+        raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{logfile.read_text()[-3000:]}")
+    fields = dict(line.strip().rpartition(": ")[::2] for line in vfile.read_text().splitlines() if ": " in line)
+    cpu = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(int(fields["Maximum resident set size (kbytes)"]) / 1024),
+            "load1_before": before[0], "load1_after": after[0], "cmd": " ".join(cmd)}
+
+
+def record(args, key: str, value: dict) -> None:
+    path = work(args) / "results.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=1))
+    print(key, json.dumps(value, indent=1), flush=True)
+
+
+def cmd_build(args) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    import demucs_models as dm
+
+    repo = work(args) / "repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    model = dm.build(dm.published(), seed=25)
+    path = dm.save(model, repo, "955717e8")
+    dm.save_bag(repo, "htdemucs", ["955717e8"])
+    print(path, sum(p.numel() for p in model.parameters()), "parameters", path.stat().st_size / 1e6, "MB")
+
+
+def cmd_import(args) -> None:
+    cmd = [sys.executable, "-m", "bridge.cli", "models", "import", str(work(args) / "repo"), "--name", "htdemucs",
+           "--force"]
+    record(args, "import", timed(cmd, environ=env(args), logfile=work(args) / "logs" / "import.log"))
+
+
+def song(args) -> Path:
+    path = work(args) / "songs" / f"fishin_{args.seconds}s.wav"
+    if not path.exists():
+        audio, rate = sf.read(DATA / "fullmix" / "karissa-hobbs-lets-go-fishin.ogg", dtype="float32", always_2d=True)
+        assert rate == RATE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, audio[30 * RATE: (30 + args.seconds) * RATE], RATE, subtype="FLOAT")
+    return path
+
+
+def cmd_run(args) -> None:
+    wav = song(args)
+    out = work(args) / "out"
+    demucs_cmd = [sys.executable, "-m", "demucs", "-n", "htdemucs", "--repo", str(work(args) / "repo"), "-d", "cpu",
+                  "--float32", "-o", str(out / "demucs"), str(wav)]
+    ours_cmd = [sys.executable, "-m", "bridge.cli", "separate", str(wav), "--model", "htdemucs", "--out",
+                str(out / "stembridge"), "--bit-depth", "32", "--no-cache", "--jobs", "1"]
+    threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    results = {}
+    for name, cmd in (("demucs", demucs_cmd), ("stembridge", ours_cmd + ["--threads", str(args.threads)])):
+        results[name] = timed(cmd, environ={**env(args), **threads}, logfile=work(args) / "logs" / f"{name}.log")
+    stems = {}
+    for stem in ("drums", "bass", "other", "vocals"):
+        ref, _ = sf.read(next((out / "demucs").rglob(f"{stem}.wav")), dtype="float64")
+        est, _ = sf.read(next((out / "stembridge").rglob(f"{stem}.wav")), dtype="float64")
+        stems[stem] = round(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - est) ** 2)), 1)
+    results["snr_db_stembridge_vs_demucs"] = stems
+    results["song_s"] = args.seconds
+    record(args, f"run_{args.seconds}s", results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["build", "import", "run"])
+    parser.add_argument("--work")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    {"build": cmd_build, "import": cmd_import, "run": cmd_run}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
