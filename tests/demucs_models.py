@@ -12,9 +12,14 @@ the tests run in seconds.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import inspect
 import io
+import os
+import shutil
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -88,3 +93,45 @@ def save_bag(folder: Path, name: str, signatures, weights=None, segment=None) ->
     path = Path(folder) / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: The shared repo's one-hot bag: model 1 for drums and other, model 2 for bass and vocals.
+BAG_WEIGHTS = [[1, 0, 1, 0], [0, 1, 0, 1]]
+BAG_SEGMENT = 1.5  # seconds, shorter than the models' 1.95 s: BagOfModels's override
+
+
+@functools.lru_cache(maxsize=None)
+def shared_repo() -> tuple[Path, Path]:
+    """``(repo, models)``: a Demucs ``--repo`` folder and its import into a stembridge model folder,
+    built once per test run and shared by the Demucs test files (each import is an ONNX export).
+
+    ``repo`` holds htdemucs (``955717e8-*.th``), htdemucs_6s (``5c90dfd2-*.th``), two specialists
+    (``f7e0c4bc``, ``d12395a8``) and the bags ``htdemucs.yaml``, ``htdemucs_6s.yaml`` and
+    ``tiny_ft.yaml`` (:data:`BAG_WEIGHTS`, segment :data:`BAG_SEGMENT`). ``models`` holds what
+    ``stembridge models import`` made of them, each by another route: ``htdemucs`` from the
+    ``.th`` file, ``htdemucs_6s`` from the bag file, ``tiny_ft`` from the folder and ``--name``.
+    """
+    from bridge.cli import main as cli
+
+    root = Path(tempfile.mkdtemp(prefix="stembridge-demucs-tests-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    repo, models = root / "repo", root / "models"
+    repo.mkdir()
+    single = save(build(reduced(), seed=11), repo, "955717e8")
+    save(build(reduced(SOURCES_6), seed=12), repo, "5c90dfd2")
+    save(build(reduced(), seed=13), repo, "f7e0c4bc")
+    save(build(reduced(), seed=14), repo, "d12395a8")
+    save_bag(repo, "htdemucs", ["955717e8"])
+    six = save_bag(repo, "htdemucs_6s", ["5c90dfd2"])
+    save_bag(repo, "tiny_ft", ["f7e0c4bc", "d12395a8"], weights=BAG_WEIGHTS, segment=BAG_SEGMENT)
+    before = os.environ.get("STEMBRIDGE_MODELS")
+    os.environ["STEMBRIDGE_MODELS"] = str(models)
+    try:
+        for argv in ([str(single), "--name", "htdemucs"], [str(six)], [str(repo), "--name", "tiny_ft"]):
+            assert cli(["models", "import", *argv]) == 0, argv
+    finally:
+        if before is None:
+            os.environ.pop("STEMBRIDGE_MODELS", None)
+        else:
+            os.environ["STEMBRIDGE_MODELS"] = before
+    return repo, models

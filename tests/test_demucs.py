@@ -47,21 +47,9 @@ def song():
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo():
     """A Demucs --repo folder (htdemucs, htdemucs_6s, a one-hot 2-model bag), imported into stembridge."""
-    folder = tmp_path_factory.mktemp("demucs-repo")
-    models = tmp_path_factory.mktemp("demucs-models")
-    dm.save(dm.build(dm.reduced(), seed=11), folder, "955717e8")
-    dm.save(dm.build(dm.reduced(dm.SOURCES_6), seed=12), folder, "5c90dfd2")
-    dm.save(dm.build(dm.reduced(), seed=13), folder, "f7e0c4bc")
-    dm.save(dm.build(dm.reduced(), seed=14), folder, "d12395a8")
-    dm.save_bag(folder, "htdemucs", ["955717e8"])
-    dm.save_bag(folder, "htdemucs_6s", ["5c90dfd2"])
-    # A one-hot bag as htdemucs_ft's, with a bag segment shorter than the models' (BagOfModels's override).
-    dm.save_bag(folder, "tiny_ft", ["f7e0c4bc", "d12395a8"], weights=[[1, 0, 1, 0], [0, 1, 0, 1]], segment=1.5)
-    for name in ("htdemucs", "htdemucs_6s", "tiny_ft"):
-        import_demucs(folder, bag_name=name, folder=models)
-    return folder, models
+    return dm.shared_repo()
 
 
 def demucs_reference(folder, name, mix, *, shifts=0, prefix=0):

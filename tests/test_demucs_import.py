@@ -33,25 +33,23 @@ from bridge.separation.models import load_card  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A Demucs repo folder: htdemucs-like model, two specialists and a one-hot bag of them."""
-    folder = tmp_path_factory.mktemp("demucs-repo")
-    single = dm.save(dm.build(dm.reduced(), seed=1), folder, "955717e8")
-    a = dm.save(dm.build(dm.reduced(), seed=2), folder, "f7e0c4bc")
-    b = dm.save(dm.build(dm.reduced(), seed=3), folder, "d12395a8")
-    bag = dm.save_bag(folder, "tiny_ft", ["f7e0c4bc", "d12395a8"], weights=[[1, 1, 0, 0], [0, 0, 1, 1]])
-    return {"folder": folder, "single": single, "a": a, "b": b, "bag": bag}
+def shared():
+    """The Demucs repo and its import through the CLI (.th, bag .yaml, folder + --name), shared with
+    tests/test_demucs.py (``demucs_models.shared_repo``)."""
+    return dm.shared_repo()
 
 
 @pytest.fixture(scope="module")
-def imported(files, tmp_path_factory):
-    """The single file and the bag (folder + --name), imported once through the CLI."""
-    folder = tmp_path_factory.mktemp("imported")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STEMBRIDGE_MODELS", str(folder))
-        assert cli(["models", "import", str(files["single"])]) == 0
-        assert cli(["models", "import", str(files["folder"]), "--name", "tiny_ft"]) == 0
-    return folder
+def files(shared):
+    repo, _ = shared
+    by_sig = {p.name.split("-")[0]: p for p in repo.glob("*.th")}
+    return {"folder": repo, "single": by_sig["955717e8"], "a": by_sig["f7e0c4bc"], "b": by_sig["d12395a8"],
+            "bag": repo / "tiny_ft.yaml"}
+
+
+@pytest.fixture(scope="module")
+def imported(shared):
+    return shared[1]
 
 
 @pytest.fixture
@@ -197,7 +195,7 @@ def test_diffq_v3_and_v2_files_are_refused_naming_what_is_supported(tmp_path, mo
 
 def test_a_single_file_imports_with_its_card(files, imported):
     models_folder = imported
-    card = load_card(models_folder / "955717e8.yaml")
+    card = load_card(models_folder / "htdemucs.yaml")
     assert card.family == "demucs" and card.stems == ("drums", "bass", "other", "vocals")
     assert card.sample_rate == 44100 and card.audio_channels == 2 and card.n_fft == 4096 and card.hop == 1024
     members = card.demucs["models"]
@@ -208,7 +206,7 @@ def test_a_single_file_imports_with_its_card(files, imported):
     assert record["file"] == files["single"].name
     assert record["sha256"] == hashlib.sha256(files["single"].read_bytes()).hexdigest()
     assert card.imported["parity_db"] >= 60
-    assert {"955717e8.onnx", "955717e8.yaml"} <= {p.name for p in models_folder.iterdir()}
+    assert {"htdemucs.onnx", "htdemucs.yaml"} <= {p.name for p in models_folder.iterdir()}
     assert not [p.name for p in models_folder.iterdir() if p.name.startswith(".")]  # no partial files left
 
 
@@ -217,7 +215,7 @@ def test_onnx_has_both_branches_and_equals_torch(files, imported):
     from bridge.separation.demucs import DemucsNetwork
 
     models_folder = imported
-    card = load_card(models_folder / "955717e8.yaml")
+    card = load_card(models_folder / "htdemucs.yaml")
     member = card.demucs["models"][0]
     network = DemucsNetwork(models_folder / member["file"], segment=member["segment"], n_fft=4096, stems=4,
                             channels=2)
@@ -244,7 +242,8 @@ def test_a_bag_from_its_yaml_and_from_the_folder_with_name(files, imported):
     models_folder = imported
     card = load_card(models_folder / "tiny_ft.yaml")
     assert [m["signature"] for m in card.demucs["models"]] == ["f7e0c4bc", "d12395a8"]
-    assert card.demucs["weights"] == [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+    assert card.demucs["weights"] == [[float(w) for w in row] for row in dm.BAG_WEIGHTS]
+    assert [m["segment"] for m in card.demucs["models"]] == [int(dm.BAG_SEGMENT * 44100)] * 2
     written = {p.name for p in models_folder.iterdir()}
     assert {"tiny_ft-d12395a8.onnx", "tiny_ft-f7e0c4bc.onnx", "tiny_ft.yaml"} <= written
     assert "tiny_ft.onnx" not in written
@@ -285,14 +284,14 @@ def test_bag_errors_are_one_line(files, tmp_path, models_folder, capsys):
 def test_an_existing_name_needs_force(files, imported, monkeypatch, capsys):
     monkeypatch.setenv("STEMBRIDGE_MODELS", str(imported))
     before = {p.name: p.stat().st_mtime_ns for p in imported.iterdir()}
-    err = _error(capsys, "models", "import", str(files["single"]))
-    assert "--force" in err and "955717e8" in err
+    err = _error(capsys, "models", "import", str(files["single"]), "--name", "htdemucs")
+    assert "--force" in err and "htdemucs" in err
     assert {p.name: p.stat().st_mtime_ns for p in imported.iterdir()} == before
 
 
 def test_the_run_time_needs_neither_torch_nor_demucs(imported):
     code = ("import sys, numpy as np; from bridge.separation import load_separator; "
-            "s = load_separator('955717e8', shifts=0, threads=1); s(np.zeros((2, 5000), np.float32), 44100); "
+            "s = load_separator('htdemucs', shifts=0, threads=1); s(np.zeros((2, 5000), np.float32), 44100); "
             "bad = [m for m in ('torch', 'demucs') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(p) for p in sys.path if p]),
                STEMBRIDGE_MODELS=str(imported))

@@ -33,6 +33,8 @@ import numpy as np
 import soundfile as sf
 
 HERE = Path(__file__).resolve().parent
+# Run as a script, this folder is sys.path[0], where this file would shadow the demucs package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 REPO = HERE.parents[1]
 DATA = REPO.parent / "shared" / "data"
 if not DATA.is_dir():
