@@ -3,12 +3,15 @@
     python tests/benchmarks/demucs.py build                 (published-size htdemucs, random weights)
     python tests/benchmarks/demucs.py import                (stembridge models import, timed)
     python tests/benchmarks/demucs.py run [--seconds 20]    (demucs -n htdemucs --repo vs stembridge separate)
+    python tests/benchmarks/demucs.py run --shifts 0        (both without the shift trick: stems comparable)
 
 The model is HTDemucs with the published htdemucs arguments (``tests/demucs_models.py``: 41,984,456
 parameters), random weights, saved as Demucs saves it (``955717e8-<sha256[:8]>.th``) beside a bag
 file ``htdemucs.yaml`` (``models: ['955717e8']``, as Demucs's own), so ``demucs -n htdemucs --repo
 DIR`` and ``stembridge models import DIR --name htdemucs`` read the same file. Both run their
-defaults: segment 7.8 s, overlap 0.25, one random shift (``--shifts 1``), float32 WAV out.
+defaults: segment 7.8 s, overlap 0.25, one random shift (``--shifts 1``), float32 WAV out. With
+``--shifts 0`` both run unshifted (stembridge through its Python API, ``load_separator(shifts=0)``:
+the ``separate`` command has no shifts option), so their stems can be compared.
 
 Every measured run is its own process under ``/usr/bin/time -v`` (whole-process wall, CPU = user +
 system, peak RSS), with the 1-minute load average before and after it recorded beside its figures
@@ -110,14 +113,24 @@ def song(args) -> Path:
 def cmd_run(args) -> None:
     wav = song(args)
     out = work(args) / "out"
+    out = out / f"shifts{args.shifts}"
     demucs_cmd = [sys.executable, "-m", "demucs", "-n", "htdemucs", "--repo", str(work(args) / "repo"), "-d", "cpu",
-                  "--float32", "-o", str(out / "demucs"), str(wav)]
+                  "--float32", "--shifts", str(args.shifts), "-o", str(out / "demucs"), str(wav)]
     ours_cmd = [sys.executable, "-m", "bridge.cli", "separate", str(wav), "--model", "htdemucs", "--out",
                 str(out / "stembridge"), "--bit-depth", "32", "--no-cache", "--jobs", "1"]
+    if args.shifts != 1:
+        (out / "stembridge").mkdir(parents=True, exist_ok=True)
+        ours_cmd = [sys.executable, "-c", (
+            "import sys, soundfile as sf; from bridge.separation import load_separator; "
+            f"s = load_separator('htdemucs', shifts={args.shifts}, threads=int(sys.argv[-1])); "
+            "x, r = sf.read(sys.argv[1], dtype='float32', always_2d=True); "
+            "[sf.write(f'{sys.argv[2]}/{k}.wav', v.T, r, subtype='FLOAT') for k, v in s(x.T.copy(), r).items()]"),
+            str(wav), str(out / "stembridge")]
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     results = {}
     for name, cmd in (("demucs", demucs_cmd), ("stembridge", ours_cmd + ["--threads", str(args.threads)])):
-        results[name] = timed(cmd, environ={**env(args), **threads}, logfile=work(args) / "logs" / f"{name}.log")
+        results[name] = timed(cmd, environ={**env(args), **threads},
+                              logfile=work(args) / "logs" / f"{name}_shifts{args.shifts}.log")
     stems = {}
     for stem in ("drums", "bass", "other", "vocals"):
         ref, _ = sf.read(next((out / "demucs").rglob(f"{stem}.wav")), dtype="float64")
@@ -125,7 +138,7 @@ def cmd_run(args) -> None:
         stems[stem] = round(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - est) ** 2)), 1)
     results["snr_db_stembridge_vs_demucs"] = stems
     results["song_s"] = args.seconds
-    record(args, f"run_{args.seconds}s", results)
+    record(args, f"run_{args.seconds}s_shifts{args.shifts}", results)
 
 
 def main() -> None:
@@ -134,6 +147,7 @@ def main() -> None:
     parser.add_argument("--work")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shifts", type=int, default=1)
     args = parser.parse_args()
     {"build": cmd_build, "import": cmd_import, "run": cmd_run}[args.command](args)
 
