@@ -24,7 +24,6 @@ from conftest import DATA  # noqa: E402
 
 import demucs_models as dm  # noqa: E402
 from bridge.errors import ModelError  # noqa: E402
-from bridge.importers.demucs import import_demucs  # noqa: E402
 from bridge.separation import load_separator, with_sums  # noqa: E402
 from bridge.separation.demucs import shift_delays  # noqa: E402
 from bridge.separation.models import load_card  # noqa: E402

@@ -9,9 +9,7 @@ them (``tests/demucs_models.py``).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import pickle
 import subprocess
 import sys
 from fractions import Fraction
@@ -23,7 +21,6 @@ pytest.importorskip("demucs")
 pytest.importorskip("omegaconf")
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 import demucs_models as dm  # noqa: E402
 from bridge.cli import main as cli  # noqa: E402
@@ -273,6 +270,9 @@ def test_bag_errors_are_one_line(files, tmp_path, models_folder, capsys):
     assert "0000dead" in _error(capsys, "models", "import", str(bag))
     bad = dm.save_bag(folder, "badweights", ["f7e0c4bc"], weights=[[1, 0]])
     assert "weights" in _error(capsys, "models", "import", str(bad))
+    ragged = folder / "ragged.yaml"
+    ragged.write_text("models: [f7e0c4bc]\nweights: [[1, 0, 0], [1]]\n")
+    assert "weights" in _error(capsys, "models", "import", str(ragged))
     assert "nope" in _error(capsys, "models", "import", str(folder), "--name", "nope")
     six = dm.save(dm.build(dm.reduced(dm.SOURCES_6), seed=4), folder, "5c90dfd2")
     mixed = dm.save_bag(folder, "mixed", ["f7e0c4bc", "5c90dfd2"])

@@ -338,7 +338,7 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
         raise ModelError(f"a model named '{name}' exists ({existing}); "
                          + ("pass --force to replace it, or " if existing.parent == target else "")
                          + "--name to import under another name")
-    torch = _torch()
+    _torch()  # before any work: the import extra is missing, one line says so
     from fractions import Fraction
 
     segment_override = Fraction(bag.segment).limit_denominator(1000) if bag.segment is not None else None
@@ -358,13 +358,16 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
     stems = [canonical_stem(s) for s in sources]
     weights = bag.weights
     if weights is not None:
-        matrix = np.asarray(weights, dtype=np.float64) if isinstance(weights, list) else None
-        if matrix is None or matrix.shape != (len(packages), len(stems)):
-            raise ModelError(f"{bag.source}: weights must have one row per model ({len(packages)}) and one column per "
-                             f"source ({len(stems)})")
+        try:
+            matrix = np.asarray(weights, dtype=np.float64) if isinstance(weights, list) else None
+        except (TypeError, ValueError):  # ragged rows, text
+            matrix = None
+        if matrix is None or matrix.shape != (len(packages), len(stems)) or not np.all(np.isfinite(matrix)):
+            raise ModelError(f"{bag.source}: weights must be numbers, one row per model ({len(packages)}) and one "
+                             f"column per source ({len(stems)}), got {weights!r}")
         weights = [[float(v) for v in row] for row in matrix]
     single = len(packages) == 1
-    members, records, worst, nets_written = [], [], float("inf"), []
+    members, records, worst = [], [], float("inf")
     header = f"Imported by: stembridge models import {Path(path).name}"
     files_done: dict[Path, dict] = {}
     net_info = None

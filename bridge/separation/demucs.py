@@ -433,9 +433,8 @@ class DemucsEngine:
         return {s: out[:, i] for i, s in enumerate(self.model_stems) if s != self.residual_stem}
 
 
-def _folder(card: ModelCard):
-    from pathlib import Path
-
+def _folder(card: ModelCard) -> Path:
+    """Where the card's ONNX files are: beside its ``file`` (the card's folder)."""
     return Path(card.file).parent if card.file is not None else Path(card.source).parent
 
 

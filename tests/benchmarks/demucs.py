@@ -119,13 +119,13 @@ def cmd_run(args) -> None:
     ours_cmd = [sys.executable, "-m", "bridge.cli", "separate", str(wav), "--model", "htdemucs", "--out",
                 str(out / "stembridge"), "--bit-depth", "32", "--no-cache", "--jobs", "1"]
     if args.shifts != 1:
-        (out / "stembridge").mkdir(parents=True, exist_ok=True)
+        (out / "stembridge" / wav.stem).mkdir(parents=True, exist_ok=True)
         ours_cmd = [sys.executable, "-c", (
             "import sys, soundfile as sf; from bridge.separation import load_separator; "
             f"s = load_separator('htdemucs', shifts={args.shifts}, threads=int(sys.argv[-1])); "
             "x, r = sf.read(sys.argv[1], dtype='float32', always_2d=True); "
             "[sf.write(f'{sys.argv[2]}/{k}.wav', v.T, r, subtype='FLOAT') for k, v in s(x.T.copy(), r).items()]"),
-            str(wav), str(out / "stembridge")]
+            str(wav), str(out / "stembridge" / wav.stem)]
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     results = {}
     for name, cmd in (("demucs", demucs_cmd), ("stembridge", ours_cmd + ["--threads", str(args.threads)])):
@@ -133,8 +133,8 @@ def cmd_run(args) -> None:
                               logfile=work(args) / "logs" / f"{name}_shifts{args.shifts}.log")
     stems = {}
     for stem in ("drums", "bass", "other", "vocals"):
-        ref, _ = sf.read(next((out / "demucs").rglob(f"{stem}.wav")), dtype="float64")
-        est, _ = sf.read(next((out / "stembridge").rglob(f"{stem}.wav")), dtype="float64")
+        ref, _ = sf.read(out / "demucs" / "htdemucs" / wav.stem / f"{stem}.wav", dtype="float64")
+        est, _ = sf.read(out / "stembridge" / wav.stem / f"{stem}.wav", dtype="float64")
         stems[stem] = round(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - est) ** 2)), 1)
     results["snr_db_stembridge_vs_demucs"] = stems
     results["song_s"] = args.seconds
