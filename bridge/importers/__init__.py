@@ -6,7 +6,9 @@ path is one of its checkpoints, and hands it to that family's importer:
 - a folder or ``.tar.gz`` holding a TensorFlow checkpoint (``*.index`` + ``*.data-*``):
   Spleeter's 2/4/5-stem U-Nets, the mask family, :mod:`.spleeter_tf`;
 - a torch checkpoint (``.ckpt``, ``.pth``, ...) with ``config=`` its YAML config: BS-RoFormer or
-  Mel-Band RoFormer, :mod:`.roformer` (needs torch).
+  Mel-Band RoFormer, :mod:`.roformer` (needs torch);
+- a Demucs ``.th`` file, a bag ``.yaml``, or a folder of them with ``name`` (as ``demucs -n NAME
+  --repo FOLDER``): HT-Demucs, :mod:`.demucs` (needs torch and demucs).
 
 :mod:`.quantize` (``stembridge models quantize``) writes an int8 variant of an imported RoFormer.
 

@@ -4,7 +4,7 @@ A card is a small YAML file (``models/*.yaml``) that names the model's family an
 parameters its pipeline needs, so nothing is guessed from a file name::
 
     name: spleeter-2stems
-    family: mask            # a registered family: mdx | mask | roformer (separation/families.py)
+    family: mask            # a registered family: mdx | mask | roformer | demucs (separation/families.py)
     file: spleeter-2stems.onnx
     sha256: 9f0c...         # checked on every load
     sample_rate: 44100
