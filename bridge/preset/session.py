@@ -183,9 +183,7 @@ class Session:
                "batch_size": self.separator.batch_size, "wiener": self.separator.wiener}
         if self.separator.stems is not None:
             sep["stems"] = list(self.separator.stems)
-        for key in ("shifts", "leftover"):
-            if getattr(self.separator, key) is not None:
-                sep[key] = getattr(self.separator, key)
+        sep["shifts"], sep["leftover"] = self.separator.shifts, self.separator.leftover
         stems = {}
         for name, s in self.stems:
             gain = float(s.gain_db) if isinstance(s.gain_db, (int, float)) else [list(p) for p in s.gain_db]
