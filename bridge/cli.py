@@ -24,11 +24,11 @@ def cmd_separate(args) -> int:
 
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
     spec = RunSpec(kind="separate", out_dir=Path(args.out), model=args.model, overlap=args.overlap,
-                   batch_size=args.batch_size, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
+                   batch_size=args.batch_size, device=args.device, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, bwf=not args.no_bwf,
                    project=args.project, **_batch_options(args))
     _check_model(args)
-    return _run(args, spec)
+    return _run(args, spec, device=_check_device(args.device, scheduler=args.scheduler))
 
 
 def cmd_render(args) -> int:
@@ -38,10 +38,24 @@ def cmd_render(args) -> int:
     if args.project:  # --project reaper is --set output.project=reaper
         args.set = [*(args.set or ()), f"output.project={args.project}"]
     session = _check_session(args.preset, args.set or ())
+    device = args.device or session.separator.device  # --device overrides the preset's
     spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
-                   **_batch_options(args))
+                   device=device, **_batch_options(args))
     album = session.output.loudness_scope == "album" and session.output.loudness_lufs is not None
-    return _run(args, spec, album=album)
+    return _run(args, spec, album=album, device=_check_device(device, scheduler=args.scheduler))
+
+
+def _check_device(asked: str, *, scheduler: str | None = None):
+    """The device, refused in one line before any work if it cannot run here (exit 2).
+
+    With ``--scheduler`` the workers' machines decide; only the name's form is checked here.
+    """
+    from .separation.devices import check_device, parse_device
+
+    if scheduler:
+        parse_device(asked)
+        return None
+    return check_device(asked)
 
 
 def _check_model(args) -> None:
@@ -92,7 +106,7 @@ def _check_session(preset, overrides):
     return session
 
 
-def _run(args, spec, *, album: bool = False) -> int:
+def _run(args, spec, *, album: bool = False, device=None) -> int:
     """Discover the songs, run them, print one line per song and the summary; the exit code."""
     import dataclasses
 
@@ -132,6 +146,7 @@ def _run(args, spec, *, album: bool = False) -> int:
     finally:
         overall.close()
     report.notes = notes
+    report.device_note = device.note if device is not None else None
     write_record(report, Path(args.out))
     failures = report.failed
     if failures and len(songs) > 1:
@@ -189,15 +204,18 @@ def cmd_eval(args) -> int:
     from .quality.evaluate import evaluate
     from .separation import load_separator
 
+    _check_device(args.device)
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
     if args.model == "no-split":
         from .quality.evaluate import NoSplit
-        separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener))
+        separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener,
+                                           device=args.device))
     else:
         separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
-                                                                            threads=args.threads, wiener=args.wiener)
+                                                                            threads=args.threads, wiener=args.wiener,
+                                                                            device=args.device)
     update, close = console.progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
@@ -211,6 +229,14 @@ def cmd_eval(args) -> int:
         target = report.write_json(args.json)
         if not args.quiet:
             print(f"scores -> {target}")
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from .separation.devices import doctor_lines
+
+    for line in doctor_lines():
+        print(line)
     return EXIT_OK
 
 
@@ -269,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "mp3", "aiff"])
     sep.add_argument("--bit-depth", type=int, default=24, choices=[16, 24, 32], help="PCM bits; 32 = float (default: %(default)s)")
     sep.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
-    sep.add_argument("--batch-size", type=int, default=1, help="chunks per model call (default: %(default)s)")
+    sep.add_argument("--batch-size", type=_batch_value, default=1, metavar="N",
+                     help="chunks per model call, or 'auto' (1 on the CPU, sized to free memory on a GPU) "
+                          "(default: %(default)s)")
+    sep.add_argument("--device", default="auto", type=_device_value,
+                     help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino "
+                          "(default: %(default)s, the best this onnxruntime offers; stembridge doctor shows it)")
     sep.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
     sep.add_argument("--denoise", action="store_true", help="MDX-Net: average model(x) and -model(-x)")
     sep.add_argument("--invert", action="store_true", help="MDX-Net: spectral inversion for the other stem")
@@ -287,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a preset value, e.g. --set stems.vocals.gain_db=6 (repeatable)")
     ren.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
+    ren.add_argument("--device", type=_device_value,
+                     help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino "
+                          "(default: the preset's separator.device, auto)")
     ren.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the "
                      "session (= --set output.project=reaper)")
     _add_batch_arguments(ren)
@@ -302,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")
     ev.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
     ev.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    ev.add_argument("--device", default="auto", type=_device_value,
+                    help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino ""(default: %(default)s)")
     ev.add_argument("--wiener", type=int, default=0, metavar="N",
                     help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
     ev.add_argument("--quiet", action="store_true", help="print the table only (no progress, no notes)")
@@ -346,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--force", action="store_true", help="replace a model of the same name")
     quant.set_defaults(run=cmd_models_quantize)
 
+    doctor = commands.add_parser("doctor", help="the onnxruntime build, its devices and what --device auto picks")
+    doctor.set_defaults(run=cmd_doctor)
+
     cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
     cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
     cache.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: $STEMBRIDGE_CACHE, "
@@ -365,6 +404,23 @@ def _jobs_value(text: str):
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of songs at once (>= 1) or 'auto'")
     return value
+
+
+def _batch_value(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of chunks per model call (>= 1) or 'auto'")
+    return value
+
+
+def _device_value(text: str) -> str:
+    """Checked later, by :func:`_check_device`, so that a bad name is one line, not a usage screen."""
+    return text.strip().lower()
 
 
 def _add_batch_arguments(command) -> None:

@@ -62,6 +62,9 @@ def manifest_record(*, source: Path, header, session, separator, input_sha256: s
     if card is not None:
         model.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family,
                      card=card.source)
+    # Where it ran: a record of the run, not of the separation (not in the identity, see
+    # bridge.separation.devices), so a resume check on another device still matches.
+    model["device"] = getattr(separator, "device", None)
     return {
         "stembridge": __version__,
         "input": {"path": str(source.resolve()), "sha256": input_sha256 or file_sha256(source),

@@ -53,8 +53,9 @@ class EngineSettings:
     """What :func:`~bridge.separation.load_separator` passes to a family's engine, checked.
 
     Each family reads what applies to it: ``denoise``/``invert`` (MDX-Net), ``high_band`` and
-    ``wiener`` (mask models); ``threads`` (onnxruntime intra-op threads, None for every core)
-    and ``batch_size`` (chunks per model call) apply to every model.
+    ``wiener`` (mask models); ``threads`` (onnxruntime intra-op threads, None for every core),
+    ``batch_size`` (chunks per model call) and ``device`` (a :class:`~.devices.Device`, already
+    checked; None for the CPU; pass it to :func:`~.runtime.open_session`) apply to every model.
     """
 
     threads: int | None = None
@@ -63,6 +64,7 @@ class EngineSettings:
     invert: bool = False
     high_band: Literal["instrumental", "average"] = "instrumental"
     wiener: int = 0
+    device: Any = None
 
 
 def _no_fields(data: dict, fields: dict, source: str) -> None:
