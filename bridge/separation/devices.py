@@ -327,15 +327,13 @@ def auto_batch_size(device: Device, *, chunk_samples: int, weights_bytes: int = 
 def doctor_lines(*, available=None, installed=None) -> list[str]:
     """What ``stembridge doctor`` prints: the onnxruntime build and version, its providers and
     what each sees, what ``auto`` would pick, and a side-by-side install warning."""
-    from importlib import metadata
-
     installed = installed_runtimes() if installed is None else list(installed)
     lines = []
     try:
         import onnxruntime as ort
     except ImportError as exc:
         return [f"onnxruntime: not importable ({shorten(str(exc))}); {EXTRAS['cpu']}"]
-    builds = ", ".join(f"{name} {metadata.version(name)}" for name in installed) or "unknown distribution"
+    builds = ", ".join(f"{name} {_version(name)}" for name in installed) or "unknown distribution"
     lines.append(f"onnxruntime {ort.__version__} ({builds}), device build: {ort.get_device()}")
     available = available_providers() if available is None else list(available)
     lines.append("providers (as --device):")
@@ -351,6 +349,15 @@ def doctor_lines(*, available=None, installed=None) -> list[str]:
     if clash:
         lines.append(f"warning: {clash}")
     return lines
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 def _sees(kind: str) -> str:
