@@ -53,6 +53,8 @@ def test_bad_device_names_are_refused(text, words):
     (["DmlExecutionProvider", "CPUExecutionProvider"], "directml"),
     (["OpenVINOExecutionProvider", "CPUExecutionProvider"], "openvino"),
     (["OpenVINOExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider"], "directml"),
+    (["DmlExecutionProvider", "CoreMLExecutionProvider", "CPUExecutionProvider"], "coreml"),
+    (["OpenVINOExecutionProvider", "CoreMLExecutionProvider", "CUDAExecutionProvider"], "cuda"),
     (["TensorrtExecutionProvider", "CPUExecutionProvider"], "cpu"),
     ([], "cpu"),
 ])
