@@ -273,6 +273,15 @@ def cmd_models_import(args) -> int:
 def cmd_models_quantize(args) -> int:
     from .importers.quantize import quantize_model
 
+    if args.fp16:
+        from .importers.fp16 import fp16_model
+
+        done = fp16_model(args.model, name=args.name, force=args.force)
+        print(f"{args.model}: converted to float16 as '{done.name}' ({done.bytes_before / 1e6:.1f} -> "
+              f"{done.bytes_after / 1e6:.1f} MB) in {done.seconds:.1f} s -> {done.card}")
+        print(f"use it with: stembridge separate --model {done.name} --device cuda SONG (on a CPU float16 is "
+              "usually slower)")
+        return EXIT_OK
     done = quantize_model(args.model, name=args.name, force=args.force)
     print(f"{args.model}: quantized as '{done.name}' ({done.bytes_before / 1e6:.1f} -> {done.bytes_after / 1e6:.1f} MB) "
           f"in {done.seconds:.1f} s -> {done.card}")
@@ -378,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     quant = models_commands.add_parser("quantize", help="write an int8 variant of a roformer model (a new model: "
                                                         "faster on CPUs with VNNI, slightly different output)")
     quant.add_argument("model", help="model name or card .yaml (a roformer)")
-    quant.add_argument("--name", help="the new model's name (default: NAME-int8)")
+    quant.add_argument("--name", help="the new model's name (default: NAME-int8, or NAME-fp16)")
+    quant.add_argument("--fp16", action="store_true", help="write a float16 variant instead (any model with an ONNX "
+                                                           "file; for GPUs; float32 in and out)")
     quant.add_argument("--force", action="store_true", help="replace a model of the same name")
     quant.set_defaults(run=cmd_models_quantize)
 

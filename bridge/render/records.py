@@ -31,7 +31,8 @@ def model_identity(separator) -> dict | None:
     # a separator that does not batch has none.
     settings = {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}
     fields = dataclasses.asdict(card)
-    for provenance in ("file", "license", "credit", "description", "source", "imported", "quantized_from"):
+    for provenance in ("file", "license", "credit", "description", "source", "imported", "quantized_from",
+                       "converted_from"):
         fields.pop(provenance, None)
     return {"family": card.family, "stembridge": __version__, "settings": settings, "card": fields}
 
