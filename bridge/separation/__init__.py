@@ -144,8 +144,7 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     check_wiener_fits(card, wiener)
     family = families.family(card.family)
     if batch_size == "auto":
-        batch_size = devices.auto_batch_size(resolved.device, chunk_samples=_chunk_samples(card),
-                                             weights_bytes=_file_bytes(card))
+        batch_size = devices.card_batch_size(resolved.device, card)
     engine = family.open_engine(card, families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise,
                                                               invert=invert, high_band=high_band, wiener=wiener,
                                                               device=resolved.device))
@@ -153,24 +152,6 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         overlap = family.default_overlap(card)
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name,
                             device=str(resolved.device), device_note=resolved.note)
-
-
-def _chunk_samples(card: ModelCard) -> int:
-    """Samples per chunk a card implies, for sizing ``--batch-size auto`` (6 s when it cannot tell)."""
-    chunk = getattr(card, "chunk_size", None)
-    if isinstance(chunk, int) and chunk > 0:
-        return chunk
-    dim_t = getattr(card, "dim_t", None)
-    if isinstance(dim_t, int) and dim_t > 1:
-        return card.hop * (dim_t - 1)
-    return 6 * card.sample_rate
-
-
-def _file_bytes(card: ModelCard) -> int:
-    try:
-        return card.file.stat().st_size if card.file else 0
-    except OSError:
-        return 0
 
 
 def with_sums(stems: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:

@@ -313,6 +313,17 @@ def gpu_batch_size(*, free_bytes: int, chunk_samples: int, weights_bytes: int = 
     return int(max(1, min(MAX_AUTO_BATCH, budget // per_chunk)))
 
 
+def card_batch_size(device: Device, card) -> int:
+    """:func:`auto_batch_size` for a model card: its chunk (``chunk_size``, else ``hop * (dim_t -
+    1)``) and its file's size as the weights."""
+    chunk = card.chunk_size if isinstance(card.chunk_size, int) and card.chunk_size > 0 else card.hop * (card.dim_t - 1)
+    try:
+        weights = card.file.stat().st_size if card.file else 0
+    except OSError:
+        weights = 0
+    return auto_batch_size(device, chunk_samples=chunk, weights_bytes=weights)
+
+
 def auto_batch_size(device: Device, *, chunk_samples: int, weights_bytes: int = 0, free_bytes: int | None = None) -> int:
     """``--batch-size auto``: 1 on the CPU (more is no faster on 2 cores, measured), else sized to
     the device's free memory (1 when it cannot be told)."""
