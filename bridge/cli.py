@@ -42,7 +42,13 @@ def cmd_render(args) -> int:
     spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
                    device=device, **_batch_options(args))
     album = session.output.loudness_scope == "album" and session.output.loudness_lufs is not None
-    return _run(args, spec, album=album, device=_check_device(device, scheduler=args.scheduler))
+    try:
+        resolved = _check_device(device, scheduler=args.scheduler)
+    except BridgeError as exc:
+        if args.device:
+            raise
+        raise PresetError(f"{session.source}: separator.device: {exc}") from None  # the preset's choice
+    return _run(args, spec, album=album, device=resolved)
 
 
 def _check_device(asked: str, *, scheduler: str | None = None):
@@ -418,15 +424,11 @@ def _jobs_value(text: str):
 
 
 def _batch_value(text: str):
-    if text == "auto":
-        return text
+    """A whole number or 'auto'; the range is checked with the other settings, in one line."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of chunks per model call (>= 1) or 'auto'")
-    return value
+        return text
 
 
 def _device_value(text: str) -> str:
