@@ -36,7 +36,8 @@ def run(checkout: Path, song: Path, card: Path, out: Path, *, profile: Path | No
     python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     command = ["/usr/bin/time", "-f", "TIME %e %U %S %M", *python, "-m", "bridge.cli", "separate", str(song),
                "--model", str(card), "--out", str(out), "--no-cache", "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    # cwd: the scratch folder, since "python -m" puts the cwd first on sys.path (a checkout there would win)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True, cwd=out.parent)
     wall, user, system, rss = re.search(r"TIME (\S+) (\S+) (\S+) (\S+)", result.stderr).groups()
     return {"wall": float(wall), "cpu": float(user) + float(system), "rss_mb": int(rss) / 1024}
 
