@@ -345,3 +345,32 @@ def test_dask_tasks_ask_for_a_gpu_when_the_run_names_one(monkeypatch, device, re
     outcomes = list(executor.map([(s, {}) for s in songs]))
     assert len(outcomes) == 2
     assert [k["resources"] for k in executor.client.submitted] == [resources, resources]
+
+
+def test_each_local_worker_process_gets_its_own_device(monkeypatch):
+    """--jobs 2 --device cuda on a machine showing two GPUs: each host process runs its songs on its own."""
+    from bridge.batch.discover import Song
+    from bridge.batch.jobs import SongOutcome
+
+    seen = []
+
+    class FakeHost:
+        def run(self, spec, song, **kwargs):
+            import time
+            time.sleep(0.05)  # a song takes time, so both workers take songs from the queue
+            seen.append((id(self), spec.device))
+            return SongOutcome(song.path, "rendered", device=spec.device)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(executors, "Host", FakeHost)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    executor = executors.ProcessExecutor(RunSpec(kind="separate", out_dir=Path("o"), device="cuda"), 2)
+    songs = [Song(Path(f"s{i}.wav"), None, "album") for i in range(6)]
+    outcomes = list(executor.map([(s, {}) for s in songs]))
+    assert len(outcomes) == 6 and {o.device for o in outcomes} == {"cuda:0", "cuda:1"}
+    by_host = {}
+    for host, device in seen:
+        by_host.setdefault(host, set()).add(device)
+    assert sorted(tuple(d) for d in by_host.values()) == [("cuda:0",), ("cuda:1",)]  # one device per worker
