@@ -374,3 +374,30 @@ def test_each_local_worker_process_gets_its_own_device(monkeypatch):
     for host, device in seen:
         by_host.setdefault(host, set()).add(device)
     assert sorted(tuple(d) for d in by_host.values()) == [("cuda:0",), ("cuda:1",)]  # one device per worker
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path, monkeypatch):
+    """An ``nvidia-smi`` on PATH answering the query stembridge makes, for two 80 GB GPUs."""
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\nprintf 'NVIDIA H100 80GB HBM3, 81559, 80000\\nNVIDIA H100 80GB HBM3, 81559, 1024\\n'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "cuda_library_failure", lambda: None)
+    return tool
+
+
+def test_what_nvidia_smi_shows_counts_sizes_and_is_shown(fake_nvidia_smi):
+    assert devices.device_count("cuda") == 2 and devices.device_count("coreml") is None
+    assert devices.free_memory(Device("cuda", 1)) == 1024 << 20 and devices.free_memory(Device("cuda", 2)) is None
+    # 80000 MiB free: 41.9 GB usable, 78 UVR-size chunks, capped at 16; GPU 1's 1 GiB: 1 chunk
+    assert devices.auto_batch_size(Device("cuda"), chunk_samples=261120) == 16
+    assert devices.auto_batch_size(Device("cuda", 1), chunk_samples=261120) == 1
+    with pytest.raises(DeviceError, match="no cuda device 2; this machine shows 2"):
+        devices.check_device("cuda:2", available=CUDA_BUILD)
+    lines = devices.doctor_lines(available=CUDA_BUILD, installed=["onnxruntime-gpu"])
+    row = next(line for line in lines if line.strip().startswith("CUDAExecutionProvider"))
+    assert "cuda:0 NVIDIA H100 80GB HBM3 78.1 of 79.6 GiB free; cuda:1 NVIDIA H100 80GB HBM3 1.0 of 79.6 GiB free" in row
+    assert "--device auto picks: cuda" in "\n".join(lines)
