@@ -401,3 +401,61 @@ def test_what_nvidia_smi_shows_counts_sizes_and_is_shown(fake_nvidia_smi):
     row = next(line for line in lines if line.strip().startswith("CUDAExecutionProvider"))
     assert "cuda:0 NVIDIA H100 80GB HBM3 78.1 of 79.6 GiB free; cuda:1 NVIDIA H100 80GB HBM3 1.0 of 79.6 GiB free" in row
     assert "--device auto picks: cuda" in "\n".join(lines)
+
+
+def test_a_real_dask_scheduler_holds_gpu_songs_for_a_gpu_worker(tmp_path, song):
+    """With a real scheduler: a --device cuda run waits while no worker offers a GPU (a CPU run
+    goes through), and runs once a worker started with --resources GPU=1 joins; that worker's
+    onnxruntime (this CPU build) then refuses CUDA in one line, as the song's failure."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO, missing
+
+    dask = shutil.which("dask")
+    if dask is None:
+        missing("the dask command is not installed (pip install 'stembridge[dask]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    common = ["--no-dashboard", "--host", "127.0.0.1", "--nthreads", "1", "--local-directory", str(tmp_path)]
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
+
+    def worker(*extra):
+        processes.append(subprocess.Popen([dask, "worker", address, *common, *extra], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, env=env, start_new_session=True))
+
+    def separate(device, out, timeout):
+        return subprocess.run([sys.executable, "-m", "bridge.cli", "separate", str(song), "--model", "dsp", "--out",
+                               str(out), "--no-cache", "--device", device, "--scheduler", address],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+
+    try:
+        worker()  # a CPU worker only
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=90)
+        assert separate("cpu", tmp_path / "cpu", 120).returncode == 0
+        with pytest.raises(subprocess.TimeoutExpired):  # no worker offers a GPU: the song waits
+            separate("cuda", tmp_path / "held", 15)
+        worker("--resources", "GPU=1")
+        result = separate("cuda", tmp_path / "gpu", 120)
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.strip().splitlines() if "stembridge: " in line]
+        assert len(lines) == 1 and "--device cuda: this onnxruntime has no CUDAExecutionProvider" in lines[0]
+    finally:
+        for process in reversed(processes):
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
