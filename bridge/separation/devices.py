@@ -218,10 +218,15 @@ def cuda_library_failure() -> str | None:
         import onnxruntime as ort
 
         if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from pip's nvidia-* wheels
-            try:
-                ort.preload_dlls(directory="")
-            except Exception:  # noqa: BLE001 - only a help; the load below decides
-                pass
+            import contextlib
+            import io
+
+            # It prints what it fails to load; the refusal says it once, in one line, below.
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                try:
+                    ort.preload_dlls(directory="")
+                except Exception:  # noqa: BLE001 - only a help; the load below decides
+                    pass
     except ImportError as exc:
         return str(exc)
     folder = Path(ort.__file__).parent / "capi"
