@@ -459,3 +459,15 @@ def test_a_real_dask_scheduler_holds_gpu_songs_for_a_gpu_worker(tmp_path, song):
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_auto_falls_back_to_the_cpu_and_says_why(monkeypatch):
+    """auto picks CUDA from this build's list; its libraries do not load: the CPU, with the reason."""
+    monkeypatch.setattr(devices, "cuda_library_failure", lambda: "libcublasLt.so.12: cannot open shared object file")
+    resolved = devices.check_device("auto", available=CUDA_BUILD)
+    assert resolved.device == Device("cpu")
+    assert resolved.note.startswith("auto: cuda cannot run (") and "libcublasLt.so.12" in resolved.note
+    with pytest.raises(DeviceError, match="libcublasLt"):  # named, it is refused instead
+        devices.check_device("cuda", available=CUDA_BUILD)
+    monkeypatch.setattr(devices, "cuda_library_failure", lambda: None)
+    assert devices.check_device("auto", available=CUDA_BUILD).device == Device("cuda")

@@ -182,9 +182,21 @@ def check_device(asked="auto", *, available=None, installed=None) -> Resolved:
         index does not exist.
     """
     resolved = resolve_device(asked, available=available)
-    device = resolved.device
-    if device.kind == "cpu":
+    if resolved.device.kind == "cpu":
         return resolved
+    try:
+        return _check_named(resolved, asked, available=available, installed=installed)
+    except DeviceError as exc:
+        if resolved.asked != "auto":
+            raise
+        # auto falls back, and says why (the summary shows the note)
+        reason = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+        return Resolved("auto", Device("cpu"), f"auto: {resolved.device} cannot run ({shorten(reason, 120)}); "
+                                               "running on the CPU")
+
+
+def _check_named(resolved: Resolved, asked, *, available, installed) -> Resolved:
+    device = resolved.device
     available = available_providers() if available is None else list(available)
     if device.provider not in available:
         clash = side_by_side_warning(installed)
