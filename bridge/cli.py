@@ -56,8 +56,11 @@ def _check_device(asked: str, *, scheduler: str | None = None):
 
     With ``--scheduler`` the workers' machines decide; only the name's form is checked here.
     """
-    from .separation.devices import check_device, parse_device
+    from .separation.devices import check_device, parse_device, side_by_side_warning
 
+    clash = side_by_side_warning()  # a broken install breaks the CPU too: say it on every run
+    if clash:
+        console.say(f"stembridge: warning: {clash}", file=sys.stderr)
     if scheduler:
         parse_device(asked)
         return None

@@ -471,3 +471,11 @@ def test_auto_falls_back_to_the_cpu_and_says_why(monkeypatch):
         devices.check_device("cuda", available=CUDA_BUILD)
     monkeypatch.setattr(devices, "cuda_library_failure", lambda: None)
     assert devices.check_device("auto", available=CUDA_BUILD).device == Device("cuda")
+
+
+def test_a_side_by_side_install_is_one_warning_line_on_a_run(song, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(devices, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    assert cli.main(["separate", str(song), "--model", "dsp", "--out", str(tmp_path / "o"), "--no-cache",
+                     "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"stembridge: warning: {devices.side_by_side_warning(['onnxruntime', 'onnxruntime-gpu'])}"]
