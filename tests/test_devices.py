@@ -479,3 +479,17 @@ def test_a_side_by_side_install_is_one_warning_line_on_a_run(song, tmp_path, cap
                      "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"stembridge: warning: {devices.side_by_side_warning(['onnxruntime', 'onnxruntime-gpu'])}"]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_auto_falls_back_when_the_session_does_not_start(models_dir, monkeypatch):
+    """auto chose CUDA but onnxruntime did not start it: the model opens on the CPU and says so;
+    named, the same is refused."""
+    from bridge import separation
+
+    monkeypatch.setattr(separation.devices, "check_device",
+                        lambda asked: devices.Resolved(asked, Device("cuda"), "auto" if asked == "auto" else None))
+    sep = load_separator(str(models_dir / "nonlinear.yaml"), device="auto")
+    assert sep.device == "cpu" and "did not start its CUDAExecutionProvider" in sep.device_note
+    with pytest.raises(DeviceError, match="did not start"):
+        load_separator(str(models_dir / "nonlinear.yaml"), device="cuda")

@@ -7,6 +7,7 @@ from a model name, card or file, through the family its card names (:mod:`.famil
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -145,9 +146,15 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     family = families.family(card.family)
     if batch_size == "auto":
         batch_size = devices.card_batch_size(resolved.device, card)
-    engine = family.open_engine(card, families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise,
-                                                              invert=invert, high_band=high_band, wiener=wiener,
-                                                              device=resolved.device))
+    settings = families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise, invert=invert,
+                                       high_band=high_band, wiener=wiener, device=resolved.device)
+    try:
+        engine = family.open_engine(card, settings)
+    except devices.DeviceError as exc:
+        if resolved.asked != "auto":
+            raise
+        resolved = devices.Resolved("auto", devices.Device("cpu"), f"auto: {exc}; running on the CPU")
+        engine = family.open_engine(card, dataclasses.replace(settings, device=resolved.device))
     if overlap is None:
         overlap = family.default_overlap(card)
     return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name,
