@@ -24,11 +24,11 @@ def cmd_separate(args) -> int:
 
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
     spec = RunSpec(kind="separate", out_dir=Path(args.out), model=args.model, overlap=args.overlap,
-                   batch_size=args.batch_size, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
+                   batch_size=args.batch_size, device=args.device, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, bwf=not args.no_bwf,
                    project=args.project, **_batch_options(args))
     _check_model(args)
-    return _run(args, spec)
+    return _run(args, spec, device=_check_device(args.device, scheduler=args.scheduler))
 
 
 def cmd_render(args) -> int:
@@ -38,10 +38,33 @@ def cmd_render(args) -> int:
     if args.project:  # --project reaper is --set output.project=reaper
         args.set = [*(args.set or ()), f"output.project={args.project}"]
     session = _check_session(args.preset, args.set or ())
+    device = args.device or session.separator.device  # --device overrides the preset's
     spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
-                   **_batch_options(args))
+                   device=device, **_batch_options(args))
     album = session.output.loudness_scope == "album" and session.output.loudness_lufs is not None
-    return _run(args, spec, album=album)
+    try:
+        resolved = _check_device(device, scheduler=args.scheduler)
+    except BridgeError as exc:
+        if args.device:
+            raise
+        raise PresetError(f"{session.source}: separator.device: {exc}") from None  # the preset's choice
+    return _run(args, spec, album=album, device=resolved)
+
+
+def _check_device(asked: str, *, scheduler: str | None = None):
+    """The device, refused in one line before any work if it cannot run here (exit 2).
+
+    With ``--scheduler`` the workers' machines decide; only the name's form is checked here.
+    """
+    from .separation.devices import check_device, parse_device, side_by_side_warning
+
+    clash = side_by_side_warning()  # a broken install breaks the CPU too: say it on every run
+    if clash:
+        console.say(f"stembridge: warning: {clash}", file=sys.stderr)
+    if scheduler:
+        parse_device(asked)
+        return None
+    return check_device(asked)
 
 
 def _check_model(args) -> None:
@@ -92,7 +115,7 @@ def _check_session(preset, overrides):
     return session
 
 
-def _run(args, spec, *, album: bool = False) -> int:
+def _run(args, spec, *, album: bool = False, device=None) -> int:
     """Discover the songs, run them, print one line per song and the summary; the exit code."""
     import dataclasses
 
@@ -132,6 +155,7 @@ def _run(args, spec, *, album: bool = False) -> int:
     finally:
         overall.close()
     report.notes = notes
+    report.device_note = device.note if device is not None else None
     write_record(report, Path(args.out))
     failures = report.failed
     if failures and len(songs) > 1:
@@ -189,15 +213,18 @@ def cmd_eval(args) -> int:
     from .quality.evaluate import evaluate
     from .separation import load_separator
 
+    _check_device(args.device)
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
     if args.model == "no-split":
         from .quality.evaluate import NoSplit
-        separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener))
+        separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener,
+                                           device=args.device))
     else:
         separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
-                                                                            threads=args.threads, wiener=args.wiener)
+                                                                            threads=args.threads, wiener=args.wiener,
+                                                                            device=args.device)
     update, close = console.progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
@@ -211,6 +238,14 @@ def cmd_eval(args) -> int:
         target = report.write_json(args.json)
         if not args.quiet:
             print(f"scores -> {target}")
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from .separation.devices import doctor_lines
+
+    for line in doctor_lines():
+        print(line)
     return EXIT_OK
 
 
@@ -247,6 +282,15 @@ def cmd_models_import(args) -> int:
 def cmd_models_quantize(args) -> int:
     from .importers.quantize import quantize_model
 
+    if args.fp16:
+        from .importers.fp16 import fp16_model
+
+        done = fp16_model(args.model, name=args.name, force=args.force)
+        print(f"{args.model}: converted to float16 as '{done.name}' ({done.bytes_before / 1e6:.1f} -> "
+              f"{done.bytes_after / 1e6:.1f} MB) in {done.seconds:.1f} s -> {done.card}")
+        print(f"use it with: stembridge separate --model {done.name} --device cuda SONG (on a CPU float16 is "
+              "usually slower)")
+        return EXIT_OK
     done = quantize_model(args.model, name=args.name, force=args.force)
     print(f"{args.model}: quantized as '{done.name}' ({done.bytes_before / 1e6:.1f} -> {done.bytes_after / 1e6:.1f} MB) "
           f"in {done.seconds:.1f} s -> {done.card}")
@@ -269,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "mp3", "aiff"])
     sep.add_argument("--bit-depth", type=int, default=24, choices=[16, 24, 32], help="PCM bits; 32 = float (default: %(default)s)")
     sep.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
-    sep.add_argument("--batch-size", type=int, default=1, help="chunks per model call (default: %(default)s)")
+    sep.add_argument("--batch-size", type=_batch_value, default=1, metavar="N",
+                     help="chunks per model call, or 'auto' (1 on the CPU, sized to free memory on a GPU) "
+                          "(default: %(default)s)")
+    sep.add_argument("--device", default="auto", type=_device_value,
+                     help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino "
+                          "(default: %(default)s, the best this onnxruntime offers; stembridge doctor shows it)")
     sep.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
     sep.add_argument("--denoise", action="store_true", help="MDX-Net: average model(x) and -model(-x)")
     sep.add_argument("--invert", action="store_true", help="MDX-Net: spectral inversion for the other stem")
@@ -287,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a preset value, e.g. --set stems.vocals.gain_db=6 (repeatable)")
     ren.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
+    ren.add_argument("--device", type=_device_value,
+                     help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino "
+                          "(default: the preset's separator.device, auto)")
     ren.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the "
                      "session (= --set output.project=reaper)")
     _add_batch_arguments(ren)
@@ -302,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")
     ev.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
     ev.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    ev.add_argument("--device", default="auto", type=_device_value,
+                    help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino ""(default: %(default)s)")
     ev.add_argument("--wiener", type=int, default=0, metavar="N",
                     help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
     ev.add_argument("--quiet", action="store_true", help="print the table only (no progress, no notes)")
@@ -342,9 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     quant = models_commands.add_parser("quantize", help="write an int8 variant of a roformer model (a new model: "
                                                         "faster on CPUs with VNNI, slightly different output)")
     quant.add_argument("model", help="model name or card .yaml (a roformer)")
-    quant.add_argument("--name", help="the new model's name (default: NAME-int8)")
+    quant.add_argument("--name", help="the new model's name (default: NAME-int8, or NAME-fp16)")
+    quant.add_argument("--fp16", action="store_true", help="write a float16 variant instead (any model with an ONNX "
+                                                           "file; for GPUs; float32 in and out)")
     quant.add_argument("--force", action="store_true", help="replace a model of the same name")
     quant.set_defaults(run=cmd_models_quantize)
+
+    doctor = commands.add_parser("doctor", help="the onnxruntime build, its devices and what --device auto picks")
+    doctor.set_defaults(run=cmd_doctor)
 
     cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
     cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
@@ -365,6 +424,19 @@ def _jobs_value(text: str):
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of songs at once (>= 1) or 'auto'")
     return value
+
+
+def _batch_value(text: str):
+    """A whole number or 'auto'; the range is checked with the other settings, in one line."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _device_value(text: str) -> str:
+    """Checked later, by :func:`_check_device`, so that a bad name is one line, not a usage screen."""
+    return text.strip().lower()
 
 
 def _add_batch_arguments(command) -> None:

@@ -434,7 +434,8 @@ def full_preset() -> dict:
     """A preset that sets every key the schema has, built from the schema's own dataclasses."""
     effect = {"effect": "Gain", "gain_db": 0.0}
     session = Session(
-        separator=SeparatorSettings(model="dsp", stems=("vocals", "instrumental"), overlap=0.5, batch_size=1),
+        separator=SeparatorSettings(model="dsp", stems=("vocals", "instrumental"), overlap=0.5, batch_size=1,
+                                    device="cpu"),
         stems=(("vocals", StemSettings(gain_db=1.0, pan=0.1, chain=(_spec(effect),), upmix="center")),
                ("instrumental", StemSettings(gain_db=((0.0, 0.0), (1.0, -6.0)), duck=DuckSettings(by="vocals")))),
         pre=(_spec(effect),), master=(_spec(effect),),

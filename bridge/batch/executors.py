@@ -69,11 +69,38 @@ class SerialExecutor:
         pass
 
 
+def worker_specs(spec: RunSpec, jobs: int, *, count: int | None = None) -> list[RunSpec]:
+    """One spec per local worker process, each owning one device: ``--jobs N`` on a machine with
+    several GPUs spreads the workers over them (worker i on device ``i % count``), unless the
+    run named a device index. ``count``: devices of that kind (default: what the machine shows)."""
+    from ..separation.devices import Device, device_count, resolve_device, spread
+
+    if spec.device is None or jobs == 1:
+        return [spec] * jobs
+    device = resolve_device(spec.device).device
+    if not isinstance(device, Device) or device.kind == "cpu":
+        return [spec] * jobs
+    count = device_count(device.kind) if count is None else count
+
+    return [dataclasses.replace(spec, device=str(spread(device, i, count))) for i in range(jobs)]
+
+
+def task_resources(spec: RunSpec) -> dict | None:
+    """What a Dask task asks of its worker: one ``GPU`` when the run names an accelerator (start
+    such workers with ``dask worker ADDRESS --resources GPU=1``, one per GPU); None otherwise.
+    ``auto`` asks for nothing: it runs on whatever each worker has."""
+    from ..separation.devices import parse_device
+
+    device = parse_device(spec.device or "auto")
+    return {"GPU": 1} if device != "auto" and device.gpu else None
+
+
 class ProcessExecutor:
     """``jobs`` local host processes, each with its own model and plugins, fed from one queue."""
 
     def __init__(self, spec: RunSpec, jobs: int):
         self.spec = spec
+        self.specs = worker_specs(spec, jobs)
         self.hosts = [Host() for _ in range(jobs)]
         self.stop = threading.Event()
 
@@ -84,20 +111,21 @@ class ProcessExecutor:
         for job in jobs:
             todo.put(job)
 
-        def drive(host: Host) -> None:
+        def drive(host: Host, spec: RunSpec) -> None:
             while not self.stop.is_set():
                 try:
                     song, kwargs = todo.get_nowait()
                 except queue.Empty:
                     return
                 try:
-                    done.put(host.run(self.spec, song, **kwargs))
+                    done.put(host.run(spec, song, **kwargs))
                 except HostDied as exc:
                     done.put(SongOutcome(song.path, "failed", error=str(exc)))
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                     done.put(exc)
 
-        threads = [threading.Thread(target=drive, args=(host,), daemon=True) for host in self.hosts]
+        threads = [threading.Thread(target=drive, args=(host, spec), daemon=True)
+                   for host, spec in zip(self.hosts, self.specs)]
         for thread in threads:
             thread.start()
         for _ in range(len(jobs)):
@@ -176,8 +204,10 @@ class DaskExecutor:
 
         jobs = list(jobs)
         by_future = {}
+        resources = task_resources(self.spec)
         for song, kwargs in jobs:
-            future = self.client.submit(_dask_task, self.spec, song, kwargs, pure=False, retries=1)
+            future = self.client.submit(_dask_task, self.spec, song, kwargs, pure=False, retries=1,
+                                        resources=resources)
             by_future[future] = song
         self._futures = list(by_future)
         for future in as_completed(self._futures, loop=self.client.loop):

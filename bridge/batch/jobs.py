@@ -31,7 +31,7 @@ class RunSpec:
     # separate
     model: str = "default"
     overlap: float | None = None
-    batch_size: int = 1
+    batch_size: int | str = 1  # or "auto"
     denoise: bool = False
     invert: bool = False
     wiener: int = 0
@@ -43,6 +43,9 @@ class RunSpec:
     project: str | None = None  # "reaper": a REAPER project of the stems
     # both
     threads: int | None = None
+    #: ``--device``: where the model runs (None: the preset's ``separator.device``; ``auto`` for
+    #: separate). An executor gives each worker its own (:func:`~bridge.separation.devices.spread`).
+    device: str | None = None
     cache_dir: Path | None = None
     cache_max_gb: float = 20.0
     force: bool = False
@@ -61,6 +64,7 @@ class SongOutcome:
     pending: object = None  # render.pipeline.PendingSong for album loudness
     worker: int = 0  # pid
     clipped: list = dataclasses.field(default_factory=list)  # (file, samples clipped)
+    device: str | None = None  # where the model ran (cpu, cuda:0, ...)
 
 
 _WORKERS: dict = {}
@@ -81,14 +85,15 @@ def build(spec: RunSpec):
 
     if spec.kind == "separate":
         separator = load_separator(spec.model, overlap=spec.overlap, batch_size=spec.batch_size, threads=spec.threads,
-                                   denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener)
+                                   denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener,
+                                   device=spec.device or "auto")
         options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
                                   bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
         return separator, options
-    return session_graph(spec.preset, spec.overrides, threads=spec.threads)
+    return session_graph(spec.preset, spec.overrides, threads=spec.threads, device=spec.device)
 
 
-def session_graph(preset, overrides=(), *, threads=None, separator=None):
+def session_graph(preset, overrides=(), *, threads=None, separator=None, device=None):
     """A session preset bound to its separator, every plugin loaded once (errors name preset keys)."""
     from ..render.graph import RenderGraph
     from ..separation import load_separator
@@ -100,7 +105,8 @@ def session_graph(preset, overrides=(), *, threads=None, separator=None):
         sep = session.separator
         try:
             separator = load_separator(card, overlap=sep.overlap, batch_size=sep.batch_size, threads=threads,
-                                       wiener=sep.wiener, shifts=sep.shifts, leftover=sep.leftover)
+                                       wiener=sep.wiener, shifts=sep.shifts, leftover=sep.leftover,
+                                       device=device or sep.device)
         except ModelError as exc:  # a missing or corrupt model file: the model key's
             raise PresetError(f"{session.source}: separator.model: {exc}") from exc
     graph = RenderGraph(session, separator)
@@ -167,11 +173,13 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
     try:
         if spec.kind == "separate":
             separator, options = worker_for(spec)
+            device = separator.device
             result = separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
                                           force=force, progress=progress,
                                           on_clip=lambda target, count: clipped.append((target, count)))
         else:
             graph = worker_for(spec)
+            device = getattr(graph.separator, "device", None)
             result = render_song(song.path, graph, spec.out_dir, naming=song.naming, cache=open_cache(spec),
                                         force=force, progress=progress, defer_gain_to=defer_gain_to, album=album,
                                         input_sha256=input_sha256)
@@ -183,7 +191,7 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
                            worker=os.getpid())
     return SongOutcome(song.path, result.status, written=result.written, seconds=result.seconds,
                        wall=time.perf_counter() - started, pending=result.pending, worker=os.getpid(),
-                       clipped=clipped)
+                       clipped=clipped, device=device)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ class RunReport:
     outcomes: list[SongOutcome]
     wall: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    device_note: str | None = None  # what --device auto said about its choice
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -46,17 +47,25 @@ class RunReport:
         rtf = self.realtime_factor
         lines = [f"{len(self.outcomes)} songs: {self.count('rendered')} rendered, {self.count('cached')} from cached "
                  f"stems, {self.count('skipped')} up to date (skipped), {len(self.failed)} failed; "
-                 f"{self.wall:.1f} s" + (f", {rtf:.1f}x real time" if rtf else "")]
+                 f"{self.wall:.1f} s" + (f", {rtf:.1f}x real time" if rtf else "")
+                 + (f"; model on {', '.join(self.devices)}" if self.devices else "")
+                 + (f" ({self.device_note})" if self.device_note and self.devices else "")]
         lines += [f"  failed: {o.error}" for o in self.failed]
         return lines
 
+    @property
+    def devices(self) -> list[str]:
+        """Where the model ran, every device once, in order of first use."""
+        return list(dict.fromkeys(o.device for o in self.outcomes if o.device))
+
     def record(self) -> dict:
-        return {"stembridge": __version__, "wall_seconds": round(self.wall, 3),
+        return {"stembridge": __version__, "wall_seconds": round(self.wall, 3), "devices": self.devices,
                 "audio_seconds": round(self.audio_seconds, 3), "realtime_factor": self.realtime_factor,
                 "counts": {s: self.count(s) for s in ("rendered", "cached", "skipped", "failed")},
                 "notes": self.notes,
                 "songs": [{"input": str(o.path), "status": o.status, "audio_seconds": round(o.seconds, 3),
                            "wall_seconds": round(o.wall, 3), "error": o.error, "worker_pid": o.worker or None,
+                           "device": o.device,
                            "outputs": {k: str(v) for k, v in o.written.items()}} for o in self.outcomes]}
 
 

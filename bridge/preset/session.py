@@ -8,7 +8,8 @@ Every error names the preset file and the path inside it, e.g.
 Schema (every key but ``version`` may be left out)::
 
     version: 1
-    separator: {model: default, stems: [vocals, instrumental], overlap: 0.25, batch_size: 1, wiener: 0}
+    separator: {model: default, stems: [vocals, instrumental], overlap: 0.25, batch_size: 1, wiener: 0,
+                device: auto}            # device: auto|cpu|cuda[:N]|...; batch_size: N or auto
     pre: [<effect>, ...]                 # before separation
     stems:
       <stem>:
@@ -83,10 +84,11 @@ class SeparatorSettings:
     model: str = "default"
     stems: tuple[str, ...] | None = None
     overlap: float | None = None
-    batch_size: int = 1
+    batch_size: int | str = 1  # or "auto" (bridge.separation.devices.auto_batch_size)
     wiener: int = 0  # EM iterations of the multichannel Wiener filter (mask models); 0 = off
     shifts: int | None = None  # Demucs models: random-shift runs averaged (None: the model's default, 1)
     leftover: str | None = None  # Demucs models: the stem that also gets mix - sum(stems)
+    device: str = "auto"  # where the model runs; a preset names no hardware unless it must
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +186,8 @@ class Session:
         if self.separator.stems is not None:
             sep["stems"] = list(self.separator.stems)
         sep["shifts"], sep["leftover"] = self.separator.shifts, self.separator.leftover
+        if self.separator.device != "auto":  # presets written before devices read back unchanged
+            sep["device"] = self.separator.device
         stems = {}
         for name, s in self.stems:
             gain = float(s.gain_db) if isinstance(s.gain_db, (int, float)) else [list(p) for p in s.gain_db]
@@ -244,7 +248,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
     s = r.mapping(top.get("separator"), "separator", ("model", "stems", "overlap", "batch_size", "wiener", "shifts",
-                                                      "leftover"))
+                                                      "leftover", "device"))
     stems_list = s.get("stems")
     if stems_list is not None and (not isinstance(stems_list, list) or not all(isinstance(x, str) for x in stems_list)):
         r.fail("separator.stems", f"expected a list of stem names, got {stems_list!r}")
@@ -252,10 +256,12 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         model=r.text(s.get("model", "default"), "separator.model"),
         stems=tuple(stems_list) if stems_list is not None else None,
         overlap=r.number(s["overlap"], "separator.overlap", low=0.0, high=0.99) if s.get("overlap") is not None else None,
-        batch_size=r.number(s.get("batch_size", 1), "separator.batch_size", low=1, high=64, integer=True),
+        batch_size="auto" if s.get("batch_size") == "auto" else
+        r.number(s.get("batch_size", 1), "separator.batch_size", low=1, high=64, integer=True),
         wiener=r.number(s.get("wiener", 0), "separator.wiener", low=0, high=MAX_WIENER, integer=True),
         shifts=r.number(s["shifts"], "separator.shifts", low=0, high=20, integer=True) if s.get("shifts") is not None else None,
-        leftover=r.text(s["leftover"], "separator.leftover") if s.get("leftover") is not None else None)
+        leftover=r.text(s["leftover"], "separator.leftover") if s.get("leftover") is not None else None,
+        device=_device(r, s.get("device", "auto")))
 
     stems_raw = top.get("stems") or {}
     if not isinstance(stems_raw, dict):
@@ -422,3 +428,15 @@ def load(path, *, overrides=()) -> Session:
         return parse(data, source=source, base=path.resolve().parent)
     except RecursionError:
         raise PresetError(f"{source}: the preset is nested too deeply (or refers to itself with YAML anchors)") from None
+
+
+def _device(r, value) -> str:
+    """``separator.device`` as written, checked for its form only (what this machine has is checked
+    when the model loads: a preset may name a device another machine has)."""
+    from ..separation.devices import DeviceError, parse_device
+
+    try:
+        parse_device(value)
+    except DeviceError as exc:
+        r.fail("separator.device", str(exc).replace("device ", "", 1))
+    return value.strip().lower()

@@ -31,7 +31,8 @@ def model_identity(separator) -> dict | None:
     # a separator that does not batch has none.
     settings = {**separator.settings, "batch_size": getattr(separator, "batch_size", 1)}
     fields = dataclasses.asdict(card)
-    for provenance in ("file", "license", "credit", "description", "source", "imported", "quantized_from"):
+    for provenance in ("file", "license", "credit", "description", "source", "imported", "quantized_from",
+                       "converted_from"):
         fields.pop(provenance, None)
     return {"family": card.family, "stembridge": __version__, "settings": settings, "card": fields}
 
@@ -62,6 +63,9 @@ def manifest_record(*, source: Path, header, session, separator, input_sha256: s
     if card is not None:
         model.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family,
                      card=card.source)
+    # Where it ran: a record of the run, not of the separation (not in the identity, see
+    # bridge.separation.devices), so a resume check on another device still matches.
+    model["device"] = getattr(separator, "device", None)
     return {
         "stembridge": __version__,
         "input": {"path": str(source.resolve()), "sha256": input_sha256 or file_sha256(source),

@@ -7,12 +7,13 @@ from a model name, card or file, through the family its card names (:mod:`.famil
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import ModelError
-from . import families
+from . import devices, families
 from .models import ModelCard, derived_stems, resolve
 from .runner import ChunkedSeparator, SeparationStream
 
@@ -92,11 +93,11 @@ class WholeSongStream:
         return {stem: out[stem] for stem in self._separator.stems}
 
 
-def load_separator(model: str | ModelCard = "default", *, overlap: float | None = None, batch_size: int = 1,
-                   threads: int | None = None, denoise: bool = False, invert: bool = False,
-                   high_band: Literal["instrumental", "average"] = "instrumental",
-                   wiener: int = 0, shifts: int | None = None, seed: int = 0,
-                   leftover: str | None = None) -> ChunkedSeparator:
+def load_separator(model: str | ModelCard = "default", *, overlap: float | None = None,
+                   batch_size: int | Literal["auto"] = 1, threads: int | None = None, denoise: bool = False,
+                   invert: bool = False, high_band: Literal["instrumental", "average"] = "instrumental",
+                   wiener: int = 0, shifts: int | None = None, seed: int = 0, leftover: str | None = None,
+                   device: str = "auto") -> ChunkedSeparator:
     """Build a separator.
 
     Parameters
@@ -110,8 +111,9 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         MDX-Net, as UVR, and for mask models, 0.5 for the DSP fallback; for RoFormers, the
         fraction that steps ``chunk_size // num_overlap`` samples, as the card's ``num_overlap``
         asks, :mod:`.roformer`).
-    batch_size : int
-        Chunks per onnxruntime call.
+    batch_size : int or "auto"
+        Chunks per onnxruntime call; ``"auto"``: 1 on the CPU, sized to the free memory on a GPU
+        (:func:`.devices.auto_batch_size`).
     threads : int, optional
         onnxruntime intra-op threads; default: every core this process may use.
     denoise, invert : bool
@@ -129,6 +131,9 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     leftover : str, optional
         Demucs models only: the stem that also gets the mix minus the sum of the stems, so
         that the stems sum to the mix (default: the card's ``residual``, none for an import).
+    device : str
+        ``auto`` (default: the best provider this onnxruntime offers, :data:`.devices.AUTO_ORDER`),
+        ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``coreml``, ``directml[:N]`` or ``openvino``.
 
     Raises
     ------
@@ -136,23 +141,36 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         Unknown model, missing or corrupt file, card and model disagree; ``overlap``,
         ``batch_size``, ``threads`` or ``wiener`` out of range, or ``wiener`` asked of a model that
         is not a mask model.
+    DeviceError
+        A named device that cannot run here (:func:`.devices.check_device`).
     """
     from .mask import check_wiener
 
     wiener = check_wiener(wiener)
     _check_settings(overlap=overlap, batch_size=batch_size, threads=threads)
+    resolved = devices.check_device(device)
     card = model if isinstance(model, ModelCard) else resolve(model)
     check_wiener_fits(card, wiener)
     if card.family != "demucs" and (shifts is not None or leftover is not None):
         option = "shifts" if shifts is not None else "leftover"
         raise ModelError(f"{option}: only for Demucs models, and '{card.name}' is a {card.family} model; drop it")
     family = families.family(card.family)
-    engine = family.open_engine(card, families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise,
-                                                              invert=invert, high_band=high_band, wiener=wiener,
-                                                              shifts=shifts, seed=seed, leftover=leftover))
+    if batch_size == "auto":
+        batch_size = devices.card_batch_size(resolved.device, card)
+    settings = families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise, invert=invert,
+                                       high_band=high_band, wiener=wiener, shifts=shifts, seed=seed,
+                                       leftover=leftover, device=resolved.device)
+    try:
+        engine = family.open_engine(card, settings)
+    except devices.DeviceError as exc:
+        if resolved.asked != "auto":
+            raise
+        resolved = devices.Resolved("auto", devices.Device("cpu"), f"auto: {exc}; running on the CPU")
+        engine = family.open_engine(card, dataclasses.replace(settings, device=resolved.device))
     if overlap is None:
         overlap = family.default_overlap(card)
-    return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name)
+    return ChunkedSeparator(engine, overlap=overlap, batch_size=batch_size, name=card.name,
+                            device=str(resolved.device), device_note=resolved.note)
 
 
 def with_sums(stems: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:
@@ -181,8 +199,9 @@ def _check_settings(*, overlap, batch_size, threads) -> None:
                                 or not 0.0 <= overlap < 1.0):
         raise ModelError(f"overlap={overlap!r}: the overlap is the fraction of each chunk shared with the next, "
                          "in [0, 1); 0.25 is the usual choice (--overlap 0.25)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ModelError(f"batch_size={batch_size!r}: chunks per model call must be a whole number >= 1 (--batch-size 1)")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ModelError(f"batch_size={batch_size!r}: chunks per model call must be a whole number >= 1 or 'auto' "
+                         "(--batch-size 1)")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ModelError(f"threads={threads!r}: onnxruntime threads must be a whole number >= 1, "
                          "or left out for every core (--threads 2)")

@@ -185,9 +185,10 @@ class DemucsSpectrogram:
 class DemucsNetwork:
     """One exported network: ``(b, c, segment)`` float32 chunks -> ``(b, stems, c, segment)``."""
 
-    def __init__(self, path, *, segment: int, n_fft: int, stems: int, channels: int, threads: int | None = None):
+    def __init__(self, path, *, segment: int, n_fft: int, stems: int, channels: int, threads: int | None = None,
+                 device=None):
         self.path = path
-        self.session = open_session(path, threads=threads)
+        self.session = open_session(path, threads=threads, device=device)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.segment = segment
         self.spectrogram = DemucsSpectrogram(n_fft, segment)
@@ -396,7 +397,7 @@ class DemucsEngine:
     default_overlap = OVERLAP
 
     def __init__(self, card: ModelCard, *, threads: int | None = None, batch_size: int = 1, shifts: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, device=None):
         if isinstance(shifts, bool) or not isinstance(shifts, int) or not 0 <= shifts <= 20:
             raise ModelError(f"shifts={shifts!r}: Demucs's shift trick takes a whole number of runs from 0 to 20 "
                              "(1, as the demucs command, is the default)")
@@ -411,7 +412,7 @@ class DemucsEngine:
                                                    sha256=member.sha256))
             self.networks.append(DemucsNetwork(path, segment=member.segment, n_fft=card.n_fft,
                                                stems=len(card.stems), channels=card.audio_channels,
-                                               threads=threads))
+                                               threads=threads, device=device))
         self.sample_rate = card.sample_rate
         self.chunk = max(m.segment for m in members)
         self.trim = 0
@@ -473,7 +474,7 @@ FAMILY = register(Family(
     name="demucs",
     open_engine=lambda card, s: DemucsEngine(with_leftover(card, s.leftover), threads=s.threads,
                                              batch_size=s.batch_size, shifts=1 if s.shifts is None else s.shifts,
-                                             seed=s.seed),
+                                             seed=s.seed, device=s.device),
     requires=("file", "demucs", "sample_rate", "n_fft", "hop"),
     requires_hint=" (stembridge models import writes it)",
     check=check_card, details=_details, default_overlap=lambda card: OVERLAP,

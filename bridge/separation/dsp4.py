@@ -133,7 +133,7 @@ def _open(card: ModelCard, settings) -> Dsp4Engine:
     from .mask import MaskEngine
 
     return Dsp4Engine(MaskEngine(resolve(DEFAULT_MODEL), threads=settings.threads, batch_size=settings.batch_size,
-                                 high_band=settings.high_band))
+                                 high_band=settings.high_band, device=settings.device))
 
 
 FAMILY = register(Family(

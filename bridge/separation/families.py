@@ -53,8 +53,10 @@ class EngineSettings:
     """What :func:`~bridge.separation.load_separator` passes to a family's engine, checked.
 
     Each family reads what applies to it: ``denoise``/``invert`` (MDX-Net), ``high_band`` and
-    ``wiener`` (mask models), ``shifts``/``seed``/``leftover`` (Demucs); ``threads`` (onnxruntime intra-op threads, None for every core)
-    and ``batch_size`` (chunks per model call) apply to every model.
+    ``wiener`` (mask models), ``shifts``/``seed``/``leftover`` (Demucs); ``threads`` (onnxruntime
+    intra-op threads, None for every core), ``batch_size`` (chunks per model call) and ``device`` (a
+    :class:`~.devices.Device`, already checked; None for the CPU; pass it to
+    :func:`~.runtime.open_session`) apply to every model.
     """
 
     threads: int | None = None
@@ -66,6 +68,7 @@ class EngineSettings:
     shifts: int | None = None  # Demucs: random-shift runs averaged (None: the family's default)
     seed: int = 0  # Demucs: the shifts' seed
     leftover: str | None = None  # Demucs: the stem that also gets mix - sum(stems)
+    device: Any = None
 
 
 def _no_fields(data: dict, fields: dict, source: str) -> None:

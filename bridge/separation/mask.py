@@ -55,10 +55,10 @@ class MaskEngine:
     """The model-specific part of a mask separator (see :class:`~.runner.Engine`)."""
 
     def __init__(self, card: ModelCard, *, threads: int | None = None, batch_size: int = 1,
-                 high_band: HighBand = "instrumental", wiener: int = 0):
+                 high_band: HighBand = "instrumental", wiener: int = 0, device=None):
         wiener = check_wiener(wiener)
         path = verify_file(card)
-        session = open_session(path, threads=threads)
+        session = open_session(path, threads=threads, device=device)
         shape = session.get_inputs()[0].shape
         dims = static_dims(shape)
         expected = [None, 2, card.dim_t, card.bins]
@@ -170,7 +170,7 @@ def _imports(path, config) -> bool:
 FAMILY = register(Family(
     name="mask",
     open_engine=lambda card, s: MaskEngine(card, threads=s.threads, batch_size=s.batch_size, high_band=s.high_band,
-                                           wiener=s.wiener),
+                                           wiener=s.wiener, device=s.device),
     check=check_card, wiener=True,
     importer="bridge.importers.spleeter_tf:convert", imports=_imports,
     import_help="Spleeter TensorFlow checkpoints (a folder with model.index and model.data-00000-of-00001, "

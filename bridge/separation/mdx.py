@@ -31,9 +31,9 @@ class MdxEngine:
     """The model-specific part of an MDX-Net separator (see :class:`~.runner.Engine`)."""
 
     def __init__(self, card: ModelCard, *, threads: int | None = None, batch_size: int = 1,
-                 denoise: bool = False, invert: bool = False):
+                 denoise: bool = False, invert: bool = False, device=None):
         path = verify_file(card)
-        session = open_session(path, threads=threads)
+        session = open_session(path, threads=threads, device=device)
         dims = static_dims(session.get_inputs()[0].shape)
         expected = [None, 4, card.dim_f, card.dim_t]
         if len(dims) != 4 or any(d is not None and e is not None and d != e for d, e in zip(dims, expected)):
@@ -103,6 +103,6 @@ def check_card(card: ModelCard, source: str) -> None:
 FAMILY = register(Family(
     name="mdx",
     open_engine=lambda card, s: MdxEngine(card, threads=s.threads, batch_size=s.batch_size, denoise=s.denoise,
-                                          invert=s.invert),
+                                          invert=s.invert, device=s.device),
     check=check_card,
 ))

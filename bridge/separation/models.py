@@ -119,6 +119,8 @@ class ModelCard:
     demucs: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize`` variant: the float model's name and sha256, the method.
     quantized_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: For a ``stembridge models quantize --fp16`` variant: the float32 model's name and sha256, the method.
+    converted_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     # provenance
     license: str | None = None
     credit: str | None = None

@@ -89,9 +89,9 @@ class RoformerEngine:
         Chunks per onnxruntime call (a mono model's batch holds two items per chunk).
     """
 
-    def __init__(self, card: ModelCard, *, threads: int | None = None, batch_size: int = 1):
+    def __init__(self, card: ModelCard, *, threads: int | None = None, batch_size: int = 1, device=None):
         path = verify_file(card)
-        session = open_session(path, threads=threads)
+        session = open_session(path, threads=threads, device=device)
         self.model_stems = tuple(s for s in card.stems if s != card.residual)
         bins = card.n_fft // 2 + 1
         channels = card.audio_channels
@@ -212,7 +212,7 @@ def _imports(path, config) -> bool:
 
 FAMILY = register(Family(
     name="roformer",
-    open_engine=lambda card, s: RoformerEngine(card, threads=s.threads, batch_size=s.batch_size),
+    open_engine=lambda card, s: RoformerEngine(card, threads=s.threads, batch_size=s.batch_size, device=s.device),
     requires=("architecture", "n_fft", "hop", "chunk_size", "dim_t", "num_overlap", "sample_rate", "file"),
     requires_hint=" (stembridge models import writes it)",
     prepare=_prepare, check=check_card, details=_details,

@@ -58,9 +58,14 @@ class ChunkedSeparator:
         Chunks per engine call.
     name : str
         What to call this separator in messages and manifests.
+    device : str
+        Where the engine's model runs, as ``--device`` writes it (the engine was opened there).
+    device_note : str, optional
+        What ``--device auto`` said about its choice (a fallback to the CPU).
     """
 
-    def __init__(self, engine: Engine, *, overlap: float = 0.25, batch_size: int = 1, name: str = "separator"):
+    def __init__(self, engine: Engine, *, overlap: float = 0.25, batch_size: int = 1, name: str = "separator",
+                 device: str = "cpu", device_note: str | None = None):
         self.engine = engine  # kept for older callers: use card, residual and settings instead
         self.plan = ChunkPlan(chunk=engine.chunk, trim=engine.trim, overlap=overlap,
                               pad=getattr(engine, "pad", "zeros"))
@@ -70,6 +75,11 @@ class ChunkedSeparator:
         #: engine without one (a test's), whose stems are then never cached.
         self.card = getattr(engine, "card", None)
         self._options = dict(getattr(engine, "options", {}))
+        #: Where the model runs (``cpu``, ``cuda:0``, ...): for summaries and manifests, never part
+        #: of :attr:`settings` (the device does not name a separation, see :mod:`.devices`); and
+        #: what ``auto`` has to say about its choice, or None.
+        self.device = device
+        self.device_note = device_note
 
     @property
     def stems(self) -> tuple[str, ...]:

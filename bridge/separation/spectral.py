@@ -134,11 +134,23 @@ def unpack_mdx(packed: np.ndarray, bins: int) -> np.ndarray:
     The result is a view of a frames-major array, the layout :meth:`Stft.inverse` transforms
     without a copy; real and imaginary parts are written in place (``re + 1j * im`` would go
     through complex128 temporaries).
+
+    The transpose is copied in bands of :data:`TRANSPOSE_BAND` bins: one whole-array transposed
+    copy reads the source down columns 4 * frames bytes apart (1 KiB at dim_t 256), a stride
+    that keeps hitting the same cache sets; 64-bin bands stay in cache. Measured on a
+    UVR-geometry chunk: 22 -> 5.5 ms, the same values (a copy computes nothing).
     """
     batch, channels, dim_f, frames = packed.shape
     pairs = packed.reshape(batch, channels // 2, 2, dim_f, frames)
     spec = np.empty((batch, channels // 2, frames, bins), np.complex64)
     spec[..., dim_f:] = 0
-    spec.real[..., :dim_f] = np.swapaxes(pairs[:, :, 0], -1, -2)
-    spec.imag[..., :dim_f] = np.swapaxes(pairs[:, :, 1], -1, -2)
+    real, imag = spec.real, spec.imag
+    for low in range(0, dim_f, TRANSPOSE_BAND):
+        high = min(dim_f, low + TRANSPOSE_BAND)
+        real[..., low:high] = np.swapaxes(pairs[:, :, 0, low:high], -1, -2)
+        imag[..., low:high] = np.swapaxes(pairs[:, :, 1, low:high], -1, -2)
     return np.swapaxes(spec, -1, -2)
+
+
+#: Bins per band of :func:`unpack_mdx`'s transposed copy (16-512 measured; 64 the fastest).
+TRANSPOSE_BAND = 64

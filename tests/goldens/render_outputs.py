@@ -128,10 +128,13 @@ def _audio(path: Path) -> dict:
 
 def _masked_manifest(path: Path) -> dict:
     """A manifest or record without what changes with the machine or the version: package versions,
-    the stembridge version, folders (absolute paths keep their file names) and the hashes of the
-    generated inputs (their FLAC bytes depend on the libsndfile that wrote them)."""
+    the device the model ran on, the stembridge version, folders (absolute paths keep their file
+    names) and the hashes of the generated inputs (their FLAC bytes depend on the libsndfile that
+    wrote them)."""
     record = json.loads(path.read_text())
     record.pop("versions", None)
+    if isinstance(record.get("model"), dict):
+        record["model"].pop("device", None)
     if isinstance(record.get("input"), dict):
         record["input"]["sha256"] = "<input>"
     if "input_sha256" in record:
