@@ -7,13 +7,12 @@ interrupted.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import traceback
 from pathlib import Path
 
 from . import console
-from .version import __version__
+from .arguments import build_parser
 from .errors import BridgeError, ModelError, PresetError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -25,6 +24,7 @@ def cmd_separate(args) -> int:
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
     spec = RunSpec(kind="separate", out_dir=Path(args.out), model=args.model, overlap=args.overlap,
                    batch_size=args.batch_size, device=args.device, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
+                   shifts=args.shifts,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, bwf=not args.no_bwf,
                    project=args.project, **_batch_options(args))
     _check_model(args)
@@ -77,8 +77,20 @@ def _check_model(args) -> None:
     _check_settings(overlap=args.overlap, batch_size=args.batch_size, threads=args.threads)
     card = resolve(args.model)
     check_wiener_fits(card, wiener)
+    check_shifts(card, args.shifts)
     if families.family(card.family).weights:
         verify_file(card)
+
+
+def check_shifts(card, shifts: int | None) -> None:
+    """``--shifts``: a whole number of runs from 0 to 20, for a Demucs model only."""
+    if shifts is None:
+        return
+    if card.family != "demucs":
+        raise ModelError(f"--shifts applies to Demucs models, and '{card.name}' is a {card.family} model; drop --shifts")
+    if not 0 <= shifts <= 20:
+        raise ModelError(f"--shifts {shifts}: Demucs's shift trick takes 0 to 20 runs (1, as the demucs command, "
+                         "is the default)")
 
 
 def _jobs(args, *, songs: int) -> int:
@@ -222,9 +234,12 @@ def cmd_eval(args) -> int:
         separator = NoSplit(load_separator("default", overlap=args.overlap, threads=args.threads, wiener=args.wiener,
                                            device=args.device))
     else:
+        if args.model != "oracle":
+            from .separation.models import resolve
+            check_shifts(resolve(args.model), args.shifts)
         separator = "oracle" if args.model == "oracle" else load_separator(args.model, overlap=args.overlap,
                                                                             threads=args.threads, wiener=args.wiener,
-                                                                            device=args.device)
+                                                                            shifts=args.shifts, device=args.device)
     update, close = console.progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
         report = evaluate(separator, args.references, progress=update)
@@ -298,164 +313,6 @@ def cmd_models_quantize(args) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stembridge", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"stembridge {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    sep = commands.add_parser("separate", help="split songs into stem files")
-    sep.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff) and folders (walked recursively)")
-    sep.add_argument("--model", default="default", help="model name, card .yaml or .onnx path, or 'dsp' (default: %(default)s)")
-    sep.add_argument("--out", default="separated", help="output folder (default: %(default)s)")
-    sep.add_argument("--name", default="{track}/{stem}.{ext}", help="output name template (default: %(default)s)")
-    sep.add_argument("--stems", help="comma-separated stems to write (default: all the model gives)")
-    sep.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "mp3", "aiff"])
-    sep.add_argument("--bit-depth", type=int, default=24, choices=[16, 24, 32], help="PCM bits; 32 = float (default: %(default)s)")
-    sep.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
-    sep.add_argument("--batch-size", type=_batch_value, default=1, metavar="N",
-                     help="chunks per model call, or 'auto' (1 on the CPU, sized to free memory on a GPU) "
-                          "(default: %(default)s)")
-    sep.add_argument("--device", default="auto", type=_device_value,
-                     help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino "
-                          "(default: %(default)s, the best this onnxruntime offers; stembridge doctor shows it)")
-    sep.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
-    sep.add_argument("--denoise", action="store_true", help="MDX-Net: average model(x) and -model(-x)")
-    sep.add_argument("--invert", action="store_true", help="MDX-Net: spectral inversion for the other stem")
-    sep.add_argument("--wiener", type=int, default=0, metavar="N",
-                     help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
-    sep.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the stems")
-    sep.add_argument("--no-bwf", action="store_true", help="plain wav: no bext/iXML (Broadcast WAV) chunks")
-    _add_batch_arguments(sep)
-    sep.set_defaults(run=cmd_separate)
-
-    ren = commands.add_parser("render", help="render songs through a session preset (split, stem chains, mix)")
-    ren.add_argument("preset", help="session preset .yaml (see presets/)")
-    ren.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff) and folders (walked recursively)")
-    ren.add_argument("--out", default="rendered", help="output folder (default: %(default)s)")
-    ren.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override a preset value, e.g. --set stems.vocals.gain_db=6 (repeatable)")
-    ren.add_argument("--threads", type=int, help="onnxruntime threads per job (default: the cores divided by --jobs)")
-    ren.add_argument("--device", type=_device_value,
-                     help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino "
-                          "(default: the preset's separator.device, auto)")
-    ren.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the "
-                     "session (= --set output.project=reaper)")
-    _add_batch_arguments(ren)
-    ren.set_defaults(run=cmd_render)
-
-    ev = commands.add_parser("eval", help="score a model against reference stems (SDR, SI-SDR)")
-    ev.add_argument("--model", default="default",
-                    help="model name, card .yaml or .onnx path, 'dsp', or 'oracle' (the ideal ratio mask of the "
-                         "references: a yardstick, not a model), or 'no-split' (the default model's instrumental "
-                         "as each of drums, bass, other: the 4-stem baseline) (default: %(default)s)")
-    ev.add_argument("--references", required=True, metavar="DIR",
-                    help="folder of songs, searched recursively: <song>/mixture.<ext> beside <song>/<stem>.<ext>")
-    ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")
-    ev.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
-    ev.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
-    ev.add_argument("--device", default="auto", type=_device_value,
-                    help="where the model runs: auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino ""(default: %(default)s)")
-    ev.add_argument("--wiener", type=int, default=0, metavar="N",
-                    help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
-    ev.add_argument("--quiet", action="store_true", help="print the table only (no progress, no notes)")
-    ev.set_defaults(run=cmd_eval)
-
-    preset = commands.add_parser("preset", help="work with session presets")
-    preset_commands = preset.add_subparsers(dest="preset_command", required=True)
-    check = preset_commands.add_parser("check", help="validate presets without rendering (loads every plugin)")
-    check.add_argument("presets", nargs="+", help="preset .yaml files")
-    check.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value first")
-    check.set_defaults(run=cmd_preset_check)
-
-    fx = commands.add_parser("effects", help="list the built-in effects a preset can name")
-    fx.set_defaults(run=cmd_effects)
-
-    plug = commands.add_parser("plugins", help="list VST3 plugins: kind, channels, latency, parameters")
-    plug.add_argument("dirs", nargs="*", metavar="DIR", help="folders to search (default: $VST3_PATH, ~/.vst3, "
-                      "/usr/lib/vst3, /usr/local/lib/vst3)")
-    plug.add_argument("--json", action="store_true", help="print the same as JSON")
-    plug.set_defaults(run=cmd_plugins)
-
-    models = commands.add_parser("models", help="list known models and where they are looked for; import one")
-    models.set_defaults(run=cmd_models)
-    models_commands = models.add_subparsers(dest="models_command")
-    imp = models_commands.add_parser("import", help="convert a Spleeter TensorFlow checkpoint (2/4/5 stems) or a "
-                                                    "BS-/Mel-Band RoFormer checkpoint into the user model folder")
-    imp.add_argument("path", help="Spleeter checkpoint folder (model.index, model.data-*, model.meta) or its .tar.gz; "
-                                  "or a RoFormer CHECKPOINT.ckpt (with --config)")
-    imp.add_argument("--config", metavar="CONFIG.yaml",
-                     help="RoFormer: the checkpoint's YAML config (model:, audio:, training:); needs torch")
-    imp.add_argument("--name", help="model name (default: spleeter-4stems etc. from the stem count; a RoFormer's "
-                                    "checkpoint file name)")
-    imp.add_argument("--force", action="store_true", help="replace a model of the same name")
-    imp.add_argument("--bins", type=int, choices=[1024, 1536],
-                     help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
-    imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
-    imp.set_defaults(run=cmd_models_import)
-    quant = models_commands.add_parser("quantize", help="write an int8 variant of a roformer model (a new model: "
-                                                        "faster on CPUs with VNNI, slightly different output)")
-    quant.add_argument("model", help="model name or card .yaml (a roformer)")
-    quant.add_argument("--name", help="the new model's name (default: NAME-int8, or NAME-fp16)")
-    quant.add_argument("--fp16", action="store_true", help="write a float16 variant instead (any model with an ONNX "
-                                                           "file; for GPUs; float32 in and out)")
-    quant.add_argument("--force", action="store_true", help="replace a model of the same name")
-    quant.set_defaults(run=cmd_models_quantize)
-
-    doctor = commands.add_parser("doctor", help="the onnxruntime build, its devices and what --device auto picks")
-    doctor.set_defaults(run=cmd_doctor)
-
-    cache = commands.add_parser("cache", help="the stem cache: where it is, its size (or 'cache clear')")
-    cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
-    cache.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: $STEMBRIDGE_CACHE, "
-                                                          "$XDG_CACHE_HOME/stembridge or ~/.cache/stembridge)")
-    cache.add_argument("--cache-max-gb", type=float, metavar="GB", help="size cap (default: 20, or $STEMBRIDGE_CACHE_MAX_GB)")
-    cache.set_defaults(run=cmd_cache)
-    return parser
-
-
-def _jobs_value(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of songs at once (>= 1) or 'auto'")
-    return value
-
-
-def _batch_value(text: str):
-    """A whole number or 'auto'; the range is checked with the other settings, in one line."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
-def _device_value(text: str) -> str:
-    """Checked later, by :func:`_check_device`, so that a bad name is one line, not a usage screen."""
-    return text.strip().lower()
-
-
-def _add_batch_arguments(command) -> None:
-    command.add_argument("--jobs", type=_jobs_value, default=1, metavar="N",
-                         help="songs at once on this machine, or 'auto' (cores and free memory) (default: 1)")
-    command.add_argument("--scheduler", metavar="ADDRESS",
-                         help="send the songs to a Dask cluster, e.g. tcp://10.0.0.5:8786 (inputs and --out must be "
-                              "on storage the workers share; pip install \"stembridge[dask]\")")
-    command.add_argument("--force", action="store_true", help="render songs again even if their outputs are up to date")
-    command.add_argument("--cache-dir", metavar="DIR", help="stem cache folder (default: $STEMBRIDGE_CACHE, "
-                                                            "$XDG_CACHE_HOME/stembridge or ~/.cache/stembridge)")
-    command.add_argument("--no-cache", action="store_true", help="neither read nor fill the stem cache")
-    command.add_argument("--cache-max-gb", type=float, metavar="GB",
-                         help="stem cache size cap; least recently used entries go first (default: 20, or "
-                              "$STEMBRIDGE_CACHE_MAX_GB)")
-    command.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
-    command.add_argument("--quiet", action="store_true", help="print nothing but errors")
-
-
 def cmd_cache(args) -> int:
     from .render.cache import StemCache, default_location, default_max_gb
 
@@ -493,12 +350,20 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 512 << 20)
 
 
+#: Each subcommand of :func:`bridge.arguments.build_parser` (its ``handler``) and what runs it.
+HANDLERS = {
+    "separate": cmd_separate, "render": cmd_render, "eval": cmd_eval, "preset_check": cmd_preset_check,
+    "effects": cmd_effects, "plugins": cmd_plugins, "models": cmd_models, "models_import": cmd_models_import,
+    "models_quantize": cmd_models_quantize, "doctor": cmd_doctor, "cache": cmd_cache,
+}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _keep_freed_memory()
     try:
-        return args.run(args)
+        return HANDLERS[args.handler](args)
     except BridgeError as exc:
         if args.debug:
             traceback.print_exc()

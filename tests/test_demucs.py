@@ -253,3 +253,30 @@ def test_six_stem_presets_render_with_an_imported_htdemucs_6s(repo, song, name, 
     else:
         expected = load_separator(card, threads=2)(song[:, :SR], SR)["piano"]
     np.testing.assert_allclose(mix, expected, atol=1e-5)  # float32 sums, float WAV
+
+
+def test_separate_takes_shifts_on_the_command_line(repo, song, tmp_path, monkeypatch, capsys):
+    """``--shifts N`` is Demucs's shift trick with the default seed, as the Python API's ``shifts``;
+    for another family, or out of range, it is one line and exit 2 before any work."""
+    from bridge.audio import files
+    from bridge.cli import main as cli
+
+    _, models = repo
+    monkeypatch.setenv("STEMBRIDGE_MODELS", str(models))
+    path = tmp_path / "song.wav"
+    files.write(path, song[:, :SR], SR, bit_depth=32)
+    out = tmp_path / "out"
+    assert cli(["separate", str(path), "--model", "htdemucs", "--shifts", "2", "--bit-depth", "32", "--out", str(out),
+                "--no-cache", "--quiet"]) == 0
+    expected = load_separator(load_card(models / "htdemucs.yaml"), shifts=2)(song[:, :SR], SR)
+    one = load_separator(load_card(models / "htdemucs.yaml"), shifts=1)(song[:, :SR], SR)
+    for stem in ("drums", "vocals"):
+        written, _ = files.read(out / "song" / f"{stem}.wav")
+        np.testing.assert_allclose(written, expected[stem], atol=1e-6)  # float WAV of the same run
+        assert snr_db(one[stem], written) < 80  # and not the default single shift
+    capsys.readouterr()
+    assert cli(["separate", str(path), "--model", "dsp", "--shifts", "2", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip().endswith("'dsp' is a dsp model; drop --shifts")
+    assert cli(["separate", str(path), "--model", "htdemucs", "--shifts", "21", "--out", str(tmp_path / "x")]) == 2
+    assert "0 to 20 runs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

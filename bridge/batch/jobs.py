@@ -35,6 +35,7 @@ class RunSpec:
     denoise: bool = False
     invert: bool = False
     wiener: int = 0
+    shifts: int | None = None  # Demucs models: random-shift runs averaged (None: the model's default)
     stems: tuple[str, ...] | None = None
     template: str = "{track}/{stem}.{ext}"
     ext: str = "wav"
@@ -85,7 +86,7 @@ def build(spec: RunSpec):
 
     if spec.kind == "separate":
         separator = load_separator(spec.model, overlap=spec.overlap, batch_size=spec.batch_size, threads=spec.threads,
-                                   denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener,
+                                   denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener, shifts=spec.shifts,
                                    device=spec.device or "auto")
         options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
                                   bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
