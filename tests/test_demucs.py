@@ -25,7 +25,7 @@ from conftest import DATA  # noqa: E402
 import demucs_models as dm  # noqa: E402
 from bridge.errors import ModelError  # noqa: E402
 from bridge.separation import load_separator, with_sums  # noqa: E402
-from bridge.separation.demucs import shift_delays  # noqa: E402
+from bridge.separation.demucs_apply import shift_delays  # noqa: E402
 from bridge.separation.models import load_card  # noqa: E402
 
 SR = 44100

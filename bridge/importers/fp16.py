@@ -13,33 +13,19 @@ music is measured, not assumed (``tests/test_fp16.py``, ``tests/benchmarks/gpu.p
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import yaml
-
 from ..errors import ModelError
-from ..render.records import file_sha256
-from ..separation.models import known_cards, resolve, user_models_folder, verify_file
-from . import publish
-from .spleeter_tf import NAME, RESERVED
+from ..separation.models import resolve, verify_file
+from .quantize import Quantized, write_variant
 
 METHOD = "onnxconverter_common convert_float_to_float16, keep_io_types (float32 in and out)"
 
 
-@dataclasses.dataclass(frozen=True)
-class Converted:
-    """What :func:`fp16_model` wrote."""
-
-    name: str
-    card: Path
-    onnx: Path
-    bytes_before: int
-    bytes_after: int
-    seconds: float
+#: What :func:`fp16_model` wrote (the model's name, card and file, sizes, seconds).
+Converted = Quantized
 
 
 def fp16_model(spec, *, name: str | None = None, force: bool = False, folder=None) -> Converted:
@@ -71,21 +57,11 @@ def fp16_model(spec, *, name: str | None = None, force: bool = False, folder=Non
         made = card.converted_from or card.quantized_from
         raise ModelError(f"'{card.name}' is already a variant of '{made.get('name')}'; convert the float model instead")
     source = verify_file(card)
-    name = name or f"{card.name}-fp16"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + f"; e.g. --name {card.name}-fp16")
-    existing = known_cards().get(name)
-    if existing is not None and not force:
-        raise ModelError(f"a model named '{name}' exists ({existing.source}); pass --force to replace it, "
-                         "or --name to write the float16 model under another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    with tempfile.TemporaryDirectory(prefix="stembridge-fp16-") as scratch:
-        converted = Path(scratch) / "model.onnx"
-        convert(source, converted)
-        onnx_path, card_path = _write(card, converted, target, name=name)
-    return Converted(name, card_path, onnx_path, source.stat().st_size, onnx_path.stat().st_size,
+    name, (onnx_path, card_path) = write_variant(
+        card, source, name=name, force=force, folder=folder, make=convert, suffix="fp16", what="float16",
+        key="converted_from", method=METHOD, description="float16 variant",
+        header=f"Written by: stembridge models quantize {card.name} --fp16")
+    return Quantized(name, card_path, onnx_path, source.stat().st_size, onnx_path.stat().st_size,
                      time.perf_counter() - start)
 
 
@@ -109,20 +85,6 @@ def convert(source: Path, target: Path) -> None:
     except Exception as exc:  # the converter and onnx raise assorted types for graphs they cannot handle
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelError(f"{source}: cannot convert this model to float16 ({reason})") from None
-
-
-def _write(card, converted: Path, folder: Path, *, name: str) -> tuple[Path, Path]:
-    """The model, then its card (the card makes it visible), each renamed into place when whole."""
-    import shutil
-
-    onnx_path, _ = publish.paths(folder, name)
-    data = yaml.safe_load(Path(card.source).read_text(encoding="utf-8"))
-    with publish.writing(folder, name) as partial:
-        shutil.copyfile(converted, partial)
-        data.update(name=name, file=onnx_path.name, sha256=file_sha256(partial),
-                    converted_from={"name": card.name, "sha256": card.sha256, "method": METHOD})
-    data["description"] = f"float16 variant of {card.name}" + (f" ({card.description})" if card.description else "")
-    return publish.publish(folder, name, data, header=f"Written by: stembridge models quantize {card.name} --fp16")
 
 
 def widen_stored_weights(model):

@@ -36,7 +36,7 @@ from .spleeter_tf import NAME, RESERVED
 
 @dataclasses.dataclass(frozen=True)
 class Quantized:
-    """What :func:`quantize_model` wrote."""
+    """What :func:`quantize_model` (int8) or :func:`bridge.importers.fp16.fp16_model` (float16) wrote."""
 
     name: str
     card: Path
@@ -75,20 +75,11 @@ def quantize_model(spec, *, name: str | None = None, force: bool = False, folder
         raise ModelError(f"'{card.name}' is already quantized (from '{card.quantized_from.get('name')}'); "
                          "quantize the float model instead")
     source = verify_file(card)
-    name = name or f"{card.name}-int8"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + f"; e.g. --name {card.name}-int8")
-    existing = known_cards().get(name)
-    if existing is not None and not force:
-        raise ModelError(f"a model named '{name}' exists ({existing.source}); pass --force to replace it, "
-                         "or --name to write the quantized model under another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    with tempfile.TemporaryDirectory(prefix="stembridge-quantize-") as scratch:
-        quantized = Path(scratch) / "model.onnx"
-        _quantize(source, quantized)
-        onnx_path, card_path = _write(card, quantized, target, name=name)
+    name, (onnx_path, card_path) = write_variant(
+        card, source, name=name, force=force, folder=folder, make=_quantize, suffix="int8", what="quantized",
+        key="quantized_from", method="onnxruntime quantize_dynamic: MatMul weights int8, per channel; activations "
+                                     "quantized per call",
+        description="int8 variant", header=f"Written by: stembridge models quantize {card.name}")
     return Quantized(name, card_path, onnx_path, source.stat().st_size, onnx_path.stat().st_size,
                      time.perf_counter() - start)
 
@@ -112,17 +103,35 @@ def _quantize(source: Path, target: Path) -> None:
         raise ModelError(f"{source}: onnxruntime cannot quantize this model ({reason})") from None
 
 
-def _write(card, quantized: Path, folder: Path, *, name: str) -> tuple[Path, Path]:
-    """The model, then its card (the card makes it visible), each renamed into place when whole."""
-    onnx_path, _ = publish.paths(folder, name)
-    data = yaml.safe_load(Path(card.source).read_text(encoding="utf-8"))
-    with publish.writing(folder, name) as partial:
-        shutil.copyfile(quantized, partial)
-        data.update(name=name, file=onnx_path.name, sha256=file_sha256(partial),
-                    quantized_from={"name": card.name, "sha256": card.sha256, "method": "onnxruntime quantize_dynamic: "
-                                    "MatMul weights int8, per channel; activations quantized per call"})
-    data["description"] = f"int8 variant of {card.name}" + (f" ({card.description})" if card.description else "")
-    return publish.publish(folder, name, data, header=f"Written by: stembridge models quantize {card.name}")
+def write_variant(card, source: Path, *, name: str | None, force: bool, folder, make, suffix: str, what: str,
+                  key: str, method: str, description: str, header: str) -> tuple[str, tuple[Path, Path]]:
+    """A variant of ``card``'s model (int8, float16) as a new model: the name checked (default
+    ``<name>-<suffix>``), ``make(source, target)`` run in a scratch folder, then the model and a
+    card that records under ``key`` where it came from, each renamed into place when whole.
+
+    Returns the name and the (model, card) paths; nothing is written if anything fails.
+    """
+    name = name or f"{card.name}-{suffix}"
+    if not NAME.match(name) or name in RESERVED:
+        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
+                                                 else "use letters, digits, '.', '_' and '-'")
+                         + f"; e.g. --name {card.name}-{suffix}")
+    existing = known_cards().get(name)
+    if existing is not None and not force:
+        raise ModelError(f"a model named '{name}' exists ({existing.source}); pass --force to replace it, "
+                         f"or --name to write the {what} model under another name")
+    target = Path(folder) if folder is not None else user_models_folder()
+    with tempfile.TemporaryDirectory(prefix=f"stembridge-{suffix}-") as scratch:
+        made = Path(scratch) / "model.onnx"
+        make(source, made)
+        onnx_path, _ = publish.paths(target, name)
+        data = yaml.safe_load(Path(card.source).read_text(encoding="utf-8"))
+        with publish.writing(target, name) as partial:
+            shutil.copyfile(made, partial)
+            data.update(name=name, file=onnx_path.name, sha256=file_sha256(partial),
+                        **{key: {"name": card.name, "sha256": card.sha256, "method": method}})
+        data["description"] = f"{description} of {card.name}" + (f" ({card.description})" if card.description else "")
+        return name, publish.publish(target, name, data, header=header)
 
 
 def edge_layers(graph) -> list[str]:
