@@ -185,3 +185,17 @@ def test_session_lanes_keep_a_stems_own_lanes_apart_from_its_effects():
     pre = session.lanes("pre")
     assert list(pre.effects) == [0] and pre.mix == {}
     assert session.lanes("master") == ChainLanes() and session.lanes("stems", "instrumental") == ChainLanes()
+
+
+def test_families_are_asked_in_name_order_whatever_registered_first(monkeypatch, tmp_path):
+    """A ``.th`` file without a config is Demucs's, although the RoFormer importer also takes torch
+    checkpoints: the registry lists families by name, not by which module was imported first (the
+    whole suite imported roformer first and sent Demucs files to the RoFormer importer)."""
+    found = families.registered()
+    shuffled = {name: found[name] for name in ["roformer", *[n for n in found if n != "roformer"]]}
+    monkeypatch.setattr(families, "_REGISTRY", shuffled)
+    assert list(families.registered()) == sorted(found)
+    path = tmp_path / "955717e8-8726e21a.th"
+    path.write_bytes(b"not a pickle")
+    claims = [f.name for f in families.registered().values() if f.importer is not None and f.imports(path, None)]
+    assert claims[0] == "demucs"

@@ -177,9 +177,11 @@ def register(family: Family) -> Family:
 
 
 def registered() -> dict[str, Family]:
-    """Every family, by name, in the order their modules registered them."""
+    """Every family, by name, in name order: the order ``stembridge models import`` asks them in
+    (demucs before roformer for a ``.th`` file), whichever module a program happened to import
+    first."""
     _find()
-    return dict(_REGISTRY)
+    return dict(sorted(_REGISTRY.items()))
 
 
 def family(name: str) -> Family:
