@@ -194,10 +194,6 @@ def _set_parameter(plugin: pedalboard.Plugin, key: str, value: Any) -> None:
         parameter.raw_value = raw
 
 
-def build_chain(specs, *, where: str) -> pedalboard.Pedalboard:
-    return pedalboard.Pedalboard([build(s, where=f"{where}[{i}]") for i, s in enumerate(specs)])
-
-
 def prepare_chain(specs, *, where: str, channels: int, sample_rate: int) -> list[plugins.Segment]:
     """Build a chain for a buffer of ``channels`` at ``sample_rate``, adapted to each plugin's bus.
 
