@@ -689,6 +689,29 @@ def test_a_full_disk_fails_cleanly(kind, tmp_path, preset, capsys, monkeypatch):
     record("output disk full (ENOSPC on write)", kind, f"exit 1: `{lines[0].replace(str(tmp_path), '<tmp>')}`")
 
 
+def test_a_write_refused_by_the_system_fails_cleanly(tmp_path):
+    """A real failing write, not a simulated one: the file-size limit (RLIMIT_FSIZE, 256 KiB) makes
+    the kernel refuse a write in the middle of the song, in the thread that writes behind the
+    separation. The command must say so in one line, exit 1, and leave nothing under a final name
+    and no partial file (the stems would be about 1.6 MB each)."""
+    import resource
+
+    song = write(tmp_path / "song.wav", tone(3 * SR))
+    out = tmp_path / "out"
+    limit = 256 * 1024
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes get EFBIG
+
+    result = subprocess.run([sys.executable, "-m", "bridge.cli", "separate", str(song), "--model", "dsp",
+                             "--out", str(out), "--no-cache"], capture_output=True, text=True,
+                            preexec_fn=limited, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == SONG_FAILED and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("stembridge: error: ") and "writing failed" in lines[0], lines[0]
+    assert not final_files(out) and not leftovers(out), final_files(out) + leftovers(out)
+
+
 @pytest.mark.parametrize("kind", ["separate", "render"])
 def test_a_read_only_output_folder_fails_cleanly(kind, tmp_path, preset, capsys, monkeypatch):
     song = write(tmp_path / "song.wav", tone(SR // 10))

@@ -92,6 +92,18 @@ def test_stft_and_inverse_equal_torch(rng, n_fft, hop, win_length):
     np.testing.assert_allclose(stft.inverse(spec, length), x, atol=2e-6)  # round trip
 
 
+def test_fft_threads_share_out_frames_without_changing_a_bit(rng):
+    """The engines hand the STFT their thread count; each frame is still one transform, so a
+    two-thread forward and inverse equal the one-thread ones bit for bit (and torch, above)."""
+    x = noise(rng, 4, 300 * 1024 + 5, level=0.5).reshape(2, 2, -1)
+    one, two = Stft(6144, 1024, workers=1), Stft(6144, 1024, workers=2)
+    spec = one.forward(x)
+    assert np.array_equal(two.forward(x), spec)
+    assert np.array_equal(two.inverse(spec * np.complex64(0.5 - 0.25j), x.shape[-1]),
+                          one.inverse(spec * np.complex64(0.5 - 0.25j), x.shape[-1]))
+    assert load_separator("default", threads=2).engine.stft.workers == 2  # the embedded model's engine
+
+
 def test_engine_chunk_equals_the_torch_pipeline(rf, rng):
     """One chunk through the engine = torch.stft -> complex masks -> torch.istft, as the importer's
     parity check runs the original model."""

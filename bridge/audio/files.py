@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import os
+import queue
 import re
 import tempfile
 import threading
@@ -277,13 +278,66 @@ def _pause_for_test(marker: Path) -> None:
     os._exit(70)  # orphaned (the process that ran this one was killed): nothing is left to wait for
 
 
+class _WriteBehind:
+    """A thread that hands queued blocks to ``write``, so that libsndfile's sample conversion and
+    the disk (which run without the GIL) overlap the caller's work on the next blocks.
+
+    At most ``depth`` blocks wait, so memory stays bounded; blocks are written in the order given.
+    The first error stops the writing and is raised to the caller by the next :meth:`put`,
+    :meth:`drain` or :meth:`stop`.
+    """
+
+    def __init__(self, write: Callable[[np.ndarray], object], name: str, depth: int = 2):
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"write {name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            block = self._queue.get()
+            try:
+                if block is None:
+                    return
+                if self._error is None:
+                    self._write(block)
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def put(self, block: np.ndarray) -> None:
+        self._raise()
+        self._queue.put(block)
+
+    def drain(self) -> None:
+        """Wait until every queued block is written."""
+        self._queue.join()
+        self._raise()
+
+    def stop(self) -> None:
+        """Write what is queued, end the thread, and raise its error if it had one."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+
 class AudioWriter:
     """Write ``(channels, samples)`` blocks to a file, atomically.
 
     Samples go to a partial file beside ``path``; :meth:`close` flushes, fsyncs and renames it
     onto ``path``. Leaving a ``with`` block by an exception removes the partial file instead.
     PCM outputs are clipped to [-1, 1] (never wrapped) and :attr:`clipped` counts the samples
-    that were, so a caller can report them.
+    that were, so a caller can report them. Blocks are encoded and written by a thread of the
+    writer's own (two blocks queued at most) while the caller goes on; an error in it is raised
+    by the next :meth:`write` or by :meth:`close`.
 
     Parameters
     ----------
@@ -320,6 +374,7 @@ class AudioWriter:
         self._pcm = subtype.startswith("PCM")
         self._partial = partial_path(self.path)
         self._pause = _test_pause(self.path)  # None unless a test asks for a pause (see TEST_PAUSE_VARIABLE)
+        self._behind: _WriteBehind | None = None  # started by the first block
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_partials(self.path)
@@ -343,17 +398,29 @@ class AudioWriter:
         if self._pcm and peak > 1.0:
             self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
             block = np.clip(block, -1.0, 1.0)
-        try:
-            self._file.write(np.ascontiguousarray(frames_first(block)))
-        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
-            self.abort()
-            raise OutputError(f"{self.path}: writing failed ({exc}); check free space on the output disk") from None
+        # A copy the thread owns (the caller may reuse its block), frames-first as libsndfile wants it.
+        frames = np.array(frames_first(block), order="C")
+        with self._writing():
+            if self._behind is None:
+                self._behind = _WriteBehind(self._file.write, self.path.name)
+            self._behind.put(frames)
         self.frames += block.shape[1]
         if self._pause is not None:
             blocks, marker = self._pause
             self._pause = (blocks - 1, marker) if blocks > 1 else None
             if blocks <= 1:
+                with self._writing():
+                    self._behind.drain()
                 _pause_for_test(marker)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn libsndfile's and the disk's errors (raised here or by the writing thread) into one line."""
+        try:
+            yield
+        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            self.abort()
+            raise OutputError(f"{self.path}: writing failed ({exc}); check free space on the output disk") from None
 
     def close(self, *, finish: Callable[[Path], None] | None = None) -> Path:
         """Finish the file and move it to its final name; return that name.
@@ -361,6 +428,9 @@ class AudioWriter:
         ``finish(partial)`` runs on the complete partial file before the fsync and the rename
         (e.g. to add Broadcast WAV chunks), so what it adds is part of the atomic write.
         """
+        if self._behind is not None:
+            with self._writing():
+                self._behind.stop()
         try:
             self._file.close()
             if finish is not None:
@@ -379,6 +449,12 @@ class AudioWriter:
 
     def abort(self) -> None:
         """Drop the partial file; the final name is left as it was."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            try:
+                behind.stop()
+            except (OSError, sf.LibsndfileError, RuntimeError):
+                pass  # the file goes anyway
         try:
             if not self._file.closed:
                 self._file.close()

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import ModelError
 from .families import Family, register, torch_checkpoint
 from .models import MAX_WIENER, ModelCard, verify_file
-from .runtime import Runner, open_session, static_dims
+from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft
 
 #: Spleeter's EPSILON for its ratio masks.
@@ -78,7 +78,7 @@ class MaskEngine:
         self.high_band = high_band
         self.wiener = wiener
         self.options = {"high_band": high_band, "wiener": wiener}
-        self.stft = Stft(card.n_fft, card.hop)
+        self.stft = Stft(card.n_fft, card.hop, workers=threads or default_threads())
         self.sample_rate = card.sample_rate
         self.chunk = card.hop * (card.dim_t - 1)
         self.trim = card.n_fft // 2

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ModelError
 from .families import Family, register
 from .models import ModelCard, verify_file
-from .runtime import Runner, open_session, static_dims
+from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft, pack_mdx, unpack_mdx
 
 
@@ -44,7 +44,7 @@ class MdxEngine:
             )
         self.card = card
         self.runner = Runner(session, max_batch=batch_size * (2 if denoise else 1))
-        self.stft = Stft(card.n_fft, card.hop)
+        self.stft = Stft(card.n_fft, card.hop, workers=threads or default_threads())
         self.sample_rate = card.sample_rate
         self.chunk = card.hop * (card.dim_t - 1)
         self.trim = card.n_fft // 2

@@ -60,7 +60,7 @@ import numpy as np
 from ..errors import ModelError, suggest
 from .families import Family, register, torch_checkpoint
 from .models import ModelCard, verify_file, whole
-from .runtime import Runner, open_session, static_dims
+from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft
 
 
@@ -113,7 +113,7 @@ class RoformerEngine:
         self.card = card
         self.path = path
         self.runner = Runner(session, max_batch=batch_size * (2 if channels == 1 else 1))
-        self.stft = Stft(card.n_fft, card.hop, card.win_length)
+        self.stft = Stft(card.n_fft, card.hop, card.win_length, workers=threads or default_threads())
         self.sample_rate = card.sample_rate
         self.chunk = card.chunk_size
         self.trim, self.default_overlap = grid(card)
