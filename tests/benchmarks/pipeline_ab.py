@@ -1,6 +1,6 @@
 """Whole-process A/B of ``stembridge separate --no-cache`` between two checkouts, interleaved.
 
-    python tests/benchmarks/pipeline_ab.py --a /tmp/base --b . [--minutes 4] [--runs 3] [--profile]
+    python tests/benchmarks/pipeline_ab.py --a /tmp/base --b . [--minutes 4] [--runs 3] [--profile] [--model M]
 
 Builds the trivial MDX-shaped model at UVR geometry (n_fft 6144, dim_f 3072, dim_t 256, hop
 1024; output = input x 0.5, so the network costs nothing and the pipeline is all that is timed)
@@ -9,6 +9,8 @@ A then B then A ..., under ``/usr/bin/time``: wall, user+sys CPU and peak RSS, m
 both checkouts wrote the same samples (24-bit PCM compared as integers). ``--profile`` also
 writes a cProfile of one B run and prints its top functions. The machine is shared: quote the
 load average printed with the figures, and compare only figures from one invocation.
+``--model`` runs a real model instead (a name such as ``default``, or a card's path), to check
+that a pipeline change costs the networks nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--model", help="a model name or card instead of the trivial MDX model")
     args = parser.parse_args()
     import inputs
     import models
@@ -60,13 +63,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         song = inputs.song(folder / "song.wav", args.minutes)
-        card = models.write_card(folder / "trivial.yaml", models.trivial_mdx(folder / "trivial.onnx"), name="trivial")
+        card = args.model or models.write_card(folder / "trivial.yaml", models.trivial_mdx(folder / "trivial.onnx"),
+                                               name="trivial")
         figures = {"a": [], "b": []}
         for _ in range(args.runs):
             for label in ("a", "b"):
                 figures[label].append(run(Path(getattr(args, label)).resolve(), song, card, folder / f"out_{label}"))
         same = {k: np.array_equal(v, samples(folder / "out_b")[k]) for k, v in samples(folder / "out_a").items()}
-        print(f"{args.minutes:g}-minute song, trivial UVR-geometry MDX model, {args.runs} interleaved runs, "
+        print(f"{args.minutes:g}-minute song, {args.model or 'trivial UVR-geometry MDX model'}, {args.runs} interleaved runs, "
               f"load average {os.getloadavg()[0]:.2f}:")
         for label in ("a", "b"):
             rows = figures[label]
