@@ -39,6 +39,47 @@ def test_overlap_add_is_exact_for_identity(rng, overlap, samples, block):
     np.testing.assert_allclose(y, x, atol=1e-6)  # float32 weights summing to 1
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_batches_in_background_threads_give_the_same_samples(rng, depth):
+    """With batches running in other threads (finishing out of order: earlier batches sleep
+    longer), every sample equals the run with none in flight, and the chunks still reach ``run``
+    once each, from threads other than the caller's."""
+    import threading
+    import time
+
+    plan = ChunkPlan(chunk=120, trim=10, overlap=0.25)
+    x = noise(rng, 2, 5003)
+    seen, callers = [], set()
+
+    def run(chunks):  # nonlinear and position-dependent, so a misplaced chunk shows
+        seen.append(float(chunks[0, 0, 0]))
+        callers.add(threading.get_ident())
+        time.sleep(0.004 * (len(seen) % 3))
+        return {"a": np.tanh(3 * chunks) * np.linspace(0.5, 1.5, chunks.shape[-1], dtype=np.float32)}
+
+    def stems(depth):
+        ola = OverlapAdd(plan, channels=2, stems=("a",), run=run, batch_size=2, depth=depth)
+        parts = [ola.process(x[:, i:i + 333]) for i in range(0, x.shape[1], 333)] + [ola.finish()]
+        return np.concatenate([p["a"] for p in parts], axis=1)
+
+    inline = stems(0)
+    calls = len(seen)
+    assert callers == {threading.get_ident()}
+    seen.clear(), callers.clear()
+    assert np.array_equal(stems(depth), inline)
+    assert len(seen) == calls and threading.get_ident() not in callers
+
+
+def test_an_error_in_a_background_batch_reaches_the_caller(rng):
+    def run(chunks):
+        raise ModelError("the network failed")
+
+    ola = OverlapAdd(ChunkPlan(chunk=120, trim=10, overlap=0.25), channels=2, stems=("a",), run=run, depth=2)
+    with pytest.raises(ModelError, match="the network failed"):
+        ola.process(noise(rng, 2, 5000))
+        ola.finish()
+
+
 @pytest.mark.parametrize("samples", [1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17,
                                      pytest.param(44100 * 150, marks=pytest.mark.slow)])
 def test_identity_primary_equals_mix_at_every_length(models_dir, rng, samples):

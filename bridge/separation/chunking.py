@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Literal
 
 import numpy as np
@@ -121,13 +123,23 @@ class OverlapAdd:
         ``run(chunks) -> {stem: chunks}`` with chunks of shape (batch, channels, plan.chunk).
     batch_size : int
         Chunks per ``run`` call. Chunks wait until a full batch is ready (or the stream ends).
+    depth : int
+        Batches that may be running in background threads while :meth:`process` returns and
+        the caller goes on (reads, effects, writes; on a GPU, the next batch's STFT beside this
+        one's network). 0 runs each batch before ``process`` returns. Results are added in
+        chunk order whatever the depth, so the output does not depend on it; ``run`` must then
+        be safe to call from other threads (with a depth above 1, from two at once).
     """
 
-    def __init__(self, plan: ChunkPlan, *, channels: int, stems, run: RunChunks, batch_size: int = 1):
+    def __init__(self, plan: ChunkPlan, *, channels: int, stems, run: RunChunks, batch_size: int = 1,
+                 depth: int = 0):
         self.plan = plan
         self.channels = channels
         self._run = run
         self.batch_size = max(1, int(batch_size))
+        self._depth = max(0, int(depth))
+        self._pool: ThreadPoolExecutor | None = None
+        self._running = deque()  # (first chunk, count, future), oldest first
         self._window = plan.window()
         self._reflect = plan.pad == "reflect"
         self._first_window = self._window.copy()
@@ -139,7 +151,8 @@ class OverlapAdd:
         self._lead_done = not self._reflect
         self._history = plan.chunk if self._reflect else 0
         self._in_start = 0
-        self._next_chunk = 0
+        self._next_chunk = 0  # chunks handed to run
+        self._added = 0  # chunks whose results are in the accumulators
         self._received = 0
         # Output: accumulators for signal samples from index _out_start on.
         self._out_start = plan.start  # where the first chunk's kept part starts
@@ -162,7 +175,7 @@ class OverlapAdd:
         while ready >= self.batch_size:
             self._run_batch(self.batch_size)
             ready -= self.batch_size
-        return self._emit(limit=self._next_chunk * self.plan.step + self.plan.start)
+        return self._emit(limit=self._added * self.plan.step + self.plan.start)
 
     def finish(self) -> dict[str, np.ndarray]:
         """Process what is left and return the rest of the output."""
@@ -182,6 +195,11 @@ class OverlapAdd:
             self._input = np.concatenate([self._input, pad], axis=1)
         while self._next_chunk < total:
             self._run_batch(min(self.batch_size, total - self._next_chunk))
+        while self._running:
+            self._add_oldest()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         return self._emit(limit=self._received)
 
     def _add_lead(self) -> None:
@@ -201,8 +219,27 @@ class OverlapAdd:
         plan = self.plan
         first = self._next_chunk
         starts = [(first + i) * plan.step - self._in_start for i in range(count)]
-        batch = np.stack([self._input[:, s:s + plan.chunk] for s in starts])
-        outputs = self._run(batch)
+        batch = np.stack([self._input[:, s:s + plan.chunk] for s in starts])  # a copy: the input may go
+        self._next_chunk += count
+        drop = max(0, self._next_chunk * plan.step - self._history - self._in_start)
+        self._input = self._input[:, drop:]
+        self._in_start += drop
+        if not self._depth:
+            self._add(first, count, self._run(batch))
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._depth, thread_name_prefix="separate")
+        self._running.append((first, count, self._pool.submit(self._run, batch)))
+        while len(self._running) > self._depth:
+            self._add_oldest()
+
+    def _add_oldest(self) -> None:
+        first, count, future = self._running.popleft()
+        self._add(first, count, future.result())  # run's exception, if any, is raised here
+
+    def _add(self, first: int, count: int, outputs: dict[str, np.ndarray]) -> None:
+        """Overlap-add the outputs of chunks ``first`` to ``first + count - 1``."""
+        plan = self.plan
         # Signal index where chunk `first`'s kept part begins.
         base = first * plan.step + plan.start
         end = base + (count - 1) * plan.step + plan.keep
@@ -217,10 +254,7 @@ class OverlapAdd:
         for i in range(count):
             at = offset + i * plan.step
             self._weight[at:at + plan.keep] += windows[i]
-        self._next_chunk += count
-        drop = max(0, self._next_chunk * plan.step - self._history - self._in_start)
-        self._input = self._input[:, drop:]
-        self._in_start += drop
+        self._added = first + count
 
     def _grow(self, end: int) -> None:
         size = end - self._out_start

@@ -80,6 +80,10 @@ class ChunkedSeparator:
         #: what ``auto`` has to say about its choice, or None.
         self.device = device
         self.device_note = device_note
+        #: Batches in flight in background threads (see :class:`~.chunking.OverlapAdd`): on the
+        #: CPU one, so the engine works while the caller reads, mixes and writes; on an
+        #: accelerator two, so one batch's STFT on the CPU overlaps the other's network.
+        self.depth = 1 if device == "cpu" else 2
 
     @property
     def stems(self) -> tuple[str, ...]:
@@ -151,9 +155,13 @@ class SeparationStream:
         self._from_model = {s: StreamResampler(orig_sr=engine.sample_rate, target_sr=sample_rate, channels=2)
                             for s in self._computed}
         # An engine with its own chunking (Demucs's apply_model) supplies its own overlap-add.
-        make = getattr(engine, "overlap_add", None) or OverlapAdd
-        self._ola = make(separator.plan, channels=2, stems=self._computed, run=engine.run,
-                         batch_size=separator.batch_size)
+        own = getattr(engine, "overlap_add", None)
+        if own is not None:
+            self._ola = own(separator.plan, channels=2, stems=self._computed, run=engine.run,
+                            batch_size=separator.batch_size)
+        else:
+            self._ola = OverlapAdd(separator.plan, channels=2, stems=self._computed, run=engine.run,
+                                   batch_size=separator.batch_size, depth=separator.depth)
         self._pending = {s: [] for s in self._computed}  # back at our rate, not yet matched to the mix
         self._mix = deque()  # input blocks not yet given out, at our rate
         self._mix_frames = 0
