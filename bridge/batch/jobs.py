@@ -66,6 +66,7 @@ class SongOutcome:
     worker: int = 0  # pid
     clipped: list = dataclasses.field(default_factory=list)  # (file, samples clipped)
     device: str | None = None  # where the model ran (cpu, cuda:0, ...)
+    models: dict = dataclasses.field(default_factory=dict)  # model -> {"ran": bool, "seconds": float}
 
 
 _WORKERS: dict = {}
@@ -192,7 +193,7 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
                            worker=os.getpid())
     return SongOutcome(song.path, result.status, written=result.written, seconds=result.seconds,
                        wall=time.perf_counter() - started, pending=result.pending, worker=os.getpid(),
-                       clipped=clipped, device=device)
+                       clipped=clipped, device=device, models=result.models)
 
 
 @dataclasses.dataclass(frozen=True)
