@@ -73,7 +73,7 @@ class RunReport:
         calls = sum(m["calls"] for m in models.values())
         hits = sum(m["cached"] for m in models.values())
         lines = [f"  models: {calls} model call{'s' if calls != 1 else ''}, {hits} from the stem cache"]
-        lines += [f"    {name}: {m['calls']} run, {m['cached']} cached, {m['seconds']:.1f} s"
+        lines += [f"    {name}: {m['calls']} separated, {m['cached']} from the cache, {m['seconds']:.1f} s"
                   for name, m in models.items()]
         return lines
 

@@ -68,30 +68,34 @@ METHODS = WAVE_METHODS + SPECTRAL_METHODS + ("ensemble_wav",)
 WEIGHTED = ("avg_wave", "avg_fft")
 
 
-def check_method(method, *, weights=None, models: int, where: str) -> tuple[float, ...] | None:
+def check_method(method, *, weights=None, models: int, where: str, method_key: str | None = None,
+                 weights_key: str | None = None) -> tuple[float, ...] | None:
     """Refuse an unknown method or weights that do not fit it; the weights as floats (or None).
 
-    ``where`` names the preset key or option (``separator.ensemble[2]``, ``--ensemble``).
+    ``where`` names the preset entry (``separator.ensemble[2]``): errors name ``WHERE.method`` and
+    ``WHERE.weights``, or ``method_key`` and ``weights_key`` (``--ensemble``, ``--weights``).
     """
+    method_key = method_key or f"{where}.method"
+    weights_key = weights_key or f"{where}.weights"
     if method not in METHODS:
         import difflib
 
         close = difflib.get_close_matches(str(method), METHODS, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ModelError(f"{where}.method: unknown method {method!r}; {hint}known: {', '.join(METHODS)}")
+        raise ModelError(f"{method_key}: unknown method {method!r}; {hint}known: {', '.join(METHODS)}")
     if weights is None:
         return None
     if method not in WEIGHTED:
-        raise ModelError(f"{where}.weights: method '{method}' takes no weights (only {' and '.join(WEIGHTED)} do); "
+        raise ModelError(f"{weights_key}: method '{method}' takes no weights (only {' and '.join(WEIGHTED)} do); "
                          "drop them")
     if (not isinstance(weights, (list, tuple)) or
             not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
-        raise ModelError(f"{where}.weights: expected a list of numbers, one per model, got {weights!r}")
+        raise ModelError(f"{weights_key}: expected a list of numbers, one per model, got {weights!r}")
     if len(weights) != models:
-        raise ModelError(f"{where}.weights: {len(weights)} weight{'s' if len(weights) != 1 else ''} for {models} "
+        raise ModelError(f"{weights_key}: {len(weights)} weight{'s' if len(weights) != 1 else ''} for {models} "
                          f"models; give one per model, in the order of the models")
     if not all(np.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        raise ModelError(f"{where}.weights: {list(weights)}: weights must be finite, >= 0, and not all 0")
+        raise ModelError(f"{weights_key}: {list(weights)}: weights must be finite, >= 0, and not all 0")
     return tuple(float(w) for w in weights)
 
 
@@ -302,6 +306,12 @@ def check_parts(parts: "Sequence[Part]", offered: "Mapping[str, Sequence[str]]",
         raise ModelError(f"{where}: residual must be a stem name, got {residual!r}")
 
 
+def ensemble_stems(parts: "Sequence[Part]", residual: str | None) -> tuple[str, ...]:
+    """An ensemble's stems: each part's, in order, then the residual if no part gives it."""
+    stems = [s for p in parts for s in p.stems]
+    return tuple(stems + ([residual] if residual is not None and residual not in stems else []))
+
+
 class EnsembleSeparator:
     """A :class:`~bridge.separation.Separator` whose stems come from several models.
 
@@ -334,10 +344,7 @@ class EnsembleSeparator:
         self.members = {m: sep for m, sep in members.items() if m in needed}
         check_parts(self._live, {m: offered_stems(sep.stems) for m, sep in self.members.items()},
                     residual=residual, where=name)
-        stems = [s for p in self.parts for s in p.stems]
-        if residual is not None and residual not in stems:
-            stems.append(residual)
-        self.stems = tuple(stems)
+        self.stems = ensemble_stems(self.parts, residual)
         self.device = next((getattr(s, "device", None) for s in self.members.values()), "cpu")
         self.device_note = next((getattr(s, "device_note", None) for s in self.members.values()
                                  if getattr(s, "device_note", None)), None)
@@ -473,5 +480,5 @@ class EnsembleStream:
         return {stem: np.ascontiguousarray(out[stem], dtype=np.float32) for stem in self.stems}
 
 
-__all__ = ["METHODS", "N_FFT", "HOP", "SEGMENT_SECONDS", "EnsembleSeparator", "EnsembleStream", "Part",
+__all__ = ["ensemble_stems", "METHODS", "N_FFT", "HOP", "SEGMENT_SECONDS", "EnsembleSeparator", "EnsembleStream", "Part",
            "check_method", "check_parts", "combine_bins", "combine_wave"]
