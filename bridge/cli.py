@@ -267,6 +267,12 @@ def cmd_eval(args) -> int:
     from .separation import load_separator
 
     _check_device(args.device)
+    models = args.model or ["default"]
+    if len(models) > 1 or args.ensemble or args.preset:
+        return _eval_many(args, models)
+    if args.weights:
+        raise ModelError("--weights: weigh the models of an ensemble; add --ensemble avg_wave (or avg_fft)")
+    args.model = models[0]
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
@@ -292,6 +298,62 @@ def cmd_eval(args) -> int:
             print(f"stembridge: note: {note}", file=sys.stderr)
     if args.json:
         target = report.write_json(args.json)
+        if not args.quiet:
+            print(f"scores -> {target}")
+    return EXIT_OK
+
+
+def _eval_many(args, models) -> int:
+    """``eval`` of several models and ensembles of them: one table, each model run once per song."""
+    from .batch.jobs import RunSpec, separate_parts
+    from .preset.session import load
+    from .quality.evaluate import compare
+    from .separation import ensemble_cards, families, load_separator
+    from .separation.ensemble import EnsembleSeparator
+    from .separation.models import resolve
+
+    if {"oracle", "no-split"} & set(models):
+        raise ModelError("--model oracle and no-split are yardsticks scored alone; drop them from a comparison")
+    weights = _weights(args)
+    ensembles = {}  # name -> (parts, residual), checked before any model loads
+    for method in args.ensemble or ():
+        spec = RunSpec(kind="separate", out_dir=Path("."), models=tuple(models), ensemble=method,
+                       weights=weights if method in ("avg_wave", "avg_fft") else None)
+        parts = separate_parts(spec)
+        ensembles[parts[0].label()] = (parts, None)
+    for preset in args.preset or ():
+        session = load(preset)
+        if session.separator.ensemble is None:
+            raise PresetError(f"{session.source}: separator.ensemble: --preset scores a preset's ensemble, and this "
+                              "preset names a single model; pass it as --model instead")
+        try:
+            ensemble_cards(session.separator.ensemble, where="separator.ensemble")
+        except ModelError as exc:
+            raise PresetError(f"{session.source}: {exc}") from exc
+        ensembles[Path(preset).stem] = (session.separator.ensemble, session.separator.residual)
+    needed = list(dict.fromkeys([*models, *(m for parts, _ in ensembles.values() for p in parts for m in p.models)]))
+    cards = {model: resolve(model) for model in needed}
+    if args.shifts is not None and not any(c.family == "demucs" for c in cards.values()):
+        raise ModelError("--shifts applies to Demucs models, and none of the models is one; drop --shifts")
+    loaded = {}
+    for model, card in cards.items():
+        loaded[model] = load_separator(card, overlap=args.overlap, threads=args.threads,
+                                       wiener=args.wiener if families.family(card.family).wiener else 0,
+                                       shifts=args.shifts if card.family == "demucs" else None, device=args.device)
+    built = {name: EnsembleSeparator({m: loaded[m] for p in parts for m in p.models}, parts, residual=residual,
+                                     name=name) for name, (parts, residual) in ensembles.items()}
+    update, close = console.progress(f"eval {', '.join(models)}", sys.stderr.isatty() and not args.quiet)
+    try:
+        result = compare(loaded, args.references, ensembles=built, progress=update)
+    finally:
+        close()
+    print(result.table())
+    if not args.quiet:
+        for name, report in result.reports.items():
+            for note in dict.fromkeys(report.notes):
+                print(f"stembridge: note: {name}: {note}", file=sys.stderr)
+    if args.json:
+        target = result.write_json(args.json)
         if not args.quiet:
             print(f"scores -> {target}")
     return EXIT_OK

@@ -380,6 +380,23 @@ class EnsembleSeparator:
         return EnsembleStream(self, member_streams, sample_rate=sample_rate, channels=channels)
 
 
+class StoredStream:
+    """A separation stream over stems already separated whole (``{stem: (channels, samples)}``):
+    each block gets the matching samples. For scoring many ensembles of the same models' stems."""
+
+    def __init__(self, stems: "Mapping[str, np.ndarray]"):
+        self._stems = dict(stems)
+        self.stems = tuple(self._stems)
+        self._at = 0
+
+    def process(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        start, self._at = self._at, self._at + block.shape[1]
+        return {s: a[:, start:self._at] for s, a in self._stems.items()}
+
+    def finish(self) -> dict[str, np.ndarray]:
+        return {s: a[:, self._at:self._at] for s, a in self._stems.items()}
+
+
 class _Queue:
     """Blocks of one signal not yet given out."""
 
@@ -480,5 +497,5 @@ class EnsembleStream:
         return {stem: np.ascontiguousarray(out[stem], dtype=np.float32) for stem in self.stems}
 
 
-__all__ = ["ensemble_stems", "METHODS", "N_FFT", "HOP", "SEGMENT_SECONDS", "EnsembleSeparator", "EnsembleStream", "Part",
+__all__ = ["StoredStream", "ensemble_stems", "METHODS", "N_FFT", "HOP", "SEGMENT_SECONDS", "EnsembleSeparator", "EnsembleStream", "Part",
            "check_method", "check_parts", "combine_bins", "combine_wave"]
