@@ -267,7 +267,9 @@ class _Named:
 
 def ensemble_name(spec: RunSpec) -> str:
     """What ``separate --ensemble`` calls its ensemble (file names, manifests): ``A+B.METHOD``."""
-    return f"{'+'.join(spec.models)}.{spec.ensemble}"
+    from ..separation.models import resolve
+
+    return f"{'+'.join(resolve(m).name for m in spec.models)}.{spec.ensemble}"
 
 
 def separate_parts(spec: RunSpec):

@@ -76,7 +76,7 @@ class StemSource:
     def models(self) -> dict[str, dict]:
         if self._parts:
             timings = getattr(self.stream, "timings", {})
-            return {name: {"ran": not part.cached, "seconds": round(timings.get(name, 0.0), 3)}
+            return {part.name: {"ran": not part.cached, "seconds": round(timings.get(name, 0.0), 3)}
                     for name, part in self._parts.items()}
         return {self.name: {"ran": not self.cached, "seconds": round(self.stream.seconds, 3)}}
 
