@@ -150,6 +150,19 @@ def test_min_and_max_spectral_methods_take_magnitude_and_phase_from_one_model(mo
     np.testing.assert_allclose(avg, 0.25 * own["ident"], atol=2e-6)  # (x - 0.5 x) / 2
 
 
+def test_ties_go_to_the_first_model_except_in_uvr_s_methods(models_dir, song, tmp_path):
+    """x against -x: equal magnitudes in every bin and sample, so only the tie rule decides."""
+    flipped = onnx_models.mdx_model(tmp_path / "flip.onnx", dim_f=DIM_F, dim_t=DIM_T, kind="scale", gain=-1.0)
+    card = onnx_models.mdx_card(tmp_path / "flip.yaml", flipped, n_fft=N_FFT, dim_f=DIM_F, dim_t=DIM_T, primary="vocals")
+    members = {"ident": load_separator(str(models_dir / "identity-voc.yaml")), "flip": load_separator(str(card))}
+    own = {name: sep(song, SR)["vocals"] for name, sep in members.items()}
+    np.testing.assert_array_equal(own["flip"], -own["ident"])  # the premise: an exact tie everywhere
+    for method, winner in (("max_fft", "ident"), ("min_fft", "ident"), ("max_wave", "ident"), ("min_wave", "ident"),
+                           ("uvr_max_spec", "flip"), ("uvr_min_spec", "flip")):
+        got = EnsembleSeparator(members, [Part(("vocals",), ("ident", "flip"), method)])(song, SR)["vocals"]
+        np.testing.assert_allclose(got, own[winner], atol=2e-6, err_msg=method)
+
+
 def test_each_stem_from_its_own_model_is_that_model_s_stem_bit_for_bit(models, song):
     own = {name: sep(song, SR) for name, sep in models.items()}
     ensemble = EnsembleSeparator(models, [Part(("vocals",), ("lowpass",)), Part(("instrumental",), ("nonlinear",))])
