@@ -82,6 +82,7 @@ PROJECT_STEMS = ("processed", "raw")
 PROJECT_STEMS_TEMPLATE = "{track}/{stem}.{ext}"  # output.files.stems when a project is asked without it
 SCOPES = ("track", "album")
 MAX_BYTES = 1 << 20
+MAX_WEIGHT = 1000.0  # ensemble weights are relative: 0 to 1000 says everything
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +277,8 @@ def _ensemble(r: fields.Reader, s: dict) -> tuple[tuple[Part, ...] | None, str |
         if len(models) > 1:
             if method is None:
                 r.fail(f"{at}.method", f"{len(models)} models need a method to combine them, e.g. avg_wave")
+            if isinstance(weights, list):  # each a number in a sane range, named by its index
+                weights = [r.number(w, f"{at}.weights[{j}]", low=0.0, high=MAX_WEIGHT) for j, w in enumerate(weights)]
             try:
                 weights = check_method(method, weights=weights, models=len(models), where=at)
             except ModelError as exc:
