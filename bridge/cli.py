@@ -117,6 +117,9 @@ def _check_ensemble(args, models) -> None:
     cards = [resolve(m) for m in models]
     if args.shifts is not None and not any(c.family == "demucs" for c in cards):
         raise ModelError("--shifts applies to Demucs models, and none of the --model values is one; drop --shifts")
+    if args.wiener and not any(families.family(c.family).wiener for c in cards):
+        raise ModelError(f"--wiener {args.wiener}: Wiener filtering needs a mask model (e.g. 'default'), and none of "
+                         "the --model values is one; drop --wiener")
     for card in cards:
         if families.family(card.family).weights:
             verify_file(card)
