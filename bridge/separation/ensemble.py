@@ -109,7 +109,7 @@ def combine_wave(method: str, stems: "Sequence[np.ndarray]", weights=None) -> np
         total = np.einsum("k,kcn->cn", w, x.astype(np.float64))
         return (total / w.sum()).astype(np.float32)
     if method == "median_wave":
-        return np.median(x, axis=0).astype(np.float32)
+        return _median(x).astype(np.float32)
     if method in ("min_wave", "max_wave"):
         pick = (np.argmin if method == "min_wave" else np.argmax)(np.abs(x), axis=0)
         return np.take_along_axis(x, pick[np.newaxis], axis=0)[0]
@@ -122,7 +122,7 @@ def combine_bins(method: str, specs: np.ndarray, weights=None) -> np.ndarray:
         w = np.ones(specs.shape[0]) if weights is None else np.asarray(weights, np.float64)
         return np.tensordot(w, specs, axes=1) / w.sum()
     if method == "median_fft":
-        return np.median(specs.real, axis=0) + 1j * np.median(specs.imag, axis=0)
+        return _median(specs.real) + 1j * _median(specs.imag)
     if method in ("min_fft", "max_fft"):
         pick = (np.argmin if method == "min_fft" else np.argmax)(np.abs(specs), axis=0)
         return np.take_along_axis(specs, pick[np.newaxis], axis=0)[0]
@@ -133,6 +133,14 @@ def combine_bins(method: str, specs: np.ndarray, weights=None) -> np.ndarray:
             out = np.where(take, spec, out)
         return out
     raise ModelError(f"'{method}' is not a spectral method")
+
+
+def _median(x: np.ndarray) -> np.ndarray:
+    """``numpy.median(x, axis=0)``; for two models the mean of the two, as numpy computes it, without
+    numpy's partition along the first axis (ten times the time of the rest of a re-ensemble)."""
+    if x.shape[0] == 2:
+        return (x[0] + x[1]) / 2
+    return np.median(x, axis=0)
 
 
 # --- streaming combiners: each takes K aligned blocks and returns what is final ------------------------
