@@ -101,7 +101,6 @@ class _Timed:
 
     def __init__(self, stream):
         self._stream = stream
-        self.stems = stream.stems
         self.seconds = 0.0
 
     def process(self, block):
