@@ -36,7 +36,9 @@ The STFT of the spectral methods is python-audio-separator's (librosa's defaults
 ``n_fft // 2`` zeros beyond each end (``1 + samples // hop`` frames), and the least-squares
 inverse: overlap-added ``window * irfft(frame)`` divided by the summed squared window, trimmed to
 the song's length. With one model (or K equal ones) every spectral method gives back its input to
-float32 rounding. Only ``avg_wave`` and ``avg_fft`` take weights.
+float32 rounding, and since that inverse reconstructs perfectly and the mean is linear, ``avg_fft``
+equals ``avg_wave`` to float32 rounding (it is computed so; the tests hold it to the transform's
+definition). Only ``avg_wave`` and ``avg_fft`` take weights.
 """
 
 from __future__ import annotations
@@ -255,6 +257,10 @@ class _SegmentCombiner:
 
 
 def combiner(method: str, weights, *, channels: int, sample_rate: int):
+    if method == "avg_fft":
+        # The weighted mean is linear and the inverse STFT reconstructs perfectly (module notes), so
+        # istft(mean of stft(x_k)) is the mean of the x_k to float32 rounding: no transform needed.
+        return _WaveCombiner("avg_wave", weights, channels, sample_rate)
     kind = (_WaveCombiner if method in WAVE_METHODS else _SpectralCombiner if method in SPECTRAL_METHODS
             else _SegmentCombiner)
     return kind(method, weights, channels, sample_rate)
