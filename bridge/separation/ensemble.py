@@ -206,8 +206,10 @@ class _SpectralCombiner:
             return np.zeros((self.channels, 0), np.float32)
         span = self._kept[:, :, :(count - 1) * HOP + N_FFT].astype(np.float64)
         frames = np.lib.stride_tricks.sliding_window_view(span, N_FFT, axis=2)[:, :, ::HOP]  # (K, C, T, N)
-        spec = np.fft.rfft(frames * self.window, axis=-1)
-        waves = np.fft.irfft(combine_bins(self.method, spec, self.weights), n=N_FFT, axis=-1) * self.window
+        import scipy.fft  # here, not at the top: the family registry imports every module of the package
+
+        spec = scipy.fft.rfft(frames * self.window, axis=-1)  # float64, twice numpy's speed
+        waves = scipy.fft.irfft(combine_bins(self.method, spec, self.weights), n=N_FFT, axis=-1) * self.window
         first, second = waves[..., :HOP], waves[..., HOP:]  # (C, T, HOP) each
         segments = []
         for t in range(count):
