@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 import onnx_models
 from conftest import DIM_F, DIM_T, N_FFT, assert_streaming_equals_one_pass, noise
@@ -24,7 +25,6 @@ from bridge.batch.jobs import RunSpec, check_session, separate_parts
 from bridge.errors import ModelError, PresetError
 from bridge.preset.session import load, parse
 from bridge.quality.evaluate import compare, evaluate
-from bridge.render.cache import CacheWarning
 from bridge.separation import load_ensemble, load_separator
 from bridge.separation.ensemble import METHODS, EnsembleSeparator, Part
 from test_batch import audio_files, dask_cluster, run_record, stembridge, write_song  # noqa: F401 (a fixture)
@@ -225,7 +225,7 @@ def preset_text(models_dir, body: str = PARTS, extra: str = "") -> str:
 ])
 def test_a_bad_ensemble_is_one_line_naming_the_key_at_parse_time(models_dir, body, key, words):
     with pytest.raises(PresetError) as caught:
-        parse(__import__("yaml").safe_load(preset_text(models_dir, body)), source="p.yaml")
+        parse(yaml.safe_load(preset_text(models_dir, body)), source="p.yaml")
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"p.yaml: {key}: ") and words in message, message
 
@@ -255,7 +255,7 @@ def test_a_preset_with_an_ensemble_reads_back_equal(models_dir, tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(preset_text(models_dir, extra="  residual: other\n"))
     session = load(path)
-    again = parse(__import__("yaml").safe_load(session.to_yaml()), source=str(path))
+    again = parse(yaml.safe_load(session.to_yaml()), source=str(path))
     assert again.separator == session.separator and session.separator.residual == "other"
     assert session.separator.ensemble[1] == Part(("instrumental",), ("dsp", str(models_dir / "lowpass.yaml")),
                                                  "avg_fft", (1.0, 2.0))
@@ -405,7 +405,7 @@ def test_eval_command_takes_several_models_and_ensembles(models_dir, tmp_path, s
     result = stembridge("eval", "--model", "dsp", "--model", low, "--ensemble", "avg_wave", "--ensemble", "max_fft",
                         "--references", tmp_path / "refs", "--quiet", "--json", tmp_path / "scores.json")
     rows = [line.split()[:2] for line in result.stdout.splitlines() if line.startswith("vocals")]
-    assert rows == [["vocals", "dsp"], ["vocals", low], ["vocals", f"avg_wave(dsp,"], ["vocals", f"max_fft(dsp,"]]
+    assert rows == [["vocals", "dsp"], ["vocals", low], ["vocals", "avg_wave(dsp,"], ["vocals", "max_fft(dsp,"]]
     assert len(json.loads((tmp_path / "scores.json").read_text())) == 4
 
 
