@@ -39,6 +39,9 @@ _LAZY = {
     "StemSettings": ("bridge.preset.session", "StemSettings"),
     "OutputSettings": ("bridge.preset.session", "OutputSettings"),
     "evaluate": ("bridge.quality.evaluate", "evaluate"),
+    "compare": ("bridge.quality.evaluate", "compare"),
+    "load_ensemble": ("bridge.separation", "load_ensemble"),
+    "EnsemblePart": ("bridge.separation.ensemble", "Part"),
 }
 
 

@@ -23,7 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sep = commands.add_parser("separate", help="split songs into stem files")
     sep.add_argument("inputs", nargs="+", help="audio files (wav, flac, ogg, mp3, aiff) and folders (walked recursively)")
-    sep.add_argument("--model", default="default", help="model name, card .yaml or .onnx path, or 'dsp' (default: %(default)s)")
+    sep.add_argument("--model", action="append", metavar="MODEL",
+                     help="model name, card .yaml or .onnx path, or 'dsp' (default: default); give it twice or "
+                          "more with --ensemble to combine models")
+    sep.add_argument("--ensemble", metavar="METHOD",
+                     help="combine the --model values' common stems: avg_wave, median_wave, min_wave, max_wave, "
+                          "avg_fft, median_fft, min_fft, max_fft, uvr_max_spec, uvr_min_spec, ensemble_wav")
+    sep.add_argument("--weights", metavar="W1,W2,...", help="--ensemble avg_wave/avg_fft: one weight per --model")
+    sep.add_argument("--residual", metavar="STEM",
+                     help="--ensemble: the stem set to the mix minus the others, so the stems sum to the mix")
     sep.add_argument("--out", default="separated", help="output folder (default: %(default)s)")
     sep.add_argument("--name", default="{track}/{stem}.{ext}", help="output name template (default: %(default)s)")
     sep.add_argument("--stems", help="comma-separated stems to write (default: all the model gives)")
@@ -63,10 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     ren.set_defaults(handler="render")
 
     ev = commands.add_parser("eval", help="score a model against reference stems (SDR, SI-SDR)")
-    ev.add_argument("--model", default="default",
+    ev.add_argument("--model", action="append", metavar="MODEL",
                     help="model name, card .yaml or .onnx path, 'dsp', or 'oracle' (the ideal ratio mask of the "
                          "references: a yardstick, not a model), or 'no-split' (the default model's instrumental "
-                         "as each of drums, bass, other: the 4-stem baseline) (default: %(default)s)")
+                         "as each of drums, bass, other: the 4-stem baseline) (default: default); repeat it to "
+                         "score several models in one table")
+    ev.add_argument("--ensemble", action="append", metavar="METHOD",
+                    help="also score the --model values combined by METHOD (repeatable; see separate --ensemble)")
+    ev.add_argument("--weights", metavar="W1,W2,...", help="weights of the avg_wave/avg_fft ensembles, one per --model")
+    ev.add_argument("--preset", action="append", metavar="FILE",
+                    help="also score the separator.ensemble of a preset, named after the file (repeatable)")
     ev.add_argument("--references", required=True, metavar="DIR",
                     help="folder of songs, searched recursively: <song>/mixture.<ext> beside <song>/<stem>.<ext>")
     ev.add_argument("--json", metavar="FILE", help="also write the scores to FILE as JSON")

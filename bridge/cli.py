@@ -22,7 +22,10 @@ def cmd_separate(args) -> int:
     from .batch import RunSpec
 
     stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
-    spec = RunSpec(kind="separate", out_dir=Path(args.out), model=args.model, overlap=args.overlap,
+    models = tuple(args.model or ("default",))
+    spec = RunSpec(kind="separate", out_dir=Path(args.out), model=models[0], overlap=args.overlap,
+                   models=models if args.ensemble else (), ensemble=args.ensemble, weights=_weights(args),
+                   residual=args.residual,
                    batch_size=args.batch_size, device=args.device, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    shifts=args.shifts,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, bwf=not args.no_bwf,
@@ -67,6 +70,19 @@ def _check_device(asked: str, *, scheduler: str | None = None):
     return check_device(asked)
 
 
+def _weights(args) -> tuple[float, ...] | None:
+    """``--weights 2,1`` as numbers (checked against the method and models by the ensemble)."""
+    if args.weights is None:
+        return None
+    if not args.ensemble:
+        raise ModelError("--weights: weigh the models of an ensemble; add --ensemble avg_wave (or avg_fft)")
+    try:
+        return tuple(float(w) for w in args.weights.split(","))
+    except ValueError:
+        raise ModelError(f"--weights {args.weights}: expected numbers separated by commas, one per --model, "
+                         "e.g. --weights 2,1") from None
+
+
 def _check_model(args) -> None:
     """The model and settings of ``separate``, checked before any work without loading the model."""
     from .separation.models import resolve, verify_file
@@ -75,11 +91,38 @@ def _check_model(args) -> None:
 
     wiener = check_wiener(args.wiener)
     _check_settings(overlap=args.overlap, batch_size=args.batch_size, threads=args.threads)
-    card = resolve(args.model)
+    models = args.model or ["default"]
+    if args.ensemble or len(models) > 1 or args.residual:
+        _check_ensemble(args, models)
+        return
+    card = resolve(models[0])
     check_wiener_fits(card, wiener)
     check_shifts(card, args.shifts)
     if families.family(card.family).weights:
         verify_file(card)
+
+
+def _check_ensemble(args, models) -> None:
+    """``separate --model A --model B --ensemble METHOD``: the method, weights and every model's file."""
+    from .batch.jobs import RunSpec, separate_parts
+    from .separation import families
+    from .separation.models import resolve, verify_file
+
+    if not args.ensemble:
+        what = "--residual" if args.residual else f"{len(models)} --model values"
+        raise ModelError(f"{what}: combining models needs --ensemble METHOD, e.g. --ensemble avg_wave")
+    spec = RunSpec(kind="separate", out_dir=Path("."), models=tuple(models), ensemble=args.ensemble,
+                   weights=_weights(args))
+    separate_parts(spec)
+    cards = [resolve(m) for m in models]
+    if args.shifts is not None and not any(c.family == "demucs" for c in cards):
+        raise ModelError("--shifts applies to Demucs models, and none of the --model values is one; drop --shifts")
+    if args.wiener and not any(families.family(c.family).wiener for c in cards):
+        raise ModelError(f"--wiener {args.wiener}: Wiener filtering needs a mask model (e.g. 'default'), and none of "
+                         "the --model values is one; drop --wiener")
+    for card in cards:
+        if families.family(card.family).weights:
+            verify_file(card)
 
 
 def check_shifts(card, shifts: int | None) -> None:
@@ -111,18 +154,19 @@ def _batch_options(args) -> dict:
 
 def _check_session(preset, overrides):
     """Validate a preset as ``preset check`` does, and its model file, without loading the model."""
-    from .batch.jobs import check_session, separator_card
+    from .batch.jobs import check_session, separator_cards
     from .separation import families
     from .separation.models import verify_file
     from .preset.session import load
 
     session = load(preset, overrides=overrides)
-    card = separator_card(session)
-    try:
-        if families.family(card.family).weights:
-            verify_file(card)
-    except ModelError as exc:
-        raise PresetError(f"{session.source}: separator.model: {exc}") from exc
+    key = "separator.ensemble" if session.separator.ensemble is not None else "separator.model"
+    for card in separator_cards(session).values():
+        try:
+            if families.family(card.family).weights:
+                verify_file(card)
+        except ModelError as exc:
+            raise PresetError(f"{session.source}: {key}: {exc}") from exc
     check_session(session)
     return session
 
@@ -226,6 +270,12 @@ def cmd_eval(args) -> int:
     from .separation import load_separator
 
     _check_device(args.device)
+    models = args.model or ["default"]
+    if len(models) > 1 or args.ensemble or args.preset:
+        return _eval_many(args, models)
+    if args.weights:
+        raise ModelError("--weights: weigh the models of an ensemble; add --ensemble avg_wave (or avg_fft)")
+    args.model = models[0]
     if args.model == "oracle" and args.wiener:
         raise ModelError("--wiener applies to mask models; the oracle is the references' ideal ratio mask, "
                          "drop --wiener with --model oracle")
@@ -251,6 +301,62 @@ def cmd_eval(args) -> int:
             print(f"stembridge: note: {note}", file=sys.stderr)
     if args.json:
         target = report.write_json(args.json)
+        if not args.quiet:
+            print(f"scores -> {target}")
+    return EXIT_OK
+
+
+def _eval_many(args, models) -> int:
+    """``eval`` of several models and ensembles of them: one table, each model run once per song."""
+    from .batch.jobs import RunSpec, separate_parts
+    from .preset.session import load
+    from .quality.evaluate import compare
+    from .separation import ensemble_cards, families, load_separator
+    from .separation.ensemble import EnsembleSeparator
+    from .separation.models import resolve
+
+    if {"oracle", "no-split"} & set(models):
+        raise ModelError("--model oracle and no-split are yardsticks scored alone; drop them from a comparison")
+    weights = _weights(args)
+    ensembles = {}  # name -> (parts, residual), checked before any model loads
+    for method in args.ensemble or ():
+        spec = RunSpec(kind="separate", out_dir=Path("."), models=tuple(models), ensemble=method,
+                       weights=weights if method in ("avg_wave", "avg_fft") else None)
+        parts = separate_parts(spec)
+        ensembles[parts[0].label()] = (parts, None)
+    for preset in args.preset or ():
+        session = load(preset)
+        if session.separator.ensemble is None:
+            raise PresetError(f"{session.source}: separator.ensemble: --preset scores a preset's ensemble, and this "
+                              "preset names a single model; pass it as --model instead")
+        try:
+            ensemble_cards(session.separator.ensemble, where="separator.ensemble")
+        except ModelError as exc:
+            raise PresetError(f"{session.source}: {exc}") from exc
+        ensembles[Path(preset).stem] = (session.separator.ensemble, session.separator.residual)
+    needed = list(dict.fromkeys([*models, *(m for parts, _ in ensembles.values() for p in parts for m in p.models)]))
+    cards = {model: resolve(model) for model in needed}
+    if args.shifts is not None and not any(c.family == "demucs" for c in cards.values()):
+        raise ModelError("--shifts applies to Demucs models, and none of the models is one; drop --shifts")
+    loaded = {}
+    for model, card in cards.items():
+        loaded[model] = load_separator(card, overlap=args.overlap, threads=args.threads,
+                                       wiener=args.wiener if families.family(card.family).wiener else 0,
+                                       shifts=args.shifts if card.family == "demucs" else None, device=args.device)
+    built = {name: EnsembleSeparator({m: loaded[m] for p in parts for m in p.models}, parts, residual=residual,
+                                     name=name) for name, (parts, residual) in ensembles.items()}
+    update, close = console.progress(f"eval {', '.join(models)}", sys.stderr.isatty() and not args.quiet)
+    try:
+        result = compare(loaded, args.references, ensembles=built, progress=update)
+    finally:
+        close()
+    print(result.table())
+    if not args.quiet:
+        for name, report in result.reports.items():
+            for note in dict.fromkeys(report.notes):
+                print(f"stembridge: note: {name}: {note}", file=sys.stderr)
+    if args.json:
+        target = result.write_json(args.json)
         if not args.quiet:
             print(f"scores -> {target}")
     return EXIT_OK

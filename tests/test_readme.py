@@ -29,6 +29,8 @@ NOT_RUN = {
         "a placeholder model path",
     "stembridge eval --model default --references ../shared/data --json scores.json":
         "minutes over all of shared/data (test_eval scores the same code on an excerpt)",
+    "stembridge eval --model default --model default-4stems --ensemble avg_wave --references ../shared/data":
+        "minutes over a folder of songs (test_ensemble scores models and ensembles in one table)",
     "stembridge render presets/karaoke.yaml ~/Music/Album1 ~/Music/Album2 --out karaoke/ --jobs auto":
         "the user's music folders (test_batch runs folders with --jobs)",
     "stembridge render presets/upmix-5.1.yaml ~/Music/ --out upmix/ --set output.loudness_scope=album":

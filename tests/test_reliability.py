@@ -441,11 +441,39 @@ def full_preset() -> dict:
         pre=(_spec(effect),), master=(_spec(effect),),
         output=OutputSettings(sample_rate=44100, stems="{track}/{stem}.{ext}", loudness_lufs=-14.0))
     data = session.to_dict()
-    # Every field of every settings class is in the dict (files.mix/stems are output's mix/stems).
+    # Every field of every settings class is in the dict (files.mix/stems are output's mix/stems);
+    # a preset names a model or an ensemble: the ensemble's keys are in full_ensemble_preset().
     keys = {k for k in _walk_keys(data)}
     for cls in (SeparatorSettings, StemSettings, OutputSettings):
-        assert {f.name for f in dataclasses.fields(cls)} <= keys, cls
+        assert {f.name for f in dataclasses.fields(cls)} - ENSEMBLE_KEYS <= keys, cls
     return data
+
+
+#: The keys only a preset with ``separator.ensemble`` has.
+ENSEMBLE_KEYS = {"ensemble", "residual"}
+
+
+def full_ensemble_preset() -> dict:
+    """:func:`full_preset` with an ensemble instead of a model: every key of the ensemble schema."""
+    data = full_preset()
+    data["separator"].pop("model")
+    data["separator"]["ensemble"] = [{"model": "dsp", "stems": ["vocals"]},
+                                     {"models": ["dsp", "default"], "stems": ["instrumental"], "method": "avg_wave",
+                                      "weights": [1.0, 2.0]}]
+    data["separator"]["residual"] = "instrumental"
+    session = parse(data)
+    keys = set(_walk_keys(session.to_dict()))
+    assert ENSEMBLE_KEYS | {"model", "models", "stems", "method", "weights"} <= keys
+    return session.to_dict()
+
+
+def _corpus():
+    """(data, path) for every key of the schema: the full preset's, then the ensemble's own."""
+    data = full_preset()
+    yield from ((data, path, value) for path, value in _paths(data))
+    ensemble = full_ensemble_preset()
+    yield from ((ensemble, path, value) for path, value in _paths(ensemble)
+                if path[:2] in (("separator", "ensemble"), ("separator", "residual")))
 
 
 def _spec(effect: dict):
@@ -503,8 +531,7 @@ def misspell(key: str) -> str:
 
 
 def _misspelled_cases():
-    data = full_preset()
-    for path, _ in _paths(data):
+    for data, path, _ in _corpus():
         if not path or isinstance(path[-1], int):
             continue
         wrong = misspell(path[-1])
@@ -523,8 +550,7 @@ def _strip_index(where: str) -> str:
 
 
 def _wrong_value_cases():
-    data = full_preset()
-    for path, value in _paths(data):
+    for data, path, value in _corpus():
         if not path or value is None:
             continue
         where = _strip_index(_where(path))

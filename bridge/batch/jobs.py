@@ -30,6 +30,12 @@ class RunSpec:
     overrides: tuple[str, ...] = ()
     # separate
     model: str = "default"
+    #: Several models combined (``--model A --model B --ensemble METHOD``): all of them, ``model``
+    #: being the first; the method and its weights (None: one model).
+    models: tuple[str, ...] = ()
+    ensemble: str | None = None
+    weights: tuple[float, ...] | None = None
+    residual: str | None = None
     overlap: float | None = None
     batch_size: int | str = 1  # or "auto"
     denoise: bool = False
@@ -66,6 +72,7 @@ class SongOutcome:
     worker: int = 0  # pid
     clipped: list = dataclasses.field(default_factory=list)  # (file, samples clipped)
     device: str | None = None  # where the model ran (cpu, cuda:0, ...)
+    models: dict = dataclasses.field(default_factory=dict)  # model -> {"ran": bool, "seconds": float}
 
 
 _WORKERS: dict = {}
@@ -82,8 +89,16 @@ def worker_for(spec: RunSpec):
 
 def build(spec: RunSpec):
     from ..render.separate import SeparateOptions
-    from ..separation import load_separator
+    from ..separation import load_ensemble, load_separator
 
+    if spec.kind == "separate" and spec.ensemble is not None:
+        separator = load_ensemble(separate_parts(spec), residual=spec.residual, name=ensemble_name(spec),
+                                  where="--ensemble", overlap=spec.overlap, batch_size=spec.batch_size,
+                                  threads=spec.threads, denoise=spec.denoise, invert=spec.invert,
+                                  wiener=spec.wiener, shifts=spec.shifts, device=spec.device or "auto")
+        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
+                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
+        return separator, options
     if spec.kind == "separate":
         separator = load_separator(spec.model, overlap=spec.overlap, batch_size=spec.batch_size, threads=spec.threads,
                                    denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener, shifts=spec.shifts,
@@ -102,6 +117,8 @@ def session_graph(preset, overrides=(), *, threads=None, separator=None, device=
 
     session = load(preset, overrides=overrides or ())
     card = separator_card(session)
+    if separator is None and session.separator.ensemble is not None:
+        separator = session_ensemble(session, threads=threads, device=device)
     if separator is None:
         sep = session.separator
         try:
@@ -115,11 +132,50 @@ def session_graph(preset, overrides=(), *, threads=None, separator=None, device=
     return graph
 
 
-def separator_card(session):
-    """The session's model card, with model errors named by the preset key they come from."""
-    from ..separation.models import resolve
-    from ..separation import check_wiener_fits
+def session_ensemble(session, *, threads=None, device=None):
+    """The session's ensemble, every model loaded once (errors name ``separator.ensemble``)."""
+    from ..separation import load_ensemble
 
+    sep = session.separator
+    try:
+        return load_ensemble(sep.ensemble, residual=sep.residual, name="ensemble", where="separator.ensemble",
+                             overlap=sep.overlap, batch_size=sep.batch_size, threads=threads, wiener=sep.wiener,
+                             shifts=sep.shifts, device=device or sep.device)
+    except ModelError as exc:
+        raise PresetError(f"{session.source}: {exc}" if "separator." in str(exc)
+                          else f"{session.source}: separator.ensemble: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """An ensemble before its models load: its name, stems and each model's card."""
+
+    name: str
+    stems: tuple[str, ...]
+    cards: dict
+    family: str = "ensemble"
+
+
+def separator_cards(session) -> dict:
+    """Each model the session runs, by name, as cards (not loaded)."""
+    card = separator_card(session)
+    return dict(card.cards) if isinstance(card, Planned) else {card.name: card}
+
+
+def separator_card(session):
+    """The session's model card, with model errors named by the preset key they come from; for an
+    ensemble a :class:`Planned` (each part checked against its models' cards)."""
+    from ..separation.models import resolve
+    from ..separation import check_wiener_fits, ensemble_cards
+    from ..separation.ensemble import ensemble_stems
+
+    sep = session.separator
+    if sep.ensemble is not None:
+        try:
+            cards = ensemble_cards(sep.ensemble, where="separator.ensemble")
+        except ModelError as exc:
+            raise PresetError(f"{session.source}: {exc}") from exc
+        return Planned("ensemble", ensemble_stems(sep.ensemble, sep.residual), cards)
     try:
         card = resolve(session.separator.model)
     except ModelError as exc:
@@ -144,9 +200,15 @@ def check_session(session):
     PresetError, PluginError
         Naming the preset file and the key.
     """
-    from ..render.graph import check_chains, check_stem_names
+    from ..render.graph import check_chains, check_stem_names, referenced_stems
 
     card = separator_card(session)
+    if isinstance(card, Planned):  # a stem no part gives: named by the key that asks for it
+        for name, key in referenced_stems(session).items():
+            if name not in card.stems and key != "separator.stems":
+                raise PresetError(f"{session.source}: {key}: no part of separator.ensemble gives stem '{name}' "
+                                  f"(it gives {', '.join(card.stems)}); add a part for it, or make it "
+                                  "separator.residual")
     check_stem_names(session, card.stems, model=card.name)
     if session.output.nistems is not None:
         from ..daw.nistems import check_stems
@@ -192,7 +254,7 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
                            worker=os.getpid())
     return SongOutcome(song.path, result.status, written=result.written, seconds=result.seconds,
                        wall=time.perf_counter() - started, pending=result.pending, worker=os.getpid(),
-                       clipped=clipped, device=device)
+                       clipped=clipped, device=device, models=result.models)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +263,33 @@ class _Named:
 
     name: str
     stems: tuple[str, ...]
+
+
+def ensemble_name(spec: RunSpec) -> str:
+    """What ``separate --ensemble`` calls its ensemble (file names, manifests): ``A+B.METHOD``."""
+    from ..separation.models import resolve
+
+    return f"{'+'.join(resolve(m).name for m in spec.models)}.{spec.ensemble}"
+
+
+def separate_parts(spec: RunSpec):
+    """``separate --model A --model B --ensemble METHOD``: one part, every stem all the models give
+    (in the first model's order), combined by the method. Errors name the options."""
+    from ..separation.ensemble import Part, check_method
+    from ..separation.models import offered_stems, resolve
+
+    if len(spec.models) < 2:
+        raise ModelError(f"--ensemble {spec.ensemble}: combines two or more models; give --model twice or more")
+    if len(set(spec.models)) != len(spec.models):
+        raise ModelError(f"--model: {', '.join(spec.models)} names a model twice; name each once")
+    weights = check_method(spec.ensemble, weights=spec.weights, models=len(spec.models), where="--ensemble",
+                           method_key="--ensemble", weights_key="--weights")
+    offered = [offered_stems(resolve(m).stems) for m in spec.models]
+    common = tuple(s for s in offered[0] if all(s in o for o in offered[1:]))
+    if not common:
+        raise ModelError(f"--model: {', '.join(spec.models)} give no stem in common; an ensemble combines "
+                         "the stems every model gives")
+    return (Part(common, tuple(spec.models), spec.ensemble, weights),)
 
 
 def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
@@ -231,6 +320,19 @@ def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
 
         def names(song):
             return render_targets(song.path, graph, Path(spec.out_dir), song.naming)
+    elif spec.ensemble is not None:
+        from ..separation import ensemble_cards
+        from ..separation.ensemble import ensemble_stems
+
+        parts = separate_parts(spec)
+        ensemble_cards(parts, where="--ensemble")
+        card = _Named(ensemble_name(spec), ensemble_stems(parts, spec.residual))
+        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
+                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
+        named = card
+
+        def names(song):
+            return separate_targets(song.path, named, options, song.naming)
     else:
         card = resolve(spec.model)
         options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,

@@ -50,7 +50,31 @@ class RunReport:
                  f"{self.wall:.1f} s" + (f", {rtf:.1f}x real time" if rtf else "")
                  + (f"; model on {', '.join(self.devices)}" if self.devices else "")
                  + (f" ({self.device_note})" if self.device_note and self.devices else "")]
+        lines += self.model_lines()
         lines += [f"  failed: {o.error}" for o in self.failed]
+        return lines
+
+    def models(self) -> dict[str, dict]:
+        """Per model over the run: ``{"calls": songs it separated, "cached": songs replayed from the
+        stem cache, "seconds": wall seconds in its stream}``, in order of first use."""
+        found: dict[str, dict] = {}
+        for outcome in self.outcomes:
+            for name, use in (outcome.models or {}).items():
+                row = found.setdefault(name, {"calls": 0, "cached": 0, "seconds": 0.0})
+                row["calls" if use["ran"] else "cached"] += 1
+                row["seconds"] = round(row["seconds"] + use["seconds"], 3)
+        return found
+
+    def model_lines(self) -> list[str]:
+        """One line per model when the run used several (an ensemble): model calls, cache hits, time."""
+        models = self.models()
+        if len(models) < 2:
+            return []
+        calls = sum(m["calls"] for m in models.values())
+        hits = sum(m["cached"] for m in models.values())
+        lines = [f"  models: {calls} model call{'s' if calls != 1 else ''}, {hits} from the stem cache"]
+        lines += [f"    {name}: {m['calls']} separated, {m['cached']} from the cache, {m['seconds']:.1f} s"
+                  for name, m in models.items()]
         return lines
 
     @property
@@ -62,10 +86,10 @@ class RunReport:
         return {"stembridge": __version__, "wall_seconds": round(self.wall, 3), "devices": self.devices,
                 "audio_seconds": round(self.audio_seconds, 3), "realtime_factor": self.realtime_factor,
                 "counts": {s: self.count(s) for s in ("rendered", "cached", "skipped", "failed")},
-                "notes": self.notes,
+                "notes": self.notes, "models": self.models(),
                 "songs": [{"input": str(o.path), "status": o.status, "audio_seconds": round(o.seconds, 3),
                            "wall_seconds": round(o.wall, 3), "error": o.error, "worker_pid": o.worker or None,
-                           "device": o.device,
+                           "device": o.device, "models": o.models,
                            "outputs": {k: str(v) for k, v in o.written.items()}} for o in self.outcomes]}
 
 

@@ -60,6 +60,12 @@ class HandOff:
     project: Path | None = None
     tap: str | None = None
     nistems: Path | None = None
+    #: An ensemble's stems: which model (or method over which models) made each; None for one model.
+    made_by: dict | None = None
+
+    def stem_model(self, label: str) -> str:
+        """What made output ``label``: the model, or for an ensemble's stem its part."""
+        return (self.made_by or {}).get(label, self.model)
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -72,7 +78,7 @@ class HandOff:
             return None
         what = "mix" if label == "mix" else f"stem {label}" + (f" ({self.tap})" if self.tap else "")
         info = bwf.Broadcast(
-            description=f"stembridge {kind}: {what}; model {self.model}; "
+            description=f"stembridge {kind}: {what}; model {self.stem_model(label)}; "
                         + (f"preset {self.take}; " if kind == "render" else "") + f"song {self.track}",
             sample_rate=self.sample_rate, channels=channels, time_reference=self.time_reference,
             project=self.track, take=self.take, track_names=bwf.channel_names(label, channels),
@@ -81,7 +87,8 @@ class HandOff:
 
 
 def plan(path: Path, *, header, session, separator_name: str, targets: dict[str, Path], rate: int,
-         separator_stems=(), out_dir: Path | None = None, track: str | None = None) -> HandOff:
+         separator_stems=(), out_dir: Path | None = None, track: str | None = None,
+         made_by: dict | None = None) -> HandOff:
     """Decide and check a song's hand-off before rendering it.
 
     Raises
@@ -112,11 +119,11 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
         tap = "raw" if o.project_stems == "raw" else "prefader"
     take = Path(session.source).stem if session.source not in ("<session>", "") else "session"
     return HandOff(bwf=o.bwf, time_reference=reference, sample_rate=rate, track=track, take=take,
-                   model=separator_name, project=project, tap=tap, nistems=nistems)
+                   model=separator_name, project=project, tap=tap, nistems=nistems, made_by=made_by)
 
 
 def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path],
-                    track: str | None = None) -> HandOff:
+                    track: str | None = None, made_by: dict | None = None) -> HandOff:
     """:func:`plan` for :func:`bridge.render.separate.separate_file` (no session: its options instead)."""
     rate = header.sample_rate
     track = track or path.stem
@@ -125,7 +132,7 @@ def separation_plan(path: Path, *, header, options, separator_name: str, targets
     if project is not None:
         _check_project(project, targets, path, where="--project")
     return HandOff(bwf=options.bwf, time_reference=reference, sample_rate=rate, track=track, take="separate",
-                   model=separator_name, project=project)
+                   model=separator_name, project=project, made_by=made_by)
 
 
 def _check_project(project: Path, targets: dict[str, Path], source: Path, *, where: str) -> None:
@@ -189,12 +196,16 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
         notes = _stem_notes(s, lanes.effects, tap=handoff.tap,
                             role=(s.upmix or DEFAULT_ROLES.get(stem, "ambience")) if surround else None,
                             pan_lane=mix_lanes.get("pan") if pan_in_file else None)
+        if handoff.made_by and stem in handoff.made_by:
+            notes.insert(0, f"Separated by {handoff.made_by[stem]}")
         tracks.append(reaper.Track(
             name=stem, file=reaper.relative_source(file, project), length=frames[stem] / handoff.sample_rate,
             channels=channels[stem] if channels[stem] > 2 else 2, volume=volume, pan=pan, mute=s.mute, solo=s.solo,
             invert=s.invert, volume_envelope=reaper.gain_envelope(gain_lane) if gain_lane is not None else (),
             pan_envelope=reaper.pan_envelope(pan_lane) if pan_lane is not None else (), notes="\n".join(notes)))
     notes = [f"stembridge: {session.source}, song {source.name}, model {handoff.model}"]
+    if handoff.made_by:
+        notes.append("Stems by: " + "; ".join(f"{stem} {who}" for stem, who in handoff.made_by.items()))
     if any(t.pan or t.pan_envelope for t in tracks):
         notes.append(PAN_LAW_NOTE)
     if session.pre:
@@ -268,14 +279,19 @@ def _chain_text(chain, lanes: dict) -> str:
 
 
 def separation_project(project: Path, *, source: Path, source_seconds: float, files: dict[str, Path],
-                       frames: dict[str, int], channels: int, sample_rate: int, model: str) -> reaper.Project:
+                       frames: dict[str, int], channels: int, sample_rate: int, model: str,
+                       made_by: dict | None = None) -> reaper.Project:
     """The REAPER project of a plain separation: the reference track, then each stem at unity."""
     tracks = [reaper.Track(name="original mix (reference)", file=reaper.relative_source(source, project),
                            length=source_seconds, channels=2, mute=True)]
+    made_by = made_by or {}
     tracks += [reaper.Track(name=stem, file=reaper.relative_source(file, project), length=frames[stem] / sample_rate,
-                            channels=2) for stem, file in files.items()]
-    return reaper.Project(sample_rate=sample_rate, tracks=tuple(tracks), channels=max(2, channels),
-                          notes=f"stembridge separate: song {source.name}, model {model}")
+                            channels=2, **({"notes": f"Separated by {made_by[stem]}"} if stem in made_by else {}))
+               for stem, file in files.items()]
+    notes = f"stembridge separate: song {source.name}, model {model}"
+    if made_by:
+        notes += "\nStems by: " + "; ".join(f"{stem} {who}" for stem, who in made_by.items())
+    return reaper.Project(sample_rate=sample_rate, tracks=tuple(tracks), channels=max(2, channels), notes=notes)
 
 
 def _describe(effect) -> str:

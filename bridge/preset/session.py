@@ -10,6 +10,10 @@ Schema (every key but ``version`` may be left out)::
     version: 1
     separator: {model: default, stems: [vocals, instrumental], overlap: 0.25, batch_size: 1, wiener: 0,
                 device: auto}            # device: auto|cpu|cuda[:N]|...; batch_size: N or auto
+    # or, instead of model, an ensemble (bridge.separation.ensemble lists the methods):
+    #   separator: {ensemble: [{model: A, stems: [vocals]},
+    #                          {models: [A, B], stems: [other], method: avg_fft, weights: [1, 1]}],
+    #               residual: other}    # optional: the stem that takes mix - sum(others)
     pre: [<effect>, ...]                 # before separation
     stems:
       <stem>:
@@ -59,8 +63,9 @@ from ..host import automation, effects, midi
 from ..host.automation import Lane, Target, Tempo
 from ..host.ducking import DuckSettings
 from ..host.layers import LayerSettings
-from ..errors import BridgeError, PresetError
+from ..errors import BridgeError, ModelError, PresetError
 from ..audio.files import FORMATS
+from ..separation.ensemble import Part, check_method
 from ..separation.models import MAX_WIENER
 from . import fields
 from .templates import check_template
@@ -77,6 +82,7 @@ PROJECT_STEMS = ("processed", "raw")
 PROJECT_STEMS_TEMPLATE = "{track}/{stem}.{ext}"  # output.files.stems when a project is asked without it
 SCOPES = ("track", "album")
 MAX_BYTES = 1 << 20
+MAX_WEIGHT = 1000.0  # ensemble weights are relative: 0 to 1000 says everything
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +95,10 @@ class SeparatorSettings:
     shifts: int | None = None  # Demucs models: random-shift runs averaged (None: the model's default, 1)
     leftover: str | None = None  # Demucs models: the stem that also gets mix - sum(stems)
     device: str = "auto"  # where the model runs; a preset names no hardware unless it must
+    #: Instead of ``model``: the ensemble's parts (:class:`~bridge.separation.ensemble.Part`), and
+    #: the stem that takes the mix minus the others (None: none does).
+    ensemble: tuple[Part, ...] | None = None
+    residual: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +193,10 @@ class Session:
     def to_dict(self) -> dict:
         sep = {"model": self.separator.model, "overlap": self.separator.overlap,
                "batch_size": self.separator.batch_size, "wiener": self.separator.wiener}
+        if self.separator.ensemble is not None:  # only then: presets without one read back unchanged
+            del sep["model"]
+            sep["ensemble"] = [_part_yaml(p) for p in self.separator.ensemble]
+            sep["residual"] = self.separator.residual
         if self.separator.stems is not None:
             sep["stems"] = list(self.separator.stems)
         sep["shifts"], sep["leftover"] = self.separator.shifts, self.separator.leftover
@@ -212,6 +226,74 @@ class Session:
         if self.layers:
             out["layers"] = {name: {**layer.to_yaml(), **_stem_yaml(s)} for name, layer, s in self.layers}
         return out
+
+
+def _part_yaml(part: Part) -> dict:
+    out = {"model": part.models[0]} if len(part.models) == 1 else {"models": list(part.models)}
+    out["stems"] = list(part.stems)
+    if part.method is not None:
+        out["method"] = part.method
+    if part.weights is not None:
+        out["weights"] = list(part.weights)
+    return out
+
+
+def _ensemble(r: fields.Reader, s: dict) -> tuple[tuple[Part, ...] | None, str | None]:
+    """``separator.ensemble`` and ``separator.residual``, checked as far as they can be without the
+    models' cards (which models give which stems is checked when the cards are read)."""
+    value, residual = s.get("ensemble"), s.get("residual")
+    if value is None:
+        if residual is not None:
+            r.fail("separator.residual", "only with separator.ensemble (a single model's stems sum to the mix "
+                                         "as its card says); drop it, or use leftover with a Demucs model")
+        return None, None
+    if "model" in s:
+        r.fail("separator.model", "give either a model or an ensemble, not both; drop model")
+    if s.get("leftover") is not None:
+        r.fail("separator.leftover", "an ensemble takes residual: STEM instead; drop leftover")
+    if not isinstance(value, list) or not value:
+        r.fail("separator.ensemble", "expected a list of parts such as {model: NAME, stems: [vocals]} or "
+                                     "{models: [A, B], stems: [other], method: avg_fft}")
+    parts = []
+    for i, raw in enumerate(value):
+        at = f"separator.ensemble[{i}]"
+        e = r.mapping(raw, at, ("model", "models", "stems", "method", "weights"))
+        if ("model" in e) == ("models" in e):
+            r.fail(at, "name one model (model: NAME) or several (models: [A, B])")
+        if "model" in e:
+            models = (r.text(e["model"], f"{at}.model"),)
+        else:
+            if not isinstance(e["models"], list) or len(e["models"]) < 2:
+                r.fail(f"{at}.models", f"expected a list of two or more model names, got {e['models']!r}; "
+                                       "for one model write model: NAME")
+            models = tuple(r.text(m, f"{at}.models[{j}]") for j, m in enumerate(e["models"]))
+        stems = e.get("stems")
+        if not isinstance(stems, list) or not stems or not all(isinstance(x, str) and x for x in stems):
+            r.fail(f"{at}.stems", f"expected a list of stem names, got {stems!r}")
+        method, weights = e.get("method"), e.get("weights")
+        if len(models) == 1 and (method is not None or weights is not None):
+            r.fail(f"{at}.{'method' if method is not None else 'weights'}",
+                   "one model's stems are taken as they are; drop method and weights, or list several models")
+        if len(models) > 1:
+            if method is None:
+                r.fail(f"{at}.method", f"{len(models)} models need a method to combine them, e.g. avg_wave")
+            if isinstance(weights, list):  # each a number in a sane range, named by its index
+                weights = [r.number(w, f"{at}.weights[{j}]", low=0.0, high=MAX_WEIGHT) for j, w in enumerate(weights)]
+            try:
+                weights = check_method(method, weights=weights, models=len(models), where=at)
+            except ModelError as exc:
+                raise PresetError(f"{r.source}: {exc}") from None
+        parts.append(Part(tuple(stems), models, method, weights))
+    seen: dict[str, int] = {}
+    for i, part in enumerate(parts):
+        for stem in part.stems:
+            if stem in seen:
+                r.fail(f"separator.ensemble[{i}].stems", f"stem '{stem}' is already given by "
+                                                         f"separator.ensemble[{seen[stem]}]; name each stem once")
+            seen[stem] = i
+    if residual is not None:
+        r.text(residual, "separator.residual")
+    return tuple(parts), residual
 
 
 def _stem_yaml(s: StemSettings) -> dict:
@@ -248,7 +330,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
     s = r.mapping(top.get("separator"), "separator", ("model", "stems", "overlap", "batch_size", "wiener", "shifts",
-                                                      "leftover", "device"))
+                                                      "leftover", "device", "ensemble", "residual"))
+    ensemble, residual = _ensemble(r, s)
     stems_list = s.get("stems")
     if stems_list is not None and (not isinstance(stems_list, list) or not all(isinstance(x, str) for x in stems_list)):
         r.fail("separator.stems", f"expected a list of stem names, got {stems_list!r}")
@@ -261,7 +344,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         wiener=r.number(s.get("wiener", 0), "separator.wiener", low=0, high=MAX_WIENER, integer=True),
         shifts=r.number(s["shifts"], "separator.shifts", low=0, high=20, integer=True) if s.get("shifts") is not None else None,
         leftover=r.text(s["leftover"], "separator.leftover") if s.get("leftover") is not None else None,
-        device=_device(r, s.get("device", "auto")))
+        device=_device(r, s.get("device", "auto")), ensemble=ensemble, residual=residual)
 
     stems_raw = top.get("stems") or {}
     if not isinstance(stems_raw, dict):

@@ -441,5 +441,118 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
                   settings={} if oracle else dict(separator.settings))
 
 
-__all__ = ["Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Several models and ensembles scored on the same songs (:func:`compare`): one :class:`Report`
+    each, by name, in the order given (models first)."""
+
+    reports: dict
+
+    def table(self) -> str:
+        """Per stem, each model and ensemble's median SDR and SI-SDR over the songs; ``*`` marks
+        the best SDR of the stem."""
+        names = list(self.reports)
+        stems = list(dict.fromkeys(s for r in self.reports.values() for s in r.stems))
+        width = max([len(n) for n in names] + [len("model / ensemble")])
+        stem_width = max([len(s) for s in stems] + [len("stem")])
+        header = f"{'stem':<{stem_width}}  {'model / ensemble':<{width}}  {'SDR':>7}  {'SI-SDR':>7}  songs"
+        lines = [header, "-" * len(header)]
+        for stem in stems:
+            rows = [(name, self.reports[name].medians().get(stem)) for name in names]
+            rows = [(name, m) for name, m in rows if m is not None]
+            finite = [m["sdr"] for _, m in rows if math.isfinite(m["sdr"])]
+            best = max(finite) if finite else None
+            for name, m in rows:
+                mark = "*" if best is not None and m["sdr"] == best else " "
+                lines.append(f"{stem:<{stem_width}}  {name:<{width}}  {m['sdr']:7.2f}{mark} {m['si_sdr']:7.2f}  "
+                             f"{m['songs']}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {name: report.to_json() for name, report in self.reports.items()}
+
+    def write_json(self, path) -> Path:
+        text = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
+        return partials.write_text_atomic(path, text, what="report")
+
+
+def compare(models: Mapping[str, Separator], references, *, ensembles: Mapping[str, object] = (),
+            progress: Progress | None = None) -> Comparison:
+    """Score several models and ensembles of them on every song under ``references``.
+
+    Each model separates each song once; every ensemble (an
+    :class:`~bridge.separation.ensemble.EnsembleSeparator` whose models are among ``models``, by
+    the same names) is computed from those stems, so trying many combinations costs one run of
+    each model.
+
+    Parameters
+    ----------
+    models : mapping of str to Separator
+        By the name the ensembles use for them.
+    ensembles : mapping of str to EnsembleSeparator
+        By the name the table shows.
+    """
+    from ..separation.ensemble import StoredStream
+
+    start = time.perf_counter()
+    ensembles = dict(ensembles or {})
+    for name, ensemble in ensembles.items():
+        unknown = [m for m in ensemble.members if m not in models]
+        if unknown:
+            raise ModelError(f"ensemble '{name}': model '{unknown[0]}' is not among the models scored "
+                             f"({', '.join(models)}); add --model {unknown[0]}")
+    songs = find_songs(references)
+    trims = tuple(f"{s.name}: files trimmed by up to {s.trimmed} samples to the shortest ({s.frames} samples)"
+                  for s in songs if s.trimmed)
+    names = {n: n for n in [*models, *ensembles]}
+    scores = {n: [] for n in names}
+    notes = {n: list(trims) for n in names}
+    if progress:
+        progress(0, len(songs))
+    for done, files in enumerate(songs, 1):
+        song = load_song(files)
+        raw = {m: sep(song.mixture, song.sample_rate) for m, sep in models.items()}
+        for e, ensemble in ensembles.items():
+            stream = ensemble.stream(sample_rate=song.sample_rate, channels=song.mixture.shape[0],
+                                     member_streams={m: StoredStream(raw[m]) for m in ensemble.members})
+            parts = [stream.process(song.mixture), stream.finish()]
+            raw[e] = {s: np.concatenate([p[s] for p in parts], axis=1) for s in ensemble.stems}
+        for name in names:
+            got, got_notes = _score_estimates(names[name], song, files, raw[name])
+            scores[name] += got
+            notes[name] += got_notes
+        if progress:
+            progress(done, len(songs))
+    seconds = time.perf_counter() - start
+    reports = {}
+    for name in names:
+        if not scores[name]:
+            raise ModelError(f"{references}: no stem of {names[name]} has a reference; add <song>/<stem>.<ext> "
+                             "files named like its stems (vocals, drums, bass, other, instrumental)")
+        source = models.get(name) or ensembles[name]
+        reports[names[name]] = Report(names[name], Path(references), tuple(scores[name]), tuple(notes[name]), seconds,
+                                      settings=dict(getattr(source, "settings", {})))
+    return Comparison(reports)
+
+
+def _score_estimates(model: str, song, files, raw: Mapping[str, np.ndarray]) -> tuple[list, list]:
+    """One separator's stems of one song, scored where the song has references (as :func:`evaluate`)."""
+    notes = []
+    estimates = {canonical_stem(k): v for k, v in raw.items()}
+    for name, parts in derived_stems(tuple(estimates)).items():
+        if name in song.references:
+            estimates[name] = np.sum([estimates[p] for p in parts], axis=0, dtype=np.float32)
+    for stem, audio in estimates.items():
+        if audio.shape != song.mixture.shape:
+            raise ModelError(f"{model}: stem '{stem}' of {files.mixture} has shape {audio.shape}, "
+                             f"expected the mixture's {song.mixture.shape}; the separator breaks the buffer contract")
+    stems = [s for s in estimates if s in song.references]
+    missing = [s for s in estimates if s not in song.references]
+    if missing:
+        notes.append(f"{files.name}: no reference for {', '.join(missing)}; not scored")
+    got, song_notes = score_song(song, estimates, stems)
+    return got, notes + song_notes
+
+
+__all__ = ["Comparison", "compare", "Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",
            "framewise_sdr", "si_sdr", "ideal_ratio_mask", "Oracle", "NoSplit", "sources_samples_channels"]

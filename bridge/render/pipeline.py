@@ -49,9 +49,9 @@ class SongFile:
         check_channels(header.channels, source=str(path))
         return cls(path, header, naming or Naming.of(path))
 
-    def result(self, status: str, written=None, pending=None) -> SongResult:
+    def result(self, status: str, written=None, pending=None, models=None) -> SongResult:
         return SongResult(self.path, status, written=dict(written or {}), seconds=self.header.seconds,
-                          pending=pending)
+                          pending=pending, models=dict(models or {}))
 
 
 @dataclasses.dataclass
@@ -106,7 +106,7 @@ def run_song(song: SongFile, sinks: Sequence[Sink], *, source, feed: Feed, out_d
             source.commit(song.path)
             if deferred:
                 return song.result("measured", pending=PendingSong(song.path, list(sinks), song.header.seconds,
-                                                                   source.cached))
+                                                                   source.cached), models=source.models)
             written = finish_sinks(sinks, gain())
         except BaseException:  # Ctrl-C too: no partial file may outlive the run
             for sink in sinks:
@@ -114,7 +114,7 @@ def run_song(song: SongFile, sinks: Sequence[Sink], *, source, feed: Feed, out_d
             source.abort()
             failed.append(True)
             raise
-    return song.result("cached" if source.cached else "rendered", written)
+    return song.result("cached" if source.cached else "rendered", written, models=source.models)
 
 
 def _stream(song: SongFile, feed: Feed, sinks: Sequence[Sink], progress: Progress | None) -> None:

@@ -24,6 +24,11 @@ def model_identity(separator) -> dict | None:
 
     None (a separator without a card, e.g. one written in Python): its stems are never cached.
     """
+    members = getattr(separator, "members", None)
+    if members is not None:  # an ensemble: its parts and each model's own identity
+        identities = {name: model_identity(member) for name, member in members.items()}
+        return {"ensemble": separator.settings["ensemble"], "residual": separator.residual,
+                "members": identities, "stembridge": __version__}
     card = separator.card
     if card is None:
         return None
@@ -35,6 +40,20 @@ def model_identity(separator) -> dict | None:
                        "converted_from"):
         fields.pop(provenance, None)
     return {"family": card.family, "stembridge": __version__, "settings": settings, "card": fields}
+
+
+def made_by(separator) -> dict | None:
+    """An ensemble's :meth:`~bridge.separation.ensemble.EnsembleSeparator.made_by`; None for one model."""
+    return separator.made_by() if getattr(separator, "members", None) is not None else None
+
+
+def member_record(separator) -> dict:
+    """One model of an ensemble, as a manifest names it: its card's file, sha256 and family."""
+    card = separator.card
+    out = {"settings": dict(separator.settings), "device": getattr(separator, "device", None)}
+    if card is not None:
+        out.update(file=str(card.file) if card.file else None, sha256=card.sha256, family=card.family, card=card.source)
+    return out
 
 
 def file_sha256(path: Path) -> str:
@@ -66,6 +85,9 @@ def manifest_record(*, source: Path, header, session, separator, input_sha256: s
     # Where it ran: a record of the run, not of the separation (not in the identity, see
     # bridge.separation.devices), so a resume check on another device still matches.
     model["device"] = getattr(separator, "device", None)
+    if getattr(separator, "members", None) is not None:
+        model["made_by"] = separator.made_by()
+        model["members"] = {name: member_record(member) for name, member in separator.members.items()}
     return {
         "stembridge": __version__,
         "input": {"path": str(source.resolve()), "sha256": input_sha256 or file_sha256(source),

@@ -19,7 +19,7 @@ from ..separation.models import offered_stems
 from ..version import __version__
 from .cache import StemCache
 from .pipeline import SongFile, run_song
-from .records import file_sha256, model_identity, read_json
+from .records import file_sha256, made_by, model_identity, read_json
 from .sinks import AudioFiles, Block, Gain, Project, Record
 from .songs import Clipped, Naming, Progress, SongResult, report_clipping
 from .stemsource import StemSource
@@ -82,8 +82,10 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
                 "model": model_identity(separator) or separator.name, "stems": list(targets), "ext": options.ext,
                 "bit_depth": options.bit_depth, "stembridge": __version__, "bwf": options.bwf,
                 "project": options.project}
+    if made_by(separator) is not None:  # an ensemble: which model (or method) made each stem
+        expected["made_by"] = made_by(separator)
     hand = daw.separation_plan(song.path, header=song.header, options=options, separator_name=separator.name,
-                               targets=targets, track=song.naming.track)
+                               targets=targets, track=song.naming.track, made_by=made_by(separator))
     handoff = {"project": hand.project} if hand.project is not None else {}
     if not force and _separate_up_to_date(manifest, expected, {**targets, **handoff}):
         return song.result("skipped", {**targets, **handoff})
@@ -96,7 +98,7 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
         sinks.append(Project(hand.project, lambda: daw.separation_project(
             hand.project, source=song.path, source_seconds=header.seconds,
             files={f.label: f.path for f in audio.files}, frames={f.label: f.frames for f in audio.files},
-            channels=header.channels, sample_rate=header.sample_rate, model=separator.name)))
+            channels=header.channels, sample_rate=header.sample_rate, model=separator.name, made_by=hand.made_by)))
     sinks.append(Record(manifest, expected, song.path))
     source = StemSource(song.path, header, separator, cache=cache)
     result = run_song(song, sinks, source=source, feed=_StemsFeed(source.stream, tuple(targets)),

@@ -19,7 +19,7 @@ from ..version import __version__
 from .cache import StemCache
 from .graph import RenderGraph
 from .pipeline import PendingSong, SongFile, finish_pending, run_song
-from .records import file_sha256, manifest_record, model_identity, read_manifest
+from .records import file_sha256, made_by, manifest_record, model_identity, read_manifest
 from .sinks import AudioFiles, Block, Gain, Manifest, NiStems, Project, loudness_gain
 from .songs import Naming, Progress, SongResult
 from .stemsource import StemSource
@@ -115,7 +115,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
     rate = o.sample_rate or song.header.sample_rate
     hand = daw.plan(song.path, header=song.header, session=session, separator_name=graph.separator.name,
                     targets=targets, rate=rate, separator_stems=graph.separator.stems, out_dir=out_dir,
-                    track=song.naming.track)
+                    track=song.naming.track, made_by=made_by(graph.separator))
     sinks = _sinks(song, graph, hand, targets, manifest, rate=rate, digest=digest)
     source = StemSource(song.path, song.header, graph.separator, cache=None if graph.pre_chain is not None else cache,
                         pre=session.pre, pre_lanes=session.lanes("pre"))

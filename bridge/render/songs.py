@@ -59,6 +59,8 @@ class SongResult:
     written: dict[str, Path] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0  # audio length
     pending: object = None  # a render.pipeline.PendingSong while the song waits for its album's gain
+    #: Each model's ``{"ran": bool, "seconds": float}`` for this song (an ensemble has several).
+    models: dict = dataclasses.field(default_factory=dict)
 
 
 def missing_folders(targets, root: Path) -> list[Path]:

@@ -15,7 +15,11 @@ import numpy as np
 from ..errors import ModelError
 from . import devices, families
 from .models import ModelCard, derived_stems, resolve
+from .models import offered_stems
 from .runner import ChunkedSeparator, SeparationStream
+
+if TYPE_CHECKING:
+    from .ensemble import EnsembleSeparator
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -173,6 +177,51 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
                             device=str(resolved.device), device_note=resolved.note)
 
 
+def ensemble_cards(parts, *, where: str = "ensemble") -> dict[str, ModelCard]:
+    """Every model an ensemble's parts name, resolved to its card (not loaded), and the parts
+    checked against the cards' stems (:func:`.ensemble.check_parts`): errors name ``where``."""
+    from .ensemble import check_parts
+
+    cards = {}
+    for i, part in enumerate(parts):
+        for model in part.models:
+            if model not in cards:
+                try:
+                    cards[model] = resolve(model)
+                except ModelError as exc:
+                    raise ModelError(f"{where}[{i}]: {exc}") from None
+    check_parts(parts, {m: offered_stems(c.stems) for m, c in cards.items()}, residual=None, where=where)
+    return cards
+
+
+def load_ensemble(parts, *, residual: str | None = None, name: str = "ensemble", where: str = "ensemble",
+                  overlap: float | None = None, batch_size: int | Literal["auto"] = 1, threads: int | None = None,
+                  wiener: int = 0, shifts: int | None = None, seed: int = 0, device: str = "auto",
+                  **options) -> "EnsembleSeparator":
+    """An :class:`~.ensemble.EnsembleSeparator` over ``parts`` (:class:`~.ensemble.Part`), each model
+    loaded once with :func:`load_separator`.
+
+    Every card is resolved and every part checked before any model loads. ``wiener`` goes to the
+    mask models only and ``shifts`` to the Demucs models only (the others take neither);
+    ``overlap``, ``batch_size``, ``threads``, ``device`` and ``options`` (``denoise``, ``invert``,
+    ``high_band``) go to every model that takes them.
+    """
+    from .ensemble import EnsembleSeparator
+
+    cards = ensemble_cards(parts, where=where)
+    live = {m for p in parts if any(s != residual for s in p.stems) for m in p.models}
+    members = {}
+    for model, card in cards.items():
+        if model not in live:
+            continue
+        fam = families.family(card.family)
+        members[model] = load_separator(card, overlap=overlap, batch_size=batch_size, threads=threads,
+                                        wiener=wiener if fam.wiener else 0,
+                                        shifts=shifts if card.family == "demucs" else None, seed=seed,
+                                        device=device, **options)
+    return EnsembleSeparator(members, parts, residual=residual, name=name)
+
+
 def with_sums(stems: dict[str, np.ndarray], wanted) -> dict[str, np.ndarray]:
     """``stems`` plus each sum of :func:`~bridge.separation.models.derived_stems` that ``wanted`` names.
 
@@ -208,4 +257,4 @@ def _check_settings(*, overlap, batch_size, threads) -> None:
 
 
 __all__ = ["Separator", "SeparatorStream", "SeparationStream", "ChunkedSeparator", "WholeSongStream",
-           "check_wiener_fits", "load_separator", "with_sums"]
+           "check_wiener_fits", "ensemble_cards", "load_ensemble", "load_separator", "with_sums"]
