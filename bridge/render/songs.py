@@ -59,6 +59,7 @@ class SongResult:
     written: dict[str, Path] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0  # audio length
     pending: object = None  # a render.pipeline.PendingSong while the song waits for its album's gain
+    preview: object = None  # a render.preview.SongPreview when the run writes a report
 
 
 def missing_folders(targets, root: Path) -> list[Path]:
