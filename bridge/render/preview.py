@@ -231,6 +231,18 @@ def minutes_seconds(seconds: float, _position=None) -> str:
     return f"{total // 60}:{total % 60:02d}"
 
 
+#: The waveform's amplitude scales: the smallest that holds the song's peak (full scale is 1).
+_LIMITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0)
+
+
+def wave_limit(peak: float) -> float:
+    """The waveforms' y range: the smallest of :data:`_LIMITS` above ``peak`` (a quiet song is
+    zoomed, as a DAW's waveform zoom does), or a little over the peak when it passes full scale."""
+    if peak > 1.0:
+        return round(peak * 1.05, 2)
+    return next((limit for limit in _LIMITS if peak <= limit * 0.98), 1.0)
+
+
 def band_edges(sample_rate: int) -> np.ndarray:
     """FFT bin indices that start each log-spaced display band, and the end (N_FFT // 2 + 1)."""
     top = N_FFT // 2 + 1
@@ -244,7 +256,6 @@ def draw(signals: Mapping[str, _Signal], *, sample_rate: int, bucket: int, per_c
     figure (one row per signal, log frequency, one dB colour scale with its legend; JPEG bytes)."""
     if not signals:
         return None, None
-    from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     gain = 10 ** (gain_db / 20)
@@ -255,29 +266,38 @@ def draw(signals: Mapping[str, _Signal], *, sample_rate: int, bucket: int, per_c
     time_ticks = MaxNLocator(nbins=12, steps=[1, 1.5, 2, 3, 6, 10], integer=True, min_n_ticks=3)
 
     rows = len(names)
-    fig = Figure(figsize=(11, 0.95 * rows + 0.7), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    envelopes = {name: (np.asarray(signals[name].lows) * gain, np.asarray(signals[name].highs) * gain)
+                 for name in names}
+    peak = max((float(max(-lo.min(), hi.max())) for lo, hi in envelopes.values() if lo.size), default=0.0)
+    limit = wave_limit(peak)
+    fig, axes = _stacked(rows, row_inches=0.95, top_inches=0.35 if limit < 1 else 0.15)
     for ax, name in zip(axes, names):
-        s = signals[name]
-        lows, highs = np.asarray(s.lows) * gain, np.asarray(s.highs) * gain
+        lows, highs = envelopes[name]
         t = (np.arange(lows.shape[0]) + 0.5) * bucket / sample_rate
         ax.fill_between(t, lows, highs, color="#2b6cb0", linewidth=0.4)
         over = np.maximum(highs, -lows) > 1.0
         if over.any():  # what a PCM file clips: marked in red
             ax.fill_between(t, lows, highs, where=over, color="#c53030", linewidth=0.4)
-        ax.set_ylim(-1.05, 1.05)
-        ax.set_yticks([-1, 0, 1])
+        if limit > 1:
+            for level in (-1, 1):
+                ax.axhline(level, color="#c53030", linewidth=0.6, linestyle="--")
+        ax.set_ylim(-limit, limit)
+        ax.set_yticks([-limit, 0, limit], [f"{-limit:g}", "0", f"{limit:g}"])
+        for label, va in zip(ax.get_yticklabels(), ("bottom", "center", "top")):  # inside the row: rows touch
+            label.set_verticalalignment(va)
         ax.axhline(0, color="#a0aec0", linewidth=0.5)
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+        ax.set_ylabel(name, fontsize=9)
         ax.tick_params(labelsize=8)
         ax.set_xlim(0, seconds)
+    if limit < 1:
+        fig.text(0.5 * (_LEFT + _RIGHT), 1 - 0.1 / fig.get_figheight(), f"amplitude zoomed to \u00b1{limit:g} of "
+                 "full scale (the loudest peak of the song)", fontsize=8, color="#4a5568", ha="center", va="top")
     axes[-1].xaxis.set_major_locator(time_ticks)
     axes[-1].xaxis.set_major_formatter(time_format)
     axes[-1].set_xlabel("time (m:ss)", fontsize=9)
     waves = _image(fig, "png")
 
-    fig = Figure(figsize=(11, 1.6 * rows + 0.7), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    fig, axes = _stacked(rows, row_inches=1.6, top_inches=0.15)
     edges = band_edges(sample_rate)
     freqs = edges * sample_rate / N_FFT
     levels = {}
@@ -305,10 +325,26 @@ def draw(signals: Mapping[str, _Signal], *, sample_rate: int, bucket: int, per_c
     axes[-1].xaxis.set_major_locator(time_ticks)
     axes[-1].xaxis.set_major_formatter(time_format)
     axes[-1].set_xlabel("time (m:ss)", fontsize=9)
-    bar = fig.colorbar(mesh, ax=list(axes), shrink=min(1.0, 0.9 if rows > 1 else 1.0), pad=0.01)
+    low, high = axes[-1].get_position().y0, axes[0].get_position().y1
+    bar = fig.colorbar(mesh, cax=fig.add_axes((_RIGHT + 0.015, low, 0.012, high - low)))
     bar.set_label("level, dB (full-scale sine = 0)", fontsize=9)
     bar.ax.tick_params(labelsize=8)
     return waves, _image(fig, "jpeg")
+
+
+#: Both figures share their left and right margins (as fractions of the width), so their time
+#: axes line up one above the other on the page; the spectrograms' colour bar sits in the right one.
+_LEFT, _RIGHT = 0.105, 0.9
+
+
+def _stacked(rows: int, *, row_inches: float, top_inches: float):
+    """A figure of ``rows`` axes stacked on one time axis, with fixed margins in inches."""
+    from matplotlib.figure import Figure
+
+    height = row_inches * rows + 0.55 + top_inches
+    fig = Figure(figsize=(11, height), dpi=100)
+    fig.subplots_adjust(left=_LEFT, right=_RIGHT, bottom=0.5 / height, top=1 - top_inches / height, hspace=0.12)
+    return fig, fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
 
 
 def _hertz(value: float, _position=None) -> str:
