@@ -100,7 +100,7 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
         sinks.append(Project(hand.project, lambda: daw.separation_project(
             hand.project, source=song.path, source_seconds=header.seconds,
             files={f.label: f.path for f in audio.files}, frames={f.label: f.frames for f in audio.files},
-            channels=header.channels, sample_rate=header.sample_rate, model=separator.name)))
+            channels=header.channels, sample_rate=header.sample_rate, model=separator.name, tree=hand.tree)))
     sinks.append(Record(manifest, expected, song.path))
     source = StemSource(song.path, header, separator, cache=cache)
     result = run_song(song, sinks, source=source, feed=_StemsFeed(source.stream, tuple(targets)),
