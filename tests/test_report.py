@@ -274,3 +274,28 @@ def test_separate_report_meters_the_stems(tmp_path):
         assert f'src="song/{stem}.wav"' in text
         row = re.search(rf"<td>{stem}</td><td><a [^>]+>{stem}.wav</a></td><td class=\"n\">(-?[\d.]+)</td>", text)
         assert row and float(row.group(1)) == pytest.approx(lufs, abs=0.11), (stem, lufs)
+
+
+def _bext_loudness(path: Path) -> bytes:
+    """The five loudness fields of a WAV's bext chunk (EBU Tech 3285 v2: offset 412, 5 x int16)."""
+    data = path.read_bytes()
+    at = 12
+    while at < len(data):
+        tag, size = data[at:at + 4], int.from_bytes(data[at + 4:at + 8], "little")
+        if tag == b"bext":
+            return data[at + 8 + 412:at + 8 + 422]
+        at += 8 + size + (size & 1)
+    raise AssertionError(f"{path}: no bext chunk")
+
+
+def test_a_report_changes_no_output_of_separate(tmp_path):
+    """Metering the stems for the report leaves the files as they are without it: same samples,
+    and the bext loudness fields still say "not measured" (0x7FFF), as separate always wrote."""
+    song = write_song(tmp_path / "song.wav", 3.5, seed=6, level=0.2)
+    for name, extra in (("plain", []), ("report", ["--report"])):
+        assert cli(["separate", str(song), "--model", "dsp", "--out", str(tmp_path / name), "--quiet", "--no-cache",
+                    *extra]) == 0
+    for stem in ("vocals", "instrumental"):
+        plain, report = tmp_path / "plain" / "song" / f"{stem}.wav", tmp_path / "report" / "song" / f"{stem}.wav"
+        np.testing.assert_array_equal(sf.read(str(plain))[0], sf.read(str(report))[0])
+        assert _bext_loudness(plain) == _bext_loudness(report) == (0x7FFF).to_bytes(2, "little") * 5

@@ -92,7 +92,8 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     header = song.header
     audio = AudioFiles([(stem, target, header.channels) for stem, target in targets.items()],
                        source_rate=header.sample_rate, sample_rate=header.sample_rate, bit_depth=options.bit_depth,
-                       inputs=[song.path], hand=hand, measure=options.report, kind="separate")
+                       inputs=[song.path], hand=hand, measure=options.report, kind="separate",
+                       bext_loudness=False)
     sinks = [audio]
     if options.report:
         sinks.append(Preview(audio, sample_rate=header.sample_rate, frames=header.frames))
