@@ -95,7 +95,7 @@ def _song_facts(outcome, out_dir: Path) -> dict:
         if stats is not None:
             gain = stats.get("loudness")
         for label, path in outcome.written.items():
-            if label in ("manifest", "project", "nistems") and Path(path).suffix.lower() in (".json", ".rpp"):
+            if label in ("manifest", "project"):  # not audio: nothing to play or measure
                 continue
             o = (stats or {}).get("outputs", {}).get(label, {})
             outputs.append(dict(label=label, path=Path(path), loudness=o.get("loudness_lufs"),
