@@ -208,3 +208,18 @@ def test_no_bars_when_the_output_is_not_a_terminal(tmp_path):
     assert result.returncode == 0
     assert "%|" not in result.stderr and "\r" not in result.stderr and "\x1b[" not in result.stderr
     assert "1 song: 1 rendered" in result.stdout
+
+
+def test_a_worker_process_warning_still_reaches_stderr_while_its_fd_2_is_captured(tmp_path):
+    """--jobs 2 runs songs in host processes that inherit the captured fd 2: their Python warnings
+    (a damaged stem cache entry here) must still be printed, not hidden with plugins' chatter."""
+    songs = [write_song(tmp_path / f"song{i}.wav", 1.0, seed=i) for i in range(2)]
+    cache = tmp_path / "cache"
+    argv = ["separate", *songs, "--model", "dsp", "--cache-dir", cache, "--quiet"]
+    assert stembridge(*argv, "--out", tmp_path / "fresh").returncode == 0
+    for stored in sorted(cache.rglob("*.f32")):
+        stored.write_bytes(stored.read_bytes()[:100])  # truncated: the cache warns and separates again
+    result = stembridge(*argv, "--out", tmp_path / "again", "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("is damaged") >= 2, result.stderr
+    assert "stembridge: note" not in result.stderr
