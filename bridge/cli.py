@@ -396,7 +396,8 @@ def main(argv=None) -> int:
             code = EXIT_INTERRUPTED
         finally:
             _unload_plugins()  # plugins print as they are unloaded: while their stderr is still captured
-    console.show_captured(captured, verbose=args.verbose)
+    # The note is not an error: a failing command keeps its one line per error, and --quiet its silence.
+    console.show_captured(captured, verbose=args.verbose, note=code == EXIT_OK and not getattr(args, "quiet", False))
     return code
 
 

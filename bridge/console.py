@@ -221,13 +221,16 @@ def captured_stderr():
         sink.close()
 
 
-def show_captured(captured: CapturedStderr, *, verbose: bool) -> None:
-    """With ``--verbose`` what was captured, as written; otherwise one line saying there was some."""
+def show_captured(captured: CapturedStderr, *, verbose: bool, note: bool = True) -> None:
+    """With ``verbose`` what was captured, as written; otherwise, if ``note``, one line saying
+    there was some."""
     lines = captured.lines
     if not lines:
         return
     if verbose:
         sys.stderr.write(captured.text if captured.text.endswith("\n") else captured.text + "\n")
+        return
+    if not note:
         return
     say(f"stembridge: note: plugins or native libraries wrote {len(lines)} line{'s' if len(lines) != 1 else ''} "
         "to stderr (hidden; --verbose shows them)", file=sys.stderr)
