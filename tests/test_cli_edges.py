@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 
 from bridge.arguments import build_parser
-from bridge.cli import main as cli
 from bridge.errors import ModelError
 from bridge.separation import families, load_separator
 

@@ -29,7 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BridgeError
+from ..errors import ReportError
 from .sinks import AudioFiles, Block, Gain
 
 #: Buckets per waveform row (about one per horizontal pixel of the figure).
@@ -41,10 +41,6 @@ SPEC_COLUMNS = 600
 SPEC_BANDS = 160
 #: The colour scale's span below the loudest band of the song, dB.
 SPEC_RANGE_DB = 90.0
-
-
-class ReportError(BridgeError, RuntimeError):
-    """The report cannot be drawn (matplotlib missing)."""
 
 
 def require_matplotlib() -> None:
