@@ -7,7 +7,9 @@ the run's own records (stembridge-run.json, the manifests) hold.
 
 from __future__ import annotations
 
+import base64
 import html.parser
+import io
 import json
 import math
 import os
@@ -111,6 +113,8 @@ def test_memory_stays_flat_with_song_length():
 #: after the load event, every image's decode state and every player's resolved source, as JSON.
 CHECK_SCRIPT = """<script>
 window.addEventListener("load", () => {
+  // Synchronous on purpose: --dump-dom may not wait for promises. At the load event every data URI
+  // image has been decoded (or has failed: 0 x 0); Pillow checks the bytes to the last pixel.
   const images = [...document.images].map(i => ({w: i.naturalWidth, h: i.naturalHeight, done: i.complete}));
   const audio = [...document.querySelectorAll("audio")].map(a => a.getAttribute("src"));
   const pre = document.createElement("pre");
@@ -209,10 +213,21 @@ def test_report_opens_in_a_browser_with_every_song_output_and_number(tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     parsed = _Text()
     parsed.feed(dom.stdout)
+    assert parsed.check, "the check script did not run"
     check = json.loads(parsed.check)
     assert len(check["images"]) == 4  # waveforms and spectrograms of the two good songs
     for image in check["images"]:  # a broken data URI decodes to 0 x 0
         assert image["done"] and image["w"] > 600 and image["h"] > 100, image
+    # The browser also shows a truncated picture (from its header, as far as it goes): Pillow, another
+    # decoder, must read every embedded picture to its last pixel, at the size the browser reports.
+    from PIL import Image
+
+    uris = re.findall(r'src="data:image/(png|jpeg);base64,([^"]+)"', text)
+    assert len(uris) == len(check["images"])
+    for (kind, data), seen in zip(uris, check["images"]):
+        picture = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        picture.load()  # raises on a truncated or corrupt file
+        assert picture.format.lower() == kind and picture.size == (seen["w"], seen["h"])
 
     record = json.loads((moved / "stembridge-run.json").read_text())
     cells = [row for row in parsed.rows if row]
