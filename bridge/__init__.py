@@ -21,7 +21,7 @@ Sums
 
 import importlib
 
-from .errors import AudioError, BridgeError, MidiError, ModelError, OutputError, PluginError, PresetError
+from .errors import AudioError, BridgeError, MidiError, ModelError, OutputError, PluginError, PresetError, ReportError
 from .separation import Separator, load_separator
 from .version import __version__
 
@@ -60,6 +60,6 @@ def __dir__():
 
 
 __all__ = [
-    "AudioError", "BridgeError", "MidiError", "ModelError", "OutputError", "PluginError", "PresetError",
+    "AudioError", "BridgeError", "MidiError", "ModelError", "OutputError", "PluginError", "PresetError", "ReportError",
     "Separator", "load_separator", "__version__", *_LAZY,
 ]

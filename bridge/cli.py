@@ -29,8 +29,10 @@ def cmd_separate(args) -> int:
                    batch_size=args.batch_size, device=args.device, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    shifts=args.shifts,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, bwf=not args.no_bwf,
-                   project=args.project, **_batch_options(args))
+                   project=args.project, report=args.report, **_batch_options(args))
     _check_model(args)
+    if spec.report:
+        _check_report()
     return _run(args, spec, device=_check_device(args.device, scheduler=args.scheduler))
 
 
@@ -42,8 +44,11 @@ def cmd_render(args) -> int:
         args.set = [*(args.set or ()), f"output.project={args.project}"]
     session = _check_session(args.preset, args.set or ())
     device = args.device or session.separator.device  # --device overrides the preset's
+    report = args.report or session.output.report
     spec = RunSpec(kind="render", out_dir=Path(args.out), preset=args.preset, overrides=tuple(args.set or ()),
-                   device=device, **_batch_options(args))
+                   device=device, report=report, **_batch_options(args))
+    if report:
+        _check_report()
     album = session.output.loudness_scope == "album" and session.output.loudness_lufs is not None
     try:
         resolved = _check_device(device, scheduler=args.scheduler)
@@ -51,7 +56,16 @@ def cmd_render(args) -> int:
         if args.device:
             raise
         raise PresetError(f"{session.source}: separator.device: {exc}") from None  # the preset's choice
-    return _run(args, spec, album=album, device=resolved)
+    target = ({"loudness_lufs": session.output.loudness_lufs, "true_peak_db": session.output.true_peak_db,
+               "scope": session.output.loudness_scope} if session.output.loudness_lufs is not None else None)
+    return _run(args, spec, album=album, device=resolved, target=target)
+
+
+def _check_report() -> None:
+    """``--report`` draws with matplotlib: refused before any work when it is missing."""
+    from .render.preview import require_matplotlib
+
+    require_matplotlib()
 
 
 def _check_device(asked: str, *, scheduler: str | None = None):
@@ -86,7 +100,7 @@ def _weights(args) -> tuple[float, ...] | None:
 def _check_model(args) -> None:
     """The model and settings of ``separate``, checked before any work without loading the model."""
     from .separation.models import resolve, verify_file
-    from .separation import _check_settings, check_wiener_fits, families
+    from .separation import _check_settings, check_denoise_invert_fits, check_wiener_fits, families
     from .separation.mask import check_wiener
 
     wiener = check_wiener(args.wiener)
@@ -97,6 +111,7 @@ def _check_model(args) -> None:
         return
     card = resolve(models[0])
     check_wiener_fits(card, wiener)
+    check_denoise_invert_fits(card, denoise=args.denoise, invert=args.invert)
     check_shifts(card, args.shifts)
     if families.family(card.family).weights:
         verify_file(card)
@@ -120,6 +135,9 @@ def _check_ensemble(args, models) -> None:
     if args.wiener and not any(families.family(c.family).wiener for c in cards):
         raise ModelError(f"--wiener {args.wiener}: Wiener filtering needs a mask model (e.g. 'default'), and none of "
                          "the --model values is one; drop --wiener")
+    for flag, asked in (("--denoise", args.denoise), ("--invert", args.invert)):
+        if asked and not any(c.family == "mdx" for c in cards):
+            raise ModelError(f"{flag} applies to MDX-Net models, and none of the --model values is one; drop {flag}")
     for card in cards:
         if families.family(card.family).weights:
             verify_file(card)
@@ -171,7 +189,7 @@ def _check_session(preset, overrides):
     return session
 
 
-def _run(args, spec, *, album: bool = False, device=None) -> int:
+def _run(args, spec, *, album: bool = False, device=None, target: dict | None = None) -> int:
     """Discover the songs, run them, print one line per song and the summary; the exit code."""
     import dataclasses
 
@@ -213,6 +231,12 @@ def _run(args, spec, *, album: bool = False, device=None) -> int:
     report.notes = notes
     report.device_note = device.note if device is not None else None
     write_record(report, Path(args.out))
+    if spec.report:
+        from .batch.report import write_report
+
+        page = write_report(report, Path(args.out), kind=spec.kind, target=target)
+        if not args.quiet:
+            console.say(f"report -> {page}")
     failures = report.failed
     if failures and len(songs) > 1:
         console.error(f"{len(failures)} of {len(songs)} inputs failed")
@@ -468,16 +492,32 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _keep_freed_memory()
-    try:
-        return HANDLERS[args.handler](args)
-    except BridgeError as exc:
-        if args.debug:
-            traceback.print_exc()
-        console.error(str(exc))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        console.error("interrupted; no partial output was left under a final name")
-        return EXIT_INTERRUPTED
+    with console.captured_stderr() as captured:
+        try:
+            code = HANDLERS[args.handler](args)
+        except BridgeError as exc:
+            if args.debug:
+                traceback.print_exc()
+            console.error(str(exc))
+            code = EXIT_FAILED
+        except KeyboardInterrupt:
+            console.error("interrupted; no partial output was left under a final name")
+            code = EXIT_INTERRUPTED
+        finally:
+            _unload_plugins()  # plugins print as they are unloaded: while their stderr is still captured
+    # The note is not an error: a failing command keeps its one line per error, and --quiet its silence.
+    console.show_captured(captured, verbose=args.verbose, note=code == EXIT_OK and not getattr(args, "quiet", False))
+    return code
+
+
+def _unload_plugins() -> None:
+    """Drop the run's loaded graph (its plugins) now rather than at interpreter exit."""
+    import gc
+
+    jobs = sys.modules.get("bridge.batch.jobs")
+    if jobs is not None:
+        jobs._WORKERS.clear()
+    gc.collect()
 
 
 if __name__ == "__main__":

@@ -6,10 +6,22 @@ overwritten), and to stdout or stderr otherwise. Nothing here runs a song; ``cli
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import BridgeError
+
+
+def columns() -> int:
+    """The terminal's width for the bars. A terminal that reports 0 columns (a pseudo-terminal
+    nobody sized, some multiplexers while attaching) made tqdm cut every bar to nothing: 80 then."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80
+    except (AttributeError, OSError, ValueError):
+        return 80
 
 
 def progress(label: str, enabled: bool):
@@ -17,7 +29,7 @@ def progress(label: str, enabled: bool):
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr,
+    bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr, ncols=columns(),
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
     def update(done: int, total: int) -> None:
@@ -96,7 +108,7 @@ class Overall:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="songs", unit="song", position=0, leave=False, file=sys.stderr,
-                            bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining}{postfix}")
+                            ncols=columns(), bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining}{postfix}")
             self._postfix()
             _BARS["on"] = True
 
@@ -112,7 +124,7 @@ class Overall:
     def song(self, label: str):
         from tqdm import tqdm
 
-        bar = tqdm(total=100, desc=label, unit="%", position=1, leave=False, file=sys.stderr,
+        bar = tqdm(total=100, desc=label, unit="%", position=1, leave=False, file=sys.stderr, ncols=columns(),
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
         def update(done: int, total: int) -> None:
@@ -157,3 +169,68 @@ def report_file(name: str, written: dict, manifest_path, suffix: str = "") -> No
         if stats["clipped_samples"]:
             say(f"stembridge: warning: {target}: {stats['clipped_samples']} samples were over full scale and "
                  "clipped; lower a gain, add a Limiter to master, or set output.loudness_lufs", file=sys.stderr)
+
+
+class CapturedStderr:
+    """What third-party code wrote to file descriptor 2 while :func:`captured_stderr` held it."""
+
+    def __init__(self):
+        self.text = ""
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.text.splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Keep plugins' and native libraries' stderr chatter off the terminal.
+
+    VST3 plugins write from C++ straight to file descriptor 2 (DPF prints "asked to delete
+    component while still active" as each plugin is unloaded; JUCE prints assertion lines), so
+    ``sys.stderr`` cannot catch it: fd 2 itself is pointed at a temporary file for the command's
+    run (host processes started meanwhile inherit it), while Python's own ``sys.stderr`` (our
+    errors, warnings and progress bars) is moved to a copy of the original descriptor and still
+    reaches the terminal. Yields a :class:`CapturedStderr` filled on exit.
+    """
+    captured = CapturedStderr()
+    try:
+        python_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # already redirected in Python (a test's capture)
+        python_fd = None
+    sys.stderr.flush()
+    saved = os.dup(2)
+    sink = tempfile.TemporaryFile()
+    os.dup2(sink.fileno(), 2)
+    previous, stream = sys.stderr, None
+    if python_fd == 2:
+        stream = open(os.dup(saved), "w", encoding=getattr(previous, "encoding", None) or "utf-8",
+                      errors="backslashreplace", buffering=1)
+        sys.stderr = stream
+    try:
+        yield captured
+    finally:
+        if stream is not None:
+            stream.flush()
+            sys.stderr = previous
+            stream.close()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        captured.text = sink.read().decode("utf-8", errors="replace")
+        sink.close()
+
+
+def show_captured(captured: CapturedStderr, *, verbose: bool, note: bool = True) -> None:
+    """With ``verbose`` what was captured, as written; otherwise, if ``note``, one line saying
+    there was some."""
+    lines = captured.lines
+    if not lines:
+        return
+    if verbose:
+        sys.stderr.write(captured.text if captured.text.endswith("\n") else captured.text + "\n")
+        return
+    if not note:
+        return
+    say(f"stembridge: note: plugins or native libraries wrote {len(lines)} line{'s' if len(lines) != 1 else ''} "
+        "to stderr (hidden; --verbose shows them)", file=sys.stderr)

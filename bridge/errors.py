@@ -38,6 +38,10 @@ class MidiError(BridgeError, ValueError):
     status, or without the controller a lane asks for."""
 
 
+class ReportError(BridgeError, RuntimeError):
+    """The run report cannot be drawn (matplotlib, its plotting library, is not installed)."""
+
+
 def suggest(name: str, choices) -> str:
     """The tail of an unknown-name message: the nearest choice if one is close, then all of them."""
     choices = [str(c) for c in choices]

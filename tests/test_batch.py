@@ -176,7 +176,11 @@ def test_exit_codes_and_summary(tmp_path, preset, capsys):
     out = tmp_path / "out"
     assert cli(["render", str(preset), str(song), "--out", str(out), "--no-cache"]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("1 songs: 1 rendered, 0 from cached stems, 0 up to date (skipped), 0 failed;")
+    assert summary.startswith("1 song: 1 rendered, 0 from cached stems, 0 up to date (skipped), 0 failed;")
+    other = write_song(tmp_path / "other.wav", 0.5, seed=3)
+    assert cli(["render", str(preset), str(song), str(other), "--out", str(out), "--no-cache"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("2 songs: 1 rendered, 0 from cached stems, 1 up to date (skipped), 0 failed;")
     assert cli(["render", str(tmp_path / "nope.yaml"), str(song), "--out", str(out)]) == 2  # usage: before any work
     assert cli(["render", str(preset), str(song), str(tmp_path / "missing.wav"), "--out", str(out), "--quiet"]) == 1
     assert cli(["render", str(preset), str(song), "--out", str(out), "--quiet"]) == 0

@@ -105,7 +105,8 @@ def test_silent_estimate_is_minus_inf(two_stem):
     assert any("vocals estimate is silence" in n for n in report.notes)
     data = report.to_json()
     json.dumps(data, allow_nan=False)
-    assert data["songs"]["song"]["vocals"] == {"sdr": None, "si_sdr": None, "frames": 0}
+    assert data["songs"]["song"]["vocals"] == {"sdr": None, "sir": None, "sar": None, "isr": None, "si_sdr": None,
+                                               "frames": 0}
 
 
 def test_si_sdr_edge_cases(rng):
@@ -286,3 +287,30 @@ def test_eval_command_prints_a_table_and_writes_json(two_stem, tmp_path, capsys)
     assert cli(["eval", "--model", "oracle", "--references", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0]
+
+
+def test_sir_sar_isr_follow_their_definitions(two_stem, rng):
+    """Each BSS Eval v4 ratio isolates one kind of error (Vincent et al. 2006): mixing in 10 % of
+    the other source costs SIR 20 dB and nothing else; adding 10 % of a noise no reference holds
+    costs SAR 20 dB; halving the estimate is a pure spatial (gain) distortion, ISR 6.02 dB. The
+    expected values come from the definitions (equal-power white noises), not from museval."""
+    refs, stems = two_stem
+    v, a = stems["vocals"], stems["accompaniment"]
+    other = noise(rng, 2, v.shape[1])
+    cases = {
+        "interference": ({"vocals": v + 0.1 * a, "instrumental": a + 0.1 * v}, "sir"),
+        "artifacts": ({"vocals": v + 0.1 * other, "instrumental": a + 0.1 * noise(rng, 2, v.shape[1])}, "sar"),
+        "gain": ({"vocals": 0.5 * v, "instrumental": 0.5 * a}, "isr"),
+    }
+    expected = {"sir": 20.0, "sar": 20.0, "isr": 20 * math.log10(2)}
+    for name, (estimates, metric) in cases.items():
+        report = evaluate(FakeSeparator({k: e.astype(np.float32) for k, e in estimates.items()}), refs)
+        row = next(s for s in report.scores if s.stem == "vocals")
+        assert getattr(row, metric) == pytest.approx(expected[metric], abs=0.6), (name, row)
+        for other_metric in {"sir", "sar", "isr"} - {metric}:  # the other kinds of error stay far smaller
+            assert getattr(row, other_metric) > expected[metric] + 10, (name, other_metric, row)
+        data = report.to_json()
+        assert set(data["songs"]["song"]["vocals"]) == {"sdr", "sir", "sar", "isr", "si_sdr", "frames"}
+        assert data["median"]["vocals"][metric] == pytest.approx(getattr(row, metric), abs=1e-3)
+    header = report.table().splitlines()[0].split()
+    assert header == ["song", "stem", "SDR", "SIR", "SAR", "ISR", "SI-SDR"]

@@ -33,7 +33,8 @@ NOT_RUN = {
         "minutes over a folder of songs (test_ensemble scores models and ensembles in one table)",
     "stembridge render presets/karaoke.yaml ~/Music/Album1 ~/Music/Album2 --out karaoke/ --jobs auto":
         "the user's music folders (test_batch runs folders with --jobs)",
-    "stembridge render presets/upmix-5.1.yaml ~/Music/ --out upmix/ --set output.loudness_scope=album":
+    "stembridge render presets/upmix-5.1.yaml ~/Music/ --out upmix/ --set output.loudness_scope=album "
+    "--set output.loudness_lufs=-16":
         "the user's music folder (test_batch runs album loudness)",
     "stembridge plugins ~/my-vst3 --json": "the user's plugin folder (test_plugins_host lists plugins as JSON)",
     "stembridge models import ~/pretrained_models/4stems": "Spleeter's checkpoint files (test_spleeter_import)",

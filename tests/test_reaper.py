@@ -143,7 +143,9 @@ def test_tracks_items_and_sources_match_the_session(tmp_path, separator):
     reference = tracks[0]
     assert value(reference, "MUTESOLO")[0] == "1"
     ref_source = children(children(reference, "ITEM")[0], "SOURCE")[0]
-    assert Path(value(ref_source, "FILE")[0]) == source.resolve()
+    # The input lies in the folder that holds the output folder: referenced relatively, as the stems are.
+    assert value(ref_source, "FILE")[0] == "../../song.wav"
+    assert (project_file.parent / value(ref_source, "FILE")[0]).resolve() == source.resolve()
     assert float(value(children(reference, "ITEM")[0], "LENGTH")[0]) == pytest.approx(1.5, abs=1e-12)
     for track in tracks[1:]:
         name = value(track, "NAME")[0]
@@ -164,6 +166,31 @@ def test_tracks_items_and_sources_match_the_session(tmp_path, separator):
         assert (project_file.parent / relative) == written[name]
         info = sf.info(str(written[name]))
         assert float(value(item[0], "LENGTH")[0]) == pytest.approx(info.frames / info.samplerate, abs=1e-12)
+
+
+def test_the_reference_track_is_relative_under_the_output_folders_tree_and_absolute_elsewhere(tmp_path, separator):
+    """An album folder with --out inside it moves whole with its project; an input elsewhere keeps
+    its absolute path, so the output folder alone can be moved on the same machine."""
+    album = tmp_path / "album"
+    (album / "disc 1").mkdir(parents=True)
+    inside = write_song(album / "disc 1" / "song.wav", seconds=0.5)
+    session = parse({"version": 1, "output": {"files": {"mix": "{track}.remix.{ext}", "stems": "{track}/{stem}.{ext}"},
+                                               "bit_depth": 32, "tail_seconds": 0, "project": "reaper"}},
+                    source=str(tmp_path / "session.yaml"))
+    written = render_file(inside, RenderGraph(session, separator), album / "remixes")
+    ref = children(children(children(load(written["project"]), "TRACK")[0], "ITEM")[0], "SOURCE")[0]
+    assert value(ref, "FILE")[0] == "../../disc 1/song.wav"
+    moved = tmp_path / "moved album"
+    album.rename(moved)
+    project = moved / written["project"].relative_to(album)
+    assert (project.parent / value(ref, "FILE")[0]).resolve() == (moved / "disc 1" / "song.wav").resolve()
+
+    elsewhere = tmp_path / "nas" / "music"
+    elsewhere.mkdir(parents=True)
+    outside = write_song(elsewhere / "song.wav", seconds=0.5)
+    written = render_file(outside, RenderGraph(session, separator), tmp_path / "work" / "remixes")
+    ref = children(children(children(load(written["project"]), "TRACK")[0], "ITEM")[0], "SOURCE")[0]
+    assert value(ref, "FILE")[0] == str(outside.resolve())
 
 
 def test_processed_stems_are_before_the_fader_so_the_project_plays_the_mix(tmp_path, separator):
@@ -234,7 +261,7 @@ def test_names_with_spaces_quotes_and_non_ascii_parse_back_exactly(tmp_path, sep
     written, _ = render(tmp_path, separator, source)
     project = load(written["project"])
     ref = children(children(children(project, "TRACK")[0], "ITEM")[0], "SOURCE")[0]
-    assert value(ref, "FILE")[0] == str(source.resolve())
+    assert value(ref, "FILE")[0] == f"../../{name}.wav"
     assert written["project"].name == f"{name}.rpp"
 
 

@@ -130,9 +130,10 @@ def one_error(code: int, err: str, *needles: str, exit_code: int = USAGE) -> str
 
 
 def final_files(folder: Path) -> list[Path]:
-    """Every song output under a final name (the run's own record, stembridge-run.json, is not one)."""
+    """Every song output under a final name (the run's own record, stembridge-run.json, and its
+    report, stembridge-report.html, are not one)."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and p.name != "stembridge-run.json")
+                  and p.name not in ("stembridge-run.json", "stembridge-report.html"))
 
 
 def leftovers(folder: Path) -> list[Path]:
@@ -439,7 +440,7 @@ def full_preset() -> dict:
         stems=(("vocals", StemSettings(gain_db=1.0, pan=0.1, chain=(_spec(effect),), upmix="center")),
                ("instrumental", StemSettings(gain_db=((0.0, 0.0), (1.0, -6.0)), duck=DuckSettings(by="vocals")))),
         pre=(_spec(effect),), master=(_spec(effect),),
-        output=OutputSettings(sample_rate=44100, stems="{track}/{stem}.{ext}", loudness_lufs=-14.0))
+        output=OutputSettings(sample_rate=44100, stems="{track}/{stem}.{ext}", loudness_lufs=-14.0, report=True))
     data = session.to_dict()
     # Every field of every settings class is in the dict (files.mix/stems are output's mix/stems);
     # a preset names a model or an ensemble: the ensemble's keys are in full_ensemble_preset().
@@ -593,6 +594,7 @@ def test_the_full_preset_is_valid_and_renders(tmp_path, capsys):
     assert code == 0, err
     assert sorted(str(p.relative_to(out)) for p in final_files(out)) == [
         "song.remix.manifest.json", "song.remix.wav", "song/instrumental.wav", "song/vocals.wav"]
+    assert (out / "stembridge-report.html").is_file()  # output.report: true
     output = data["output"]
     frames = SR // 10 + round(output["tail_seconds"] * output["sample_rate"])  # the song, then the tail
     for target in ("song.remix.wav", "song/instrumental.wav", "song/vocals.wav"):

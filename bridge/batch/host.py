@@ -21,6 +21,19 @@ import time
 
 _HEADER = struct.Struct("<Q")
 _ENTRY = "import sys; from bridge.batch.host import main; sys.exit(main())"
+#: Names the descriptor the parent's ``sys.stderr`` writes to when that is not fd 2: the command
+#: line points fd 2 at a file to keep plugins' C++ chatter off the terminal
+#: (:func:`bridge.console.captured_stderr`); a host does the same, so its Python warnings still
+#: reach the terminal and its plugins' chatter joins the captured rest.
+_STDERR_FD = "STEMBRIDGE_PYTHON_STDERR_FD"
+
+
+def _python_stderr_fd() -> int | None:
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if fd != 2 else None
 
 
 def _send(stream, obj) -> None:
@@ -55,8 +68,14 @@ class Host:
     def run(self, spec, song, **kwargs):
         with self._lock:
             if self._process is None or self._process.poll() is not None:
+                fd = _python_stderr_fd()
+                env = dict(self._env if self._env is not None else os.environ)
+                env.pop(_STDERR_FD, None)
+                if fd is not None:
+                    env[_STDERR_FD] = str(fd)
                 self._process = subprocess.Popen([sys.executable, "-c", _ENTRY], stdin=subprocess.PIPE,
-                                                 stdout=subprocess.PIPE, env=self._env)
+                                                 stdout=subprocess.PIPE, env=env,
+                                                 pass_fds=(fd,) if fd is not None else ())
             try:
                 _send(self._process.stdin, (spec, song, kwargs))
                 reply = _receive(self._process.stdout)
@@ -97,6 +116,13 @@ def main() -> int:
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a plugin prints goes to stderr, never into the protocol
+    python_fd = os.environ.get(_STDERR_FD)
+    if python_fd and python_fd.isdigit():  # Python's own messages go where the parent's go
+        try:
+            sys.stderr = open(int(python_fd), "w", buffering=1, encoding="utf-8", errors="backslashreplace",
+                              closefd=False)
+        except OSError:
+            pass
     threading.Thread(target=_watch_parent, daemon=True).start()
     while True:
         request = _receive(requests)

@@ -56,6 +56,7 @@ class RunSpec:
     cache_dir: Path | None = None
     cache_max_gb: float = 20.0
     force: bool = False
+    report: bool = False  # draw each song's pictures for OUT/stembridge-report.html
 
 
 @dataclasses.dataclass
@@ -73,6 +74,8 @@ class SongOutcome:
     clipped: list = dataclasses.field(default_factory=list)  # (file, samples clipped)
     device: str | None = None  # where the model ran (cpu, cuda:0, ...)
     models: dict = dataclasses.field(default_factory=dict)  # model -> {"ran": bool, "seconds": float}
+    model: str | None = None  # the separator's name
+    preview: object = None  # render.preview.SongPreview when the run writes a report
 
 
 _WORKERS: dict = {}
@@ -104,7 +107,8 @@ def build(spec: RunSpec):
                                    denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener, shifts=spec.shifts,
                                    device=spec.device or "auto")
         options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
-                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
+                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project,
+                                  report=spec.report)
         return separator, options
     return session_graph(spec.preset, spec.overrides, threads=spec.threads, device=spec.device)
 
@@ -236,16 +240,16 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
     try:
         if spec.kind == "separate":
             separator, options = worker_for(spec)
-            device = separator.device
+            device, model = separator.device, separator.name
             result = separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
                                           force=force, progress=progress,
                                           on_clip=lambda target, count: clipped.append((target, count)))
         else:
             graph = worker_for(spec)
-            device = getattr(graph.separator, "device", None)
+            device, model = getattr(graph.separator, "device", None), graph.separator.name
             result = render_song(song.path, graph, spec.out_dir, naming=song.naming, cache=open_cache(spec),
-                                        force=force, progress=progress, defer_gain_to=defer_gain_to, album=album,
-                                        input_sha256=input_sha256)
+                                 force=force, progress=progress, defer_gain_to=defer_gain_to, album=album,
+                                 input_sha256=input_sha256, report=spec.report)
     except BridgeError as exc:
         return SongOutcome(song.path, "failed", error=str(exc), wall=time.perf_counter() - started, worker=os.getpid())
     except (OSError, ValueError, RuntimeError) as exc:  # a fault we did not foresee: still one line, and go on
@@ -254,7 +258,7 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
                            worker=os.getpid())
     return SongOutcome(song.path, result.status, written=result.written, seconds=result.seconds,
                        wall=time.perf_counter() - started, pending=result.pending, worker=os.getpid(),
-                       clipped=clipped, device=device, models=result.models)
+                       clipped=clipped, device=device, models=result.models, model=model, preview=result.preview)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,8 @@ class RunReport:
 
     def summary(self) -> list[str]:
         rtf = self.realtime_factor
-        lines = [f"{len(self.outcomes)} songs: {self.count('rendered')} rendered, {self.count('cached')} from cached "
+        songs = len(self.outcomes)
+        lines = [f"{songs} song{'' if songs == 1 else 's'}: {self.count('rendered')} rendered, {self.count('cached')} from cached "
                  f"stems, {self.count('skipped')} up to date (skipped), {len(self.failed)} failed; "
                  f"{self.wall:.1f} s" + (f", {rtf:.1f}x real time" if rtf else "")
                  + (f"; model on {', '.join(self.devices)}" if self.devices else "")
@@ -89,7 +90,7 @@ class RunReport:
                 "notes": self.notes, "models": self.models(),
                 "songs": [{"input": str(o.path), "status": o.status, "audio_seconds": round(o.seconds, 3),
                            "wall_seconds": round(o.wall, 3), "error": o.error, "worker_pid": o.worker or None,
-                           "device": o.device, "models": o.models,
+                           "device": o.device, "model": o.model, "models": o.models,
                            "outputs": {k: str(v) for k, v in o.written.items()}} for o in self.outcomes]}
 
 
@@ -194,6 +195,7 @@ def _finish_albums(spec: RunSpec, albums, members, by_path, on_event) -> None:
                 try:
                     outcome.written = finish_render(outcome.pending, gain_db=gain, album=facts)
                     outcome.status = "cached" if outcome.pending.cached else "rendered"
+                    outcome.preview = outcome.pending.preview
                 except BridgeError as exc:
                     outcome.status, outcome.error = "failed", str(exc)
                 outcome.pending = None

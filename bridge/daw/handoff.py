@@ -49,6 +49,9 @@ class HandOff:
         The view of the stems written to ``output.files.stems``; None: after the fader, as always.
     nistems : Path or None
         Where the ``.stem.mp4`` goes.
+    tree : Path or None
+        The folder that holds the output folder: an input under it is referenced relatively
+        by the project (:func:`~bridge.daw.reaper.relative_source`).
     """
 
     bwf: bool
@@ -60,6 +63,7 @@ class HandOff:
     project: Path | None = None
     tap: str | None = None
     nistems: Path | None = None
+    tree: Path | None = None
     #: An ensemble's stems: which model (or method over which models) made each; None for one model.
     made_by: dict | None = None
 
@@ -103,9 +107,10 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
     reference = bwf.source_time_reference(path, source_rate=header.sample_rate, target_rate=rate) if o.bwf else 0
     stems = {label: target for label, target in targets.items() if label != "mix"}
     project = None
+    tree = Path(out_dir).resolve().parent if out_dir is not None else None
     if o.project == "reaper" and stems:
         project = project_path(stems, track=track)
-        _check_project(project, targets, path, where=f"{session.source}: output.project")
+        _check_project(project, targets, path, where=f"{session.source}: output.project", tree=tree)
     nistems = None
     if o.nistems is not None:
         check_stems(tuple(separator_stems), where=f"{session.source}: output.files.nistems")
@@ -119,7 +124,7 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
         tap = "raw" if o.project_stems == "raw" else "prefader"
     take = Path(session.source).stem if session.source not in ("<session>", "") else "session"
     return HandOff(bwf=o.bwf, time_reference=reference, sample_rate=rate, track=track, take=take,
-                   model=separator_name, project=project, tap=tap, nistems=nistems, made_by=made_by)
+                   model=separator_name, project=project, tap=tap, nistems=nistems, tree=tree, made_by=made_by)
 
 
 def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path],
@@ -129,13 +134,15 @@ def separation_plan(path: Path, *, header, options, separator_name: str, targets
     track = track or path.stem
     reference = bwf.source_time_reference(path, source_rate=rate, target_rate=rate) if options.bwf else 0
     project = project_path(targets, track=track) if options.project == "reaper" else None
+    tree = Path(options.out_dir).resolve().parent
     if project is not None:
-        _check_project(project, targets, path, where="--project")
+        _check_project(project, targets, path, where="--project", tree=tree)
     return HandOff(bwf=options.bwf, time_reference=reference, sample_rate=rate, track=track, take="separate",
-                   model=separator_name, project=project, made_by=made_by)
+                   model=separator_name, project=project, tree=tree, made_by=made_by)
 
 
-def _check_project(project: Path, targets: dict[str, Path], source: Path, *, where: str) -> None:
+def _check_project(project: Path, targets: dict[str, Path], source: Path, *, where: str,
+                   tree: Path | None = None) -> None:
     for label, target in targets.items():
         if project == target:
             what = "mix" if label == "mix" else f"stem {label}"
@@ -146,7 +153,7 @@ def _check_project(project: Path, targets: dict[str, Path], source: Path, *, whe
     if project.is_dir():
         raise OutputError(f"{where}: the REAPER project {project} is the name of a folder; remove or rename it")
     # Every name the project will hold must be one REAPER can read: refuse now, before any audio work.
-    reaper.quote(reaper.relative_source(source, project), what=f"{where}: the input's path")
+    reaper.quote(reaper.relative_source(source, project, tree=tree), what=f"{where}: the input's path")
     for label, target in targets.items():
         reaper.quote(label, what=f"{where}: the stem name")
         reaper.quote(reaper.relative_source(target, project), what=f"{where}: the file name")
@@ -175,7 +182,8 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
     which come before the routing) or listed in the track's notes (``raw``).
     """
     project = handoff.project
-    tracks = [reaper.Track(name="original mix (reference)", file=reaper.relative_source(source, project),
+    tracks = [reaper.Track(name="original mix (reference)",
+                           file=reaper.relative_source(source, project, tree=handoff.tree),
                            length=source_seconds, channels=2, mute=True,
                            notes="The input song, muted: the reference the stems came from.")]
     surround = layout_channels == 6
@@ -280,9 +288,9 @@ def _chain_text(chain, lanes: dict) -> str:
 
 def separation_project(project: Path, *, source: Path, source_seconds: float, files: dict[str, Path],
                        frames: dict[str, int], channels: int, sample_rate: int, model: str,
-                       made_by: dict | None = None) -> reaper.Project:
+                       tree: Path | None = None, made_by: dict | None = None) -> reaper.Project:
     """The REAPER project of a plain separation: the reference track, then each stem at unity."""
-    tracks = [reaper.Track(name="original mix (reference)", file=reaper.relative_source(source, project),
+    tracks = [reaper.Track(name="original mix (reference)", file=reaper.relative_source(source, project, tree=tree),
                            length=source_seconds, channels=2, mute=True)]
     made_by = made_by or {}
     tracks += [reaper.Track(name=stem, file=reaper.relative_source(file, project), length=frames[stem] / sample_rate,

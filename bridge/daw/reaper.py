@@ -23,6 +23,8 @@ Numbers are plain decimals (no exponent), as REAPER writes them.
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import math
 import time
@@ -269,10 +271,18 @@ def write(path, project: Project) -> Path:
     return write_text_atomic(path, text, what="REAPER project")
 
 
-def relative_source(file: Path, project: Path) -> str:
+def relative_source(file: Path, project: Path, *, tree: Path | None = None) -> str:
     """How the project names ``file``: relative (forward slashes) when it is inside the project's
-    folder, so the folder can be moved; absolute otherwise (the input song, wherever it is)."""
+    folder, so the folder can be moved; relative with ``..`` when both lie under ``tree`` (the
+    folder that holds the run's output folder: an album folder with ``--out remixes`` inside it),
+    so that tree can be moved whole; absolute otherwise (an input elsewhere stays reachable when
+    the output folder alone is moved on the same machine). A ``tree`` that is a filesystem root
+    counts as none: ``../../../home/...`` would tie the project to the folder depth it sits at."""
     file, folder = Path(file).resolve(), Path(project).resolve().parent
     if folder in file.parents:
         return file.relative_to(folder).as_posix()
+    if tree is not None:
+        tree = Path(tree).resolve()
+        if tree != Path(tree.anchor) and tree in file.parents and (tree == folder or tree in folder.parents):
+            return Path(os.path.relpath(file, folder)).as_posix()
     return str(file)

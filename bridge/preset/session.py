@@ -46,6 +46,7 @@ Schema (every key but ``version`` may be left out)::
       project: null                      # reaper: <track>.rpp beside the stems (files.stems defaults
                                          # to "{track}/{stem}.{ext}"), stems written before the fader
       project_stems: processed           # or raw: the separator's stems, chains listed in track notes
+      report: false                      # true: OUT/stembridge-report.html (as render --report)
       # files.nistems: "{track}.stem.mp4" writes NI Stems from a vocals/drums/bass/other session
 
 An ``<effect>`` is ``{effect: Name, <param>: value, ...}`` (pedalboard built-ins) or
@@ -131,6 +132,7 @@ class OutputSettings:
     project: str | None = None  # "reaper": a DAW project of the session
     project_stems: str = "processed"  # or "raw"
     nistems: str | None = None  # NI Stems name template, e.g. "{track}.stem.mp4"
+    report: bool = False  # OUT/stembridge-report.html for the run (changes no audio output)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +221,8 @@ class Session:
                        "tail_seconds": o.tail_seconds, "loudness_scope": o.loudness_scope, "bwf": o.bwf,
                        "project": o.project, "project_stems": o.project_stems},
         }
+        if o.report:  # written only when asked: a report changes no output, so older manifests stay current
+            out["output"]["report"] = True
         if self.tempo is not None:
             out["tempo"] = self.tempo.to_yaml()
         if self.automation:
@@ -359,7 +363,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
 
     o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
                                                   "loudness_lufs", "true_peak_db", "tail_seconds", "loudness_scope",
-                                                  "bwf", "project", "project_stems"))
+                                                  "bwf", "project", "project_stems", "report"))
     files = r.mapping(o.get("files"), "output.files", ("mix", "stems", "nistems"))
     templates = {}
     for key, default in (("mix", OutputSettings.mix), ("stems", None), ("nistems", None)):
@@ -391,7 +395,10 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         bwf=r.boolean(o.get("bwf", True), "output.bwf"),
         project=r.choice(o["project"], "output.project", PROJECTS) if o.get("project") is not None else None,
         project_stems=r.choice(o.get("project_stems", "processed"), "output.project_stems", PROJECT_STEMS),
-        nistems=templates["nistems"])
+        nistems=templates["nistems"], report=r.boolean(o.get("report", False), "output.report"))
+    if output.loudness_scope == "album" and output.loudness_lufs is None:
+        r.fail("output.loudness_scope", "album loudness needs a target: set output.loudness_lufs too (e.g. "
+                                        "--set output.loudness_lufs=-14), or leave loudness_scope at track")
     if output.project and not output.stems:  # a project needs stem files to reference
         output = dataclasses.replace(output, stems=PROJECT_STEMS_TEMPLATE)
     if output.nistems is not None and output.layout != "stereo":
@@ -466,7 +473,7 @@ def apply_overrides(data, overrides, *, source: str):
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
-            raise PresetError(f"--set {item}: the value is not valid YAML") from None
+            raise PresetError(f"--set {item}: the value is not valid YAML{_quote_hint(path, raw)}") from None
         node = data
         keys = path.strip().split(".")
         for key in keys[:-1]:
@@ -479,6 +486,26 @@ def apply_overrides(data, overrides, *, source: str):
             raise PresetError(f"{source}: --set {path}: cannot set a key inside {fields.kind_of(node)}")
         node[keys[-1]] = value
     return data
+
+
+def _quote_hint(path: str, raw: str) -> str:
+    """A hint for a ``--set`` value YAML reads as a mapping or list: a name template's braces."""
+    if not raw.lstrip().startswith(("{", "[")):
+        return ""
+    return (f"; YAML reads {{...}} and [...] as a mapping or a list: quote a name template inside the argument, "
+            f"e.g. --set '{path.strip()}=\"{raw.strip()}\"'")
+
+
+def _blame_override(exc: PresetError, overrides, source: str) -> PresetError:
+    """A preset error at a key a ``--set`` argument wrote names that argument, not the preset file."""
+    message = str(exc)
+    for item in overrides:
+        path, _, raw = item.partition("=")
+        prefix = f"{source}: {path.strip()}"
+        if message.startswith(prefix + ":") or message.startswith(prefix + "."):
+            rest = message[len(source) + 2:]
+            return PresetError(f"--set {item}: {rest}{_quote_hint(path, raw)}")
+    return exc
 
 
 def load(path, *, overrides=()) -> Session:
@@ -509,6 +536,10 @@ def load(path, *, overrides=()) -> Session:
         data = apply_overrides(data if isinstance(data, dict) else {}, overrides, source=source)
     try:
         return parse(data, source=source, base=path.resolve().parent)
+    except PresetError as exc:
+        if not overrides:
+            raise
+        raise _blame_override(exc, overrides, source) from None
     except RecursionError:
         raise PresetError(f"{source}: the preset is nested too deeply (or refers to itself with YAML anchors)") from None
 

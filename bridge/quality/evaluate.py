@@ -1,4 +1,4 @@
-"""Separation quality against reference stems: BSS Eval v4 SDR and SI-SDR, per song and stem.
+"""Separation quality against reference stems: BSS Eval v4 SDR, SIR, SAR, ISR and SI-SDR, per song and stem.
 
 Conventions
 -----------
@@ -18,6 +18,11 @@ Conventions
   group, and ``vocals`` with ``instrumental`` another (the instrumental is a sum of the other
   references, so it cannot be projected together with them); the vocals score comes from the
   vocals/instrumental pair.
+- **SIR, SAR, ISR** come from the same ``bss_eval`` call, frames and median as SDR (Vincent et al.,
+  "Performance measurement in blind audio source separation", 2006; SiSEC 2018's v4): the error
+  split into interference from the other sources of the group (SIR), artifacts (SAR) and spatial
+  distortion (ISR, the source image against its filtered self). A frame NaN for SDR is NaN for
+  all four. A silent estimate scores ``-inf`` for all four; a silent reference ``nan``.
 - **SI-SDR** (Le Roux et al., "SDR - half-baked or well done?", ICASSP 2019) over the whole
   song, channels concatenated, without mean removal: ``+inf`` for an estimate that is an exact
   multiple of the reference.
@@ -101,13 +106,32 @@ def framewise_sdr(references: Sequence[np.ndarray], estimates: Sequence[np.ndarr
     ndarray, shape (sources, frames), float64
         SDR in dB; NaN where a reference or an estimate of any source is silent in the frame.
     """
+    return framewise_bss_eval(references, estimates, sample_rate=sample_rate)["sdr"]
+
+
+#: The four BSS Eval v4 metrics, in the order the table and the JSON give them.
+BSS_METRICS = ("sdr", "sir", "sar", "isr")
+
+
+def framewise_bss_eval(references: Sequence[np.ndarray], estimates: Sequence[np.ndarray], *,
+                       sample_rate: int) -> dict[str, np.ndarray]:
+    """BSS Eval v4 SDR, SIR, SAR and ISR on 1 s frames (one ``bss_eval`` call, as museval's
+    ``evaluate(refs, ests, win=sr, hop=sr)``); see :func:`framewise_sdr` for the arguments.
+
+    Returns
+    -------
+    dict of str to ndarray, shape (sources, frames), float64
+        By metric name (:data:`BSS_METRICS`), in dB; NaN where a reference or an estimate of any
+        source is silent in the frame.
+    """
     frame = int(round(FRAME_SECONDS * sample_rate))
-    sdr, _isr, _sir, _sar, _perm = _museval_bss_eval()(
+    sdr, isr, sir, sar, _perm = _museval_bss_eval()(
         sources_samples_channels(references), sources_samples_channels(estimates),
         window=frame, hop=frame, compute_permutation=False, framewise_filters=False,
         bsseval_sources_version=False,
     )
-    return np.asarray(sdr, dtype=np.float64)
+    return {name: np.asarray(value, dtype=np.float64)
+            for name, value in (("sdr", sdr), ("sir", sir), ("sar", sar), ("isr", isr))}
 
 
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -239,13 +263,21 @@ class NoSplit:
 
 @dataclasses.dataclass(frozen=True)
 class StemScore:
-    """One stem of one song. ``frames`` counts the 1 s frames the SDR median is taken over."""
+    """One stem of one song. ``frames`` counts the 1 s frames the BSS Eval medians are taken over."""
 
     song: str
     stem: str
     sdr: float
     si_sdr: float
     frames: int
+    sir: float = math.nan
+    sar: float = math.nan
+    isr: float = math.nan
+
+
+#: The table's and the JSON's columns: BSS Eval v4's four, then SI-SDR.
+_METRICS = (*BSS_METRICS, "si_sdr")
+_LABELS = {"sdr": "SDR", "sir": "SIR", "sar": "SAR", "isr": "ISR", "si_sdr": "SI-SDR"}
 
 
 def _json_number(value: float):
@@ -286,39 +318,46 @@ class Report:
         return tuple(dict.fromkeys(s.song for s in self.scores))
 
     def medians(self) -> dict[str, dict[str, float]]:
-        """Per stem: median SDR and SI-SDR over songs (NaN songs left out), and how many songs count."""
+        """Per stem: median SDR, SIR, SAR, ISR and SI-SDR over songs (NaN songs left out, per
+        metric), and how many songs the stem was scored on."""
         out = {}
         for stem in self.stems:
             rows = [s for s in self.scores if s.stem == stem]
-            out[stem] = {"sdr": _median(s.sdr for s in rows), "si_sdr": _median(s.si_sdr for s in rows),
-                         "songs": len(rows)}
+            out[stem] = {**{m: _median(getattr(s, m) for s in rows) for m in _METRICS}, "songs": len(rows)}
         return out
 
     def table(self) -> str:
-        """Aligned plain text: song, stem, SDR, SI-SDR (dB), then a median row per stem."""
+        """Aligned plain text: song, stem, SDR, SIR, SAR, ISR, SI-SDR (dB), then a median row per stem."""
         width = max([len(s.song) for s in self.scores] + [len("median (999 songs)")])
         stem_width = max([len(s) for s in self.stems] + [len("stem")])
-        lines = [f"{'song':<{width}}  {'stem':<{stem_width}}  {'SDR':>7}  {'SI-SDR':>7}"]
-        lines += [f"{s.song:<{width}}  {s.stem:<{stem_width}}  {s.sdr:7.2f}  {s.si_sdr:7.2f}" for s in self.scores]
+
+        def row(song: str, stem: str, values) -> str:
+            return f"{song:<{width}}  {stem:<{stem_width}}" + "".join(f"  {v:7.2f}" for v in values)
+
+        lines = [f"{'song':<{width}}  {'stem':<{stem_width}}" + "".join(f"  {_LABELS[m]:>7}" for m in _METRICS)]
+        lines += [row(s.song, s.stem, [getattr(s, m) for m in _METRICS]) for s in self.scores]
         lines.append("-" * len(lines[0]))
         for stem, m in self.medians().items():
             label = f"median ({m['songs']} song{'s' if m['songs'] != 1 else ''})"
-            lines.append(f"{label:<{width}}  {stem:<{stem_width}}  {m['sdr']:7.2f}  {m['si_sdr']:7.2f}")
+            lines.append(row(label, stem, [m[k] for k in _METRICS]))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         """A JSON-ready dict; non-finite scores (see the module notes) become ``null``."""
         songs: dict[str, dict] = {}
         for s in self.scores:
-            songs.setdefault(s.song, {})[s.stem] = {"sdr": _json_number(s.sdr), "si_sdr": _json_number(s.si_sdr),
+            songs.setdefault(s.song, {})[s.stem] = {**{m: _json_number(getattr(s, m)) for m in _METRICS},
                                                     "frames": s.frames}
         return {
             "model": self.model,
             "settings": self.settings,
             "references": str(self.references),
             "metrics": {"sdr": "BSS Eval v4 (museval), median over 1 s frames, dB",
+                        "sir": "BSS Eval v4 source-to-interference ratio, median over 1 s frames, dB",
+                        "sar": "BSS Eval v4 source-to-artifacts ratio, median over 1 s frames, dB",
+                        "isr": "BSS Eval v4 source-image-to-spatial-distortion ratio, median over 1 s frames, dB",
                         "si_sdr": "scale-invariant SDR over the whole song, dB"},
-            "median": {stem: {"sdr": _json_number(m["sdr"]), "si_sdr": _json_number(m["si_sdr"]), "songs": m["songs"]}
+            "median": {stem: {**{k: _json_number(m[k]) for k in _METRICS}, "songs": m["songs"]}
                        for stem, m in self.medians().items()},
             "songs": songs,
             "notes": list(self.notes),
@@ -345,29 +384,30 @@ def _groups(stems: Sequence[str]) -> list[list[str]]:
 def score_song(song: Song, estimates: Mapping[str, np.ndarray], stems: Sequence[str]) -> tuple[list[StemScore], list[str]]:
     """Score ``stems`` of one song; return the scores (in ``stems`` order) and notes."""
     notes: list[str] = []
-    result: dict[str, tuple[float, int]] = {}
+    result: dict[str, tuple[dict, int]] = {}
     for group in _groups(stems):
         live = []
         for stem in group:
             if _silent(song.references[stem]):
-                result[stem] = (math.nan, 0)
+                result[stem] = (dict.fromkeys(BSS_METRICS, math.nan), 0)
                 notes.append(f"{song.name}: the {stem} reference is silence; not scored (nan)")
             elif _silent(estimates[stem]):
-                result[stem] = (-math.inf, 0)
+                result[stem] = (dict.fromkeys(BSS_METRICS, -math.inf), 0)
                 notes.append(f"{song.name}: the {stem} estimate is silence; scored -inf")
             else:
                 live.append(stem)
         if not live:
             continue
-        sdr = framewise_sdr([song.references[s] for s in live], [estimates[s] for s in live],
-                            sample_rate=song.sample_rate)
-        for stem, frames in zip(live, sdr):
-            counted = int(np.count_nonzero(~np.isnan(frames)))
-            result[stem] = (_median(frames), counted)
+        metrics = framewise_bss_eval([song.references[s] for s in live], [estimates[s] for s in live],
+                                     sample_rate=song.sample_rate)
+        for i, stem in enumerate(live):
+            counted = int(np.count_nonzero(~np.isnan(metrics["sdr"][i])))
+            result[stem] = ({m: _median(metrics[m][i]) for m in BSS_METRICS}, counted)
     scores = []
     for stem in stems:
-        sdr, frames = result[stem]
-        scores.append(StemScore(song.name, stem, sdr, si_sdr(song.references[stem], estimates[stem]), frames))
+        bss, frames = result[stem]
+        scores.append(StemScore(song.name, stem, bss["sdr"], si_sdr(song.references[stem], estimates[stem]), frames,
+                                sir=bss["sir"], sar=bss["sar"], isr=bss["isr"]))
     return scores, notes
 
 
@@ -449,13 +489,14 @@ class Comparison:
     reports: dict
 
     def table(self) -> str:
-        """Per stem, each model and ensemble's median SDR and SI-SDR over the songs; ``*`` marks
-        the best SDR of the stem."""
+        """Per stem, each model and ensemble's median SDR, SIR, SAR, ISR and SI-SDR over the songs;
+        ``*`` marks the best SDR of the stem."""
         names = list(self.reports)
         stems = list(dict.fromkeys(s for r in self.reports.values() for s in r.stems))
         width = max([len(n) for n in names] + [len("model / ensemble")])
         stem_width = max([len(s) for s in stems] + [len("stem")])
-        header = f"{'stem':<{stem_width}}  {'model / ensemble':<{width}}  {'SDR':>7}  {'SI-SDR':>7}  songs"
+        header = (f"{'stem':<{stem_width}}  {'model / ensemble':<{width}}  {'SDR':>7} "
+                  + "".join(f" {_LABELS[k]:>7}" for k in _METRICS if k != "sdr") + "  songs")
         lines = [header, "-" * len(header)]
         for stem in stems:
             rows = [(name, self.reports[name].medians().get(stem)) for name in names]
@@ -464,8 +505,8 @@ class Comparison:
             best = max(finite) if finite else None
             for name, m in rows:
                 mark = "*" if best is not None and m["sdr"] == best else " "
-                lines.append(f"{stem:<{stem_width}}  {name:<{width}}  {m['sdr']:7.2f}{mark} {m['si_sdr']:7.2f}  "
-                             f"{m['songs']}")
+                lines.append(f"{stem:<{stem_width}}  {name:<{width}}  {m['sdr']:7.2f}{mark}"
+                             + "".join(f" {m[k]:7.2f}" for k in _METRICS if k != "sdr") + f"  {m['songs']}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -554,5 +595,6 @@ def _score_estimates(model: str, song, files, raw: Mapping[str, np.ndarray]) -> 
     return got, notes + song_notes
 
 
-__all__ = ["Comparison", "compare", "Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song", "score_song",
-           "framewise_sdr", "si_sdr", "ideal_ratio_mask", "Oracle", "NoSplit", "sources_samples_channels"]
+__all__ = ["Comparison", "compare", "Report", "StemScore", "Song", "SongFiles", "evaluate", "find_songs", "load_song",
+           "score_song", "framewise_sdr", "framewise_bss_eval", "BSS_METRICS", "si_sdr", "ideal_ratio_mask", "Oracle",
+           "NoSplit", "sources_samples_channels"]

@@ -49,9 +49,9 @@ class SongFile:
         check_channels(header.channels, source=str(path))
         return cls(path, header, naming or Naming.of(path))
 
-    def result(self, status: str, written=None, pending=None, models=None) -> SongResult:
+    def result(self, status: str, written=None, pending=None, models=None, preview=None) -> SongResult:
         return SongResult(self.path, status, written=dict(written or {}), seconds=self.header.seconds,
-                          pending=pending, models=dict(models or {}))
+                          pending=pending, models=dict(models or {}), preview=preview)
 
 
 @dataclasses.dataclass
@@ -67,6 +67,16 @@ class PendingSong:
     def loudness(self) -> dict:
         """Each audio output's meter state, which the album's gain is measured from."""
         return next(s for s in self.sinks if isinstance(s, AudioFiles)).loudness
+
+    @property
+    def preview(self):
+        """The report's pictures and levels, once finished (None without a report)."""
+        return preview_of(self.sinks)
+
+
+def preview_of(sinks) -> object:
+    """The :class:`~bridge.render.preview.SongPreview` a song's report sink made, if it has one."""
+    return next((s.result for s in sinks if getattr(s, "result", None) is not None), None)
 
 
 def run_song(song: SongFile, sinks: Sequence[Sink], *, source, feed: Feed, out_dir: Path,
@@ -114,7 +124,8 @@ def run_song(song: SongFile, sinks: Sequence[Sink], *, source, feed: Feed, out_d
             source.abort()
             failed.append(True)
             raise
-    return song.result("cached" if source.cached else "rendered", written, models=source.models)
+    return song.result("cached" if source.cached else "rendered", written, models=source.models,
+                       preview=preview_of(sinks))
 
 
 def _stream(song: SongFile, feed: Feed, sinks: Sequence[Sink], progress: Progress | None) -> None:

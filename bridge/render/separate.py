@@ -19,6 +19,7 @@ from ..separation.models import offered_stems
 from ..version import __version__
 from .cache import StemCache
 from .pipeline import SongFile, run_song
+from .preview import Preview
 from .records import file_sha256, made_by, model_identity, read_json
 from .sinks import AudioFiles, Block, Gain, Project, Record
 from .songs import Clipped, Naming, Progress, SongResult, report_clipping
@@ -36,6 +37,7 @@ class SeparateOptions:
     stems: tuple[str, ...] | None = None
     bwf: bool = True  # wav stems carry bext (EBU Tech 3285 v2) and iXML chunks
     project: str | None = None  # "reaper": <track>.rpp beside the stems
+    report: bool = False  # meter the stems and draw their pictures for the run report
 
 
 def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
@@ -92,13 +94,17 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     header = song.header
     audio = AudioFiles([(stem, target, header.channels) for stem, target in targets.items()],
                        source_rate=header.sample_rate, sample_rate=header.sample_rate, bit_depth=options.bit_depth,
-                       inputs=[song.path], hand=hand, measure=False, kind="separate")
+                       inputs=[song.path], hand=hand, measure=options.report, kind="separate",
+                       bext_loudness=False)
     sinks = [audio]
+    if options.report:
+        sinks.append(Preview(audio, sample_rate=header.sample_rate, frames=header.frames))
     if hand.project is not None:
         sinks.append(Project(hand.project, lambda: daw.separation_project(
             hand.project, source=song.path, source_seconds=header.seconds,
             files={f.label: f.path for f in audio.files}, frames={f.label: f.frames for f in audio.files},
-            channels=header.channels, sample_rate=header.sample_rate, model=separator.name, made_by=hand.made_by)))
+            channels=header.channels, sample_rate=header.sample_rate, model=separator.name, tree=hand.tree,
+            made_by=hand.made_by)))
     sinks.append(Record(manifest, expected, song.path))
     source = StemSource(song.path, header, separator, cache=cache)
     result = run_song(song, sinks, source=source, feed=_StemsFeed(source.stream, tuple(targets)),

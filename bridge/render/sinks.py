@@ -133,10 +133,15 @@ class AudioFiles:
         bext loudness fields say "unknown".
     kind : str
         ``render`` or ``separate``, for the bext description.
+    bext_loudness : bool
+        Write the measured loudness into the bext chunk (False: "not measured", as when
+        ``measure`` is off; ``separate`` meters only for the run report, which must not change
+        the files it writes).
     """
 
     def __init__(self, outputs, *, source_rate: int, sample_rate: int, bit_depth, inputs=(), two_pass: bool = False,
-                 hand=None, view: str | None = None, measure: bool = True, kind: str = "render"):
+                 hand=None, view: str | None = None, measure: bool = True, kind: str = "render",
+                 bext_loudness: bool = True):
         self.files = [_File(label, Path(path), channels) for label, path, channels in outputs]
         self.source_rate = source_rate
         self.sample_rate = sample_rate
@@ -147,6 +152,7 @@ class AudioFiles:
         self.view = view
         self.measure = measure
         self.kind = kind
+        self.bext_loudness = bext_loudness
 
     @property
     def targets(self) -> tuple[Path, ...]:
@@ -227,7 +233,7 @@ class AudioFiles:
         if self.hand is None:
             return None
         loudness = bwf.Loudness()
-        if f.loudness is not None:
+        if f.loudness is not None and self.bext_loudness:
             def shifted(value: float) -> float | None:
                 return value + gain_db if np.isfinite(value) else None
 

@@ -19,6 +19,7 @@ from ..version import __version__
 from .cache import StemCache
 from .graph import RenderGraph
 from .pipeline import PendingSong, SongFile, finish_pending, run_song
+from .preview import Preview
 from .records import file_sha256, made_by, manifest_record, model_identity, read_manifest
 from .sinks import AudioFiles, Block, Gain, Manifest, NiStems, Project, loudness_gain
 from .songs import Naming, Progress, SongResult
@@ -77,7 +78,7 @@ def up_to_date(manifest: Path, *, input_sha256: str, graph: RenderGraph, targets
     if record is None:
         return False
     same = (record.stembridge == __version__ and record.input_sha256 == input_sha256
-            and record.session == json.loads(json.dumps(graph.session.to_dict()))
+            and _without_report(record.session) == _without_report(json.loads(json.dumps(graph.session.to_dict())))
             and record.model_sha256 == (graph.separator.card.sha256 if graph.separator.card else None)
             and record.model_identity == json.loads(json.dumps(model_identity(graph.separator)))
             and (album is None or record.album_songs == album))
@@ -86,9 +87,16 @@ def up_to_date(manifest: Path, *, input_sha256: str, graph: RenderGraph, targets
     return same and outputs_there and handoff_there
 
 
+def _without_report(session) -> object:
+    """A session as a manifest records it, less ``output.report``: a report changes no output."""
+    if isinstance(session, dict) and isinstance(session.get("output"), dict):
+        return {**session, "output": {k: v for k, v in session["output"].items() if k != "report"}}
+    return session
+
+
 def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = None, cache: StemCache | None = None,
                 force: bool = True, progress: Progress | None = None, defer_gain_to: Path | None = None,
-                input_sha256: str | None = None, album: list[str] | None = None) -> SongResult:
+                input_sha256: str | None = None, album: list[str] | None = None, report: bool = False) -> SongResult:
     """:func:`render_file` for batches: stem cache, resume, and album loudness.
 
     Parameters
@@ -104,6 +112,9 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
         :class:`PendingSong` for :func:`finish_render`, instead of applying the song's own gain.
     album : list of str, optional
         The sorted input hashes of the song's album (album loudness), for the resume check.
+    report : bool
+        Also draw the song's pictures and keep its levels for the run report (the result's
+        ``preview``; :mod:`bridge.render.preview`).
     """
     song = SongFile.open(path, naming)
     out_dir = Path(out_dir)
@@ -116,7 +127,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
     hand = daw.plan(song.path, header=song.header, session=session, separator_name=graph.separator.name,
                     targets=targets, rate=rate, separator_stems=graph.separator.stems, out_dir=out_dir,
                     track=song.naming.track, made_by=made_by(graph.separator))
-    sinks = _sinks(song, graph, hand, targets, manifest, rate=rate, digest=digest)
+    sinks = _sinks(song, graph, hand, targets, manifest, rate=rate, digest=digest, report=report)
     source = StemSource(song.path, song.header, graph.separator, cache=None if graph.pre_chain is not None else cache,
                         pre=session.pre, pre_lanes=session.lanes("pre"))
     feed = _GraphFeed(graph, song.header, separation=source.stream, taps=hand.taps)
@@ -125,7 +136,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
 
 
 def _sinks(song: SongFile, graph: RenderGraph, hand: "daw.HandOff", targets: dict, manifest: Path, *, rate: int,
-           digest: str) -> list:
+           digest: str, report: bool = False) -> list:
     """The song's outputs: its audio files, the hand-off (project, NI Stems) and the manifest, last."""
     session, o = graph.session, graph.session.output
     stem_channels = song.header.channels if hand.tap == "raw" else graph.channels  # raw stems keep the input's
@@ -134,6 +145,10 @@ def _sinks(song: SongFile, graph: RenderGraph, hand: "daw.HandOff", targets: dic
                        source_rate=song.header.sample_rate, sample_rate=rate, bit_depth=o.bit_depth,
                        inputs=[song.path], two_pass=o.loudness_lufs is not None, hand=hand, view=hand.tap)
     sinks = [audio]
+    if report:
+        tail = round(o.tail_seconds * song.header.sample_rate)
+        sinks.append(Preview(audio, sample_rate=song.header.sample_rate, frames=song.header.frames + tail,
+                             view=hand.tap))
     if hand.project is not None:
         sinks.append(Project(hand.project, lambda: daw.session_project(
             hand, session=session, source=song.path, source_seconds=song.header.seconds,

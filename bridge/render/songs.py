@@ -61,6 +61,7 @@ class SongResult:
     pending: object = None  # a render.pipeline.PendingSong while the song waits for its album's gain
     #: Each model's ``{"ran": bool, "seconds": float}`` for this song (an ensemble has several).
     models: dict = dataclasses.field(default_factory=dict)
+    preview: object = None  # a render.preview.SongPreview when the run writes a report
 
 
 def missing_folders(targets, root: Path) -> list[Path]:

@@ -155,6 +155,7 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
     resolved = devices.check_device(device)
     card = model if isinstance(model, ModelCard) else resolve(model)
     check_wiener_fits(card, wiener)
+    check_denoise_invert_fits(card, denoise=denoise, invert=invert)
     if card.family != "demucs" and (shifts is not None or leftover is not None):
         option = "shifts" if shifts is not None else "leftover"
         raise ModelError(f"{option}: only for Demucs models, and '{card.name}' is a {card.family} model; drop it")
@@ -242,6 +243,15 @@ def check_wiener_fits(card: ModelCard, wiener: int) -> None:
                          f"but '{card.name}' is a {card.family} model; use wiener=0 (--wiener 0) with it")
 
 
+def check_denoise_invert_fits(card: ModelCard, *, denoise: bool, invert: bool) -> None:
+    """Refuse denoise or spectral inversion for a model whose family would ignore them: an ignored
+    setting must neither pass silently nor change what a run records."""
+    asked = [name for name, on in (("--denoise", denoise), ("--invert", invert)) if on]
+    if asked and not families.family(card.family).denoise_invert:
+        raise ModelError(f"{' and '.join(asked)}: only MDX-Net models take {'them' if len(asked) > 1 else 'it'}, "
+                         f"and '{card.name}' is a {card.family} model; drop {' and '.join(asked)}")
+
+
 def _check_settings(*, overlap, batch_size, threads) -> None:
     """Refuse settings out of range before any model is loaded (the CLI passes them through)."""
     if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float))
@@ -257,4 +267,5 @@ def _check_settings(*, overlap, batch_size, threads) -> None:
 
 
 __all__ = ["Separator", "SeparatorStream", "SeparationStream", "ChunkedSeparator", "WholeSongStream",
-           "check_wiener_fits", "ensemble_cards", "load_ensemble", "load_separator", "with_sums"]
+           "check_denoise_invert_fits", "check_wiener_fits", "ensemble_cards", "load_ensemble", "load_separator",
+           "with_sums"]

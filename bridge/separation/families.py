@@ -111,6 +111,9 @@ class Family:
         Whether the card names a model file to verify (False: a weight-free DSP family).
     wiener : bool
         Whether the family takes multichannel Wiener filtering (``wiener=``).
+    denoise_invert : bool
+        Whether the family takes UVR's denoise and spectral inversion (``denoise=``, ``invert=``);
+        other families refuse them rather than ignore them.
     builtin : tuple of str
         Names of models of this family that need no card file (``dsp``, ``default-4stems``).
     builtin_card : callable ``(name) -> ModelCard``
@@ -135,6 +138,7 @@ class Family:
     default_overlap: Callable[["ModelCard"], float] = lambda card: 0.25
     weights: bool = True
     wiener: bool = False
+    denoise_invert: bool = False
     builtin: tuple[str, ...] = ()
     builtin_card: Callable[[str], "ModelCard"] | None = None
     importer: str | None = None

@@ -105,4 +105,5 @@ FAMILY = register(Family(
     open_engine=lambda card, s: MdxEngine(card, threads=s.threads, batch_size=s.batch_size, denoise=s.denoise,
                                           invert=s.invert, device=s.device),
     check=check_card,
+    denoise_invert=True,
 ))
