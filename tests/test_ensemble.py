@@ -267,6 +267,8 @@ def test_a_preset_with_an_ensemble_reads_back_equal(models_dir, tmp_path):
     (["--ensemble", "max_fft", "--weights", "1,2"], "--weights: method 'max_fft' takes no weights"),
     ([], "2 --model values: combining models needs --ensemble METHOD"),
     (["--ensemble", "avg_wave", "--weights", "1,x"], "--weights 1,x: expected numbers"),
+    (["--ensemble", "avg_wave", "--denoise"], "--denoise applies to MDX-Net models, and none of the --model values"),
+    (["--ensemble", "avg_wave", "--invert"], "--invert applies to MDX-Net models, and none of the --model values"),
 ])
 def test_separate_refuses_a_bad_ensemble_in_one_line_before_any_work(tmp_path, argv, words):
     song = write_song(tmp_path / "s.wav", 0.5, seed=1)
