@@ -85,7 +85,9 @@ class Runner:
         shutil.rmtree(out, ignore_errors=True)
         result = out.with_suffix(".json")
         cmd = [sys.executable, str(HERE / "drive_stembridge.py"), "--result", str(result)]
-        cmd += ["--", "separate", str(song), "--model", str(model), "--out", str(out), "--quiet",
+        # --no-cache: every repeat separates (with the stem cache, the repeats after the first would
+        # copy the first one's stems and time nothing but the copy).
+        cmd += ["--", "separate", str(song), "--model", str(model), "--out", str(out), "--quiet", "--no-cache",
                 "--batch-size", str(batch), "--bit-depth", str(bit_depth)]
         if overlap is not None:
             cmd += ["--overlap", str(overlap)]
