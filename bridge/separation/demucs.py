@@ -64,7 +64,9 @@ from .spectral import Stft
 
 #: Demucs's ``apply_model`` default overlap (the most a shift delays the song is in :mod:`.demucs_apply`).
 OVERLAP = 0.25
-ARCHITECTURES = ("htdemucs",)
+#: ``htdemucs``: HTDemucs (v4), fixed-length chunks; ``hdemucs``: HDemucs (v3 hybrid), the last
+#: chunks at their own length.
+ARCHITECTURES = ("htdemucs", "hdemucs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +149,7 @@ def with_leftover(card: ModelCard, leftover: str | None) -> ModelCard:
 
 
 class DemucsSpectrogram:
-    """Demucs's ``_spec`` and ``_ispec`` for chunks of ``length`` samples, in numpy."""
+    """Demucs's ``_spec`` and ``_ispec`` for chunks of ``length`` samples (any length from 1), in numpy."""
 
     def __init__(self, n_fft: int, length: int):
         self.n_fft = n_fft
@@ -161,8 +163,15 @@ class DemucsSpectrogram:
     def forward(self, chunks: np.ndarray) -> np.ndarray:
         """``(b, c, length)`` float32 -> ``(b, 2c, n_fft/2, frames)`` float32 (re/im per channel)."""
         b, c, length = chunks.shape
-        right = self.pad + self.frames * self.hop - length
-        padded = np.pad(chunks, ((0, 0), (0, 0), (self.pad, right)), mode="reflect")
+        left, right = self.pad, self.pad + self.frames * self.hop - length
+        if length <= max(left, right):
+            # Demucs's pad1d: a chunk too short to reflect is first extended with zeros (to the
+            # right as far as the right padding goes), so the reflection has enough samples.
+            extra = max(left, right) - length + 1
+            extra_right = min(right, extra)
+            chunks = np.pad(chunks, ((0, 0), (0, 0), (extra - extra_right, extra_right)))
+            left, right = left - (extra - extra_right), right - extra_right
+        padded = np.pad(chunks, ((0, 0), (0, 0), (left, right)), mode="reflect")
         z = self.stft.forward(padded)[..., :-1, 2:2 + self.frames]  # (b, c, n_fft/2, frames)
         packed = np.empty((b, c, 2) + z.shape[-2:], np.float32)
         packed[:, :, 0] = z.real
@@ -183,40 +192,57 @@ class DemucsSpectrogram:
 
 
 class DemucsNetwork:
-    """One exported network: ``(b, c, segment)`` float32 chunks -> ``(b, stems, c, segment)``."""
+    """One exported network: ``(b, c, n)`` float32 chunks -> ``(b, stems, c, n)``.
+
+    ``fixed`` (HTDemucs): the graph takes chunks of exactly ``segment`` samples. Otherwise
+    (HDemucs) its time axes are dynamic and a chunk of any length ``n`` runs at that length, as
+    ``apply_model`` runs an HDemucs chunk (``segment`` is then the longest chunk).
+    """
 
     def __init__(self, path, *, segment: int, n_fft: int, stems: int, channels: int, threads: int | None = None,
-                 device=None):
+                 device=None, fixed: bool = True):
         self.path = path
         self.session = open_session(path, threads=threads, device=device)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.segment = segment
+        self.fixed = fixed
+        self.n_fft = n_fft
         self.spectrogram = DemucsSpectrogram(n_fft, segment)
-        bins, frames = n_fft // 2, self.spectrogram.frames
-        says = (f"a demucs model takes the waveform [batch, {channels}, {segment}] and its spectrogram [batch, "
-                f"{2 * channels}, {bins}, {frames}] and returns the frequency branch [batch, {stems}, {2 * channels}, "
-                f"{bins}, {frames}] and the time branch [batch, {stems}, {channels}, {segment}]")
+        bins = n_fft // 2
+        frames = self.spectrogram.frames if fixed else None
+        samples = segment if fixed else None
+        t, f = (segment, frames) if fixed else ("samples", "frames")
+        says = (f"a demucs model takes the waveform [batch, {channels}, {t}] and its spectrogram [batch, "
+                f"{2 * channels}, {bins}, {f}] and returns the frequency branch [batch, {stems}, {2 * channels}, "
+                f"{bins}, {f}] and the time branch [batch, {stems}, {channels}, {t}]")
         by_rank_in = {len(i.shape): i for i in inputs}
         by_rank_out = {len(o.shape): o for o in outputs}
         if len(inputs) != 2 or len(outputs) != 2 or set(by_rank_in) != {3, 4} or set(by_rank_out) != {4, 5}:
             raise ModelError(f"{path}: the model's inputs {[i.shape for i in inputs]} and outputs "
                              f"{[o.shape for o in outputs]} are not Demucs's; {says}")
-        expected = {(by_rank_in[3], (None, channels, segment)), (by_rank_in[4], (None, 2 * channels, bins, frames)),
+        expected = {(by_rank_in[3], (None, channels, samples)), (by_rank_in[4], (None, 2 * channels, bins, frames)),
                     (by_rank_out[5], (None, stems, 2 * channels, bins, frames)),
-                    (by_rank_out[4], (None, stems, channels, segment))}
+                    (by_rank_out[4], (None, stems, channels, samples))}
         for node, shape in expected:
             dims = static_dims(node.shape)
             if any(d is not None and e is not None and d != e for d, e in zip(dims, shape)):
                 raise ModelError(f"{path}: '{node.name}' is {node.shape}, but {says}; the card does not describe "
                                  "this model (segment, stems, audio_channels)")
+            if not fixed and (dims[-1] is not None):
+                raise ModelError(f"{path}: '{node.name}' is {node.shape}, a fixed length, but an hdemucs card "
+                                 f"needs a model whose time axis is free; {says}")
         self.mix_name, self.spec_name = by_rank_in[3].name, by_rank_in[4].name
         self.output_names = [by_rank_out[5].name, by_rank_out[4].name]
 
     def __call__(self, chunks: np.ndarray) -> np.ndarray:
         chunks = np.ascontiguousarray(chunks, dtype=np.float32)
-        spec = self.spectrogram.forward(chunks)
+        length = chunks.shape[-1]
+        if length != self.segment and self.fixed:
+            raise ModelError(f"{self.path}: chunks of {length} samples given to a model that takes {self.segment}")
+        spectrogram = self.spectrogram if length == self.segment else DemucsSpectrogram(self.n_fft, length)
+        spec = spectrogram.forward(chunks)
         freq, wave = self.session.run(self.output_names, {self.mix_name: chunks, self.spec_name: spec})
-        return wave + self.spectrogram.inverse(freq)
+        return wave + spectrogram.inverse(freq)
 
 
 class DemucsEngine:
@@ -253,7 +279,8 @@ class DemucsEngine:
                                                    sha256=member.sha256))
             self.networks.append(DemucsNetwork(path, segment=member.segment, n_fft=card.n_fft,
                                                stems=len(card.stems), channels=card.audio_channels,
-                                               threads=threads, device=device))
+                                               threads=threads, device=device,
+                                               fixed=card.demucs["architecture"] == "htdemucs"))
         self.sample_rate = card.sample_rate
         self.chunk = max(m.segment for m in members)
         self.trim = 0
