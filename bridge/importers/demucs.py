@@ -27,7 +27,7 @@ decides by length (time-branch padding, BLSTM framing) length-free without chang
 
 Parity: each network's whole chunk (numpy STFT + ONNX + numpy inverse STFT) against the torch
 model's ``forward`` on seeded noise (HDemucs: at several chunk lengths, from the segment down to
-one sample, on both sides of the BLSTM's framing); under 60 dB SNR (worst stem and length) the
+one sample, in each regime of the BLSTM's framing); under 60 dB SNR (worst stem and length) the
 import is refused. One ONNX file per distinct network and one card are written, atomically, into
 the user model folder.
 
@@ -408,11 +408,10 @@ def _is_htdemucs(net) -> bool:
 
 
 def parity_lengths(segment: int) -> list[int]:
-    """The chunk lengths an HDemucs import is checked at: the segment, a typical last chunk, and
-    short ones on each side of its BLSTMs' framing (4.6 s and 9.3 s of chunk at hop 1024), down to
-    one sample."""
-    wanted = [segment, segment * 3 // 5 + 1, 409601, 204801, 204800, 4097, 1]
-    return sorted({n for n in wanted if n <= segment}, reverse=True)
+    """The chunk lengths an HDemucs import is checked at: the segment, and up to it one chunk in each
+    of the BLSTMs' regimes at hop 1024 (over 9.3 s both frame their input, from 4.6 s only the first,
+    below neither), down to one sample."""
+    return sorted({n for n in (segment, 300001, 4097, 1) if n <= segment}, reverse=True)
 
 
 def parity_db(net, onnx_path: Path, *, segment: int, seed: int = 25) -> float:

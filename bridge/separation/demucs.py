@@ -1,4 +1,5 @@
-"""Demucs separators: Hybrid Transformer Demucs (htdemucs, htdemucs_ft, htdemucs_6s) in ONNX.
+"""Demucs separators: Hybrid Transformer Demucs (htdemucs, htdemucs_ft, htdemucs_6s) and Hybrid
+Demucs (hdemucs_mmi) in ONNX.
 
 HT-Demucs (Rouard, Massa and Défossez, "Hybrid Transformers for Music Source Separation", ICASSP
 2023) has two branches: a time branch reading the waveform and a frequency branch reading its
@@ -18,12 +19,17 @@ waveform plus the inverse STFT of the frequency branch's spectrogram. ``stembrid
 3. inverts the spectrogram (``HTDemucs._ispec``: the Nyquist bin and edge frames padded back with
    zeros, ``torch.istft`` with ``normalized=True``) and adds the time branch.
 
+Hybrid Demucs (Défossez, "Hybrid Spectrogram and Waveform Source Separation", MDX Workshop 2021;
+``HDemucs``, card architecture ``hdemucs``) has the same two branches and transforms, merged by
+convolutions instead of a transformer; its graph takes chunks of any length (free time axes).
+
 Chunking (``demucs.apply.apply_model``)
 ---------------------------------------
 Chunks of ``segment`` samples start every ``stride = int(0.75 * segment)`` samples from sample 0,
-while the start lies inside the song; a chunk that runs past the end is centred in a window of
-``segment`` samples (the audio before it, zeros after the end) and its output cut back to its
-length. Outputs are weighted with Demucs's triangle (transition power 1), added and divided by
+while the start lies inside the song; a chunk that runs past the end is, for HTDemucs, centred in
+a window of ``segment`` samples (the audio before it, zeros after the end) and its output cut back
+to its length; HDemucs has no valid length, so there it runs as it is, at its own length (the
+network's standardisation, attention and BLSTM depend on that length). Outputs are weighted with Demucs's triangle (transition power 1), added and divided by
 the summed weights. ``shifts`` N (Demucs's shift trick) runs the whole split N times on the song
 delayed by a random ``0 <= s <= 0.5 s`` of zeros, drops the first ``s`` output samples and
 averages; here the delays come from ``numpy.random.default_rng(seed)``, so a rerun gives the same
@@ -347,5 +353,6 @@ FAMILY = register(Family(
     requires_hint=" (stembridge models import writes it)",
     check=check_card, details=_details, default_overlap=lambda card: OVERLAP,
     importer="bridge.importers.demucs:convert", imports=_imports,
-    import_help="Demucs v4 models (htdemucs.th, a bag such as htdemucs_ft.yaml, or a folder with --name)",
+    import_help="Demucs v4 and v3 hybrid models (htdemucs.th, a bag such as htdemucs_ft.yaml or hdemucs_mmi.yaml, "
+                "or a folder with --name)",
 ))
