@@ -82,8 +82,13 @@ def hdemucs_published(sources=SOURCES_4, **overrides) -> dict:
 
 
 def hdemucs_reduced(sources=SOURCES_4, **overrides) -> dict:
-    """:func:`hdemucs_published` with 8 channels (every layer, the BLSTMs and attention kept)."""
-    return hdemucs_published(sources, **dict(dict(channels=8), **overrides))
+    """:func:`hdemucs_published` with 8 channels (every layer, the BLSTMs and attention kept), and
+    started so that the deep layers reach the output: GroupNorm from the first layer
+    (``norm_starts`` 0), no weight rescaling, the residual branches' LayerScale at 1. Started as
+    published (an untrained model), a 1% change of the BLSTMs' output moves the stems by 110 dB
+    and of the 5th encoder's by 97 dB: a 60 dB parity test could not see them. Here the BLSTMs
+    are about 25 dB below the output (trained models have learnt such scales)."""
+    return hdemucs_published(sources, **dict(dict(channels=8, norm_starts=0, rescale=0, dconv_init=1.0), **overrides))
 
 
 def build(kwargs: dict, *, seed: int):

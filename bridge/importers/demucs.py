@@ -303,14 +303,14 @@ def free_length(net):
         stride, keep = width // 2, width // 4  # frames every width/2; each keeps all but width/4 per side
 
         def run(x):
-            steps = torch._shape_as_tensor(x)[2]
+            steps = torch._shape_as_tensor(x)[2]  # a tensor, so the trace keeps it free (ONNX Shape)
             framed = steps > width
             frames = torch.where(framed, (steps + stride - 1) // stride, torch.ones_like(steps))
             span = torch.minimum(steps, torch.full_like(steps, width))
             at = torch.arange(frames)[:, None] * stride + torch.arange(span)[None, :]  # (frames, span)
             chunks = torch.nn.functional.pad(x, (0, width))[:, :, at]  # unfold's zeros past the end
             batch, channels = x.shape[0], x.shape[1]
-            y = chunks.permute(2, 3, 0, 1).reshape(span, -1, channels)  # (span, frames * batch, C)
+            y = chunks.permute(3, 2, 0, 1).reshape(span, -1, channels)  # (span, frames * batch, C)
             y = blstm.linear(blstm.lstm(y)[0])
             y = y.reshape(span, frames, batch, channels).permute(2, 3, 1, 0).reshape(batch, channels, -1)
             t = torch.arange(steps)
