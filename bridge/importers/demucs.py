@@ -560,7 +560,8 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
                           "against the torch model's forward, on seeded noise: one segment (htdemucs), or "
                           "chunks of several lengths from the segment down to one sample (hdemucs)",
             },
-            "description": f"Demucs {'v4' if architecture == 'htdemucs' else 'v3'} ({first.klass}, {len(members)} network{'s' if len(members) > 1 else ''}: "
+            "description": f"Demucs {'v4' if architecture == 'htdemucs' else 'v3'} ({first.klass}, {len(members)} "
+                           f"network{'s' if len(members) > 1 else ''}: "
                            f"{', '.join(stems)}), imported from {bag.source.name} by stembridge models import",
         }
         onnx_path, card_path = publish.publish(target, name, card, header=header, models=partials)

@@ -26,16 +26,17 @@ convolutions instead of a transformer; its graph takes chunks of any length (fre
 Chunking (``demucs.apply.apply_model``)
 ---------------------------------------
 Chunks of ``segment`` samples start every ``stride = int(0.75 * segment)`` samples from sample 0,
-while the start lies inside the song; a chunk that runs past the end is, for HTDemucs, centred in
-a window of ``segment`` samples (the audio before it, zeros after the end) and its output cut back
-to its length; HDemucs has no valid length, so there it runs as it is, at its own length (the
-network's standardisation, attention and BLSTM depend on that length). Outputs are weighted with Demucs's triangle (transition power 1), added and divided by
-the summed weights. ``shifts`` N (Demucs's shift trick) runs the whole split N times on the song
-delayed by a random ``0 <= s <= 0.5 s`` of zeros, drops the first ``s`` output samples and
-averages; here the delays come from ``numpy.random.default_rng(seed)``, so a rerun gives the same
-output. A bag (``htdemucs_ft``) runs each model with its own delays and mixes the stems by the
-bag's ``weights`` (``sum_m w[m, k] est_m[k] / sum_m w[m, k]``); a model whose weights are zero for
-every stem asked for is not run (htdemucs_ft's one-hot matrix: each specialist for its own stem).
+while the start lies inside the song; a chunk that runs past the end is, for HTDemucs, centred in a
+window of ``segment`` samples (the audio before it, zeros after the end) and its output cut back to
+its length; HDemucs has no valid length, so there it runs as it is, at its own length (the
+network's standardisation, attention and BLSTM depend on that length). Outputs are weighted with
+Demucs's triangle (transition power 1), added and divided by the summed weights. ``shifts`` N
+(Demucs's shift trick) runs the whole split N times on the song delayed by a random
+``0 <= s <= 0.5 s`` of zeros, drops the first ``s`` output samples and averages; here the delays come from
+``numpy.random.default_rng(seed)``, so a rerun gives the same output. A bag (``htdemucs_ft``) runs
+each model with its own delays and mixes the stems by the bag's ``weights`` (``sum_m w[m, k]
+est_m[k] / sum_m w[m, k]``); a model whose weights are zero for every stem asked for is not run
+(htdemucs_ft's one-hot matrix: each specialist for its own stem).
 
 Everything streams: chunks run as soon as their samples arrive and output is given out as soon as
 no later chunk covers it, so memory is flat in song length.
