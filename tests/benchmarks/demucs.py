@@ -2,6 +2,8 @@
 
     python tests/benchmarks/demucs.py build                 (published-size htdemucs, random weights)
     python tests/benchmarks/demucs.py import                (stembridge models import, timed)
+    python tests/benchmarks/demucs.py build --model hdemucs_mmi    (the same for hdemucs_mmi: HDemucs)
+    python tests/benchmarks/demucs.py import --model hdemucs_mmi
     python tests/benchmarks/demucs.py run [--seconds 20]    (demucs -n htdemucs --repo vs stembridge separate)
     python tests/benchmarks/demucs.py run --shifts 0        (both without the shift trick: stems comparable)
 
@@ -12,6 +14,10 @@ DIR`` and ``stembridge models import DIR --name htdemucs`` read the same file. B
 defaults: segment 7.8 s, overlap 0.25, one random shift (``--shifts 1``), float32 WAV out. With
 ``--shifts 0`` both run unshifted (stembridge through its Python API, ``load_separator(shifts=0)``:
 the ``separate`` command has no shifts option), so their stems can be compared.
+
+``--model hdemucs_mmi`` builds HDemucs with hdemucs_mmi's arguments (``tests/demucs_models.py``:
+83.6 M parameters) as ``75fc33f5-<sha256[:8]>.th`` beside Demucs's own bag file (``models:
+['75fc33f5']``, ``segment: 44``); ``run`` takes it too.
 
 Every measured run is its own process under ``/usr/bin/time -v`` (whole-process wall, CPU = user +
 system, peak RSS), with the 1-minute load average before and after it recorded beside its figures
@@ -88,16 +94,22 @@ def cmd_build(args) -> None:
 
     repo = work(args) / "repo"
     repo.mkdir(parents=True, exist_ok=True)
-    model = dm.build(dm.published(), seed=25)
-    path = dm.save(model, repo, "955717e8")
-    dm.save_bag(repo, "htdemucs", ["955717e8"])
+    if args.model == "hdemucs_mmi":
+        model = dm.build(dm.hdemucs_published(), seed=25)
+        path = dm.save(model, repo, "75fc33f5")
+        dm.save_bag(repo, "hdemucs_mmi", ["75fc33f5"], segment=44)  # as demucs/remote/hdemucs_mmi.yaml
+    else:
+        model = dm.build(dm.published(), seed=25)
+        path = dm.save(model, repo, "955717e8")
+        dm.save_bag(repo, "htdemucs", ["955717e8"])
     print(path, sum(p.numel() for p in model.parameters()), "parameters", path.stat().st_size / 1e6, "MB")
 
 
 def cmd_import(args) -> None:
-    cmd = [sys.executable, "-m", "bridge.cli", "models", "import", str(work(args) / "repo"), "--name", "htdemucs",
+    cmd = [sys.executable, "-m", "bridge.cli", "models", "import", str(work(args) / "repo"), "--name", args.model,
            "--force"]
-    record(args, "import", timed(cmd, environ=env(args), logfile=work(args) / "logs" / "import.log"))
+    key = "import" if args.model == "htdemucs" else f"import_{args.model}"
+    record(args, key, timed(cmd, environ=env(args), logfile=work(args) / "logs" / f"{key}.log"))
 
 
 def song(args) -> Path:
@@ -113,16 +125,16 @@ def song(args) -> Path:
 def cmd_run(args) -> None:
     wav = song(args)
     out = work(args) / "out"
-    out = out / f"shifts{args.shifts}"
-    demucs_cmd = [sys.executable, "-m", "demucs", "-n", "htdemucs", "--repo", str(work(args) / "repo"), "-d", "cpu",
+    out = out / f"shifts{args.shifts}" if args.model == "htdemucs" else out / args.model / f"shifts{args.shifts}"
+    demucs_cmd = [sys.executable, "-m", "demucs", "-n", args.model, "--repo", str(work(args) / "repo"), "-d", "cpu",
                   "--float32", "--shifts", str(args.shifts), "-o", str(out / "demucs"), str(wav)]
-    ours_cmd = [sys.executable, "-m", "bridge.cli", "separate", str(wav), "--model", "htdemucs", "--out",
+    ours_cmd = [sys.executable, "-m", "bridge.cli", "separate", str(wav), "--model", args.model, "--out",
                 str(out / "stembridge"), "--bit-depth", "32", "--no-cache", "--jobs", "1"]
     if args.shifts != 1:
         (out / "stembridge" / wav.stem).mkdir(parents=True, exist_ok=True)
         ours_cmd = [sys.executable, "-c", (
             "import sys, soundfile as sf; from bridge.separation import load_separator; "
-            f"s = load_separator('htdemucs', shifts={args.shifts}, threads=int(sys.argv[-1])); "
+            f"s = load_separator('{args.model}', shifts={args.shifts}, threads=int(sys.argv[-1])); "
             "x, r = sf.read(sys.argv[1], dtype='float32', always_2d=True); "
             "[sf.write(f'{sys.argv[2]}/{k}.wav', v.T, r, subtype='FLOAT') for k, v in s(x.T.copy(), r).items()]"),
             str(wav), str(out / "stembridge" / wav.stem)]
@@ -133,12 +145,13 @@ def cmd_run(args) -> None:
                               logfile=work(args) / "logs" / f"{name}_shifts{args.shifts}.log")
     stems = {}
     for stem in ("drums", "bass", "other", "vocals"):
-        ref, _ = sf.read(out / "demucs" / "htdemucs" / wav.stem / f"{stem}.wav", dtype="float64")
+        ref, _ = sf.read(out / "demucs" / args.model / wav.stem / f"{stem}.wav", dtype="float64")
         est, _ = sf.read(out / "stembridge" / wav.stem / f"{stem}.wav", dtype="float64")
         stems[stem] = round(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - est) ** 2)), 1)
     results["snr_db_stembridge_vs_demucs"] = stems
     results["song_s"] = args.seconds
-    record(args, f"run_{args.seconds}s_shifts{args.shifts}", results)
+    prefix = "" if args.model == "htdemucs" else f"{args.model}_"
+    record(args, f"{prefix}run_{args.seconds}s_shifts{args.shifts}", results)
 
 
 def main() -> None:
@@ -148,6 +161,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shifts", type=int, default=1)
+    parser.add_argument("--model", choices=["htdemucs", "hdemucs_mmi"], default="htdemucs")
     args = parser.parse_args()
     {"build": cmd_build, "import": cmd_import, "run": cmd_run}[args.command](args)
 
