@@ -186,9 +186,9 @@ class DemucsNetwork:
     """One exported network: ``(b, c, segment)`` float32 chunks -> ``(b, stems, c, segment)``."""
 
     def __init__(self, path, *, segment: int, n_fft: int, stems: int, channels: int, threads: int | None = None,
-                 device=None):
+                 device=None, shared_arena: bool = False):
         self.path = path
-        self.session = open_session(path, threads=threads, device=device)
+        self.session = open_session(path, threads=threads, device=device, shared_arena=shared_arena)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.segment = segment
         self.spectrogram = DemucsSpectrogram(n_fft, segment)
@@ -253,7 +253,10 @@ class DemucsEngine:
                                                    sha256=member.sha256))
             self.networks.append(DemucsNetwork(path, segment=member.segment, n_fft=card.n_fft,
                                                stems=len(card.stems), channels=card.audio_channels,
-                                               threads=threads, device=device))
+                                               threads=threads, device=device,
+                                               # A bag's networks run one after another: one arena
+                                               # for all of them, not one each (runtime.open_session).
+                                               shared_arena=len(members) > 1))
         self.sample_rate = card.sample_rate
         self.chunk = max(m.segment for m in members)
         self.trim = 0
