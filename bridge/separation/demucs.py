@@ -207,9 +207,9 @@ class DemucsNetwork:
     """
 
     def __init__(self, path, *, segment: int, n_fft: int, stems: int, channels: int, threads: int | None = None,
-                 device=None, fixed: bool = True):
+                 device=None, fixed: bool = True, shared_arena: bool = False):
         self.path = path
-        self.session = open_session(path, threads=threads, device=device)
+        self.session = open_session(path, threads=threads, device=device, shared_arena=shared_arena)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.segment = segment
         self.fixed = fixed
@@ -287,7 +287,10 @@ class DemucsEngine:
             self.networks.append(DemucsNetwork(path, segment=member.segment, n_fft=card.n_fft,
                                                stems=len(card.stems), channels=card.audio_channels,
                                                threads=threads, device=device,
-                                               fixed=card.demucs["architecture"] == "htdemucs"))
+                                               fixed=card.demucs["architecture"] == "htdemucs",
+                                               # A bag's networks run one after another: one arena
+                                               # for all of them, not one each (runtime.open_session).
+                                               shared_arena=len(members) > 1))
         self.sample_rate = card.sample_rate
         self.chunk = max(m.segment for m in members)
         self.trim = 0
