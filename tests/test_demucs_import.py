@@ -169,7 +169,7 @@ def test_truncated_and_foreign_files_are_one_line_errors_that_write_nothing(file
     assert not models_folder.exists() or not any(models_folder.iterdir())
 
 
-def test_diffq_v3_and_v2_files_are_refused_naming_what_is_supported(tmp_path, models_folder, capsys):
+def test_diffq_mdx_hybrid_and_v2_files_are_refused_naming_what_is_supported(tmp_path, models_folder, capsys):
     from demucs.demucs import Demucs
     from demucs.hdemucs import HDemucs
     from demucs.states import serialize_model
@@ -178,13 +178,14 @@ def test_diffq_v3_and_v2_files_are_refused_naming_what_is_supported(tmp_path, mo
     quantized = serialize_model(dm.build(dm.reduced(), seed=0), OmegaConf.create({}))
     quantized["state"] = {"__quantized": True, "quantized": [torch.zeros(4, dtype=torch.int8)]}
     torch.save(quantized, tmp_path / "mdx_q.th")
-    torch.save(serialize_model(HDemucs(dm.SOURCES_4, channels=8, depth=2), OmegaConf.create({})),
+    torch.save(serialize_model(HDemucs(dm.SOURCES_4, channels=8, depth=2, hybrid_old=True), OmegaConf.create({})),
                tmp_path / "hdemucs.th")
     torch.save(serialize_model(Demucs(dm.SOURCES_4, channels=8, depth=2), OmegaConf.create({})),
                tmp_path / "v2.th")
-    for name, says in (("mdx_q.th", "DiffQ"), ("hdemucs.th", "HDemucs"), ("v2.th", "v2 time-domain")):
+    for name, says in (("mdx_q.th", "DiffQ"), ("hdemucs.th", "HDemucs model with hybrid_old=True"),
+                       ("v2.th", "v2 time-domain")):
         err = _error(capsys, "models", "import", str(tmp_path / name))
-        assert says in err and "htdemucs, htdemucs_ft, htdemucs_6s" in err, err
+        assert says in err and "htdemucs, htdemucs_ft, htdemucs_6s" in err and "hdemucs_mmi" in err, err
     assert not models_folder.exists() or not any(models_folder.iterdir())
 
 
@@ -231,6 +232,34 @@ def test_onnx_has_both_branches_and_equals_torch(files, imported):
     spec = network.spectrogram.forward(x)
     _, wave = network.session.run(network.output_names, {network.mix_name: x, network.spec_name: spec})
     assert 10 * np.log10(np.sum(expected ** 2) / np.sum((wave - expected) ** 2)) < 20
+
+
+def test_hdemucs_onnx_takes_any_length_and_equals_torch(shared):
+    """The HDemucs graph's time axes are free: each length gives torch's chunk, on both sides of
+    where a BLSTM starts framing its input (200 steps: 204,800 and 409,600 samples at hop 1024),
+    for a batch of two, and for a chunk of one sample."""
+    from bridge.importers.demucs import build_network
+    from bridge.separation.demucs import DemucsNetwork
+
+    repo, models = shared
+    card = load_card(models / "hdemucs_mmi.yaml")
+    assert card.demucs["architecture"] == "hdemucs" and card.imported["files"][0]["class"] == "HDemucs"
+    member = card.demucs["models"][0]
+    assert member["segment"] == dm.HDEMUCS_SEGMENT * 44100  # the bag's segment, as BagOfModels sets it
+    network = DemucsNetwork(models / member["file"], segment=member["segment"], n_fft=4096, stems=4, channels=2,
+                            fixed=False)
+    (th,) = repo.glob("75fc33f5-*.th")
+    net = build_network(read_package(th))
+    rng = np.random.default_rng(8)
+    for length, batch in ((204800, 1), (204801, 2), (409601, 1), (1, 1)):
+        x = (0.2 * rng.standard_normal((batch, 2, length))).astype(np.float32)
+        with torch.no_grad():
+            expected = net(torch.from_numpy(x)).numpy()
+        got = network(x)
+        assert got.shape == expected.shape
+        db = 10 * np.log10(np.sum(expected ** 2) / np.sum((got - expected) ** 2))
+        print(f"hdemucs chunk of {length}: {db:.1f} dB")
+        assert db > 60, (length, db)
 
 
 def test_a_bag_from_its_yaml_and_from_the_folder_with_name(files, imported):

@@ -1,4 +1,4 @@
-"""Import Demucs v4 models (htdemucs, htdemucs_ft, htdemucs_6s) as ``demucs``-family ONNX models.
+"""Import Demucs models (htdemucs, htdemucs_ft, htdemucs_6s, hdemucs_mmi) as ``demucs``-family ONNX models.
 
 ``stembridge models import`` takes what Demucs users have on disk (torch hub keeps
 ``<signature>-<sha256[:8]>.th`` files in ``~/.cache/torch/hub/checkpoints/``; ``demucs --repo DIR``
@@ -12,25 +12,33 @@ reads such a folder with bag ``.yaml`` files):
 
 Each ``.th`` is read by :mod:`.demucs_pickle` (an allow-list; nothing in the file runs), its
 checksum checked against the file name's ``-hash`` as Demucs checks it, and the network built
-with the ``demucs`` package's own class (chosen here from the recorded class *name*) with the
-file's constructor arguments, its state loaded strictly. The export keeps the STFT outside the
-graph, as peers do (sevagh/demucs.onnx): inputs are the waveform chunk and its spectrogram
-(``HTDemucs._spec``, real/imaginary as channels), outputs the frequency branch's spectrogram and
-the time branch's waveform, added after the inverse STFT at run time
+with the ``demucs`` package's own class (chosen here from the recorded class *name*: ``HTDemucs``
+or ``HDemucs``) with the file's constructor arguments, its state loaded strictly. The export keeps
+the STFT outside the graph, as peers do (sevagh/demucs.onnx): inputs are the waveform chunk and its
+spectrogram (``_spec``, real/imaginary as channels), outputs the frequency branch's spectrogram
+and the time branch's waveform, added after the inverse STFT at run time
 (:mod:`bridge.separation.demucs`). Both branches are kept.
 
-Parity: each network's whole chunk (numpy STFT + ONNX + numpy inverse STFT) against the torch
-model's ``forward`` on seeded noise; under 60 dB SNR (worst stem) the import is refused. One
-ONNX file per distinct network and one card are written, atomically, into the user model folder.
+HTDemucs runs every chunk at its segment, so its graph has a fixed length. HDemucs (v3,
+hdemucs_mmi) has no valid length: ``apply_model`` runs a song's last chunks at their own lengths,
+and the network's normalisation, attention and BLSTM see that length. Its graph is exported with
+free time axes, through :func:`free_length`, which makes the two places where Demucs's Python
+decides by length (time-branch padding, BLSTM framing) length-free without changing a number.
 
-Not supported (a one-line refusal): DiffQ-quantised states (``mdx_q``, ``mdx_extra_q``), v3
-hybrid ``HDemucs`` files (``hdemucs_mmi``: Demucs runs the last chunk of a song at its own length,
-which a fixed-length ONNX graph cannot reproduce; see the README), and v2 time-domain ``Demucs``
-files (``mdx``, ``mdx_extra``).
+Parity: each network's whole chunk (numpy STFT + ONNX + numpy inverse STFT) against the torch
+model's ``forward`` on seeded noise (HDemucs: at several chunk lengths, from the segment down to
+one sample, in each regime of the BLSTM's framing); under 60 dB SNR (worst stem and length) the
+import is refused. One ONNX file per distinct network and one card are written, atomically, into
+the user model folder.
+
+Not supported (a one-line refusal): DiffQ-quantised states (``mdx_q``, ``mdx_extra_q``), the
+MDX-challenge HDemucs variants (``hybrid_old``, Wiener filtering, split frequency bands, no
+time branch), and v2 time-domain ``Demucs`` files (``mdx``, ``mdx_extra``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -49,7 +57,9 @@ from . import publish
 from .demucs_pickle import DemucsPackage, read_package
 from .roformer import MIN_PARITY_DB, NAME, OPSET, RESERVED, _taken, snr_db
 
-SUPPORTED = "htdemucs, htdemucs_ft, htdemucs_6s (HTDemucs, Demucs v4)"
+SUPPORTED = "htdemucs, htdemucs_ft, htdemucs_6s (HTDemucs, Demucs v4) and hdemucs_mmi (HDemucs, v3 hybrid)"
+#: The file's class name -> the ``demucs`` module defining it and the card's architecture.
+CLASSES = {"HTDemucs": ("demucs.htdemucs", "htdemucs"), "HDemucs": ("demucs.hdemucs", "hdemucs")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,31 +173,48 @@ def check_supported(package: DemucsPackage) -> None:
     if package.quantized:
         raise ModelError(f"{source}: a DiffQ-quantised Demucs model (mdx_q, mdx_extra_q) is not supported; "
                          f"stembridge imports {SUPPORTED}")
-    if package.klass != "HTDemucs":
-        kind = {"HDemucs": "a v3 hybrid HDemucs model (hdemucs_mmi, mdx_extra hybrid)",
-                "Demucs": "a v2 time-domain Demucs model (mdx, mdx_extra)"}[package.klass]
-        raise ModelError(f"{source}: {kind} is not supported; stembridge imports {SUPPORTED}")
+    if package.klass == "Demucs":
+        raise ModelError(f"{source}: a v2 time-domain Demucs model (mdx, mdx_extra) is not supported; "
+                         f"stembridge imports {SUPPORTED}")
+    if package.klass == "HDemucs":
+        kwargs = package.kwargs
+        # The export keeps the STFT outside the graph as hdemucs_mmi uses it: hybrid, complex as
+        # channels, reflect padding. The MDX-challenge variants (hybrid_old's padding, Wiener
+        # filtering, frequency-only, split frequency bands) are other transforms around the network.
+        unlike = [f"{key}={kwargs[key]!r}" for key, ok in (
+            ("hybrid", True), ("hybrid_old", False), ("cac", True), ("wiener_iters", 0))
+            if key in kwargs and kwargs[key] != ok]
+        if kwargs.get("multi_freqs"):
+            unlike.append(f"multi_freqs={kwargs['multi_freqs']!r}")
+        if unlike:
+            raise ModelError(f"{source}: an HDemucs model with {', '.join(unlike)} (an MDX-challenge variant) is "
+                             f"not supported; stembridge imports {SUPPORTED}")
 
 
 def build_network(package: DemucsPackage, *, segment=None):
     """The ``demucs`` package's network for ``package``, its state loaded strictly."""
     check_supported(package)
     source = package.path
-    torch = _torch()
+    _torch()
+    import importlib
+
+    module, _ = CLASSES[package.klass]
     try:
-        from demucs.htdemucs import HTDemucs
+        klass = getattr(importlib.import_module(module), package.klass)
     except ImportError:
         raise ModelError('importing Demucs models needs the demucs package: pip install "stembridge[import]"') from None
     kwargs = dict(package.kwargs)
     # As demucs.states.load_model: arguments this version of the class does not take are dropped.
-    known = inspect.signature(HTDemucs).parameters
+    known = inspect.signature(klass).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in known}
     try:
-        net = HTDemucs(*package.args, **kwargs)
+        net = klass(*package.args, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ModelError(f"{source}: the file's constructor arguments do not build an HTDemucs "
+        raise ModelError(f"{source}: the file's constructor arguments do not build an {package.klass} "
                          f"({' '.join(str(exc).split())[:160]})") from None
-    if segment is not None and segment <= net.segment:  # BagOfModels's override
+    # BagOfModels's override: an HTDemucs takes a bag's segment only if shorter (its positional
+    # embedding was trained to that length); any other class always takes it.
+    if segment is not None and (segment <= net.segment or package.klass != "HTDemucs"):
         net.segment = segment
     state = package.state
     expected = net.state_dict()
@@ -202,7 +229,7 @@ def build_network(package: DemucsPackage, *, segment=None):
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise ModelError(f"{source}: '{key}' is {list(state[key].shape)} in the state, {list(tensor.shape)} by "
                              "the file's arguments; the file is not consistent")
-    with torch.no_grad():
+    with _torch().no_grad():
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return net.eval()
 
@@ -242,8 +269,99 @@ def _core(net):
     return Core().eval()
 
 
+#: The length an HDemucs graph is traced at (10 s, or the segment if shorter): long enough that both
+#: of its BLSTMs frame their input, so every operator of the general case is in the trace.
+TRACE_SAMPLES = 441000
+
+
+@contextlib.contextmanager
+def free_length(net):
+    """While inside, ``net`` (an HDemucs) runs the same numbers through length-free Python.
+
+    Two places of Demucs's code decide by the chunk's length in Python, which a trace would freeze
+    at the traced length: a time-branch encoder pads its input to a multiple of its stride only
+    when it is not one (here it is always padded, by ``-length % stride``, 0 when it is one), and
+    ``BLSTM`` runs its LSTM on the whole sequence up to ``max_steps`` steps and on overlapping
+    frames of ``max_steps`` beyond (here both are one gather: ``n`` frames of ``w`` steps every
+    ``max_steps // 2``, with ``n = 1, w = T`` up to ``max_steps``, and the output read back from
+    the frame Demucs keeps for each step). Only the instances' ``forward`` is replaced, and put
+    back on the way out; the modules' weights and Demucs's own operators run unchanged.
+    """
+    torch = _torch()
+    from demucs.demucs import BLSTM
+    from demucs.hdemucs import HEncLayer
+
+    def padded_encoder(layer):
+        forward = type(layer).forward
+
+        def run(x, inject=None):
+            return forward(layer, torch.nn.functional.pad(x, (0, -x.shape[-1] % layer.stride)), inject)
+        return run
+
+    def framed_blstm(blstm):
+        width = blstm.max_steps
+        stride, keep = width // 2, width // 4  # frames every width/2; each keeps all but width/4 per side
+
+        def run(x):
+            steps = torch._shape_as_tensor(x)[2]  # a tensor, so the trace keeps it free (ONNX Shape)
+            framed = steps > width
+            frames = torch.where(framed, (steps + stride - 1) // stride, torch.ones_like(steps))
+            span = torch.minimum(steps, torch.full_like(steps, width))
+            at = torch.arange(frames)[:, None] * stride + torch.arange(span)[None, :]  # (frames, span)
+            chunks = torch.nn.functional.pad(x, (0, width))[:, :, at]  # unfold's zeros past the end
+            batch, channels = x.shape[0], x.shape[1]
+            y = chunks.permute(3, 2, 0, 1).reshape(span, -1, channels)  # (span, frames * batch, C)
+            y = blstm.linear(blstm.lstm(y)[0])
+            y = y.reshape(span, frames, batch, channels).permute(2, 3, 1, 0).reshape(batch, channels, -1)
+            t = torch.arange(steps)
+            k = torch.clamp(torch.clamp(t - keep, min=0) // stride, max=frames - 1)  # the frame kept at t
+            out = y[:, :, k * span + t - k * stride]
+            return out + x if blstm.skip else out
+        return run
+
+    patched = []
+    for module in net.modules():
+        if isinstance(module, HEncLayer) and not module.freq:
+            module.forward = padded_encoder(module)
+            patched.append(module)
+        elif isinstance(module, BLSTM):
+            if not module.max_steps:
+                raise ModelError("a BLSTM without max_steps is not in any published HDemucs; not supported")
+            module.forward = framed_blstm(module)
+            patched.append(module)
+    try:
+        yield net
+    finally:
+        for module in patched:
+            module.__dict__.pop("forward", None)
+
+
+def _eyelike_as_float(path: Path) -> None:
+    """onnxruntime has no boolean ``EyeLike`` (``LocalState``'s ``torch.eye(T, dtype=bool)`` for a
+    free ``T``): compute it in float and cast the result back to bool."""
+    import onnx
+
+    model = onnx.load(str(path))
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "EyeLike":
+            source, target = node.input[0], node.output[0]
+            node.input[0], node.output[0] = f"{source}/float", f"{target}/float"
+            nodes += [onnx.helper.make_node("Cast", [source], [node.input[0]], to=onnx.TensorProto.FLOAT,
+                                            name=f"{node.name}/cast_in"),
+                      node,
+                      onnx.helper.make_node("Cast", [node.output[0]], [target], to=onnx.TensorProto.BOOL,
+                                            name=f"{node.name}/cast_out")]
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
+
+
 def export_onnx(net, path: Path, *, segment: int, source: str) -> None:
-    """Export ``net``'s core for chunks of ``segment`` samples (dynamic batch) to ``path``."""
+    """Export ``net``'s core to ``path``: for chunks of ``segment`` samples (HTDemucs), or of any
+    length (HDemucs: the time axes are free, traced through :func:`free_length`); dynamic batch."""
     import tempfile
     import warnings
     import os
@@ -251,13 +369,21 @@ def export_onnx(net, path: Path, *, segment: int, source: str) -> None:
     torch = _torch()
     from ..separation.demucs import DemucsSpectrogram
 
-    spectrogram = DemucsSpectrogram(net.nfft, segment)
-    mix = torch.zeros(1, net.audio_channels, segment)
-    spec = torch.zeros(1, 2 * net.audio_channels, net.nfft // 2, spectrogram.frames)
+    free = not _is_htdemucs(net)
+    length = min(segment, TRACE_SAMPLES) if free else segment
+    spectrogram = DemucsSpectrogram(net.nfft, length)
+    mix = torch.zeros(1, net.audio_channels, length)
+    if free:  # a trace of zeros would divide 0 by 0 in the standardisation; any audio traces the same graph
+        mix = 0.1 * torch.randn(1, net.audio_channels, length, generator=torch.Generator().manual_seed(0))
+    spec = torch.from_numpy(spectrogram.forward(mix.numpy()))
+    axes = {"mix": {0: "batch"}, "spectrogram": {0: "batch"}, "frequency": {0: "batch"}, "time": {0: "batch"}}
+    if free:
+        axes = {"mix": {0: "batch", 2: "samples"}, "spectrogram": {0: "batch", 3: "frames"},
+                "frequency": {0: "batch", 4: "frames"}, "time": {0: "batch", 3: "samples"}}
     with tempfile.TemporaryDirectory(prefix=".demucs-export-", dir=path.parent) as scratch:
         exported = Path(scratch) / "model.onnx"
         fastpath = torch.backends.mha.get_fastpath_enabled()
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), (free_length(net) if free else contextlib.nullcontext()):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             # The fused attention kernel (aten::_native_multi_head_attention) has no ONNX form;
             # with the fast path off, nn.MultiheadAttention runs (and exports) as plain operators.
@@ -265,28 +391,47 @@ def export_onnx(net, path: Path, *, segment: int, source: str) -> None:
             try:
                 torch.onnx.export(_core(net), (mix, spec), str(exported), dynamo=False, opset_version=OPSET,
                                   input_names=["mix", "spectrogram"], output_names=["frequency", "time"],
-                                  dynamic_axes={n: {0: "batch"} for n in ("mix", "spectrogram", "frequency", "time")})
+                                  dynamic_axes=axes)
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
         if len(list(Path(scratch).iterdir())) != 1:
             raise ModelError(f"{source}: the network is over 2 GB, more than one ONNX file can hold; not supported")
+        if free:
+            _eyelike_as_float(exported)
         os.replace(exported, path)
 
 
+def _is_htdemucs(net) -> bool:
+    return type(net).__name__ == "HTDemucs"
+
+
+def parity_lengths(segment: int) -> list[int]:
+    """The chunk lengths an HDemucs import is checked at: the segment, and up to it one chunk in each
+    of the BLSTMs' regimes at hop 1024 (over 9.3 s both frame their input, from 4.6 s only the first,
+    below neither), down to one sample."""
+    return sorted({n for n in (segment, 300001, 4097, 1) if n <= segment}, reverse=True)
+
+
 def parity_db(net, onnx_path: Path, *, segment: int, seed: int = 25) -> float:
-    """Worst stem's SNR (dB) of the run-time chunk (numpy STFT + ONNX) against ``net(mix)`` (torch)."""
+    """Worst stem's SNR (dB) of the run-time chunk (numpy STFT + ONNX) against ``net(mix)`` (torch),
+    on seeded noise: one segment (HTDemucs), or each of :func:`parity_lengths` (HDemucs)."""
     torch = _torch()
     from ..separation.demucs import DemucsNetwork
 
+    fixed = _is_htdemucs(net)
+    network = DemucsNetwork(onnx_path, segment=segment, n_fft=net.nfft, stems=len(net.sources),
+                            channels=net.audio_channels, threads=None, fixed=fixed)
     rng = np.random.default_rng(seed)
-    mix = (0.1 * rng.standard_normal((1, net.audio_channels, segment))).astype(np.float32)
-    with torch.no_grad():
-        expected = net(torch.from_numpy(mix)).numpy()
-    got = DemucsNetwork(onnx_path, segment=segment, n_fft=net.nfft, stems=len(net.sources),
-                        channels=net.audio_channels, threads=None)(mix)
-    return min(snr_db(expected[0, k], got[0, k]) for k in range(expected.shape[1]))
+    worst = float("inf")
+    for length in [segment] if fixed else parity_lengths(segment):
+        mix = (0.1 * rng.standard_normal((1, net.audio_channels, length))).astype(np.float32)
+        with torch.no_grad():
+            expected = net(torch.from_numpy(mix)).numpy()
+        got = network(mix)
+        worst = min([worst] + [snr_db(expected[0, k], got[0, k]) for k in range(expected.shape[1])])
+    return worst
 
 
 def convert(path, *, config=None, name=None, force=False, bins=None, fp32=False, **options) -> ImportedDemucs:
@@ -355,6 +500,10 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
         if [str(s) for s in package.kwargs.get("sources", [])] != sources or not sources:
             raise ModelError(f"{file}: its sources {package.kwargs.get('sources')} differ from {sources} of "
                              f"{packages[0][1].name}; a bag's models must separate the same stems")
+        if package.klass != first.klass:
+            raise ModelError(f"{file}: an {package.klass} in a bag whose first model ({packages[0][1].name}) is an "
+                             f"{first.klass}; stembridge imports bags of one class")
+    architecture = CLASSES[first.klass][1]
     stems = [canonical_stem(s) for s in sources]
     weights = bag.weights
     if weights is not None:
@@ -401,16 +550,18 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
             "stems": stems, "residual": None, "sample_rate": int(net_info.samplerate),
             "audio_channels": int(net_info.audio_channels), "n_fft": int(net_info.nfft),
             "hop": int(net_info.hop_length),
-            "demucs": {"architecture": "htdemucs", "models": members, "weights": weights,
+            "demucs": {"architecture": architecture, "models": members, "weights": weights,
                        "overlap": 0.25, "transition_power": 1.0},
             "imported": {
                 "files": records, "bag": bag.source.name if bag.source.suffix in (".yaml", ".yml") else None,
                 "segment_override": str(segment_override) if segment_override is not None else None,
                 "stembridge_version": __version__, "parity_db": round(worst, 2),
                 "parity": "worst stem's SNR of the run-time chunk (numpy STFT + onnxruntime + inverse STFT) "
-                          "against the torch model's forward, on one segment of seeded noise",
+                          "against the torch model's forward, on seeded noise: one segment (htdemucs), or "
+                          "chunks of several lengths from the segment down to one sample (hdemucs)",
             },
-            "description": f"Demucs v4 (HTDemucs, {len(members)} network{'s' if len(members) > 1 else ''}: "
+            "description": f"Demucs {'v4' if architecture == 'htdemucs' else 'v3'} ({first.klass}, {len(members)} "
+                           f"network{'s' if len(members) > 1 else ''}: "
                            f"{', '.join(stems)}), imported from {bag.source.name} by stembridge models import",
         }
         onnx_path, card_path = publish.publish(target, name, card, header=header, models=partials)
@@ -418,4 +569,4 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
         for onnx_name in partials:
             publish.discard(publish.partial_onnx(target, onnx_name))
     paths = tuple(target / m for m in dict.fromkeys(m["file"] for m in members))
-    return ImportedDemucs(name, card_path, paths, "htdemucs", tuple(stems), worst, time.perf_counter() - start)
+    return ImportedDemucs(name, card_path, paths, architecture, tuple(stems), worst, time.perf_counter() - start)

@@ -1,4 +1,5 @@
-"""Demucs separators: Hybrid Transformer Demucs (htdemucs, htdemucs_ft, htdemucs_6s) in ONNX.
+"""Demucs separators: Hybrid Transformer Demucs (htdemucs, htdemucs_ft, htdemucs_6s) and Hybrid
+Demucs (hdemucs_mmi) in ONNX.
 
 HT-Demucs (Rouard, Massa and Défossez, "Hybrid Transformers for Music Source Separation", ICASSP
 2023) has two branches: a time branch reading the waveform and a frequency branch reading its
@@ -18,18 +19,24 @@ waveform plus the inverse STFT of the frequency branch's spectrogram. ``stembrid
 3. inverts the spectrogram (``HTDemucs._ispec``: the Nyquist bin and edge frames padded back with
    zeros, ``torch.istft`` with ``normalized=True``) and adds the time branch.
 
+Hybrid Demucs (Défossez, "Hybrid Spectrogram and Waveform Source Separation", MDX Workshop 2021;
+``HDemucs``, card architecture ``hdemucs``) has the same two branches and transforms, merged by
+convolutions instead of a transformer; its graph takes chunks of any length (free time axes).
+
 Chunking (``demucs.apply.apply_model``)
 ---------------------------------------
 Chunks of ``segment`` samples start every ``stride = int(0.75 * segment)`` samples from sample 0,
-while the start lies inside the song; a chunk that runs past the end is centred in a window of
-``segment`` samples (the audio before it, zeros after the end) and its output cut back to its
-length. Outputs are weighted with Demucs's triangle (transition power 1), added and divided by
-the summed weights. ``shifts`` N (Demucs's shift trick) runs the whole split N times on the song
-delayed by a random ``0 <= s <= 0.5 s`` of zeros, drops the first ``s`` output samples and
-averages; here the delays come from ``numpy.random.default_rng(seed)``, so a rerun gives the same
-output. A bag (``htdemucs_ft``) runs each model with its own delays and mixes the stems by the
-bag's ``weights`` (``sum_m w[m, k] est_m[k] / sum_m w[m, k]``); a model whose weights are zero for
-every stem asked for is not run (htdemucs_ft's one-hot matrix: each specialist for its own stem).
+while the start lies inside the song; a chunk that runs past the end is, for HTDemucs, centred in a
+window of ``segment`` samples (the audio before it, zeros after the end) and its output cut back to
+its length; HDemucs has no valid length, so there it runs as it is, at its own length (the
+network's standardisation, attention and BLSTM depend on that length). Outputs are weighted with
+Demucs's triangle (transition power 1), added and divided by the summed weights. ``shifts`` N
+(Demucs's shift trick) runs the whole split N times on the song delayed by a random
+``0 <= s <= 0.5 s`` of zeros, drops the first ``s`` output samples and averages; here the delays come from
+``numpy.random.default_rng(seed)``, so a rerun gives the same output. A bag (``htdemucs_ft``) runs
+each model with its own delays and mixes the stems by the bag's ``weights`` (``sum_m w[m, k]
+est_m[k] / sum_m w[m, k]``); a model whose weights are zero for every stem asked for is not run
+(htdemucs_ft's one-hot matrix: each specialist for its own stem).
 
 Everything streams: chunks run as soon as their samples arrive and output is given out as soon as
 no later chunk covers it, so memory is flat in song length.
@@ -64,7 +71,9 @@ from .spectral import Stft
 
 #: Demucs's ``apply_model`` default overlap (the most a shift delays the song is in :mod:`.demucs_apply`).
 OVERLAP = 0.25
-ARCHITECTURES = ("htdemucs",)
+#: ``htdemucs``: HTDemucs (v4), fixed-length chunks; ``hdemucs``: HDemucs (v3 hybrid), the last
+#: chunks at their own length.
+ARCHITECTURES = ("htdemucs", "hdemucs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +156,7 @@ def with_leftover(card: ModelCard, leftover: str | None) -> ModelCard:
 
 
 class DemucsSpectrogram:
-    """Demucs's ``_spec`` and ``_ispec`` for chunks of ``length`` samples, in numpy."""
+    """Demucs's ``_spec`` and ``_ispec`` for chunks of ``length`` samples (any length from 1), in numpy."""
 
     def __init__(self, n_fft: int, length: int):
         self.n_fft = n_fft
@@ -161,8 +170,15 @@ class DemucsSpectrogram:
     def forward(self, chunks: np.ndarray) -> np.ndarray:
         """``(b, c, length)`` float32 -> ``(b, 2c, n_fft/2, frames)`` float32 (re/im per channel)."""
         b, c, length = chunks.shape
-        right = self.pad + self.frames * self.hop - length
-        padded = np.pad(chunks, ((0, 0), (0, 0), (self.pad, right)), mode="reflect")
+        left, right = self.pad, self.pad + self.frames * self.hop - length
+        if length <= max(left, right):
+            # Demucs's pad1d: a chunk too short to reflect is first extended with zeros (to the
+            # right as far as the right padding goes), so the reflection has enough samples.
+            extra = max(left, right) - length + 1
+            extra_right = min(right, extra)
+            chunks = np.pad(chunks, ((0, 0), (0, 0), (extra - extra_right, extra_right)))
+            left, right = left - (extra - extra_right), right - extra_right
+        padded = np.pad(chunks, ((0, 0), (0, 0), (left, right)), mode="reflect")
         z = self.stft.forward(padded)[..., :-1, 2:2 + self.frames]  # (b, c, n_fft/2, frames)
         packed = np.empty((b, c, 2) + z.shape[-2:], np.float32)
         packed[:, :, 0] = z.real
@@ -183,40 +199,57 @@ class DemucsSpectrogram:
 
 
 class DemucsNetwork:
-    """One exported network: ``(b, c, segment)`` float32 chunks -> ``(b, stems, c, segment)``."""
+    """One exported network: ``(b, c, n)`` float32 chunks -> ``(b, stems, c, n)``.
+
+    ``fixed`` (HTDemucs): the graph takes chunks of exactly ``segment`` samples. Otherwise
+    (HDemucs) its time axes are dynamic and a chunk of any length ``n`` runs at that length, as
+    ``apply_model`` runs an HDemucs chunk (``segment`` is then the longest chunk).
+    """
 
     def __init__(self, path, *, segment: int, n_fft: int, stems: int, channels: int, threads: int | None = None,
-                 device=None):
+                 device=None, fixed: bool = True, shared_arena: bool = False):
         self.path = path
-        self.session = open_session(path, threads=threads, device=device)
+        self.session = open_session(path, threads=threads, device=device, shared_arena=shared_arena)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.segment = segment
+        self.fixed = fixed
+        self.n_fft = n_fft
         self.spectrogram = DemucsSpectrogram(n_fft, segment)
-        bins, frames = n_fft // 2, self.spectrogram.frames
-        says = (f"a demucs model takes the waveform [batch, {channels}, {segment}] and its spectrogram [batch, "
-                f"{2 * channels}, {bins}, {frames}] and returns the frequency branch [batch, {stems}, {2 * channels}, "
-                f"{bins}, {frames}] and the time branch [batch, {stems}, {channels}, {segment}]")
+        bins = n_fft // 2
+        frames = self.spectrogram.frames if fixed else None
+        samples = segment if fixed else None
+        t, f = (segment, frames) if fixed else ("samples", "frames")
+        says = (f"a demucs model takes the waveform [batch, {channels}, {t}] and its spectrogram [batch, "
+                f"{2 * channels}, {bins}, {f}] and returns the frequency branch [batch, {stems}, {2 * channels}, "
+                f"{bins}, {f}] and the time branch [batch, {stems}, {channels}, {t}]")
         by_rank_in = {len(i.shape): i for i in inputs}
         by_rank_out = {len(o.shape): o for o in outputs}
         if len(inputs) != 2 or len(outputs) != 2 or set(by_rank_in) != {3, 4} or set(by_rank_out) != {4, 5}:
             raise ModelError(f"{path}: the model's inputs {[i.shape for i in inputs]} and outputs "
                              f"{[o.shape for o in outputs]} are not Demucs's; {says}")
-        expected = {(by_rank_in[3], (None, channels, segment)), (by_rank_in[4], (None, 2 * channels, bins, frames)),
+        expected = {(by_rank_in[3], (None, channels, samples)), (by_rank_in[4], (None, 2 * channels, bins, frames)),
                     (by_rank_out[5], (None, stems, 2 * channels, bins, frames)),
-                    (by_rank_out[4], (None, stems, channels, segment))}
+                    (by_rank_out[4], (None, stems, channels, samples))}
         for node, shape in expected:
             dims = static_dims(node.shape)
             if any(d is not None and e is not None and d != e for d, e in zip(dims, shape)):
                 raise ModelError(f"{path}: '{node.name}' is {node.shape}, but {says}; the card does not describe "
                                  "this model (segment, stems, audio_channels)")
+            if not fixed and (dims[-1] is not None):
+                raise ModelError(f"{path}: '{node.name}' is {node.shape}, a fixed length, but an hdemucs card "
+                                 f"needs a model whose time axis is free; {says}")
         self.mix_name, self.spec_name = by_rank_in[3].name, by_rank_in[4].name
         self.output_names = [by_rank_out[5].name, by_rank_out[4].name]
 
     def __call__(self, chunks: np.ndarray) -> np.ndarray:
         chunks = np.ascontiguousarray(chunks, dtype=np.float32)
-        spec = self.spectrogram.forward(chunks)
+        length = chunks.shape[-1]
+        if length != self.segment and self.fixed:
+            raise ModelError(f"{self.path}: chunks of {length} samples given to a model that takes {self.segment}")
+        spectrogram = self.spectrogram if length == self.segment else DemucsSpectrogram(self.n_fft, length)
+        spec = spectrogram.forward(chunks)
         freq, wave = self.session.run(self.output_names, {self.mix_name: chunks, self.spec_name: spec})
-        return wave + self.spectrogram.inverse(freq)
+        return wave + spectrogram.inverse(freq)
 
 
 class DemucsEngine:
@@ -253,7 +286,11 @@ class DemucsEngine:
                                                    sha256=member.sha256))
             self.networks.append(DemucsNetwork(path, segment=member.segment, n_fft=card.n_fft,
                                                stems=len(card.stems), channels=card.audio_channels,
-                                               threads=threads, device=device))
+                                               threads=threads, device=device,
+                                               fixed=card.demucs["architecture"] == "htdemucs",
+                                               # A bag's networks run one after another: one arena
+                                               # for all of them, not one each (runtime.open_session).
+                                               shared_arena=len(members) > 1))
         self.sample_rate = card.sample_rate
         self.chunk = max(m.segment for m in members)
         self.trim = 0
@@ -320,5 +357,6 @@ FAMILY = register(Family(
     requires_hint=" (stembridge models import writes it)",
     check=check_card, details=_details, default_overlap=lambda card: OVERLAP,
     importer="bridge.importers.demucs:convert", imports=_imports,
-    import_help="Demucs v4 models (htdemucs.th, a bag such as htdemucs_ft.yaml, or a folder with --name)",
+    import_help="Demucs v4 and v3 hybrid models (htdemucs.th, a bag such as htdemucs_ft.yaml or hdemucs_mmi.yaml, "
+                "or a folder with --name)",
 ))

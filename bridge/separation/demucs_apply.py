@@ -2,7 +2,8 @@
 
 The Demucs family (:mod:`.demucs`) runs its networks through :class:`DemucsOverlapAdd`, the
 runner's overlap-add seam: chunks of the model's segment every ``int(0.75 * segment)`` samples,
-the last ones centred in a segment of audio and zeros and cut back, each weighted by
+the last ones centred in a segment of audio and zeros and cut back (HTDemucs) or run at their own
+length (HDemucs, whose graph takes any length), each weighted by
 :func:`triangle`; each shifted run is the song delayed by :func:`shift_delays` zeros; a bag's
 members are weighted per stem. See :mod:`.demucs` for what is and is not Demucs's behaviour.
 """
@@ -74,26 +75,30 @@ class _Split:
         return self._emit(total)
 
     def _run(self, first: int, count: int, *, total: int | None) -> None:
-        seg, windows, lengths = self.segment, [], []
+        seg, chunks = self.segment, []
         for k in range(first, first + count):
             offset = k * self.stride
             length = seg if total is None else min(seg, total - offset)
-            start = offset - (seg - length) // 2  # TensorChunk.padded: centred, real audio where there is some
-            lo, hi = max(start, 0), min(start + seg, self._received)
-            window = np.zeros((self._input.shape[0], seg), np.float32)
+            # apply_model pads a chunk to the model's valid length: HTDemucs's is the segment (the
+            # chunk centred in real audio where there is some, zeros past the end: TensorChunk.padded);
+            # HDemucs has none, so a last chunk runs at its own length.
+            size = seg if self.network.fixed else length
+            start = offset - (size - length) // 2
+            lo, hi = max(start, 0), min(start + size, self._received)
+            window = np.zeros((self._input.shape[0], size), np.float32)
             window[:, lo - start:hi - start] = self._input[:, lo - self._in_start:hi - self._in_start]
-            windows.append(window)
-            lengths.append(length)
-        out = self.network(np.stack(windows))  # (count, stems, c, seg)
-        end = (first + count - 1) * self.stride + lengths[-1]
+            chunks.append((k, length, window))
+        end = (first + count - 1) * self.stride + chunks[-1][1]
         self._grow(end)
-        for i, k in enumerate(range(first, first + count)):
-            length = lengths[i]
-            trim = (seg - length) // 2  # center_trim
-            at = k * self.stride - self._out_start
-            weight = self.weight[:length]
-            self._acc[..., at:at + length] += out[i, ..., trim:trim + length] * weight
-            self._sum[at:at + length] += weight
+        for size in dict.fromkeys(w.shape[1] for _, _, w in chunks):  # one run per chunk length
+            same = [(k, length, w) for k, length, w in chunks if w.shape[1] == size]
+            out = self.network(np.stack([w for _, _, w in same]))  # (count, stems, c, size)
+            for i, (k, length, _) in enumerate(same):
+                trim = (size - length) // 2  # center_trim
+                at = k * self.stride - self._out_start
+                weight = self.weight[:length]
+                self._acc[..., at:at + length] += out[i, ..., trim:trim + length] * weight
+                self._sum[at:at + length] += weight
         self._next = first + count
         # Keep what a later chunk may read: a centred last chunk reaches back up to segment / 2.
         drop = max(0, self._next * self.stride - seg - self._in_start)

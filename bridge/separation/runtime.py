@@ -19,9 +19,31 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_session(path: Path, *, threads: int | None = None, device: Device | None = None):
+_SHARED_ARENA = False  # whether this process registered onnxruntime's shared CPU arena
+
+
+def _share_cpu_arena() -> None:
+    """Register one CPU arena in onnxruntime's environment (once per process) for sessions to share."""
+    global _SHARED_ARENA
+    if not _SHARED_ARENA:
+        import onnxruntime as ort
+
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, None)
+        _SHARED_ARENA = True
+
+
+def open_session(path: Path, *, threads: int | None = None, device: Device | None = None,
+                 shared_arena: bool = False):
     """An onnxruntime session on ``device`` (default: the CPU), with explicit threading and full
     graph optimisation.
+
+    ``shared_arena``: on the CPU, the session takes its intermediate tensors from one arena shared
+    by every session opened so (instead of an arena of its own). For sessions that run one after
+    another, such as a Demucs bag's four networks: each own arena grows to the network's peak and
+    keeps it, so four hold four peaks; the shared one holds one. Measured on htdemucs_ft (4
+    published-size networks, one 7.8-s chunk each, twice): 3.83 -> 1.65 GB peak, same output, same
+    CPU time.
 
     Raises
     ------
@@ -49,6 +71,9 @@ def open_session(path: Path, *, threads: int | None = None, device: Device | Non
     # embedded model (2 minutes) 8.75 -> 6.77 s CPU; stems identical.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     device = device or Device("cpu")
+    if shared_arena and device.kind == "cpu":
+        _share_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=device.providers())
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
