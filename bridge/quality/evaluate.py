@@ -453,20 +453,7 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
     for done, files in enumerate(songs, 1):
         song = load_song(files)
         run = Oracle(song) if oracle else separator
-        raw = run(song.mixture, song.sample_rate)
-        estimates = {canonical_stem(k): v for k, v in raw.items()}
-        for name, parts in derived_stems(tuple(estimates)).items():
-            if name in song.references:
-                estimates[name] = np.sum([estimates[p] for p in parts], axis=0, dtype=np.float32)
-        for stem, audio in estimates.items():
-            if audio.shape != song.mixture.shape:
-                raise ModelError(f"{model}: stem '{stem}' of {files.mixture} has shape {audio.shape}, "
-                                 f"expected the mixture's {song.mixture.shape}; the separator breaks the buffer contract")
-        stems = [s for s in estimates if s in song.references]
-        missing = [s for s in estimates if s not in song.references]
-        if missing:
-            notes.append(f"{files.name}: no reference for {', '.join(missing)}; not scored")
-        song_scores, song_notes = score_song(song, estimates, stems)
+        song_scores, song_notes = _score_estimates(model, song, files, run(song.mixture, song.sample_rate))
         scores += song_scores
         notes += song_notes
         if progress:
