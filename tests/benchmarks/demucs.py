@@ -170,7 +170,8 @@ def cmd_run(args) -> None:
     demucs_cmd = [sys.executable, "-m", "demucs", "-n", args.model, "--repo", str(work(args) / "repo"), "-d", "cpu",
                   "--float32", "--shifts", str(args.shifts), "-o", str(out / "demucs"), str(wav)]
     ours_cmd = [sys.executable, "-m", "bridge.cli", "separate", str(wav), "--model", args.model, "--out",
-                str(out / "stembridge"), "--bit-depth", "32", "--no-cache", "--jobs", "1"]
+                str(out / "stembridge"), "--bit-depth", "32", "--no-cache", "--force", "--jobs", "1"]  # --force: a
+    # finished song from an earlier run would otherwise be skipped as up to date and time nothing
     if args.shifts != 1:
         (out / "stembridge" / wav.stem).mkdir(parents=True, exist_ok=True)
         ours_cmd = [sys.executable, "-c", (
