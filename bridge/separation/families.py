@@ -84,6 +84,35 @@ def _no_details(card: "ModelCard") -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Found:
+    """A model file that :attr:`Family.recognise` knows, as ``stembridge models scan`` lists it.
+
+    Attributes
+    ----------
+    path : Path
+        The model file (or the folder, for a model that is one: a Spleeter checkpoint).
+    family : str
+        The family that runs it.
+    stems : tuple of str
+        Its stems, as far as the file (and its config) tell; empty when they cannot be told.
+    config : Path, optional
+        The config file found with it (a RoFormer or MDX23C YAML), when it needs one.
+    ready : bool
+        Whether it runs as it is, named by a card (a UVR MDX-Net ``.onnx``), or needs
+        ``stembridge models import`` first.
+    command : str
+        The one command that imports it (or, for a ready file, that separates with it).
+    """
+
+    path: Path
+    family: str
+    stems: tuple[str, ...] = ()
+    config: Path | None = None
+    ready: bool = False
+    command: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
     """One kind of model, as its module declares it.
 
@@ -125,6 +154,11 @@ class Family:
         Whether ``path`` (with ``config``, a config file or None) is a checkpoint for ``importer``.
     import_help : str
         What the importer takes, for the message listing what can be imported.
+    recognise : callable ``(path) -> Found | None``, optional
+        Whether the file (or folder) ``path`` is a model of this family, told from its contents
+        (keys, shapes, a config beside it, a known checksum), never from its name alone; used by
+        ``stembridge models scan``. Reads as little as it can: it is asked about every file in
+        the folders scanned.
     """
 
     name: str
@@ -144,6 +178,7 @@ class Family:
     importer: str | None = None
     imports: Callable[[Path, object], bool] | None = None
     import_help: str = ""
+    recognise: Callable[[Path], Found | None] | None = None
 
     def describe(self, card: "ModelCard") -> str:
         """The card's row in ``stembridge models``: name, family, stems, file (and details)."""
