@@ -86,12 +86,20 @@ def _rebuild_tensor(storage, offset, size, *rest):
     return Tensor(tuple(int(s) for s in size), kind)
 
 
+class _OrderedDict(dict):
+    """``collections.OrderedDict`` as a checkpoint pickles it: a dict whose extra state (a module
+    state dict's ``_metadata``) is dropped."""
+
+    def __setstate__(self, state):
+        pass
+
+
 #: Globals given a meaning; every other global is an inert :class:`Global`.
 _KNOWN = {
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_parameter": lambda data, *rest: data,
-    "collections.OrderedDict": dict,
+    "collections.OrderedDict": _OrderedDict,
 }
 
 
