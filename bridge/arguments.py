@@ -19,6 +19,7 @@ EPILOG = """examples:
   stembridge render presets/vocal-up.yaml ~/Music/Album --out remixes/ --report
   stembridge preset check my-session.yaml               validate a preset without rendering
   stembridge models                                     the models you can name with --model
+  stembridge models scan                                model files UVR, audio-separator, torch hub, MSST left
 
 Run "stembridge COMMAND --help" for a command's options."""
 
