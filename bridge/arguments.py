@@ -19,6 +19,7 @@ EPILOG = """examples:
   stembridge render presets/vocal-up.yaml ~/Music/Album --out remixes/ --report
   stembridge preset check my-session.yaml               validate a preset without rendering
   stembridge models                                     the models you can name with --model
+  stembridge models scan                                model files UVR, audio-separator, torch hub, MSST left
 
 Run "stembridge COMMAND --help" for a command's options."""
 
@@ -194,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
     imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
     imp.set_defaults(handler="models_import")
+    scan = _command(models_commands, "scan", help="find model files other tools left (UVR, python-audio-separator, "
+                                                 "torch hub, MSST) and list how to run or import each",
+                    examples="  stembridge models scan\n  stembridge models scan ~/Downloads/models --json\n"
+                             "  stembridge models scan --import")
+    scan.add_argument("folders", nargs="*", metavar="FOLDER",
+                      help="folders to scan, instead of the tools' usual ones (UVR's models folder, "
+                           "$AUDIO_SEPARATOR_MODEL_DIR or /tmp/audio-separator-models, torch hub's checkpoints, "
+                           "~/Music-Source-Separation-Training, stembridge's model folders)")
+    scan.add_argument("--import", dest="do_import", action="store_true",
+                      help="import every model that needs it, skipping those already imported (by checksum)")
+    scan.add_argument("--json", action="store_true", help="print the same as JSON")
+    scan.set_defaults(handler="models_scan")
     quant = _command(models_commands, "quantize", help="write an int8 variant of a roformer model (a new model: "
                                                        "faster on CPUs with VNNI, slightly different output)",
                      examples="  stembridge models quantize my-roformer\n  stembridge models quantize default --fp16")
@@ -216,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "$XDG_CACHE_HOME/stembridge or ~/.cache/stembridge)")
     cache.add_argument("--cache-max-gb", type=float, metavar="GB", help="size cap (default: 20, or $STEMBRIDGE_CACHE_MAX_GB)")
     cache.set_defaults(handler="cache")
-    for command in (sep, ren, ev, check, fx, plug, models, imp, quant, doctor, cache):
+    for command in (sep, ren, ev, check, fx, plug, models, imp, scan, quant, doctor, cache):
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 

@@ -424,6 +424,51 @@ def cmd_models_import(args) -> int:
     return EXIT_OK
 
 
+def cmd_models_scan(args) -> int:
+    import json
+
+    from .importers.scan import check_folders, default_locations, import_all, scan
+
+    if args.folders:
+        places = [("named", p) for p in check_folders(args.folders)]
+    else:
+        places = [(loc.what, loc.path) for loc in default_locations()]
+    entries = scan([p for _, p in places])
+    outcomes = []
+    if args.do_import:
+        def said(outcome):
+            if args.json:
+                return
+            if outcome.error:
+                console.error(outcome.error)
+            elif outcome.skipped:
+                print(f"{outcome.entry.path}: already imported as '{outcome.skipped}'")
+            else:
+                print(f"{outcome.entry.path}: imported as '{outcome.imported}'")
+
+        outcomes = import_all(entries, on_outcome=said)
+    if args.json:
+        print(json.dumps({
+            "folders": [{"what": what, "path": str(p), "exists": p.is_dir()} for what, p in places],
+            "models": [e.as_json() for e in entries],
+            "imported": [{"path": str(o.entry.path), "imported": o.imported, "skipped": o.skipped, "error": o.error}
+                         for o in outcomes],
+        }, indent=2))
+    else:
+        print("Looked in:")
+        for what, path in places:
+            print(f"  {what:<16} {path}" + ("" if path.is_dir() else "  (not there)"))
+        if entries:
+            print(f"Model files ({len(entries)}): status, family, stems, file; then the command")
+            for e in entries:
+                print(f"  {e.status:<12} {e.family or '?':<9} {'/'.join(e.stems) or '?':<32} {e.path}")
+                if e.command:
+                    print(f"      {e.command}")
+        else:
+            print("No model files found.")
+    return EXIT_SOME_FAILED if any(o.error for o in outcomes) else EXIT_OK
+
+
 def cmd_models_quantize(args) -> int:
     from .importers.quantize import quantize_model
 
@@ -484,6 +529,7 @@ def _keep_freed_memory() -> None:
 HANDLERS = {
     "separate": cmd_separate, "render": cmd_render, "eval": cmd_eval, "preset_check": cmd_preset_check,
     "effects": cmd_effects, "plugins": cmd_plugins, "models": cmd_models, "models_import": cmd_models_import,
+    "models_scan": cmd_models_scan,
     "models_quantize": cmd_models_quantize, "doctor": cmd_doctor, "cache": cmd_cache,
 }
 

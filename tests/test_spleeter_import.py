@@ -17,7 +17,7 @@ from bridge.audio import files
 from bridge.cli import main as cli
 from bridge.errors import ModelError
 from bridge.importers.spleeter_tf import import_checkpoint
-from bridge.importers.tf_checkpoint import Checkpoint, read_index
+from bridge.separation.tf_checkpoint import Checkpoint, read_index
 from bridge.separation.models import resolve
 from bridge.separation import load_separator
 from bridge.separation.spectral import Stft

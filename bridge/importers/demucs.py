@@ -554,6 +554,7 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
                        "overlap": 0.25, "transition_power": 1.0},
             "imported": {
                 "files": records, "bag": bag.source.name if bag.source.suffix in (".yaml", ".yml") else None,
+                "bag_sha256": file_sha256(bag.source) if bag.source.suffix in (".yaml", ".yml") else None,
                 "segment_override": str(segment_override) if segment_override is not None else None,
                 "stembridge_version": __version__, "parity_db": round(worst, 2),
                 "parity": "worst stem's SNR of the run-time chunk (numpy STFT + onnxruntime + inverse STFT) "

@@ -3,7 +3,7 @@
 Spleeter (Hennequin et al., JOSS 2020) downloads ``pretrained_models/2stems``, ``4stems``,
 ``5stems`` (and ``-16kHz`` variants): ``model.index``, ``model.data-00000-of-00001``,
 ``model.meta``, ``checkpoint``, as a folder or its release ``.tar.gz``. No TensorFlow is needed:
-:mod:`.tf_checkpoint` reads the tensors, :mod:`.unet_onnx` builds the graph.
+:mod:`bridge.separation.tf_checkpoint` reads the tensors, :mod:`.unet_onnx` builds the graph.
 
 Spleeter builds one U-Net per stem in its config's order, and Keras numbers the layers of all
 nets in one sequence, so net ``n`` (from 0) holds ``conv2d_{7n}`` .. ``conv2d_{7n+5}`` (encoder),
@@ -33,10 +33,10 @@ from ..errors import ModelError
 from ..render.records import file_sha256
 from . import publish
 from ..separation.models import known_cards, user_models_folder
-from .tf_checkpoint import Checkpoint, CheckpointError, message_fields
+from ..separation.mask import SPLEETER_STEMS, unet_layers
+from ..separation.tf_checkpoint import Checkpoint, CheckpointError, checkpoint_prefix, checkpoint_sha256, message_fields
 
-STEM_ORDER = {2: ("vocals", "accompaniment"), 4: ("vocals", "drums", "bass", "other"),
-              5: ("vocals", "piano", "drums", "bass", "other")}
+STEM_ORDER = SPLEETER_STEMS
 ENCODER = (16, 32, 64, 128, 256, 512)
 DECODER = (256, 128, 64, 32, 16, 1)
 BANDS = (1024, 1536)
@@ -63,9 +63,7 @@ def _layer(kind: str, index: int) -> str:
 
 def count_nets(ckpt: Checkpoint, where: str) -> int:
     """How many U-Nets the checkpoint holds, checked against Spleeter's layer counts."""
-    convs = sum(1 for n in ckpt.entries if re.fullmatch(r"conv2d(_\d+)?/kernel", n))
-    tconvs = sum(1 for n in ckpt.entries if re.fullmatch(r"conv2d_transpose(_\d+)?/kernel", n))
-    norms = sum(1 for n in ckpt.entries if re.fullmatch(r"batch_normalization(_\d+)?/gamma", n))
+    convs, tconvs, norms = unet_layers(ckpt.entries)
     if not convs or convs % 7 or tconvs != 6 * (convs // 7) or norms != 12 * (convs // 7):
         raise ModelError(f"{where}: not a Spleeter U-Net checkpoint ({convs} conv2d, {tconvs} conv2d_transpose, "
                          f"{norms} batch_normalization layers; Spleeter has 7, 6 and 12 per stem); "
@@ -151,24 +149,6 @@ def band_from_meta(meta: Path) -> int | None:
     if len(found) > 1:
         raise ModelError(f"{where}: the graph cuts the spectrogram at {sorted(found)} bins; pass bins= (--bins)")
     return found.pop() if found else None
-
-
-def checkpoint_prefix(folder: Path) -> Path:
-    """The checkpoint in ``folder``: the prefix its ``checkpoint`` file names, else ``model``."""
-    pointer = folder / "checkpoint"
-    if pointer.is_file():
-        match = re.search(r'model_checkpoint_path:\s*"([^"]+)"', pointer.read_text(errors="replace"))
-        if match:
-            prefix = Path(match.group(1))
-            return prefix if prefix.is_absolute() else folder / prefix.name
-    indexes = sorted(folder.glob("*.index"))
-    if len(indexes) == 1:
-        return indexes[0].with_suffix("")
-    if not indexes:
-        raise ModelError(f"{folder}: no TensorFlow checkpoint here (no model.index); pass Spleeter's model folder "
-                         "(e.g. pretrained_models/4stems) or its .tar.gz")
-    raise ModelError(f"{folder}: several checkpoints ({', '.join(p.name for p in indexes)}) and no 'checkpoint' "
-                     "file saying which; keep one")
 
 
 def _extract(archive: Path, into: Path) -> Path:
@@ -266,6 +246,7 @@ def import_checkpoint(path, *, name: str | None = None, force: bool = False, bin
         if band is not None and bins is not None and band != bins:
             raise ModelError(f"{label}: model.meta says the nets take {band} bins, not {bins}; drop --bins")
         band = band or bins
+        source_sha = checkpoint_sha256(prefix)
         if band is None:
             raise ModelError(f"{label}: no model.meta to read the nets' band from; pass --bins 1024 (Spleeter's "
                              "11 kHz models) or --bins 1536 (its -16kHz models)")
@@ -282,11 +263,12 @@ def import_checkpoint(path, *, name: str | None = None, force: bool = False, bin
 
     model = build_unets(dict(zip(stems, nets)), bins=band, fp16=not fp32,
                         doc=f"Deezer Spleeter {len(nets)}-stem U-Nets (MIT), imported by stembridge from {source.name}")
-    onnx_path, card_path = _write(model, target_folder, name=name, stems=stems, bins=band, source=source)
+    onnx_path, card_path = _write(model, target_folder, name=name, stems=stems, bins=band, source=source,
+                                  source_sha256=source_sha)
     return Imported(name, card_path, onnx_path, stems, band, time.perf_counter() - start)
 
 
-def _write(model, folder: Path, *, name: str, stems, bins: int, source: Path) -> tuple[Path, Path]:
+def _write(model, folder: Path, *, name: str, stems, bins: int, source: Path, source_sha256: str) -> tuple[Path, Path]:
     """Write the model, then its card (the card makes it visible), each renamed into place when whole."""
     import onnx
 
@@ -297,6 +279,8 @@ def _write(model, folder: Path, *, name: str, stems, bins: int, source: Path) ->
             "name": name, "family": "mask", "file": onnx_path.name, "sha256": file_sha256(partial),
             "stems": list(stems), "sample_rate": 44100, "n_fft": 4096, "hop": 1024, "bins": bins, "dim_t": 512,
             "combine": "ratio",
+            # The weights' checksum (the .data shards), so that stembridge models scan --import skips them.
+            "imported": {"checkpoint": source.name, "checkpoint_sha256": source_sha256},
             "license": "MIT (Spleeter by Deezer Research)",
             "credit": "Hennequin, Khlif, Voituret, Moussallam: Spleeter: a fast and efficient music source separation "
                       "tool with pre-trained models, JOSS 5(50), 2020.",

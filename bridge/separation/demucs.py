@@ -58,13 +58,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
-from .families import Family, register
-from .models import ModelCard, verify_file
+from .families import Family, Found, register
+from .models import ModelCard, canonical_stem, verify_file
+from .peek import global_name, read_config, torch_object
 from .demucs_apply import DemucsOverlapAdd
 from .runtime import open_session, static_dims
 from .spectral import Stft
@@ -348,6 +350,51 @@ def _imports(path, config) -> bool:
     return path.is_dir() and any(path.glob("*.th"))
 
 
+#: The Demucs classes ``stembridge models import`` takes, as a ``.th`` file names them.
+IMPORTED_CLASSES = ("demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs")
+
+
+def th_stems(path: Path) -> tuple[str, ...] | None:
+    """The sources of a Demucs ``.th`` file (``serialize_model``'s ``klass``/``args``/``kwargs``/
+    ``state``, read inertly: the class is a name, never imported), or None if it is not one that
+    the import takes (another class, a DiffQ-quantised state)."""
+    package = torch_object(path)
+    if not isinstance(package, dict) or not {"klass", "args", "kwargs", "state"} <= set(package):
+        return None
+    if global_name(package["klass"]) not in IMPORTED_CLASSES:
+        return None
+    state, args, kwargs = package["state"], package["args"], package["kwargs"]
+    if not isinstance(state, dict) or state.get("__quantized") or not isinstance(kwargs, dict):
+        return None
+    sources = kwargs.get("sources", args[0] if isinstance(args, (list, tuple)) and args else None)
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        return None
+    return tuple(canonical_stem(s) for s in sources)
+
+
+def recognise(path: Path) -> Found | None:
+    """A Demucs model: a ``.th`` file (HTDemucs or HDemucs, by its pickled class name), or a bag
+    ``.yaml`` (``models:`` signatures, optional ``weights:``/``segment:``) whose ``.th`` files lie
+    beside it."""
+    command = f"stembridge models import {shlex.quote(str(path))}"
+    suffix = path.suffix.lower()
+    if suffix == ".th" and path.is_file():
+        stems = th_stems(path)
+        return Found(path, "demucs", stems, command=command) if stems is not None else None
+    if suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    data = read_config(path)
+    models = data.get("models") if data else None
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models) \
+            or set(data) - {"models", "weights", "segment"}:
+        return None
+    files = [next(iter(sorted(path.parent.glob(f"{sig}-*.th"))), path.parent / f"{sig}.th") for sig in models]
+    if not all(f.is_file() for f in files):
+        return None
+    stems = th_stems(files[0])
+    return Found(path, "demucs", stems, command=command) if stems is not None else None
+
+
 FAMILY = register(Family(
     name="demucs",
     open_engine=lambda card, s: DemucsEngine(with_leftover(card, s.leftover), threads=s.threads,
@@ -359,4 +406,5 @@ FAMILY = register(Family(
     importer="bridge.importers.demucs:convert", imports=_imports,
     import_help="Demucs v4 and v3 hybrid models (htdemucs.th, a bag such as htdemucs_ft.yaml or hdemucs_mmi.yaml, "
                 "or a folder with --name)",
+    recognise=recognise,
 ))

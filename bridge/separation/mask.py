@@ -27,15 +27,19 @@ the reference songs it does not help (README, "Separating"), hence off by defaul
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from ..errors import ModelError
-from .families import Family, register, torch_checkpoint
-from .models import MAX_WIENER, ModelCard, verify_file
+from .families import Family, Found, register, torch_checkpoint
+from .models import MAX_WIENER, ModelCard, canonical_stem, verify_file
 from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft
+from .tf_checkpoint import checkpoint_prefix, read_index
 
 #: Spleeter's EPSILON for its ratio masks.
 EPS = 1e-10
@@ -167,6 +171,46 @@ def _imports(path, config) -> bool:
     return config is None and (path.is_dir() or (not torch_checkpoint(path) and path.is_file() and tarfile.is_tarfile(path)))
 
 
+#: Spleeter's stems by number of U-Nets, in its configs' order (one net per stem).
+SPLEETER_STEMS = {2: ("vocals", "accompaniment"), 4: ("vocals", "drums", "bass", "other"),
+                  5: ("vocals", "piano", "drums", "bass", "other")}
+
+
+def unet_layers(names) -> tuple[int, int, int]:
+    """How many ``conv2d``, ``conv2d_transpose`` and ``batch_normalization`` layers the checkpoint
+    variable ``names`` hold (Keras numbers the layers of all of Spleeter's nets in one sequence)."""
+    def count(kind: str, variable: str) -> int:
+        return sum(1 for n in names if re.fullmatch(rf"{kind}(_\d+)?/{variable}", n))
+
+    return count("conv2d", "kernel"), count("conv2d_transpose", "kernel"), count("batch_normalization", "gamma")
+
+
+def spleeter_nets(names) -> int | None:
+    """The number of Spleeter U-Nets the variable ``names`` make (7 conv2d, 6 conv2d_transpose and
+    12 batch_normalization layers each, 2, 4 or 5 nets), or None."""
+    convs, tconvs, norms = unet_layers(names)
+    nets = convs // 7
+    ok = convs and not convs % 7 and tconvs == 6 * nets and norms == 12 * nets and nets in SPLEETER_STEMS
+    return nets if ok else None
+
+
+def recognise(path: Path) -> Found | None:
+    """A Spleeter TensorFlow checkpoint folder, told by its index's layer names (the ``.index`` is
+    read, a few kB; the weights are not)."""
+    if not path.is_dir():
+        return None
+    try:
+        prefix = checkpoint_prefix(path)
+        names = read_index(prefix.with_name(prefix.name + ".index"))
+    except (ModelError, OSError):
+        return None
+    nets = spleeter_nets(names)
+    if nets is None or not any(prefix.parent.glob(f"{prefix.name}.data-*")):
+        return None
+    return Found(path, "mask", tuple(canonical_stem(s) for s in SPLEETER_STEMS[nets]),
+                 command=f"stembridge models import {shlex.quote(str(path))}")
+
+
 FAMILY = register(Family(
     name="mask",
     open_engine=lambda card, s: MaskEngine(card, threads=s.threads, batch_size=s.batch_size, high_band=s.high_band,
@@ -175,4 +219,5 @@ FAMILY = register(Family(
     importer="bridge.importers.spleeter_tf:convert", imports=_imports,
     import_help="Spleeter TensorFlow checkpoints (a folder with model.index and model.data-00000-of-00001, "
                 "or the release .tar.gz)",
+    recognise=recognise,
 ))

@@ -18,11 +18,15 @@ stems still sum to the mix; with ``invert`` (UVR's spectral inversion: the other
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import ModelError
-from .families import Family, register
-from .models import ModelCard, verify_file
+from .families import Family, Found, register
+from .models import ModelCard, card_for_onnx, verify_file
+from .peek import onnx_input_shape
 from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft, pack_mdx, unpack_mdx
 
@@ -100,10 +104,32 @@ def check_card(card: ModelCard, source: str) -> None:
                          f"got stems {list(card.stems)} and primary {card.primary!r}")
 
 
+def recognise(path: Path) -> Found | None:
+    """A UVR MDX-Net ``.onnx``: its graph's input is ``[batch, 4, dim_f, dim_t]`` (stereo real and
+    imaginary parts). It runs as it is when a card beside it or UVR's hash table gives its
+    parameters and their ``dim_f``/``dim_t`` fit the graph; otherwise it needs a card."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    shape = onnx_input_shape(path)
+    if shape is None or len(shape) != 4 or shape[1] != 4:
+        return None
+    try:
+        card = card_for_onnx(path)
+    except ModelError:
+        return Found(path, "mdx")
+    fits = card.family == "mdx" and all(not isinstance(d, int) or d == want
+                                        for d, want in zip(shape[2:], (card.dim_f, card.dim_t)))
+    if not fits:
+        return Found(path, "mdx")
+    return Found(path, "mdx", card.stems, ready=True,
+                 command=f"stembridge separate --model {shlex.quote(str(path))} SONG")
+
+
 FAMILY = register(Family(
     name="mdx",
     open_engine=lambda card, s: MdxEngine(card, threads=s.threads, batch_size=s.batch_size, denoise=s.denoise,
                                           invert=s.invert, device=s.device),
     check=check_card,
     denoise_invert=True,
+    recognise=recognise,
 ))

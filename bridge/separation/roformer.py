@@ -55,11 +55,16 @@ for a roformer card is the fraction that gives ``step = chunk_size // num_overla
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import ModelError, suggest
-from .families import Family, register, torch_checkpoint
-from .models import ModelCard, verify_file, whole
+from .families import TORCH_SUFFIXES, Family, Found, register, torch_checkpoint
+from .models import ModelCard, canonical_stem, verify_file, whole
+from .peek import read_config, state_dict, torch_object
 from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft
 
@@ -210,6 +215,89 @@ def _imports(path, config) -> bool:
     return config is not None or torch_checkpoint(path)
 
 
+#: Most YAML files tried as a checkpoint's config (beside it, in UVR's and MSST's config folders).
+MAX_CONFIGS = 400
+
+
+def shape_of(state: dict) -> tuple[int, int, int, int] | None:
+    """``(dim, depth, stems, bands)`` of a RoFormer state dict (``{name: shape}``), read from its
+    parameter names (the reference code's: ``layers.N``, ``mask_estimators.N``,
+    ``band_split.to_features.N.1.weight`` of shape ``(dim, ...)``), or None if it is not one."""
+    def count(pattern: str) -> int:
+        found = {int(m.group(1)) for m in map(re.compile(pattern).match, state) if m}
+        return max(found) + 1 if found else 0
+
+    first = state.get("band_split.to_features.0.1.weight")
+    depth, stems = count(r"layers\.(\d+)\."), count(r"mask_estimators\.(\d+)\.")
+    bands = count(r"band_split\.to_features\.(\d+)\.")
+    if first is None or len(first) != 2 or not depth or not stems:
+        return None
+    return first[0], depth, stems, bands
+
+
+def config_shape(data: dict) -> tuple[int, int, int, int] | None:
+    """The same four numbers from a RoFormer training config, or None if it is not one."""
+    model = data.get("model")
+    if not isinstance(model, dict) or len({"freqs_per_bands", "num_bands"} & set(model)) != 1:
+        return None
+    bands = model.get("num_bands")
+    if "freqs_per_bands" in model:
+        bands = len(model["freqs_per_bands"]) if isinstance(model["freqs_per_bands"], list) else None
+    return model.get("dim"), model.get("depth"), model.get("num_stems", 1), bands
+
+
+def config_stems(data: dict) -> tuple[str, ...]:
+    """A config's stems as the import names them: the target and the rest, or every instrument."""
+    training = data.get("training") if isinstance(data.get("training"), dict) else {}
+    instruments = training.get("instruments")
+    if not isinstance(instruments, list) or not all(isinstance(i, str) for i in instruments):
+        return ()
+    names = [canonical_stem(i) for i in instruments]
+    target = training.get("target_instrument")
+    if isinstance(target, str) and canonical_stem(target) in names and len(names) == 2:
+        primary = canonical_stem(target)
+        other = next(n for n in names if n != primary)
+        return primary, "instrumental" if primary == "vocals" and other == "other" else other
+    return tuple(names)
+
+
+def candidate_configs(path: Path) -> list[Path]:
+    """YAML files that may be ``path``'s config, nearest first: the same name beside it
+    (python-audio-separator's layout), the others beside it, UVR's ``model_data/mdx_c_configs``
+    beside it, and the ``configs/`` folder of an MSST checkout holding it (up to three folders up:
+    ``configs/`` beside ``inference.py``)."""
+    beside = [path.with_suffix(s) for s in (".yaml", ".yml")]
+    folders = [(path.parent, False), (path.parent / "model_data" / "mdx_c_configs", False)]
+    for parent in list(path.parents)[:4]:
+        if (parent / "configs").is_dir() and (parent / "inference.py").is_file():
+            folders.append((parent / "configs", True))
+            break
+    found = [p for p in beside if p.is_file()]
+    for folder, deep in folders:
+        if folder.is_dir():
+            found += sorted(p for p in (folder.rglob("*") if deep else folder.iterdir())
+                            if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
+    return list(dict.fromkeys(found))[:MAX_CONFIGS]
+
+
+def recognise(path: Path) -> Found | None:
+    """A BS-/Mel-Band RoFormer checkpoint, told by its state dict's names and shapes (read inertly
+    from the pickle, no tensor data), and its config: the first candidate YAML
+    (:func:`candidate_configs`) whose ``dim``, ``depth``, stem and band counts match the weights."""
+    if path.suffix.lower() not in TORCH_SUFFIXES or not path.is_file():
+        return None
+    state = state_dict(torch_object(path))
+    shape = shape_of(state) if state else None
+    if shape is None:
+        return None
+    for config in candidate_configs(path):
+        data = read_config(config)
+        if data is not None and config_shape(data) == shape:
+            return Found(path, "roformer", config_stems(data), config=config,
+                         command=f"stembridge models import {shlex.quote(str(path))} --config {shlex.quote(str(config))}")
+    return Found(path, "roformer")  # a RoFormer without its config: the import needs one
+
+
 FAMILY = register(Family(
     name="roformer",
     open_engine=lambda card, s: RoformerEngine(card, threads=s.threads, batch_size=s.batch_size, device=s.device),
@@ -219,4 +307,5 @@ FAMILY = register(Family(
     default_overlap=lambda card: grid(card)[1],
     importer="bridge.importers.roformer:convert", imports=_imports,
     import_help="BS-/Mel-Band RoFormer checkpoints (CHECKPOINT.ckpt --config CONFIG.yaml)",
+    recognise=recognise,
 ))

@@ -18,6 +18,8 @@ TensorFlow or protobuf package is needed. Every error names the file and what is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 import struct
 from pathlib import Path
 
@@ -223,3 +225,32 @@ class Checkpoint:
             handle.seek(entry.offset)
             raw = handle.read(entry.size)
         return np.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape).copy()
+
+
+def checkpoint_prefix(folder: Path) -> Path:
+    """The checkpoint in ``folder``: the prefix its ``checkpoint`` file names, else ``model``."""
+    pointer = folder / "checkpoint"
+    if pointer.is_file():
+        match = re.search(r'model_checkpoint_path:\s*"([^"]+)"', pointer.read_text(errors="replace"))
+        if match:
+            prefix = Path(match.group(1))
+            return prefix if prefix.is_absolute() else folder / prefix.name
+    indexes = sorted(folder.glob("*.index"))
+    if len(indexes) == 1:
+        return indexes[0].with_suffix("")
+    if not indexes:
+        raise ModelError(f"{folder}: no TensorFlow checkpoint here (no model.index); pass Spleeter's model folder "
+                         "(e.g. pretrained_models/4stems) or its .tar.gz")
+    raise ModelError(f"{folder}: several checkpoints ({', '.join(p.name for p in indexes)}) and no 'checkpoint' "
+                     "file saying which; keep one")
+
+
+def checkpoint_sha256(prefix: Path) -> str:
+    """The sha256 of a checkpoint's weights: its ``.data`` shards, read in name order as one stream
+    (what ``stembridge models scan`` compares with an imported card's ``imported.checkpoint_sha256``)."""
+    digest = hashlib.sha256()
+    for shard in sorted(prefix.parent.glob(f"{prefix.name}.data-*")):
+        with open(shard, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
