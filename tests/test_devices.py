@@ -221,6 +221,43 @@ def test_io_binding_equals_session_run_bit_for_bit(tmp_path, monkeypatch):
     assert bound.flags.c_contiguous and bound.dtype == np.float32
 
 
+def test_the_runner_runs_one_call_at_a_time(tmp_path):
+    """Two batches are in flight (one's STFT beside the other's network): their network calls
+    must not overlap (two sets of activations, the cores split between them). Eight threads
+    call one runner; its session calls are timed from inside the real run."""
+    import threading
+    import time
+
+    model = onnx_models.mdx_model(tmp_path / "m.onnx", dim_f=64, dim_t=32, kind="nonlinear")
+    runner = runtime.Runner(runtime.open_session(model, threads=1), max_batch=1)
+    spans, real_run = [], runner._run
+
+    def timed(x):
+        start = time.perf_counter()
+        out = real_run(x)
+        time.sleep(0.01)  # long enough that an unguarded second call would start inside it
+        spans.append((start, time.perf_counter()))
+        return out
+
+    runner._run = timed
+    x = np.random.default_rng(2).standard_normal((2, 4, 64, 32)).astype(np.float32)
+    results = [None] * 8
+
+    def call(i):
+        results[i] = runner(x)["spec_out"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans.sort()
+    assert len(spans) == 16
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
+    for result in results:
+        np.testing.assert_array_equal(result, results[0])
+
+
 @pytest.fixture(scope="module")
 def real_song():
     audio, rate = sf.read(str(need_data(DATA / "musdb7-80s-rock" / "mixture.flac")), dtype="float32", always_2d=True)

@@ -58,6 +58,28 @@ def test_a_separate_rerun_says_up_to_date_and_rewrites_nothing(tmp_path, capsys,
     assert mtimes(out)["song/vocals.wav"] > before["song/vocals.wav"]
 
 
+def test_a_forced_separate_records_the_input_digest_hashed_meanwhile(tmp_path, capsys):
+    """A first or forced run hashes the input in a thread while it separates; the record must
+    still hold the input's sha256 (computed here with hashlib), so that the next run is up to
+    date, and a changed input is not."""
+    import hashlib
+
+    song = write_song(tmp_path / "song.wav", seconds=2.0)
+    out = tmp_path / "out"
+    base = ["separate", str(song), "--out", str(out), "--model", "dsp", "--no-cache", "--quiet"]
+    assert cli([*base, "--force"]) == 0
+    record = json.loads((out / "song" / ".song.dsp.separate.json").read_text())
+    assert record["input_sha256"] == hashlib.sha256(song.read_bytes()).hexdigest()
+    before = mtimes(out)
+    assert cli([*base[:-1]]) == 0
+    assert "up to date, skipped" in capsys.readouterr().out and mtimes(out) == before
+    write_song(song, seconds=2.0, seed=2)  # same length and header, other samples
+    assert cli([*base[:-1]]) == 0
+    assert "up to date, skipped" not in capsys.readouterr().out
+    record = json.loads((out / "song" / ".song.dsp.separate.json").read_text())
+    assert record["input_sha256"] == hashlib.sha256(song.read_bytes()).hexdigest()
+
+
 def test_a_sink_that_fails_last_takes_the_whole_song_with_it(tmp_path, monkeypatch, capsys):
     """The project fails after the audio files are final: they go too, with the folders the song made,
     and nothing hidden is left behind."""

@@ -100,10 +100,17 @@ def resolve(value: str, *, base: Path, where: str) -> Path:
                       "install it there, add its folder to VST3_PATH, or give its path")
 
 
+#: Whether this process has loaded a plugin (the CLI then collects garbage before exiting, so
+#: that plugins are unloaded, and print, while their output is still captured).
+loaded_any = False
+
+
 def load(path: Path, *, where: str) -> pedalboard.Plugin:
     """Load a VST3 bundle (on the calling thread, which must be the main one)."""
+    global loaded_any
     if not path.exists():
         raise PluginError(f"{where}: VST3 plugin {path} does not exist; install it or fix the path")
+    loaded_any = True
     try:
         return pedalboard.load_plugin(str(path))
     except ValueError as exc:

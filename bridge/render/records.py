@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -62,6 +63,35 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class BackgroundSha256:
+    """:func:`file_sha256` of ``path`` computed in a thread of its own, started now.
+
+    For a digest needed only when a run ends (``separate --force``'s record of its input):
+    hashlib hashes without the GIL, so a 4-minute WAV's 42 MB are hashed while the model loads
+    and the song separates instead of before. :meth:`result` waits for it (and raises what
+    reading the file raised).
+    """
+
+    def __init__(self, path: Path):
+        self._path = Path(path)
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"sha256 {self._path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = file_sha256(self._path)
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def versions() -> dict[str, str]:

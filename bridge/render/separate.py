@@ -20,7 +20,7 @@ from ..version import __version__
 from .cache import StemCache
 from .pipeline import SongFile, run_song
 from .preview import Preview
-from .records import file_sha256, made_by, model_identity, read_json
+from .records import BackgroundSha256, made_by, model_identity, read_json
 from .sinks import AudioFiles, Block, Gain, Project, Record
 from .songs import Clipped, Naming, Progress, SongResult, report_clipping
 from .stemsource import StemSource
@@ -80,7 +80,11 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     and a hidden manifest beside the stems recording what made them."""
     song = SongFile.open(path, naming)
     targets, manifest = separate_targets(song.path, separator, options, song.naming)
-    expected = {"kind": "separate", "input_sha256": file_sha256(song.path),
+    # The input's digest decides whether a song is up to date when it has a record; otherwise
+    # (a forced run, a first run) it is needed only in the record written at the end, and is
+    # hashed meanwhile.
+    digest = BackgroundSha256(song.path)
+    expected = {"kind": "separate", "input_sha256": None,
                 "model": model_identity(separator) or separator.name, "stems": list(targets), "ext": options.ext,
                 "bit_depth": options.bit_depth, "stembridge": __version__, "bwf": options.bwf,
                 "project": options.project}
@@ -89,6 +93,8 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     hand = daw.separation_plan(song.path, header=song.header, options=options, separator_name=separator.name,
                                targets=targets, track=song.naming.track, made_by=made_by(separator))
     handoff = {"project": hand.project} if hand.project is not None else {}
+    if not force and manifest.is_file():
+        expected["input_sha256"] = digest.result()
     if not force and _separate_up_to_date(manifest, expected, {**targets, **handoff}):
         return song.result("skipped", {**targets, **handoff})
     header = song.header
@@ -105,7 +111,7 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
             files={f.label: f.path for f in audio.files}, frames={f.label: f.frames for f in audio.files},
             channels=header.channels, sample_rate=header.sample_rate, model=separator.name, tree=hand.tree,
             made_by=hand.made_by)))
-    sinks.append(Record(manifest, expected, song.path))
+    sinks.append(Record(manifest, expected, song.path, late={"input_sha256": digest.result}))
     source = StemSource(song.path, header, separator, cache=cache)
     result = run_song(song, sinks, source=source, feed=_StemsFeed(source.stream, tuple(targets)),
                       out_dir=Path(options.out_dir), gain=Gain, progress=progress)

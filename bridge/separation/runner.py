@@ -80,10 +80,11 @@ class ChunkedSeparator:
         #: what ``auto`` has to say about its choice, or None.
         self.device = device
         self.device_note = device_note
-        #: Batches in flight in background threads (see :class:`~.chunking.OverlapAdd`): on the
-        #: CPU one, so the engine works while the caller reads, mixes and writes; on an
-        #: accelerator two, so one batch's STFT on the CPU overlaps the other's network.
-        self.depth = 1 if device == "cpu" else 2
+        #: Batches in flight in background threads (see :class:`~.chunking.OverlapAdd`): two, so
+        #: that one batch's STFT, packing and inverse run beside the other's network (its
+        #: :class:`~.runtime.Runner` runs one call at a time), on an accelerator and on the CPU
+        #: alike, while the caller reads, mixes and writes.
+        self.depth = 2
 
     @property
     def stems(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,10 @@ class Runner:
     run: the input is bound from host memory (onnxruntime copies it to the device once), outputs
     are allocated on the session's device and copied back once. On the CPU the stems equal
     ``session.run``'s bit for bit (the same kernels on the same buffers; tested).
+
+    One call runs at a time: a separator keeps two batches in flight (one's STFT beside the
+    other's network, see :class:`~.runner.ChunkedSeparator`), and two networks running at once
+    would hold two sets of activations and split the cores between them for no gain.
     """
 
     def __init__(self, session, *, max_batch: int | None = None):
@@ -119,10 +124,12 @@ class Runner:
         fixed = static_dims(self.input.shape)[0]
         self.max_batch = fixed if fixed else max_batch
         self.device_type, self.device_id = _output_device(session)
+        self._lock = threading.Lock()
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         step = self.max_batch or x.shape[0]
-        parts = [self._run(np.ascontiguousarray(x[i:i + step])) for i in range(0, x.shape[0], step)]
+        with self._lock:
+            parts = [self._run(np.ascontiguousarray(x[i:i + step])) for i in range(0, x.shape[0], step)]
         if len(parts) == 1:  # the usual case: no copy
             return dict(zip(self.outputs, parts[0]))
         return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.outputs)}
