@@ -520,9 +520,13 @@ def _keep_freed_memory() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
     mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling for this setting on 64-bit
     mallopt(M_TRIM_THRESHOLD, 512 << 20)
+    # Grow a heap 64 MB at a time: the separation threads' arenas otherwise grew (and faulted
+    # in) each chunk's arrays a step at a time. 4-minute trivial-model run: 0.82 -> 0.59 s of
+    # system time, 0.93x the CPU time, peak +5 MB (at load 20: a ratio, not a timing).
+    mallopt(M_TOP_PAD, 64 << 20)
 
 
 #: Each subcommand of :func:`bridge.arguments.build_parser` (its ``handler``) and what runs it.

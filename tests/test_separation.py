@@ -224,3 +224,25 @@ def test_uvr_hash_is_md5_of_the_last_10240000_bytes(tmp_path):
     data = np.random.default_rng(1).integers(0, 255, 10_240_000 + 4096, dtype=np.uint8).tobytes()
     big.write_bytes(data)
     assert uvr_hash(big) == hashlib.md5(data[4096:]).hexdigest()
+
+
+def test_unpacking_a_difference_equals_unpacking_it_after_subtracting():
+    """MDX's residual stem is unpacked as ``unpack(x, minus=y)``, subtracting while it copies:
+    the spectrogram must equal unpacking ``x - y`` bit for bit (and have the packing's layout:
+    the cut bins zero, complex64), and the plain unpack must invert the packing."""
+    from bridge.separation.spectral import pack_mdx, unpack_mdx
+
+    rng = np.random.default_rng(5)
+    bins, dim_f, frames = 257, 200, 33
+    spec = (rng.standard_normal((2, 2, bins, frames)) + 1j * rng.standard_normal((2, 2, bins, frames))).astype(np.complex64)
+    x = pack_mdx(spec, dim_f)
+    y = rng.standard_normal(x.shape).astype(np.float32)
+    fused = unpack_mdx(x, bins, minus=y)
+    plain = unpack_mdx(x - y, bins)
+    assert fused.dtype == np.complex64 and fused.shape == (2, 2, bins, frames)
+    np.testing.assert_array_equal(fused.real, plain.real)
+    np.testing.assert_array_equal(fused.imag, plain.imag)
+    assert not fused[:, :, dim_f:].any()
+    back = unpack_mdx(x, bins)
+    np.testing.assert_array_equal(back[:, :, 3:dim_f], spec[:, :, 3:dim_f])
+    assert not back[:, :, :3].any()

@@ -229,9 +229,6 @@ def open_cache(spec: RunSpec) -> StemCache | None:
 def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain_to: Path | None = None,
              album: list[str] | None = None, input_sha256: str | None = None, progress=None) -> SongOutcome:
     """Run one song; a bad song is reported in the outcome, never raised (Ctrl-C is)."""
-    from ..render.separate import separate_song
-    from ..render.song import render_song
-
     if song.error:
         return SongOutcome(song.path, "failed", error=song.error, worker=os.getpid())
     started = time.perf_counter()
@@ -239,12 +236,16 @@ def run_song(spec: RunSpec, song: Song, *, force: bool | None = None, defer_gain
     clipped = []
     try:
         if spec.kind == "separate":
+            from ..render.separate import separate_song
+
             separator, options = worker_for(spec)
             device, model = separator.device, separator.name
             result = separate_song(song.path, separator, options, naming=song.naming, cache=open_cache(spec),
                                           force=force, progress=progress,
                                           on_clip=lambda target, count: clipped.append((target, count)))
         else:
+            from ..render.song import render_song  # the mixer and the effects host: renders only
+
             graph = worker_for(spec)
             device, model = getattr(graph.separator, "device", None), graph.separator.name
             result = render_song(song.path, graph, spec.out_dir, naming=song.naming, cache=open_cache(spec),
@@ -311,13 +312,16 @@ def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
         A template that cannot be expanded, or two outputs of one song that would write one
         file: a usage error, so nothing is rendered.
     """
-    from ..render.graph import RenderGraph
     from ..separation.models import resolve
-    from ..render.song import render_targets
     from ..render.separate import SeparateOptions, separate_targets
-    from ..preset.session import load
 
     if spec.kind == "render":
+        # Here, not above: the render graph brings the mixer and the effects host (pedalboard),
+        # which a separate run never needs.
+        from ..render.graph import RenderGraph
+        from ..render.song import render_targets
+        from ..preset.session import load
+
         session = load(spec.preset, overrides=spec.overrides or ())
         card = separator_card(session)
         graph = RenderGraph(session, _Named(card.name, card.stems))

@@ -20,7 +20,6 @@ from typing import Callable
 
 from ..host.automation import Lane
 from ..errors import OutputError
-from ..preset.session import DEFAULT_ROLES
 from ..preset.templates import expand
 from . import bwf, reaper
 from .nistems import check_stems
@@ -186,6 +185,8 @@ def session_project(handoff: HandOff, *, session, source: Path, source_seconds: 
                            file=reaper.relative_source(source, project, tree=handoff.tree),
                            length=source_seconds, channels=2, mute=True,
                            notes="The input song, muted: the reference the stems came from.")]
+    from ..preset.session import DEFAULT_ROLES  # here: the session module brings the effects host
+
     surround = layout_channels == 6
     for stem, file in files.items():
         s = session.stem(stem)

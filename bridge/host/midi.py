@@ -15,10 +15,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from pathlib import Path
-
-import mido
+from typing import TYPE_CHECKING
 
 from ..errors import MidiError
+
+if TYPE_CHECKING:
+    import mido
 
 DEFAULT_TEMPO = 500_000  # microseconds per beat: 120 bpm, the Standard MIDI File default
 KINDS = ("cc", "pitchbend", "pressure")
@@ -63,6 +65,8 @@ def read(path, *, where: str) -> Song:
         if kind == 2:
             raise MidiError(f"{where}: {path} is a type 2 MIDI file (independent sequences, no common clock); "
                             "save it as type 0 or 1")
+        import mido  # here, not at the top: its import costs ~45 ms of CPU, and most runs read no MIDI
+
         mid = mido.MidiFile(str(path), clip=False)
     except MidiError:
         raise

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from ..audio import files
-from ..host import plugins
 from .cache import FillStream, ReplayStream, StemCache, audio_digest, entry_key
 from ..errors import BridgeError
 from .records import model_identity
@@ -128,6 +127,8 @@ def _pre_identity(specs, lanes=None) -> list:
             item["automation"] = [[param, lane.curve, list(lane.times), list(lane.values)]
                                   for param, lane in lanes[index]]
         if spec.kind == "vst3":
+            from ..host import plugins  # here: the plugin host imports pedalboard, which separate never needs
+
             try:  # a name is looked up as a render would; an unknown one fails the render later
                 bundle = plugins.resolve(spec.name, base=spec.base, where="pre")
             except BridgeError:

@@ -271,9 +271,12 @@ class OverlapAdd:
         skip = max(0, -self._out_start)  # the first chunk's fade-in lies before the signal
         count = limit - self._out_start - skip
         out = {}
-        weight = self._weight[skip:skip + count]
+        weight = np.maximum(self._weight[skip:skip + count], 1e-12)
         for stem, acc in self._acc.items():
-            out[stem] = (acc[:, skip:skip + count] / np.maximum(weight, 1e-12)).astype(np.float32)
+            # Divided in float64 and rounded to float32 as it is stored: the values of
+            # (acc / weight).astype(float32), without a float64 copy of the block.
+            out[stem] = np.empty((self.channels, count), np.float32)
+            np.divide(acc[:, skip:skip + count], weight, out=out[stem], dtype=np.float64, casting="unsafe")
             self._acc[stem] = acc[:, skip + count:]
         self._weight = self._weight[skip + count:]
         self._out_start += skip + count

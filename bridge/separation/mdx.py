@@ -86,9 +86,8 @@ class MdxEngine:
         if self.residual_stem != self.primary:
             return {self.primary: self.stft.inverse(unpack_mdx(y, self.stft.bins), self.chunk)}
         # Match-mix minus primary: packing and the inverse STFT are linear, so the difference
-        # is taken on the packed spectrogram and inverted once.
-        x -= y
-        return {self.secondary: self.stft.inverse(unpack_mdx(x, self.stft.bins), self.chunk)}
+        # is taken on the packed spectrogram (as it is unpacked) and inverted once.
+        return {self.secondary: self.stft.inverse(unpack_mdx(x, self.stft.bins, minus=y), self.chunk)}
 
     def _model(self, x: np.ndarray) -> np.ndarray:
         outputs = self.runner(x)

@@ -137,9 +137,12 @@ def pack_mdx(spec: np.ndarray, dim_f: int) -> np.ndarray:
     return packed
 
 
-def unpack_mdx(packed: np.ndarray, bins: int) -> np.ndarray:
+def unpack_mdx(packed: np.ndarray, bins: int, *, minus: np.ndarray | None = None) -> np.ndarray:
     """Inverse of :func:`pack_mdx`: ``(batch, 4, dim_f, frames)`` -> ``(batch, 2, bins, frames)``
     complex64, the cut bins padded back with zeros.
+
+    With ``minus`` (packed the same way), unpacks ``packed - minus``, subtracting as it copies:
+    the same float32 differences as ``packed - minus`` first, without a pass over both arrays.
 
     The result is a view of a frames-major array, the layout :meth:`Stft.inverse` transforms
     without a copy; real and imaginary parts are written in place (``re + 1j * im`` would go
@@ -152,13 +155,18 @@ def unpack_mdx(packed: np.ndarray, bins: int) -> np.ndarray:
     """
     batch, channels, dim_f, frames = packed.shape
     pairs = packed.reshape(batch, channels // 2, 2, dim_f, frames)
+    less = None if minus is None else minus.reshape(pairs.shape)
     spec = np.empty((batch, channels // 2, frames, bins), np.complex64)
     spec[..., dim_f:] = 0
     real, imag = spec.real, spec.imag
     for low in range(0, dim_f, TRANSPOSE_BAND):
         high = min(dim_f, low + TRANSPOSE_BAND)
-        real[..., low:high] = np.swapaxes(pairs[:, :, 0, low:high], -1, -2)
-        imag[..., low:high] = np.swapaxes(pairs[:, :, 1, low:high], -1, -2)
+        for part, out in ((0, real), (1, imag)):
+            source = np.swapaxes(pairs[:, :, part, low:high], -1, -2)
+            if less is None:
+                out[..., low:high] = source
+            else:
+                np.subtract(source, np.swapaxes(less[:, :, part, low:high], -1, -2), out=out[..., low:high])
     return np.swapaxes(spec, -1, -2)
 
 
