@@ -76,8 +76,9 @@ def read_state_dict(path: Path) -> dict:
         reason = " ".join(str(exc).split())[:200]
         raise ModelError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {reason}); it is truncated, "
                          "not a torch checkpoint, or holds more than tensors; download it again") from None
-    # Training scripts save the bare state dict; some wrap it as {"state_dict": ...} or {"model": ...}.
-    for key in ("state_dict", "model"):
+    # Training scripts save the bare state dict; some wrap it as {"state_dict": ...} or {"model": ...},
+    # MSST's full checkpoints as {"model_state_dict": ..., "optimizer_state_dict": ..., "epoch": ...}.
+    for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -137,23 +138,26 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
-def export_onnx(net, path: Path, *, source: str = "the network") -> None:
-    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``."""
+def export_onnx(net, path: Path, *, source: str = "the network", output: str = "mask") -> None:
+    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``.
+
+    ``net`` takes ``[batch, net.channels, net.bins, net.frames, 2]`` (input ``spectrogram``) and
+    gives one tensor, named ``output``."""
     torch = _torch()
     import warnings
 
     example = torch.zeros(1, net.channels, net.bins, net.frames, 2)
     # Exported in a scratch folder of its own: a model over protobuf's 2 GB would come out as a
     # graph plus external weight files, which the card's one file and sha256 cannot describe.
-    with tempfile.TemporaryDirectory(prefix=".roformer-export-", dir=path.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
         exported = Path(scratch) / "model.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             # dynamo=False: the TorchScript exporter needs no onnxscript and writes one self-contained file.
             try:
                 torch.onnx.export(net, (example,), str(exported), dynamo=False, opset_version=OPSET,
-                                  input_names=["spectrogram"], output_names=["mask"],
-                                  dynamic_axes={"spectrogram": {0: "batch"}, "mask": {0: "batch"}})
+                                  input_names=["spectrogram"], output_names=[output],
+                                  dynamic_axes={"spectrogram": {0: "batch"}, output: {0: "batch"}})
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
         if len(list(Path(scratch).iterdir())) != 1:
