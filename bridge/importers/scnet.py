@@ -53,6 +53,7 @@ class ImportedScnet:
     stems: tuple[str, ...]
     parity_db: float
     seconds: float
+    architecture: str = "scnet"
 
 
 def _torch():

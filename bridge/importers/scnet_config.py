@@ -24,6 +24,7 @@ import dataclasses
 import math
 
 from ..errors import ModelError
+from ..separation.scnet import network_pad
 from .roformer_config import read_config, stems_of  # noqa: F401 (read_config is this module's too)
 
 #: MSST's ``SCNet.__init__`` arguments and their defaults (the paper's small model).
@@ -101,16 +102,6 @@ class ScnetConfig:
 
     def levels(self) -> tuple[Level, ...]:
         return band_plan(self.bins, self.band_sr, self.band_stride, self.band_kernel, len(self.dims) - 1)
-
-
-def network_pad(length: int, hop: int) -> int:
-    """MSST's SCNet pads its input on the right to whole hops and an odd hop count (so the
-    centred STFT has an even frame count, which the separation network's real FFT over time
-    needs): at least 1 sample, at most ``2 * hop``."""
-    pad = hop - length % hop
-    if (length + pad) // hop % 2 == 0:
-        pad += hop
-    return pad
 
 
 def band_plan(bins: int, band_sr, strides, kernels, depth: int, *, source: str = "config") -> tuple[Level, ...]:

@@ -58,7 +58,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError, suggest
-from .families import Family, register, torch_checkpoint
+from .families import Family, register, registered, torch_checkpoint
 from .models import ModelCard, verify_file, whole
 from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft
@@ -206,8 +206,13 @@ def _details(card: ModelCard) -> list[str]:
 
 
 def _imports(path, config) -> bool:
-    """A torch checkpoint, or anything given with ``--config``: the RoFormer importer's to take or refuse."""
-    return config is not None or torch_checkpoint(path)
+    """A torch checkpoint, or anything given with ``--config``: the RoFormer importer's to take or
+    refuse, unless another family knows the config by its keys (an SCNet's): families are asked in
+    name order, and those after ``roformer`` would not be asked otherwise."""
+    if config is not None:
+        return not any(f is not FAMILY and f.imports is not None and f.imports(path, config)
+                       for f in registered().values())
+    return torch_checkpoint(path)
 
 
 FAMILY = register(Family(
