@@ -187,6 +187,23 @@ def _taken(name: str, folder: Path) -> Path | None:
     return None
 
 
+def destination(source: Path, name: str | None, *, force: bool, folder, fallback: str) -> tuple[str, Path]:
+    """``(name, folder)`` an imported model is written under: ``name`` (default the checkpoint's
+    file name, cleaned, else ``fallback``) checked, and free in the folder unless ``force``."""
+    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or fallback
+    if not NAME.match(name) or name in RESERVED:
+        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
+                                                 else "use letters, digits, '.', '_' and '-'")
+                         + "; choose another name")
+    target = Path(folder) if folder is not None else user_models_folder()
+    existing = _taken(name, target)
+    if existing is not None and (not force or existing.parent != target):
+        raise ModelError(f"a model named '{name}' exists ({existing}); "
+                         + ("pass --force to replace it, or " if existing.parent == target else "")
+                         + "--name to import under another name")
+    return name, target
+
+
 def convert(path, *, config=None, **options) -> "ImportedRoformer":
     """``stembridge models import`` for the roformer family (:mod:`bridge.separation.roformer`
     claims torch checkpoints and anything given a config): refuses options of other importers."""
@@ -233,17 +250,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or "roformer"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
+    name, target = destination(source, name, force=force, folder=folder, fallback="roformer")
     torch = _torch()
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = file_sha256(source)

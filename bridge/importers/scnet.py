@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import re
 import time
 from pathlib import Path
 
@@ -32,10 +31,9 @@ import numpy as np
 
 from ..errors import ModelError
 from ..render.records import file_sha256
-from ..separation.models import user_models_folder
 from ..version import __version__
 from . import publish
-from .roformer import MIN_PARITY_DB, NAME, RESERVED, _taken, export_onnx, onnx_parity, read_state_dict, snr_db
+from .roformer import MIN_PARITY_DB, destination, export_onnx, onnx_parity, read_state_dict, snr_db
 from .scnet_config import ScnetConfig, parse_config, read_config
 
 #: Keys of MSST's other SCNet variants, which the plain network does not have.
@@ -144,17 +142,7 @@ def import_scnet(path, *, config, name: str | None = None, force: bool = False, 
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or "scnet"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
+    name, target = destination(source, name, force=force, folder=folder, fallback="scnet")
     torch = _torch()
     state = read_state_dict(source)
     net = build_network(cfg, state, source=f"{source} with {config_path.name}")

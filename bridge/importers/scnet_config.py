@@ -25,7 +25,7 @@ import math
 
 from ..errors import ModelError
 from ..separation.scnet import network_pad
-from .roformer_config import read_config, stems_of  # noqa: F401 (read_config is this module's too)
+from .roformer_config import read_config, stems_of  # noqa: F401 (read_config: this module's too)
 
 #: MSST's ``SCNet.__init__`` arguments and their defaults (the paper's small model).
 DEFAULTS = {
