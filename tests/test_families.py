@@ -71,12 +71,12 @@ def test_the_built_in_families_register_themselves():
 
 
 def test_a_card_of_an_unknown_family_lists_the_registered_ones(tmp_path):
-    card = tmp_path / "scnet.yaml"  # (this test named demucs until the demucs family came, issue 25)
-    card.write_text("name: scnet\nfamily: scnet\nstems: [vocals, drums, bass, other]\n")
+    card = tmp_path / "bandit.yaml"  # (this test named demucs, then scnet, until those families came)
+    card.write_text("name: bandit\nfamily: bandit\nstems: [speech, music, effects]\n")
     with pytest.raises(ModelError) as info:
         load_card(card)
     message = str(info.value)
-    assert message.startswith(f"{card}: family 'scnet' is not one of ") and "\n" not in message
+    assert message.startswith(f"{card}: family 'bandit' is not one of ") and "\n" not in message
     assert all(name in message for name in families.registered())
 
 

@@ -42,6 +42,9 @@ NOT_RUN = {
     "stembridge models import model_bs_roformer_ep_317_sdr_12.9755.ckpt":
         "a 600 MB checkpoint (test_roformer_import imports a tiny one)",
     "stembridge separate song.flac --model model_bs_roformer_ep_317_sdr_12.9755": "needs the import above",
+    "stembridge models import model_scnet_ep_54_sdr_9.8051.ckpt":
+        "a 200 MB checkpoint (test_scnet imports tiny ones through the CLI)",
+    "stembridge separate song.flac --model model_scnet_ep_54_sdr_9.8051": "needs the import above",
     "stembridge models import ~/.cache/torch/hub/checkpoints": "Demucs's downloaded files (test_demucs_import "
                                                                 "imports small ones by the same routes)",
     "stembridge models import htdemucs_6s.yaml": "a Demucs bag and its .th files (test_demucs_import)",

@@ -76,8 +76,9 @@ def read_state_dict(path: Path) -> dict:
         reason = " ".join(str(exc).split())[:200]
         raise ModelError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {reason}); it is truncated, "
                          "not a torch checkpoint, or holds more than tensors; download it again") from None
-    # Training scripts save the bare state dict; some wrap it as {"state_dict": ...} or {"model": ...}.
-    for key in ("state_dict", "model"):
+    # Training scripts save the bare state dict; some wrap it as {"state_dict": ...} or {"model": ...},
+    # MSST's full checkpoints as {"model_state_dict": ..., "optimizer_state_dict": ..., "epoch": ...}.
+    for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -137,23 +138,26 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
-def export_onnx(net, path: Path, *, source: str = "the network") -> None:
-    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``."""
+def export_onnx(net, path: Path, *, source: str = "the network", output: str = "mask") -> None:
+    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``.
+
+    ``net`` takes ``[batch, net.channels, net.bins, net.frames, 2]`` (input ``spectrogram``) and
+    gives one tensor, named ``output``."""
     torch = _torch()
     import warnings
 
     example = torch.zeros(1, net.channels, net.bins, net.frames, 2)
     # Exported in a scratch folder of its own: a model over protobuf's 2 GB would come out as a
     # graph plus external weight files, which the card's one file and sha256 cannot describe.
-    with tempfile.TemporaryDirectory(prefix=".roformer-export-", dir=path.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
         exported = Path(scratch) / "model.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             # dynamo=False: the TorchScript exporter needs no onnxscript and writes one self-contained file.
             try:
                 torch.onnx.export(net, (example,), str(exported), dynamo=False, opset_version=OPSET,
-                                  input_names=["spectrogram"], output_names=["mask"],
-                                  dynamic_axes={"spectrogram": {0: "batch"}, "mask": {0: "batch"}})
+                                  input_names=["spectrogram"], output_names=[output],
+                                  dynamic_axes={"spectrogram": {0: "batch"}, output: {0: "batch"}})
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
         if len(list(Path(scratch).iterdir())) != 1:
@@ -181,6 +185,23 @@ def _taken(name: str, folder: Path) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def destination(source: Path, name: str | None, *, force: bool, folder, fallback: str) -> tuple[str, Path]:
+    """``(name, folder)`` an imported model is written under: ``name`` (default the checkpoint's
+    file name, cleaned, else ``fallback``) checked, and free in the folder unless ``force``."""
+    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or fallback
+    if not NAME.match(name) or name in RESERVED:
+        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
+                                                 else "use letters, digits, '.', '_' and '-'")
+                         + "; choose another name")
+    target = Path(folder) if folder is not None else user_models_folder()
+    existing = _taken(name, target)
+    if existing is not None and (not force or existing.parent != target):
+        raise ModelError(f"a model named '{name}' exists ({existing}); "
+                         + ("pass --force to replace it, or " if existing.parent == target else "")
+                         + "--name to import under another name")
+    return name, target
 
 
 def convert(path, *, config=None, **options) -> "ImportedRoformer":
@@ -229,17 +250,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or "roformer"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
+    name, target = destination(source, name, force=force, folder=folder, fallback="roformer")
     torch = _torch()
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = file_sha256(source)

@@ -181,7 +181,7 @@ def parse_config(data: dict, *, source: str) -> RoformerConfig:
     num_overlap = whole(inference, "num_overlap", 2, section="inference")
     stereo = flag("stereo", False)
     num_stems = whole(model, "num_stems", 1)
-    outputs, residual = _stems(training, num_stems, source)
+    outputs, residual = stems_of(training, num_stems, source)
     return RoformerConfig(
         architecture="bs_roformer" if bs else "mel_band_roformer",
         dim=whole(model, "dim"), depth=whole(model, "depth"), audio_channels=2 if stereo else 1,
@@ -200,8 +200,10 @@ def parse_config(data: dict, *, source: str) -> RoformerConfig:
     )
 
 
-def _stems(training: dict, num_stems: int, source: str) -> tuple[tuple[str, ...], str | None]:
-    """The model's outputs and the residual stem, from ``training.instruments``/``target_instrument``."""
+def stems_of(training: dict, num_stems: int, source: str, *, count: str = "num_stems") -> tuple[tuple[str, ...], str | None]:
+    """The model's outputs and the residual stem, from ``training.instruments``/``target_instrument``
+    (MSST's convention, shared by the model types it trains); ``count`` names the config's key for
+    the number of outputs, for the messages."""
     instruments = training.get("instruments")
     if not isinstance(instruments, list) or not instruments or not all(isinstance(i, str) for i in instruments):
         raise ModelError(f"{source}: training.instruments must be a list of stem names, got {instruments!r}")
@@ -211,8 +213,8 @@ def _stems(training: dict, num_stems: int, source: str) -> tuple[tuple[str, ...]
     target = training.get("target_instrument")
     if target is not None:
         if num_stems != 1 or not isinstance(target, str) or canonical_stem(target) not in names or len(names) != 2:
-            raise ModelError(f"{source}: target_instrument {target!r} with num_stems {num_stems} and instruments "
-                             f"{instruments}: a target model predicts one of two instruments (num_stems 1); "
+            raise ModelError(f"{source}: target_instrument {target!r} with {count} {num_stems} and instruments "
+                             f"{instruments}: a target model predicts one of two instruments ({count} 1); "
                              "this combination is not supported")
         primary = canonical_stem(target)
         other = next(n for n in names if n != primary)
@@ -220,7 +222,7 @@ def _stems(training: dict, num_stems: int, source: str) -> tuple[tuple[str, ...]
         residual = "instrumental" if primary == "vocals" and other == "other" else other
         return (primary,), residual
     if num_stems != len(names):
-        raise ModelError(f"{source}: num_stems {num_stems} but training.instruments lists {len(names)} "
+        raise ModelError(f"{source}: {count} {num_stems} but training.instruments lists {len(names)} "
                          f"({', '.join(instruments)}) and no target_instrument; the config is inconsistent")
     return tuple(names), None
 

@@ -62,10 +62,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, suggest
-from .families import TORCH_SUFFIXES, Family, Found, register, torch_checkpoint
+from .families import TORCH_SUFFIXES, Family, Found, register, registered, torch_checkpoint
 from .models import ModelCard, canonical_stem, verify_file, whole
 from .peek import read_config, state_dict, torch_object
-from .runtime import Runner, default_threads, open_session, static_dims
+from .runtime import Runner, check_spectrogram_io, default_threads, open_session
 from .spectral import Stft
 
 
@@ -98,23 +98,8 @@ class RoformerEngine:
         path = verify_file(card)
         session = open_session(path, threads=threads, device=device)
         self.model_stems = tuple(s for s in card.stems if s != card.residual)
-        bins = card.n_fft // 2 + 1
         channels = card.audio_channels
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        expected_in = [None, channels, bins, card.dim_t, 2]
-        expected_out = [None, len(self.model_stems), channels, bins, card.dim_t, 2]
-        says = (f"its card ({card.source}) says input [batch, audio_channels={channels}, n_fft/2+1={bins}, "
-                f"dim_t={card.dim_t}, 2] and output [batch, stems={len(self.model_stems)}, {channels}, {bins}, "
-                f"{card.dim_t}, 2]")
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{path}: a roformer model has one input and one output, this one has "
-                             f"{[i.name for i in inputs]} and {[o.name for o in outputs]}; {says}")
-        for kind, node, expected in (("input", inputs[0], expected_in), ("output", outputs[0], expected_out)):
-            dims = static_dims(node.shape)
-            if len(dims) != len(expected) or any(d is not None and e is not None and d != e
-                                                 for d, e in zip(dims, expected)):
-                raise ModelError(f"{path}: the model's {kind} shape is {node.shape}, but {says}; "
-                                 "fix the card (n_fft, dim_t, audio_channels, stems, residual) to match the model")
+        check_spectrogram_io(session, path, card, channels=channels, outputs=len(self.model_stems), family="roformer")
         self.card = card
         self.path = path
         self.runner = Runner(session, max_batch=batch_size * (2 if channels == 1 else 1))
@@ -211,8 +196,13 @@ def _details(card: ModelCard) -> list[str]:
 
 
 def _imports(path, config) -> bool:
-    """A torch checkpoint, or anything given with ``--config``: the RoFormer importer's to take or refuse."""
-    return config is not None or torch_checkpoint(path)
+    """A torch checkpoint, or anything given with ``--config``: the RoFormer importer's to take or
+    refuse, unless another family knows the config by its keys (an SCNet's): families are asked in
+    name order, and those after ``roformer`` would not be asked otherwise."""
+    if config is not None:
+        return not any(f is not FAMILY and f.imports is not None and f.imports(path, config)
+                       for f in registered().values())
+    return torch_checkpoint(path)
 
 
 #: Most YAML files tried as a checkpoint's config (beside it, in UVR's and MSST's config folders).

@@ -25,8 +25,18 @@ def hann(n_fft: int, win_length: int | None = None) -> np.ndarray:
     return window
 
 
+def rectangular(n_fft: int, win_length: int | None = None) -> np.ndarray:
+    """Ones over ``win_length`` points (default ``n_fft``) zero-padded, centred, to ``n_fft``,
+    float32: ``torch.stft``'s window when none is given (MSST's SCNet runs it so)."""
+    win_length = n_fft if win_length is None else win_length
+    window = np.zeros(n_fft, np.float32)
+    left = (n_fft - win_length) // 2
+    window[left:left + win_length] = 1.0
+    return window
+
+
 class Stft:
-    """Centred STFT with a periodic Hann window.
+    """Centred STFT with a periodic Hann window (or a rectangular one).
 
     Parameters
     ----------
@@ -37,22 +47,28 @@ class Stft:
     win_length : int, optional
         Hann window length in samples, at most ``n_fft`` (default ``n_fft``); a shorter window is
         zero-padded to ``n_fft``, centred, as ``torch.stft`` does.
+    window : {"hann", "rectangular"}
+        The analysis and synthesis window (default Hann); a rectangular window needs only
+        ``hop <= win_length``, a Hann window ``hop <= win_length // 2``.
     workers : int, optional
         Threads for the FFTs (scipy's ``workers``; default 1). Each frame is still one transform
         computed the same way, so the result does not depend on it: only the frames are shared
         out. The engines pass their onnxruntime thread count.
     """
 
-    def __init__(self, n_fft: int, hop: int, win_length: int | None = None, *, workers: int | None = None):
+    def __init__(self, n_fft: int, hop: int, win_length: int | None = None, *, workers: int | None = None,
+                 window: str = "hann"):
         win_length = n_fft if win_length is None else win_length
         if not 0 < win_length <= n_fft:
             raise ValueError(f"win_length {win_length} must be from 1 to n_fft {n_fft}")
-        if hop > win_length // 2:
+        if window not in ("hann", "rectangular"):
+            raise ValueError(f"window must be 'hann' or 'rectangular', got {window!r}")
+        if hop > (win_length // 2 if window == "hann" else win_length):
             raise ValueError(f"hop {hop} is too large for a window of {win_length}: the inverse needs overlap")
         self.n_fft = n_fft
         self.hop = hop
         self.win_length = win_length
-        self.window = hann(n_fft, win_length)
+        self.window = (hann if window == "hann" else rectangular)(n_fft, win_length)
         self.workers = max(1, int(workers or 1))
 
     @property
