@@ -17,10 +17,8 @@ magnitude spectrogram divided by its peak), output ``mask`` float32 ``[batch, 2,
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
-import re
 import time
 from pathlib import Path
 
@@ -28,25 +26,18 @@ import numpy as np
 
 from ..errors import ModelError
 from ..render.records import file_sha256
-from ..separation.models import UVR_HASH_BYTES, canonical_stem, user_models_folder
+from ..separation.models import UVR_HASH_BYTES, canonical_stem
 from ..separation.vr_bands import Bands, param_set, secondary_stem, uvr_vr_table
 from ..version import __version__
 from . import publish
-from .roformer import MIN_PARITY_DB, NAME, RESERVED, _taken, onnx_parity, read_state_dict
+from .roformer import MIN_PARITY_DB, ImportedRoformer, onnx_parity, read_state_dict
 
 DEFAULT_WINDOW = 512
 DEFAULT_AGGRESSION = 5
 
 
-@dataclasses.dataclass(frozen=True)
-class ImportedVr:
-    name: str
-    card: Path
-    model: Path
-    architecture: str
-    stems: tuple[str, ...]
-    parity_db: float
-    seconds: float
+#: What :func:`import_vr` wrote: the same record as a RoFormer import's.
+ImportedVr = ImportedRoformer
 
 
 def uvr_md5(path: Path) -> str:
@@ -149,16 +140,7 @@ def import_vr(path, *, name: str | None = None, force: bool = False, folder=None
     source = Path(path)
     if not source.is_file():
         raise ModelError(f"{source}: no such VR model file")
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or "vr"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'") + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
+    name, target = publish.claim(name, default=source.stem, folder=folder, force=force, fallback="vr")
     entry, found = model_data(source, params=params, nout=nout, nout_lstm=nout_lstm, primary=primary)
     state = read_state_dict(source)
     if not any(k.startswith("stg1_low_band_net.") for k in state):
