@@ -149,10 +149,16 @@ class VrEngine:
         # Windows whose output frames the kept part's synthesis needs (one more at each side).
         first = max(margin - 1, exists // roi)
         last = margin + PATCHES
-        starts = [q * roi - self.offset for q in range(first, last + 1)]
-        windows = np.stack([scaled[:, :, s:s + self.window] for s in starts])
-        masks = next(iter(self.runner(windows).values()))
-        mask = np.concatenate(list(masks[:, :, :, :roi]), axis=2)  # (2, rows, frames)
+        # A window whose own frames are silent (past the song's end, where the slice is zero-padded,
+        # or digital silence) needs no network: its mask multiplies zeros.
+        needed = [q for q in range(first, last + 1) if mag[:, :, q * roi:(q + 1) * roi].any()]
+        mask = np.zeros((2, mag.shape[1], (last + 1 - first) * roi), np.float32)
+        if needed:
+            windows = np.stack([scaled[:, :, q * roi - self.offset:q * roi - self.offset + self.window]
+                                for q in needed])
+            masks = next(iter(self.runner(windows).values()))
+            for q, m in zip(needed, masks):
+                mask[:, :, (q - first) * roi:(q - first + 1) * roi] = m[:, :, :roi]
         if self.exponents is not None:
             mask = np.power(mask, self.exponents.astype(np.float32))
         lo, hi = first * roi, (last + 1) * roi

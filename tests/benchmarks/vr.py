@@ -49,17 +49,19 @@ print("outputs", files, "seconds", time.perf_counter() - t0)
 
 
 def build_model(folder: Path, *, v51: bool) -> tuple[Path, dict]:
+    """The random-weight model file (kept from an earlier run in the same --work folder)."""
     from tests.vr_models import reference_net, save_state
 
     if v51:
-        net = reference_net("4band_v3", v51=True, nout=48, nout_lstm=128, size=56817, seed=5)
         entry = {"vr_model_param": "4band_v3", "primary_stem": "No Echo", "nout": 48, "nout_lstm": 128}
         path = folder / "vr-bench-51.pth"
     else:
-        net = reference_net("4band_v3", v51=False, size=123821, seed=5)
         entry = {"vr_model_param": "4band_v3", "primary_stem": "No Reverb"}
         path = folder / "vr-bench-5.pth"
-    save_state(net, path)
+    if not path.is_file():
+        net = (reference_net("4band_v3", v51=True, nout=48, nout_lstm=128, size=56817, seed=5) if v51
+               else reference_net("4band_v3", v51=False, size=123821, seed=5))
+        save_state(net, path)
     return path, entry
 
 
@@ -94,8 +96,9 @@ def main() -> None:
     flags = ["--vr-params", entry["vr_model_param"], "--vr-primary", entry["primary_stem"]]
     if "nout" in entry:
         flags += ["--vr-nout", str(entry["nout"]), "--vr-nout-lstm", str(entry["nout_lstm"])]
-    results["import"] = measure([sys.executable, "-m", "bridge.cli", "models", "import", str(pth), "--name", "bench",
-                                 "--force", *flags], env=env, log=work / "logs" / "import.log")
+    if not (models_sb / "bench.yaml").is_file():  # imported once per --work folder
+        results["import"] = measure([sys.executable, "-m", "bridge.cli", "models", "import", str(pth), "--name", "bench",
+                                     "--force", *flags], env=env, log=work / "logs" / "import.log")
     driver = work / "drive_vr_audiosep.py"
     driver.write_text(DRIVER)
     runs = []
