@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--bins", type=int, choices=[1024, 1536],
                      help="band of the nets if model.meta is missing: 1024 (11 kHz) or 1536 (-16kHz models)")
     imp.add_argument("--fp32", action="store_true", help="store float32 weights (twice the size)")
+    imp.add_argument("--vr-params", metavar="NAME", help="UVR VR model: its parameter set (e.g. 4band_v3), when UVR's "
+                                                         "hash table does not know the file")
+    imp.add_argument("--vr-nout", type=int, metavar="N", help="UVR VR v5.1 model: nout (UVR's default 32)")
+    imp.add_argument("--vr-nout-lstm", type=int, metavar="N", help="UVR VR v5.1 model: nout_lstm (UVR's default 128)")
+    imp.add_argument("--vr-primary", metavar="STEM", help="UVR VR model: its primary stem as UVR names it "
+                                                          "(Vocals, Instrumental, No Echo, No Reverb, ...)")
     imp.set_defaults(handler="models_import")
     scan = _command(models_commands, "scan", help="find model files other tools left (UVR, python-audio-separator, "
                                                  "torch hub, MSST) and list how to run or import each",

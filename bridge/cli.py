@@ -414,8 +414,10 @@ def cmd_models(args) -> int:
 def cmd_models_import(args) -> int:
     from .importers import import_model
 
+    vr = {k: getattr(args, k) for k in ("vr_params", "vr_nout", "vr_nout_lstm", "vr_primary")
+          if getattr(args, k, None) is not None}
     done = import_model(args.path, config=args.config, name=args.name, force=args.force, bins=args.bins,
-                        fp32=args.fp32)
+                        fp32=args.fp32, **vr)
     detail = (f"{done.architecture}, ONNX vs torch {done.parity_db:.1f} dB" if hasattr(done, "parity_db")
               else f"{done.bins} bins")
     print(f"{args.path}: imported as '{done.name}' ({len(done.stems)} stems: {', '.join(done.stems)}; "

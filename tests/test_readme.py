@@ -49,6 +49,10 @@ NOT_RUN = {
                                                                 "imports small ones by the same routes)",
     "stembridge models import htdemucs_6s.yaml": "a Demucs bag and its .th files (test_demucs_import)",
     "stembridge separate song.flac --model htdemucs_ft": "needs the import above",
+    "stembridge models import UVR-DeEcho-DeReverb.pth": "UVR's model file (test_vr imports random-weight ones)",
+    "stembridge models import my-vr-model.pth --vr-params 4band_v3 --vr-primary \"No Echo\" --vr-nout 48 "
+    "--vr-nout-lstm 128": "a placeholder model (test_vr imports with --vr-params)",
+    "stembridge render presets/de-reverb.yaml dialogue.wav": "needs UVR-DeEcho-DeReverb imported",
 }
 
 

@@ -33,7 +33,10 @@ def import_model(path, *, config=None, **options):
     :func:`.spleeter_tf.import_checkpoint` (``name``, ``force``, ``bins``, ``fp32``, ``folder``).
     """
     path = Path(path)
-    importable = [f for f in families.registered().values() if f.importer is not None]
+    # The roformer family claims every torch checkpoint (and refuses one without --config):
+    # families that recognise a checkpoint by its contents (a UVR VR state dict) are asked first.
+    importable = sorted((f for f in families.registered().values() if f.importer is not None),
+                        key=lambda f: f.name == "roformer")
     for family in importable:
         if family.imports(path, config):
             return family.load_importer()(path, config=config, **options)

@@ -10,12 +10,43 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
 from ..errors import ModelError
+
+
+#: What a model name may be, and the names the built-in models take.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RESERVED = ("default", "dsp", "default-4stems")
+
+
+def claim(name: str | None, *, default: str, folder, force: bool, fallback: str) -> tuple[str, Path]:
+    """The checked name of a new model and the folder it goes to.
+
+    ``name`` (or ``default``, a file name made safe, or ``fallback``) must be a valid model name and
+    free in ``folder`` (default :func:`~bridge.separation.models.user_models_folder`) unless
+    ``force`` replaces a model there; a built-in card's name is never free.
+    """
+    from importlib import resources
+
+    from ..separation.models import user_models_folder
+
+    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", default).lstrip("._-") or fallback
+    if not NAME.match(name) or name in RESERVED:
+        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
+                                                 else "use letters, digits, '.', '_' and '-'") + "; choose another name")
+    target = Path(folder) if folder is not None else user_models_folder()
+    builtin = Path(str(resources.files("bridge._models"))) / f"{name}.yaml"
+    existing = next((p for p in (target / f"{name}.yaml", target / f"{name}.onnx", builtin) if p.is_file()), None)
+    if existing is not None and (not force or existing.parent != target):
+        raise ModelError(f"a model named '{name}' exists ({existing}); "
+                         + ("pass --force to replace it, or " if existing.parent == target else "")
+                         + "--name to import under another name")
+    return name, target
 
 
 def paths(folder: Path, name: str) -> tuple[Path, Path]:

@@ -117,6 +117,9 @@ class ModelCard:
     #: demucs: the networks (file, sha256, segment in samples, bag signature), the bag's weights
     #: matrix and the architecture, as ``stembridge models import`` writes them (separation/demucs.py).
     demucs: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: vr: UVR's parameter set (``band``, by name in ``params``), the network generation (``v51``) and
+    #: its ``offset``, and the run settings ``window_size`` and ``aggression`` (separation/vr.py).
+    vr: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize`` variant: the float model's name and sha256, the method.
     quantized_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize --fp16`` variant: the float32 model's name and sha256, the method.
