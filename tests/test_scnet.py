@@ -414,7 +414,7 @@ def test_config_checks_without_torch_names():
     assert cfg.stems == ("drums", "bass", "other", "vocals") and cfg.pad == 94 and cfg.dim_t == 174
     # 257 bins: low ceil(257 * .175) = 45 (stride 1), mid ceil(257 * .567) - 45 = 101 -> 104 / 4 = 26,
     # high 111 -> 112 / 16 = 7: 78; then 14 + 31 -> 32 / 4 = 8 + 33 -> 48 / 16 = 3: 25
-    assert [lvl.bins for lvl in cfg.levels()] == [257, 78, 25] and cfg.levels()[-1].out_bins == 14 + 8 + 3
+    assert [lvl.bins for lvl in cfg.levels()] == [257, 78, 25] and cfg.levels()[1].out_bins == 14 + 8 + 3
     data["model"]["dims"] = [2, 8, 12, 16]
     with pytest.raises(ModelError, match="model.dims starts with 2"):
         parse_config(data, source="c.yaml")
