@@ -117,6 +117,8 @@ class ModelCard:
     #: demucs: the networks (file, sha256, segment in samples, bag signature), the bag's weights
     #: matrix and the architecture, as ``stembridge models import`` writes them (separation/demucs.py).
     demucs: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: umx: openunmix's filter settings (``niter``, ``softmask``, ``wiener_win_len``; separation/umx.py).
+    umx: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize`` variant: the float model's name and sha256, the method.
     quantized_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize --fp16`` variant: the float32 model's name and sha256, the method.
