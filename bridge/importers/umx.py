@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.models import user_models_folder
+from ..separation.umx import CHUNK_WINDOWS, DEFAULTS
 from ..version import __version__
 from . import publish
 from .roformer import MIN_PARITY_DB, NAME, RESERVED, _taken, export_onnx, onnx_parity, read_state_dict, snr_db
@@ -42,8 +43,6 @@ from .umx_net import UmxConfig
 
 #: The order openunmix's published models list their targets in; others follow by name.
 TARGET_ORDER = ("vocals", "drums", "bass", "other", "speech", "noise")
-#: Seconds of audio per chunk at run time, and trimmed at each chunk edge (see separation/umx.py).
-CHUNK_SECONDS = 30.0
 #: The tensors the first published models (openunmix 1.0, umxhq and umx) carry beside the network:
 #: the STFT window and the sample rate, which openunmix's loader skips (``strict=False``).
 TRANSFORM_KEYS = ("stft.window", "transform.0.window", "sample_rate")
@@ -293,7 +292,7 @@ def import_umx(path, *, name: str | None = None, force: bool = False, folder=Non
     onnx_path, _ = publish.paths(target_folder, name)
     targets = tuple(configs)
     residual = "residual" if len(targets) == 1 else None
-    chunk = int(round(CHUNK_SECONDS * first.sample_rate / first.hop)) * first.hop
+    chunk = CHUNK_WINDOWS * DEFAULTS["wiener_win_len"] * first.hop  # see separation/umx.py, "Chunking"
     with publish.writing(target_folder, name) as partial:
         magnitude = parity_magnitude(first)
         with torch.no_grad():
@@ -309,7 +308,7 @@ def import_umx(path, *, name: str | None = None, force: bool = False, folder=Non
             "stems": list(targets) + ([residual] if residual else []), "residual": residual,
             "sample_rate": first.sample_rate, "n_fft": first.n_fft, "hop": first.hop,
             "chunk_size": chunk, "dim_t": chunk // first.hop + 1, "audio_channels": first.nb_channels,
-            "umx": {"niter": 1, "softmask": False, "wiener_win_len": 300},
+            "umx": dict(DEFAULTS),
             "imported": {
                 "files": {t: {"state_dict": p.name, "sha256": checksums[t], "json": j.name} for t, (p, j) in pairs.items()},
                 "config": {t: dataclasses.asdict(c) for t, c in configs.items()},

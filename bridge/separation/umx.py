@@ -26,12 +26,17 @@ stems are the filter's outputs, which sum to the mix only up to the filter's reg
 
 Chunking
 --------
-openunmix runs the bidirectional LSTM over the whole track: each frame's estimate depends on the
-whole song, and memory grows with it. Here the song goes through in chunks of ``chunk_size``
-(30 s by default), of which ``trim`` samples (5 s) at each edge are dropped and the kept parts
-cross-fade (the overlap's default gives 2 s fades): every output sample comes from a chunk that
-saw at least 5 s of music on both sides of it. Measured against the same model run on the whole
-song as one chunk (README, "Open-Unmix"), the difference is far below the separation's error.
+openunmix runs the bidirectional LSTM over the whole track (each frame's estimate depends on the
+whole song, and memory grows with it) and the filter in windows of ``wiener_win_len`` frames
+counted from the song's first frame, each window with its own spatial covariances. Here the song
+goes through in chunks of ``chunk_size`` samples (the importer writes six windows, 41.8 s at
+44.1 kHz); one window (7 s) at each chunk edge is dropped and the kept parts (four windows) abut
+(default overlap 0). Chunks start a whole number of windows before the song's first sample, so
+the kept frames are filtered in the same windows as openunmix's whole-track run, with the same
+statistics; what differs is only the LSTM's context, which here reaches at least 7 s to either
+side of every kept frame. Measured against the same model run on the whole song at once
+(``tests/benchmarks/umx_chunks.py``; README, "Open-Unmix"). ``--overlap`` still cross-fades
+chunks, at the price of windows that no longer line up.
 """
 
 from __future__ import annotations
@@ -46,11 +51,10 @@ from .spectral import Stft
 
 #: openunmix's regularisation of the filter (``filtering.wiener``'s eps).
 EPS = 1e-10
-#: Seconds dropped at each chunk edge, and of the cross-fade between chunks (default overlap).
-TRIM_SECONDS = 5.0
-FADE_SECONDS = 2.0
 #: openunmix ``Separator``'s defaults (``utils.load_separator``, the ``umx`` CLI).
 DEFAULTS = {"niter": 1, "softmask": False, "wiener_win_len": 300}
+#: Chunks the importer writes, in filter windows: one window trimmed at each edge, four kept.
+CHUNK_WINDOWS = 6
 
 
 def settings(card: ModelCard) -> dict:
@@ -58,15 +62,15 @@ def settings(card: ModelCard) -> dict:
     return {**DEFAULTS, **(card.umx or {})}
 
 
+def window_frames(card: ModelCard) -> int:
+    """Frames per filter window: ``wiener_win_len``, or openunmix's 300 where it is null (whole track)."""
+    return settings(card)["wiener_win_len"] or DEFAULTS["wiener_win_len"]
+
+
 def trim_samples(card: ModelCard) -> int:
-    """Samples dropped at each chunk edge: ``TRIM_SECONDS``, whole frames, at most a sixth of a chunk."""
-    trim = int(round(TRIM_SECONDS * card.sample_rate / card.hop)) * card.hop
-    return min(trim, (card.chunk_size // 6) // card.hop * card.hop)
-
-
-def default_overlap(card: ModelCard) -> float:
-    keep = card.chunk_size - 2 * trim_samples(card)
-    return min(0.5, FADE_SECONDS * card.sample_rate / keep)
+    """Samples dropped at each chunk edge: one filter window (300 frames, 7 s at 44.1 kHz), at most a
+    third of a chunk, in whole frames."""
+    return min(window_frames(card) * card.hop, (card.chunk_size // 3) // card.hop * card.hop)
 
 
 class UmxEngine:
@@ -228,20 +232,39 @@ def _umx_state(path) -> bool:
     return all(key in names for key in _KEYS)
 
 
+def _target_json(path) -> bool:
+    """Whether ``path`` is an Open-Unmix target's JSON (openunmix's train.py: ``args.hidden_size``, ``args.nfft``)."""
+    import json
+
+    try:
+        if path.stat().st_size > 1 << 22:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    args = data.get("args", data) if isinstance(data, dict) else None
+    return isinstance(args, dict) and "hidden_size" in args and ("nfft" in args or "n_fft" in args)
+
+
 def recognise(path) -> Found | None:
-    """An Open-Unmix target's ``.pth`` (told from its tensors' names), or a folder holding them."""
+    """An Open-Unmix target's ``.pth`` or a folder of them, told from the tensors' names in the file or
+    from the target JSON openunmix writes beside it (``T.json`` for ``T*.pth``)."""
     from pathlib import Path
 
     path = Path(path)
-    files = sorted(path.glob("*.pth")) if path.is_dir() else [path]
-    found = [p for p in files if p.is_file() and torch_checkpoint(p) and _umx_state(p)]
-    if not found or (path.is_dir() and len(found) != len(files)):
-        return None
-    jsons = [j for j in (path if path.is_dir() else path.parent).glob("*.json") if j.name != "separator.json"
-             and any(p.name.startswith(j.stem) for p in found)]
-    stems = tuple(sorted(j.stem for j in jsons))
-    config = jsons[0] if len(jsons) == 1 else None
-    return Found(path=path, family="umx", stems=stems, config=config, command=f"stembridge models import {path}")
+    folder = path if path.is_dir() else path.parent
+    jsons = [j for j in sorted(folder.glob("*.json")) if j.name != "separator.json" and _target_json(j)]
+    if path.is_dir():
+        files = [p for p in sorted(path.glob("*.pth")) if p.is_file()]
+        if not jsons and not any(_umx_state(p) for p in files):
+            return None
+        stems = tuple(j.stem for j in jsons)
+    else:
+        paired = [j for j in jsons if path.name.startswith(j.stem)]
+        if not (path.is_file() and torch_checkpoint(path)) or not (paired or _umx_state(path)):
+            return None
+        stems = (max(paired, key=lambda j: len(j.stem)).stem,) if paired else ()
+    return Found(path=path, family="umx", stems=stems, command=f"stembridge models import {path}")
 
 
 FAMILY = register(Family(
@@ -250,7 +273,7 @@ FAMILY = register(Family(
     requires=("n_fft", "hop", "chunk_size", "dim_t", "sample_rate", "file"),
     requires_hint=" (stembridge models import writes it)",
     prepare=_prepare, check=check_card, details=_details,
-    default_overlap=default_overlap,
+    default_overlap=lambda card: 0.0,
     importer="bridge.importers.umx:convert", imports=lambda path, config: recognise(path) is not None,
     import_help="Open-Unmix models (a folder of TARGET.json + TARGET*.pth, or one TARGET.pth with its JSON beside it)",
     recognise=recognise,
