@@ -46,6 +46,8 @@ NOT_RUN = {
                                                                 "imports small ones by the same routes)",
     "stembridge models import htdemucs_6s.yaml": "a Demucs bag and its .th files (test_demucs_import)",
     "stembridge separate song.flac --model htdemucs_ft": "needs the import above",
+    "stembridge models import ~/umx/umxhq": "an Open-Unmix model's files (test_umx imports small ones the same ways)",
+    "stembridge separate song.flac --model umxhq": "needs the import above",
 }
 
 
