@@ -75,6 +75,8 @@ def random_target(*, hidden_size: int, nb_channels: int = 2, n_fft: int = 4096, 
                 values = rng.uniform(0.5, 2.0, tensor.shape)
             elif name == "output_mean":
                 values = rng.uniform(0.5, 1.5, tensor.shape)
+            elif name.startswith("bn") and name.endswith("weight"):  # near 1, so that the input matters
+                values = rng.uniform(0.5, 1.5, tensor.shape)
             elif name.startswith("bn") or name.endswith("bias_ih_l0"):
                 values = rng.normal(0.0, 0.1, tensor.shape)
             else:
