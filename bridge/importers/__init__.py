@@ -8,7 +8,9 @@ path is one of its checkpoints, and hands it to that family's importer:
 - a torch checkpoint (``.ckpt``, ``.pth``, ...) with ``config=`` its YAML config: BS-RoFormer or
   Mel-Band RoFormer, :mod:`.roformer` (needs torch);
 - a Demucs ``.th`` file, a bag ``.yaml``, or a folder of them with ``name`` (as ``demucs -n NAME
-  --repo FOLDER``): HT-Demucs, :mod:`.demucs` (needs torch and demucs).
+  --repo FOLDER``): HT-Demucs, :mod:`.demucs` (needs torch and demucs);
+- an Open-Unmix folder (``TARGET.json`` + ``TARGET*.pth`` per target) or one target's ``.pth``,
+  told by the tensors it names: :mod:`.umx` (needs torch).
 
 :mod:`.quantize` (``stembridge models quantize``) writes an int8 variant of an imported RoFormer.
 
@@ -34,9 +36,13 @@ def import_model(path, *, config=None, **options):
     """
     path = Path(path)
     # The roformer family claims every torch checkpoint (and refuses one without --config):
-    # families that recognise a checkpoint by its contents (a UVR VR state dict) are asked first.
+    # families that recognise a checkpoint by its contents (a UVR VR or Open-Unmix state dict)
+    # are asked first, and roformer's claim by kind of file comes last.
     importable = sorted((f for f in families.registered().values() if f.importer is not None),
                         key=lambda f: f.name == "roformer")
+    for family in importable:
+        if config is None and family.recognise is not None and family.recognise(path) is not None:
+            return family.load_importer()(path, config=config, **options)
     for family in importable:
         if family.imports(path, config):
             return family.load_importer()(path, config=config, **options)

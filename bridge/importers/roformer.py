@@ -138,15 +138,21 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
-def export_onnx(net, path: Path, *, source: str = "the network", output: str = "mask") -> None:
-    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``.
+def export_onnx(net, path: Path, *, source: str = "the network", example=None, input_name: str = "spectrogram",
+                output_name: str = "mask", dynamic: dict | None = None) -> None:
+    """Export ``net`` to ``path`` (opset 17); errors name ``source``.
 
-    ``net`` takes ``[batch, net.channels, net.bins, net.frames, 2]`` (input ``spectrogram``) and
-    gives one tensor, named ``output``."""
+    By default a RoFormer's interface: input ``spectrogram`` shaped as ``example`` (default the
+    RoFormer's chunk), output ``mask``, the batch dynamic and the frames static; other families
+    pass their own ``example``, names and ``dynamic`` axes (``torch.onnx.export``'s ``dynamic_axes``).
+    """
     torch = _torch()
     import warnings
 
-    example = torch.zeros(1, net.channels, net.bins, net.frames, 2)
+    if example is None:
+        example = torch.zeros(1, net.channels, net.bins, net.frames, 2)
+    if dynamic is None:
+        dynamic = {input_name: {0: "batch"}, output_name: {0: "batch"}}
     # Exported in a scratch folder of its own: a model over protobuf's 2 GB would come out as a
     # graph plus external weight files, which the card's one file and sha256 cannot describe.
     with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
@@ -156,8 +162,7 @@ def export_onnx(net, path: Path, *, source: str = "the network", output: str = "
             # dynamo=False: the TorchScript exporter needs no onnxscript and writes one self-contained file.
             try:
                 torch.onnx.export(net, (example,), str(exported), dynamo=False, opset_version=OPSET,
-                                  input_names=["spectrogram"], output_names=[output],
-                                  dynamic_axes={"spectrogram": {0: "batch"}, output: {0: "batch"}})
+                                  input_names=[input_name], output_names=[output_name], dynamic_axes=dynamic)
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
         if len(list(Path(scratch).iterdir())) != 1:

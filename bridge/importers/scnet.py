@@ -153,7 +153,7 @@ def import_scnet(path, *, config, name: str | None = None, force: bool = False, 
         spec = parity_spectrogram(cfg)
         with torch.no_grad():
             expected = net(spec).numpy()
-        export_onnx(net, partial, source=str(source), output="spectrogram_out")
+        export_onnx(net, partial, source=str(source), output_name="spectrogram_out")
         del net  # the torch weights and the onnxruntime session need not be in memory together
         gc.collect()
         db = onnx_parity(partial, spec.numpy(), expected)

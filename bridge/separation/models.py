@@ -120,6 +120,8 @@ class ModelCard:
     #: vr: UVR's parameter set (``band``, by name in ``params``), the network generation (``v51``) and
     #: its ``offset``, and the run settings ``window_size`` and ``aggression`` (separation/vr.py).
     vr: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: umx: openunmix's filter settings (``niter``, ``softmask``, ``wiener_win_len``; separation/umx.py).
+    umx: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize`` variant: the float model's name and sha256, the method.
     quantized_from: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     #: For a ``stembridge models quantize --fp16`` variant: the float32 model's name and sha256, the method.
