@@ -190,6 +190,13 @@ def test_opus_is_exactly_the_source_length(inputs):
     assert (header.frames, header.sample_rate, header.subtype) == (N, 48000, "OPUS")  # pre-skip and end trimmed
 
 
+def test_a_5_1_ac3_film_mix_reads_as_stereo_down_mixed(inputs):
+    made, _, _ = inputs
+    header = files.info(made["surround.ac3"])
+    assert (header.subtype, header.channels, header.downmixed_from) == ("AC3", 2, "5.1(side)")
+    assert files.read(made["surround.ac3"])[0].shape == (2, header.frames)
+
+
 def test_a_5_1_stream_is_downmixed_by_itu_r_bs_775(tmp_path):
     six = music_like(channels=6, seed=7) * 0.5
     path = audio_file(tmp_path / "six.mov", "pcm_s16le", six, layout="5.1(side)")
@@ -233,6 +240,7 @@ def test_stream_picks_an_audio_stream_and_the_default_is_the_container_s(two_lan
         files.info(film, stream=2)
 
 
+@pytest.mark.slow
 def test_separate_and_render_stream_option_and_preset_key(two_languages, tmp_path):
     film, _ = two_languages
     out = tmp_path / "sep"
@@ -266,7 +274,6 @@ def test_the_input_stream_preset_key_round_trips_and_is_checked(tmp_path):
 
 # --- each format separates and renders ---------------------------------------------------------------
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["aac.m4a", "alac.m4a", "song.opus", "film.mp4", "surround.ac3", "set.stem.mp4"])
 def test_each_input_format_separates_and_renders_at_its_own_length(inputs, name, tmp_path):
     made, _, _ = inputs
