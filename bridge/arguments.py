@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--wiener", type=int, default=0, metavar="N",
                     help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
     ev.add_argument("--shifts", type=int, metavar="N", help=SHIFTS_HELP)
+    ev.add_argument("--stream", type=_stream_value, metavar="N",
+                    help="the mixtures' audio stream, numbered from 0 among their audio streams (default: each "
+                         "file's default one)")
     ev.add_argument("--quiet", action="store_true", help="print the table only (no progress, no notes)")
     ev.set_defaults(handler="eval")
 

@@ -318,7 +318,7 @@ def cmd_eval(args) -> int:
                                                                             shifts=args.shifts, device=args.device)
     update, close = console.progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
-        report = evaluate(separator, args.references, progress=update)
+        report = evaluate(separator, args.references, progress=update, stream=args.stream)
     finally:
         close()
     print(report.table())
@@ -373,7 +373,7 @@ def _eval_many(args, models) -> int:
                                      name=name) for name, (parts, residual) in ensembles.items()}
     update, close = console.progress(f"eval {', '.join(models)}", sys.stderr.isatty() and not args.quiet)
     try:
-        result = compare(loaded, args.references, ensembles=built, progress=update)
+        result = compare(loaded, args.references, ensembles=built, progress=update, stream=args.stream)
     finally:
         close()
     print(result.table())

@@ -411,3 +411,25 @@ def test_the_stem_atom_reader_reads_what_the_writer_wrote(inputs):
     made, _, _ = inputs
     assert json.loads(movie_box(made["set.stem.mp4"], b"stem")) == metadata()
     assert movie_box(made["aac.m4a"], b"stem") is None
+
+
+@pytest.mark.slow
+def test_eval_reads_the_mixture_stream_asked_for(tmp_path, capsys):
+    song = tmp_path / "refs" / "song"
+    song.mkdir(parents=True)
+    vocals, other = tones([330, 330]), tones([2500, 2500])  # apart in frequency: the oracle's masks split them
+    files.write(song / "vocals.wav", vocals, SR, bit_depth=32)
+    files.write(song / "instrumental.wav", other, SR, bit_depth=32)
+    with av.open(str(song / "mixture.mov"), "w") as container:  # stream 0: a stranger; stream 1: the mix
+        streams = [add_audio(container, "pcm_f32le") for _ in range(2)]
+        for stream, audio in zip(streams, [tones([800, 800]), vocals + other]):
+            encode(container, stream, audio)
+    scores = {}
+    for stream in ("0", "1"):
+        target = tmp_path / f"scores{stream}.json"
+        assert cli(["eval", "--model", "oracle", "--references", str(song.parent), "--stream", stream,
+                    "--json", str(target), "--quiet"]) == 0
+        scores[stream] = {stem: m["sdr"] for stem, m in json.loads(target.read_text())["median"].items()}
+    # The oracle masks the mixture with the references: on the real mix (stream 1) it scores high,
+    # on the stranger (stream 0) it cannot.
+    assert min(scores["1"].values()) > 15 and max(scores["0"].values()) < 0, scores
