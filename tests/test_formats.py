@@ -433,3 +433,15 @@ def test_eval_reads_the_mixture_stream_asked_for(tmp_path, capsys):
     # The oracle masks the mixture with the references: on the real mix (stream 1) it scores high,
     # on the stranger (stream 0) it cannot.
     assert min(scores["1"].values()) > 15 and max(scores["0"].values()) < 0, scores
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("junk.m4a", bytes(range(256)) * 12, "cannot be read as audio or video"),
+    ("empty.opus", b"", "the file is empty (0 bytes)"),
+])
+def test_a_file_ffmpeg_cannot_open_is_one_line(tmp_path, name, content, needle):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(AudioError) as caught:
+        files.info(path)
+    assert str(caught.value).startswith(f"{path}: {needle}") and "\n" not in str(caught.value)

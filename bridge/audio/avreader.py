@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -80,26 +79,20 @@ def _av():
     return av
 
 
+class Unopenable(Exception):
+    """FFmpeg could not open the file at all; :mod:`.files` says why in one line (a folder, a
+    missing or empty file, permissions, or not a media file)."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(getattr(cause, "strerror", None) or str(cause) or type(cause).__name__)
+
+
 def _open(path: Path):
     av = _av()
     try:
         return av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
-        raise _unreadable(path, exc) from None
-
-
-def _unreadable(path: Path, exc: Exception) -> AudioError:
-    if path.is_dir():
-        return AudioError(f"{path}: is a folder, not an audio file; pass the files inside it")
-    if not path.exists():
-        return AudioError(f"{path}: no such file; check the path")
-    if path.stat().st_size == 0:
-        return AudioError(f"{path}: the file is empty (0 bytes); re-export or re-download it")
-    if not os.access(path, os.R_OK):
-        return AudioError(f"{path}: permission denied; make the file readable (chmod u+r) or copy it")
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return AudioError(f"{path}: cannot be read as audio or video ({reason}); "
-                      "re-export it, or check that it is a media file")
+        raise Unopenable(exc) from None
 
 
 def _pick(path: Path, container, stream: int | None):

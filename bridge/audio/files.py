@@ -66,7 +66,7 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def _open_error(path: Path, exc: Exception) -> AudioError:
+def _open_error(path: Path, exc: Exception, *, av: bool = False) -> AudioError:
     if path.is_dir():
         return AudioError(f"{path}: is a folder, not an audio file; pass the files inside it")
     if not path.exists():
@@ -75,6 +75,9 @@ def _open_error(path: Path, exc: Exception) -> AudioError:
         return AudioError(f"{path}: the file is empty (0 bytes); re-export or re-download it")
     if not os.access(path, os.R_OK):
         return AudioError(f"{path}: permission denied; make the file readable (chmod u+r) or copy it")
+    if av:
+        return AudioError(f"{path}: cannot be read as audio or video ({exc}); re-export it, or check that it is "
+                          "a media file")
     reason = str(exc).split(":")[-1].strip() or type(exc).__name__
     if "does not exist" in reason:  # libsndfile's words for a regular file it cannot identify
         reason = "format not recognised"
@@ -155,7 +158,10 @@ def _av_info(path: Path, stream: int | None) -> AudioInfo:
         if key in _PROBED:
             _PROBED.move_to_end(key)
             return dataclasses.replace(_PROBED[key], path=path)
-    found = avreader.probe(path, stream=stream)
+    try:
+        found = avreader.probe(path, stream=stream)
+    except avreader.Unopenable as exc:
+        raise _open_error(path, exc, av=True) from None
     result = AudioInfo(path, found.sample_rate, found.channels, found.frames, found.container.upper(),
                        found.codec.upper(), stream=found.stream,
                        downmixed_from=found.layout if found.source_channels > 2 else None)
@@ -241,10 +247,13 @@ def _av_stream(path: Path, header: AudioInfo, block_frames: int) -> Iterator[np.
     from . import avreader
 
     read = 0
-    for block in avreader.blocks(path, stream=header.stream, block_frames=block_frames):
-        check_finite(block, name=str(path), sample_rate=header.sample_rate, offset=read)
-        read += block.shape[1]
-        yield block
+    try:
+        for block in avreader.blocks(path, stream=header.stream, block_frames=block_frames):
+            check_finite(block, name=str(path), sample_rate=header.sample_rate, offset=read)
+            read += block.shape[1]
+            yield block
+    except avreader.Unopenable as exc:  # gone or replaced since info()
+        raise _open_error(path, exc, av=True) from None
     if read != header.frames:  # the file changed since info(), or the packet count was wrong
         raise AudioError(f"{path}: decoded {read} samples where {header.frames} were counted; "
                          "the file changed while it was read, or is damaged: re-export it")
