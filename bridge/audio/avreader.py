@@ -142,13 +142,20 @@ def _matrix(path: Path, names: list[str]) -> np.ndarray | None:
     return np.array([DOWNMIX[n] for n in names], dtype=np.float32).T
 
 
-def _names(stream) -> list[str]:
-    layout = stream.codec_context.layout
-    names = [c.name for c in layout.channels]
-    if len(names) != stream.codec_context.channels or any(n in ("", "NONE", "USR0") for n in names):
-        # An unspecified layout ("6 channels"): FFmpeg's default order for the count, as ffmpeg -ac 2 assumes.
-        names = [c.name for c in _av().AudioLayout(stream.codec_context.channels).channels]
-    return names
+#: FFmpeg's default layout for a channel count (``av_channel_layout_default``), for a stream
+#: that leaves its layout unspecified; mono and stereo need no names (they are not down-mixed).
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
+
+
+def _names(path: Path, stream) -> list[str]:
+    count = stream.codec_context.channels
+    names = [c.name for c in stream.codec_context.layout.channels]
+    if len(names) == count and not any(n in ("", "NONE") or n.startswith("USR") for n in names):
+        return names
+    if count in _DEFAULT_LAYOUTS:  # an unspecified layout ("6 channels"), read as ffmpeg -ac 2 reads it
+        return [c.name for c in _av().AudioLayout(_DEFAULT_LAYOUTS[count]).channels]
+    raise AudioError(f"{path}: its {count} channels have no layout, so there is no rule to down-mix them to "
+                     "stereo; pick a stereo stream with --stream, or down-mix it first (ffmpeg -i IN -ac 2 OUT.wav)")
 
 
 def probe(path, *, stream: int | None = None) -> Probe:
@@ -165,7 +172,7 @@ def probe(path, *, stream: int | None = None) -> Probe:
         chosen, number = _pick(path, container, stream)
         context = chosen.codec_context
         rate = _check_rate(path, context.sample_rate)
-        names = _names(chosen)
+        names = _names(path, chosen)
         _matrix(path, names)
         fmt = container.format.name.split(",")[0]
         layout = context.layout.name
@@ -224,7 +231,7 @@ def blocks(path, *, stream: int | None = None, block_frames: int = 262144) -> It
     with _open(path) as container:
         chosen, number = _pick(path, container, stream)
         rate = chosen.codec_context.sample_rate
-        names = _names(chosen)
+        names = _names(path, chosen)
         matrix = _matrix(path, names)
         pending: list[np.ndarray] = []
         held = 0
