@@ -25,7 +25,10 @@ Run "stembridge COMMAND --help" for a command's options."""
 
 SHIFTS_HELP = ("Demucs models: average N runs on the song shifted by seeded random delays up to 0.5 s "
                "(default: 1, as the demucs command; 0 = one unshifted run)")
-INPUTS_HELP = "audio files (wav, flac, ogg, mp3, aiff) and folders (walked recursively)"
+INPUTS_HELP = ("audio and video files (wav, flac, ogg, mp3, aiff; m4a, opus, mp4, mov, mkv, ... and NI Stems "
+               ".stem.mp4: anything FFmpeg decodes) and folders (walked recursively)")
+STREAM_HELP = ("the audio stream to read from each input, numbered from 0 among its audio streams (as ffmpeg's "
+               "-map 0:a:N; default: the file's default audio stream)")
 DEVICE_CHOICES = "auto, cpu, cuda[:N], tensorrt[:N], coreml, directml[:N], openvino"
 REPORT_HELP = ("also write OUT/stembridge-report.html: levels, waveforms, spectrograms and a player per output "
                "(pip install \"stembridge[report]\")")
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the stems")
     sep.add_argument("--no-bwf", action="store_true", help="plain wav: no bext/iXML (Broadcast WAV) chunks")
     sep.add_argument("--report", action="store_true", help=REPORT_HELP)
+    sep.add_argument("--stream", type=_stream_value, metavar="N", help=STREAM_HELP)
     _add_batch_arguments(sep)
     sep.set_defaults(handler="separate")
 
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--project", choices=["reaper"], help="also write <track>.rpp, a REAPER project of the "
                      "session (= --set output.project=reaper)")
     ren.add_argument("--report", action="store_true", help=REPORT_HELP + " (= --set output.report=true)")
+    ren.add_argument("--stream", type=_stream_value, metavar="N", help=STREAM_HELP + " (= --set input.stream=N)")
     _add_batch_arguments(ren)
     ren.set_defaults(handler="render")
 
@@ -151,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--wiener", type=int, default=0, metavar="N",
                     help="mask models: N EM iterations of the multichannel Wiener filter, 0 = off (default: %(default)s)")
     ev.add_argument("--shifts", type=int, metavar="N", help=SHIFTS_HELP)
+    ev.add_argument("--stream", type=_stream_value, metavar="N",
+                    help="the mixtures' audio stream, numbered from 0 among their audio streams (default: each "
+                         "file's default one)")
     ev.add_argument("--quiet", action="store_true", help="print the table only (no progress, no notes)")
     ev.set_defaults(handler="eval")
 
@@ -280,3 +288,14 @@ def _add_batch_arguments(command) -> None:
                               "$STEMBRIDGE_CACHE_MAX_GB)")
     command.add_argument("--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it")
     command.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def _stream_value(text: str) -> int:
+    """A whole number from 0: an audio stream's number."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected the number of an audio stream (0, 1, ...), got {text!r}")
+    return value

@@ -29,7 +29,7 @@ def cmd_separate(args) -> int:
                    batch_size=args.batch_size, device=args.device, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    shifts=args.shifts,
                    stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, bwf=not args.no_bwf,
-                   project=args.project, report=args.report, **_batch_options(args))
+                   project=args.project, report=args.report, stream=args.stream, **_batch_options(args))
     _check_model(args)
     if spec.report:
         _check_report()
@@ -42,6 +42,8 @@ def cmd_render(args) -> int:
     console.show_layer_warnings()
     if args.project:  # --project reaper is --set output.project=reaper
         args.set = [*(args.set or ()), f"output.project={args.project}"]
+    if args.stream is not None:  # --stream N is --set input.stream=N
+        args.set = [*(args.set or ()), f"input.stream={args.stream}"]
     session = _check_session(args.preset, args.set or ())
     device = args.device or session.separator.device  # --device overrides the preset's
     report = args.report or session.output.report
@@ -316,7 +318,7 @@ def cmd_eval(args) -> int:
                                                                             shifts=args.shifts, device=args.device)
     update, close = console.progress(f"eval {args.model}", sys.stderr.isatty() and not args.quiet)
     try:
-        report = evaluate(separator, args.references, progress=update)
+        report = evaluate(separator, args.references, progress=update, stream=args.stream)
     finally:
         close()
     print(report.table())
@@ -371,7 +373,7 @@ def _eval_many(args, models) -> int:
                                      name=name) for name, (parts, residual) in ensembles.items()}
     update, close = console.progress(f"eval {', '.join(models)}", sys.stderr.isatty() and not args.quiet)
     try:
-        result = compare(loaded, args.references, ensembles=built, progress=update)
+        result = compare(loaded, args.references, ensembles=built, progress=update, stream=args.stream)
     finally:
         close()
     print(result.table())

@@ -116,13 +116,15 @@ def test_discover_walks_folders_in_natural_order_and_keeps_each_file_once(album)
     assert [s.naming.album for s in songs][-1] == "disc 2" and notes == []
 
 
-def test_discover_skips_outputs_and_reports_undecodable_files(album, preset, tmp_path):
-    (album / "first" / "bonus.m4a").write_bytes(b"\0" * 100)
+def test_discover_skips_outputs_and_takes_every_format_ffmpeg_reads(album, preset, tmp_path):
     out = album / "rendered"  # an output folder inside the input folder
     assert cli(["render", str(preset), str(album), "--out", str(out), "--quiet", "--no-cache"]) == 0
+    for name in ("bonus.m4a", "live.opus", "clip.mov", "set.stem.mp4", "notes.txt"):
+        (album / "first" / name).write_bytes(b"\0" * 100)
     songs, notes = discover([album], out_dir=tmp_path / "elsewhere")  # skipped as a run's output folder
-    assert len(songs) == 5 and not any("rendered" in str(s.path) for s in songs)
-    assert len(notes) == 1 and "bonus.m4a" in notes[0] and "ffmpeg" in notes[0]
+    assert not any("rendered" in str(s.path) for s in songs) and notes == []
+    assert sorted(s.path.name for s in songs if s.path.parent.name == "first") == [
+        "01.wav", "10.wav", "2.wav", "bonus.m4a", "clip.mov", "live.opus", "set.stem.mp4"]
 
 
 def test_colliding_names_in_nested_folders_render_to_distinct_mirrored_outputs(album, preset, tmp_path):

@@ -56,6 +56,7 @@ def test_the_base_preset_loads(tmp_path):
     (("- {effect: Compressor, threshold_db: -18}", "- {effect: Compressor, threshold_db: -18, threshold_db: -6}"),
      "stems.vocals.chain[0].threshold_db", (8, 8)),
     (("separator: {model: dsp}", "separator: {model: dsp, model: default}"), "separator.model", (2, 2)),
+    (("version: 1\n", "version: 1\ninput: {stream: 0, stream: 1}\n"), "input.stream", (2, 2)),
     (("master: [{effect: Limiter}]", "master: [{effect: Limiter}]\nmaster: []"), "master", (10, 11)),
     (("pre: [{effect: HighpassFilter, cutoff_frequency_hz: 30}]",
       "pre: [{effect: HighpassFilter, cutoff_frequency_hz: 30, cutoff_frequency_hz: 40}]"),

@@ -113,6 +113,7 @@ def workdir(tmp_path, song, vst3_plugins) -> Path:
     sf.write(str(tmp_path / "other.mp3"), song[:, :2 * SR].T, SR, format="MP3")
     (tmp_path / "album").mkdir()
     sf.write(str(tmp_path / "album" / "track 1.flac"), song[:, SR:3 * SR].T, SR, subtype="PCM_16")
+    _ffmpeg_inputs(tmp_path, song[:, :2 * SR])
     (tmp_path / "examples").symlink_to(REPO / "examples")
     presets = tmp_path / "presets"
     presets.mkdir()
@@ -130,6 +131,49 @@ def workdir(tmp_path, song, vst3_plugins) -> Path:
     session = next(b for b in blocks("yaml") if b.startswith("version: 1\nseparator:"))
     (tmp_path / "my-session.yaml").write_text(session)
     return tmp_path
+
+
+def _ffmpeg_inputs(folder: Path, song: np.ndarray) -> None:
+    """The Input formats section's files, made with PyAV: album/track 2.m4a (AAC), live.opus,
+    film.mov (H.264 and two AAC streams: the song, then the song at half level) and set.stem.mp4."""
+    import av
+
+    from bridge.daw.nistems import NiStemsWriter
+
+    def encode(container, stream, audio):
+        size = stream.codec_context.frame_size or 1024
+        for start in range(0, audio.shape[1], size):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + size].T.reshape(1, -1)
+                                                                    if stream.codec_context.name == "libopus"
+                                                                    else audio[:, start:start + size]),
+                                               format="flt" if stream.codec_context.name == "libopus" else "fltp",
+                                               layout="stereo")
+            frame.sample_rate, frame.pts = SR if stream.codec_context.name != "libopus" else 48000, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+    for name, codec, rate in (("album/track 2.m4a", "aac", SR), ("live.opus", "libopus", 48000)):
+        with av.open(str(folder / name), "w") as container:
+            encode(container, container.add_stream(codec, rate=rate, layout="stereo"), song)
+    with av.open(str(folder / "film.mov"), "w") as container:
+        video = container.add_stream("libx264", rate=5)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        tracks = [container.add_stream("aac", rate=SR, layout="stereo") for _ in range(2)]
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        for track, level in zip(tracks, (1.0, 0.5)):
+            encode(container, track, song * level)
+    writer = NiStemsWriter(folder / "set.stem.mp4", sample_rate=SR)
+    writer.write(song, {"drums": song * 0.4, "bass": song * 0.3, "other": song * 0.2, "vocals": song * 0.1})
+    writer.close()
 
 
 def test_the_session_snippet_is_the_session_it_describes(workdir):
@@ -164,7 +208,9 @@ def test_the_readme_command_lines_run(workdir):
                "remixes/song.vocal-up.wav": 4.0, "remixes/track 1.vocal-up.wav": 2.0,
                "rendered/song.karaoke.flac": 4.0, "rendered/song.drumless.flac": 4.0,
                "stems/song/vocals.wav": 4.0, "stems/other/instrumental.wav": 2.0,
-               "separated/vocals/song.flac": 4.0, "separated/song/drums.wav": 4.0}
+               "separated/vocals/song.flac": 4.0, "separated/song/drums.wav": 4.0,
+               "stems/track 2/vocals.wav": 2.0, "rendered/film.vocal-up.wav": 2.0,
+               "rendered/set.stem.karaoke.flac": 2.0, "stems/set.stem/drums.wav": 2.0}
     for path, seconds in written.items():
         info = sf.info(str(workdir / path))
         assert info.samplerate == SR and info.frames >= seconds * SR, path  # the song, and any tail

@@ -1,7 +1,9 @@
 """Audio files: the only module that opens them.
 
-Reads any format libsndfile reads (wav, flac, ogg, mp3, aiff, ...) at any sample rate and channel
-count, streams them block by block, and writes outputs atomically: samples go to a hidden
+Reads any format libsndfile reads (wav, flac, ogg, mp3, aiff) at any sample rate and channel
+count, and every other audio stream FFmpeg decodes (m4a/mp4 AAC and ALAC, Opus, WMA, AC-3, the
+audio of video files: :mod:`.avreader`, PyAV), streams them block by block, and writes outputs
+atomically: samples go to a hidden
 ``.<name>.<pid>.partial`` file beside the target, which is fsynced and renamed onto the final name
 only when complete, so a crash never leaves a half-written file under a finished-looking name.
 Outputs never overwrite inputs.
@@ -9,6 +11,7 @@ Outputs never overwrite inputs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fnmatch
@@ -32,6 +35,12 @@ BitDepth = Literal[16, 24, 32]
 
 #: File extension -> libsndfile major format.
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3", "aiff": "AIFF", "aif": "AIFF"}
+#: Inputs read by FFmpeg's decoders (:mod:`.avreader`): what a music library, a DJ and a film
+#: editor hold besides :data:`FORMATS`. Folders are searched for these and :data:`FORMATS`; a file
+#: named directly is read whatever its extension (FFmpeg tells its format from its contents).
+AV_EXTENSIONS = ("m4a", "m4b", "mp4", "m4v", "aac", "alac", "opus", "oga", "wma", "wmv", "asf", "ac3", "eac3",
+                 "mka", "mkv", "webm", "mov", "avi", "mts", "m2ts", "ts", "mpg", "mpeg", "3gp", "caf", "dts",
+                 "amr", "ape", "wv", "mpc", "spx", "tta")
 LOSSY = {"ogg", "mp3"}
 DEFAULT_BIT_DEPTH: BitDepth = 24
 
@@ -46,13 +55,18 @@ class AudioInfo:
     frames: int
     format: str
     subtype: str
+    #: The audio stream read, numbered among the file's audio streams (PyAV inputs); None for a
+    #: libsndfile file, which holds one.
+    stream: int | None = None
+    #: The stream's own channel layout when it was down-mixed to stereo (e.g. ``5.1(side)``), else None.
+    downmixed_from: str | None = None
 
     @property
     def seconds(self) -> float:
         return self.frames / self.sample_rate
 
 
-def _open_error(path: Path, exc: Exception) -> AudioError:
+def _open_error(path: Path, exc: Exception, *, av: bool = False) -> AudioError:
     if path.is_dir():
         return AudioError(f"{path}: is a folder, not an audio file; pass the files inside it")
     if not path.exists():
@@ -61,6 +75,9 @@ def _open_error(path: Path, exc: Exception) -> AudioError:
         return AudioError(f"{path}: the file is empty (0 bytes); re-export or re-download it")
     if not os.access(path, os.R_OK):
         return AudioError(f"{path}: permission denied; make the file readable (chmod u+r) or copy it")
+    if av:
+        return AudioError(f"{path}: cannot be read as audio or video ({exc}); re-export it, or check that it is "
+                          "a media file")
     reason = str(exc).split(":")[-1].strip() or type(exc).__name__
     if "does not exist" in reason:  # libsndfile's words for a regular file it cannot identify
         reason = "format not recognised"
@@ -117,17 +134,68 @@ def _open(path: Path) -> sf.SoundFile:
         raise _open_error(path, exc) from None
 
 
-def info(path) -> AudioInfo:
+def by_sndfile(path) -> bool:
+    """Whether libsndfile reads ``path`` (by its extension); FFmpeg's decoders read the rest."""
+    return Path(path).suffix.lower().lstrip(".") in FORMATS
+
+
+#: Recent :func:`info` answers for PyAV inputs, by (path, size, mtime, stream): their exact length
+#: costs a decode (:func:`.avreader.probe`), and one song is asked about several times.
+_PROBED: "collections.OrderedDict[tuple, AudioInfo]" = collections.OrderedDict()
+_PROBED_MAX = 64
+_PROBED_LOCK = threading.Lock()
+
+
+def _av_info(path: Path, stream: int | None) -> AudioInfo:
+    from . import avreader
+
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, stream)
+    except OSError:
+        key = None
+    with _PROBED_LOCK:
+        if key in _PROBED:
+            _PROBED.move_to_end(key)
+            return dataclasses.replace(_PROBED[key], path=path)
+    try:
+        found = avreader.probe(path, stream=stream)
+    except avreader.Unopenable as exc:
+        raise _open_error(path, exc, av=True) from None
+    result = AudioInfo(path, found.sample_rate, found.channels, found.frames, found.container.upper(),
+                       found.codec.upper(), stream=found.stream,
+                       downmixed_from=found.layout if found.source_channels > 2 else None)
+    if key is not None:
+        with _PROBED_LOCK:
+            _PROBED[key] = result
+            while len(_PROBED) > _PROBED_MAX:
+                _PROBED.popitem(last=False)
+    return result
+
+
+def info(path, *, stream: int | None = None) -> AudioInfo:
     """Read a file's header.
+
+    Parameters
+    ----------
+    stream : int, optional
+        The audio stream to read, numbered among the file's audio streams from 0 (as
+        ``ffmpeg -map 0:a:N``); default: the container's default audio stream. A libsndfile file
+        holds one stream, 0.
 
     Raises
     ------
     AudioError
-        Missing, empty, a folder, not audio, an unsupported sample rate, or no samples.
+        Missing, empty, a folder, not audio, an unsupported sample rate, or no samples; no audio
+        stream, ``stream`` out of range, DRM-protected or undecodable.
     """
     path = Path(path)
-    with _open(path) as f:
-        result = AudioInfo(path, f.samplerate, f.channels, f.frames, f.format, f.subtype)
+    if not by_sndfile(path):
+        result = _av_info(path, stream)
+    else:
+        _check_single_stream(path, stream)
+        with _open(path) as f:
+            result = AudioInfo(path, f.samplerate, f.channels, f.frames, f.format, f.subtype)
     check_sample_rate(result.sample_rate, name=str(path))
     if result.frames == 0:
         raise AudioError(f"{path}: the file holds no samples (a header without audio, or cut off before its "
@@ -135,15 +203,25 @@ def info(path) -> AudioInfo:
     return result
 
 
-def stream(path, *, block_frames: int = 262144) -> Iterator[np.ndarray]:
+def _check_single_stream(path: Path, stream: int | None) -> None:
+    if stream not in (None, 0):
+        raise AudioError(f"{path}: --stream {stream!r} is out of range: a {path.suffix.lstrip('.').lower()} file "
+                         "holds one audio stream, 0")
+
+
+def stream(path, *, block_frames: int = 262144, stream: int | None = None) -> Iterator[np.ndarray]:
     """Yield a file's audio as ``(channels, samples)`` float32 blocks of ``block_frames`` samples.
 
     Every block is checked for NaN/Inf, and a file that ends before its header says it should
     (a truncated download) is an error after the last block, so nothing downstream mistakes a
-    cut-off song for a finished one.
+    cut-off song for a finished one. ``stream`` picks an audio stream as in :func:`info`; a
+    stream of more than two channels comes down-mixed to stereo (:data:`.avreader.DOWNMIX`).
     """
     path = Path(path)
-    header = info(path)
+    header = info(path, stream=stream)
+    if not by_sndfile(path):
+        yield from _av_stream(path, header, block_frames)
+        return
     read = 0
     with _open(path) as f:
         while True:
@@ -163,6 +241,22 @@ def stream(path, *, block_frames: int = 262144) -> Iterator[np.ndarray]:
             if len(frames) < block_frames:
                 break
     _check_complete(path, header, read)
+
+
+def _av_stream(path: Path, header: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
+    from . import avreader
+
+    read = 0
+    try:
+        for block in avreader.blocks(path, stream=header.stream, block_frames=block_frames):
+            check_finite(block, name=str(path), sample_rate=header.sample_rate, offset=read)
+            read += block.shape[1]
+            yield block
+    except avreader.Unopenable as exc:  # gone or replaced since info()
+        raise _open_error(path, exc, av=True) from None
+    if read != header.frames:  # the file changed since info(), or the packet count was wrong
+        raise AudioError(f"{path}: decoded {read} samples where {header.frames} were counted; "
+                         "the file changed while it was read, or is damaged: re-export it")
 
 
 def _check_complete(path: Path, header: AudioInfo, read: int) -> None:
@@ -209,13 +303,16 @@ def flac_audio_md5(path) -> str | None:
     return None if md5 == bytes(16) else md5.hex()
 
 
-def read(path) -> tuple[np.ndarray, int]:
+def read(path, *, stream: int | None = None) -> tuple[np.ndarray, int]:
     """Read a whole file: ``(audio, sample_rate)``, audio ``(channels, samples)`` float32.
 
     Prefer :func:`stream` for songs; this is for short files and tests.
     """
-    blocks = list(stream(path))
-    return np.concatenate(blocks, axis=1), info(path).sample_rate
+    blocks = list(_stream(path, stream=stream))
+    return np.concatenate(blocks, axis=1), info(path, stream=stream).sample_rate
+
+
+_stream = stream  # for functions whose parameter named ``stream`` hides this one
 
 
 def subtype_for(extension: str, bit_depth: BitDepth) -> str | None:

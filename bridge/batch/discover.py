@@ -7,12 +7,13 @@ import os
 import re
 from pathlib import Path
 
+from ..audio.files import AV_EXTENSIONS
 from ..errors import BridgeError
 from ..render.songs import Naming
 
-#: What libsndfile decodes. m4a/aac have no decoder there: they are reported, not read.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-UNDECODABLE = (".m4a", ".aac", ".mp4", ".alac", ".wma")
+#: What a folder is searched for: libsndfile's formats, then what FFmpeg's decoders read (m4a,
+#: opus, video files, NI Stems' .stem.mp4, ...; :data:`bridge.audio.files.AV_EXTENSIONS`).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif") + tuple(f".{e}" for e in AV_EXTENSIONS)
 #: A folder holding this file is a stembridge output folder; walking skips it.
 RUN_RECORD = "stembridge-run.json"
 
@@ -45,7 +46,7 @@ def discover(inputs, *, out_dir: Path | None = None) -> tuple[list[Song], list[s
     -------
     songs : list of Song
     notes : list of str
-        Files that were found but cannot be decoded here (m4a, aac, ...), one line each.
+        Lines about files found but not taken (none today: every format found is read).
 
     A folder named on the command line that holds no audio file is a song with an ``error``:
     it is reported as a failed input at its turn, like a bad file, and the run goes on.
@@ -68,10 +69,6 @@ def discover(inputs, *, out_dir: Path | None = None) -> tuple[list[Song], list[s
         found = 0
         for path in _walk(named, out):
             suffix = path.suffix.lower()
-            if suffix in UNDECODABLE:
-                notes.append(f"{path}: {suffix[1:]} files cannot be decoded here (libsndfile has no decoder for "
-                             "them); skipped: convert it with ffmpeg to flac or wav")
-                continue
             if suffix not in AUDIO_EXTENSIONS:
                 continue
             found += 1
@@ -81,7 +78,7 @@ def discover(inputs, *, out_dir: Path | None = None) -> tuple[list[Song], list[s
         if not found:
             songs.append(Song(named, Naming.of(named), str(_resolved(named).parent),
                               error=f"{named}: the folder holds no audio files "
-                                    f"({', '.join(e[1:] for e in AUDIO_EXTENSIONS)}); check the path"))
+                                    f"({', '.join(e[1:] for e in AUDIO_EXTENSIONS[:8])}, ...); check the path"))
     return songs, notes
 
 

@@ -48,6 +48,7 @@ class RunSpec:
     bit_depth: int = 24
     bwf: bool = True  # Broadcast WAV chunks in the stems
     project: str | None = None  # "reaper": a REAPER project of the stems
+    stream: int | None = None  # --stream: the inputs' audio stream (None: each file's default one)
     # both
     threads: int | None = None
     #: ``--device``: where the model runs (None: the preset's ``separator.device``; ``auto`` for
@@ -100,7 +101,8 @@ def build(spec: RunSpec):
                                   threads=spec.threads, denoise=spec.denoise, invert=spec.invert,
                                   wiener=spec.wiener, shifts=spec.shifts, device=spec.device or "auto")
         options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
-                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
+                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project,
+                                  stream=spec.stream)
         return separator, options
     if spec.kind == "separate":
         separator = load_separator(spec.model, overlap=spec.overlap, batch_size=spec.batch_size, threads=spec.threads,
@@ -108,7 +110,7 @@ def build(spec: RunSpec):
                                    device=spec.device or "auto")
         options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
                                   bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project,
-                                  report=spec.report)
+                                  report=spec.report, stream=spec.stream)
         return separator, options
     return session_graph(spec.preset, spec.overrides, threads=spec.threads, device=spec.device)
 

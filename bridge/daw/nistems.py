@@ -5,15 +5,16 @@ ordinary player plays: it alone has the *default* disposition), streams 1-4 are 
 order drums, bass, other, vocals, and ``moov/udta/stem`` holds JSON metadata (stem names and
 colours, and the mastering DSP block), the layout stempeg's ``default_metadata.json`` shows and
 ``MP4Box -udta 0:type=stem:src=...`` writes. MP4Box (gpac) is not needed: PyAV (ffmpeg's
-libraries) encodes and muxes, and :func:`add_movie_box` writes the atom.
+libraries) encodes and muxes, and :func:`add_movie_box` writes the atom
+(:func:`bridge.audio.mp4boxes.movie_box` reads it back, for ``--model file-stems``).
 
 Traps others hit, handled here: every stream holds the same number of samples, padded with
 silence to whole AAC frames (1024 samples; a decoder gives back whole frames, and DJ software
 compares stream lengths); the file is named ``*.stem.mp4``; the ``stem`` box goes into
 ``moov/udta``, and the muxer writes ``moov`` after ``mdat``, so growing it moves no chunk offset.
 
-PyAV is optional (``pip install "stembridge[nistems]"``); it is imported only when a session asks
-for this output.
+PyAV (a core dependency: it also reads m4a, Opus and video inputs) is imported only when a
+session asks for this output.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import files, partials
+from ..audio.mp4boxes import BoxError, boxes
 from ..audio.buffers import StreamResampler, db_to_gain
 from ..errors import OutputError, PresetError
 
@@ -249,23 +251,6 @@ class ScratchStems:
         return encoder.close()
 
 
-def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
-    """ISO/IEC 14496-12 boxes in ``data[start:end]``: ``(type, offset, header size, total size)``."""
-    found, at = [], start
-    while at + 8 <= end:
-        size, kind = struct.unpack(">I4s", data[at:at + 8])
-        header = 8
-        if size == 1:
-            size, header = struct.unpack(">Q", data[at + 8:at + 16])[0], 16
-        elif size == 0:
-            size = end - at
-        if size < header or at + size > end:
-            raise OutputError(f"malformed MP4 box {kind!r} at byte {at}")
-        found.append((kind, at, header, size))
-        at += size
-    return found
-
-
 def add_movie_box(path: Path, kind: bytes, payload: bytes) -> None:
     """Append box ``kind`` holding ``payload`` to ``moov/udta`` of the MP4 file ``path``, in place.
 
@@ -297,8 +282,11 @@ def add_movie_box(path: Path, kind: bytes, payload: bytes) -> None:
         if struct.unpack(">I", moov[:4])[0] != moov_size:
             raise OutputError(f"{path}: a 64-bit-sized movie box is not supported")
         box = struct.pack(">I4s", 8 + len(payload), kind) + payload
-        udta = next(((offset, size) for kind_, offset, _, size in _boxes(bytes(moov), 8, moov_size)
-                     if kind_ == b"udta"), None)
+        try:
+            children = boxes(bytes(moov), 8, moov_size)
+        except BoxError as exc:
+            raise OutputError(f"{path}: {exc}") from None
+        udta = next(((offset, size) for kind_, offset, _, size in children if kind_ == b"udta"), None)
         if udta is None:
             box = struct.pack(">I4s", 8 + len(box), b"udta") + box
             moov += box

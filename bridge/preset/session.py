@@ -8,6 +8,8 @@ Every error names the preset file and the path inside it, e.g.
 Schema (every key but ``version`` may be left out)::
 
     version: 1
+    input: {stream: null}                # the audio stream of each input (from 0, among its audio
+                                         # streams); null: the container's default audio stream
     separator: {model: default, stems: [vocals, instrumental], overlap: 0.25, batch_size: 1, wiener: 0,
                 device: auto}            # device: auto|cpu|cuda[:N]|...; batch_size: N or auto
     # or, instead of model, an ensemble (bridge.separation.ensemble lists the methods):
@@ -103,6 +105,13 @@ class SeparatorSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class InputSettings:
+    """How each input file is read: ``stream``, its audio stream (None: the default one)."""
+
+    stream: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class StemSettings:
     """Units: gain in dB (a constant or ``((seconds, dB), ...)`` breakpoints); pan in [-1, 1]."""
 
@@ -163,6 +172,7 @@ class Session:
     tempo: Tempo | None = None
     automation: tuple[tuple[Target, Lane], ...] = ()
     layers: tuple[tuple[str, LayerSettings, StemSettings], ...] = ()
+    input: InputSettings = InputSettings()
 
     def stem(self, name: str) -> StemSettings:
         """A stem's or a layer's mixer settings (defaults for a stem the preset does not name)."""
@@ -221,6 +231,8 @@ class Session:
                        "tail_seconds": o.tail_seconds, "loudness_scope": o.loudness_scope, "bwf": o.bwf,
                        "project": o.project, "project_stems": o.project_stems},
         }
+        if self.input.stream is not None:  # only then: presets without one read back unchanged
+            out["input"] = {"stream": self.input.stream}
         if o.report:  # written only when asked: a report changes no output, so older manifests stay current
             out["output"]["report"] = True
         if self.tempo is not None:
@@ -328,8 +340,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
     if not isinstance(data, dict):
         r.fail("", f"a preset must be a YAML mapping with 'version: {VERSION}' at the top, got {fields.kind_of(data)}")
     check_size(data, source=r.source, what="preset", error=PresetError)
-    top = r.mapping(data, "", ("version", "separator", "pre", "stems", "master", "output", "tempo", "automation",
-                               "layers"))
+    top = r.mapping(data, "", ("version", "input", "separator", "pre", "stems", "master", "output", "tempo",
+                               "automation", "layers"))
     if top.get("version") != VERSION:
         r.fail("version", f"expected {VERSION}, got {top.get('version')!r}; add 'version: {VERSION}' at the top")
 
@@ -408,8 +420,11 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
                                        "Mixxx look for; e.g. \"{track}.stem.mp4\"")
     if output.layout == "5.1" and output.format == "mp3":
         r.fail("output.format", "mp3 holds at most 2 channels; use wav or flac for 5.1")
+    i = r.mapping(top.get("input"), "input", ("stream",))
+    inputs = InputSettings(stream=r.number(i["stream"], "input.stream", low=0, high=1000, integer=True)
+                           if i.get("stream") is not None else None)
     session = Session(separator=separator, pre=r.chain(top.get("pre"), "pre"), stems=tuple(stems),
-                      master=r.chain(top.get("master"), "master"), output=output, source=source)
+                      master=r.chain(top.get("master"), "master"), output=output, source=source, input=inputs)
     tempo = fields.tempo_section(r, top.get("tempo"))
     session = dataclasses.replace(session, tempo=tempo, layers=_layers(r, top.get("layers"), tempo, session))
     lanes = fields.automation_section(r, top.get("automation"), session, tempo)

@@ -411,7 +411,7 @@ def score_song(song: Song, estimates: Mapping[str, np.ndarray], stems: Sequence[
     return scores, notes
 
 
-def evaluate(separator, references, *, progress: Progress | None = None) -> Report:
+def evaluate(separator, references, *, progress: Progress | None = None, stream: int | None = None) -> Report:
     """Separate every song under ``references`` and score each stem that has a reference.
 
     Songs are loaded whole (reference folders hold short excerpts; see the module notes).
@@ -426,6 +426,8 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
         Folder of songs: ``<song>/mixture.<ext>`` and ``<song>/<stem>.<ext>``, found recursively.
     progress : callable, optional
         Called as ``progress(songs_done, songs_total)``.
+    stream : int, optional
+        The mixtures' audio stream (``--stream``; default: each file's default one).
 
     Returns
     -------
@@ -444,7 +446,7 @@ def evaluate(separator, references, *, progress: Progress | None = None) -> Repo
         from ..separation import load_separator
         separator = load_separator(separator)
     model = "oracle" if oracle else separator.name
-    songs = find_songs(references)  # every header checked before any separation
+    songs = find_songs(references, stream=stream)  # every header checked before any separation
     notes = [f"{s.name}: files trimmed by up to {s.trimmed} samples to the shortest ({s.frames} samples)"
              for s in songs if s.trimmed]
     scores: list[StemScore] = []
@@ -505,7 +507,7 @@ class Comparison:
 
 
 def compare(models: Mapping[str, Separator], references, *, ensembles: Mapping[str, object] = (),
-            progress: Progress | None = None) -> Comparison:
+            progress: Progress | None = None, stream: int | None = None) -> Comparison:
     """Score several models and ensembles of them on every song under ``references``.
 
     Each model separates each song once; every ensemble (an
@@ -519,6 +521,8 @@ def compare(models: Mapping[str, Separator], references, *, ensembles: Mapping[s
         By the name the ensembles use for them.
     ensembles : mapping of str to EnsembleSeparator
         By the name the table shows.
+    stream : int, optional
+        The mixtures' audio stream, as :func:`evaluate`.
     """
     from ..separation.ensemble import StoredStream
 
@@ -529,7 +533,7 @@ def compare(models: Mapping[str, Separator], references, *, ensembles: Mapping[s
         if unknown:
             raise ModelError(f"ensemble '{name}': model '{unknown[0]}' is not among the models scored "
                              f"({', '.join(models)}); add --model {unknown[0]}")
-    songs = find_songs(references)
+    songs = find_songs(references, stream=stream)
     trims = tuple(f"{s.name}: files trimmed by up to {s.trimmed} samples to the shortest ({s.frames} samples)"
                   for s in songs if s.trimmed)
     names = {n: n for n in [*models, *ensembles]}

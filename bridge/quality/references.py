@@ -43,6 +43,7 @@ class SongFiles:
     channels: int
     frames: int
     trimmed: int  # samples cut from the longest file to match the shortest
+    stream: int | None = None  # the mixture's audio stream (None: its default one)
 
 
 @dataclasses.dataclass
@@ -56,13 +57,18 @@ class Song:
     atoms: tuple[str, ...]  # references that partition the mixture (the oracle masks these)
 
 
+def _readable(path: Path) -> bool:
+    suffix = path.suffix.lstrip(".").lower()
+    return suffix in files.FORMATS or suffix in files.AV_EXTENSIONS
+
+
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lstrip(".").lower() in files.FORMATS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _readable(p))
 
 
-def find_songs(references) -> list[SongFiles]:
-    """Every song under ``references`` (any folder holding a ``mixture.*``), checked from headers.
+def find_songs(references, *, stream: int | None = None) -> list[SongFiles]:
+    """Every song under ``references`` (any folder holding a ``mixture.*``), checked from headers;
+    ``stream`` picks the mixtures' audio stream (:func:`bridge.audio.files.info`).
 
     Raises
     ------
@@ -74,16 +80,16 @@ def find_songs(references) -> list[SongFiles]:
     if not root.is_dir():
         raise AudioError(f"{root}: no such folder; pass a folder of songs laid out as <song>/mixture.wav, <song>/vocals.wav, ...")
     folders = sorted({p.parent for p in root.rglob("*") if p.is_file() and p.stem.lower() == MIXTURE
-                      and p.suffix.lstrip(".").lower() in files.FORMATS})
+                      and _readable(p)})
     if not folders:
         raise AudioError(
             f"{root}: no song found (no mixture.wav/.flac/... in it or its subfolders); lay references out as "
             "<song>/mixture.<ext> with the stems beside it: <song>/vocals.<ext>, <song>/drums.<ext>, ..."
         )
-    return [_song_files(root, folder) for folder in folders]
+    return [_song_files(root, folder, stream) for folder in folders]
 
 
-def _song_files(root: Path, folder: Path) -> SongFiles:
+def _song_files(root: Path, folder: Path, stream: int | None = None) -> SongFiles:
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
     by_stem: dict[str, Path] = {}
     for path in _audio_files(folder):
@@ -92,7 +98,7 @@ def _song_files(root: Path, folder: Path) -> SongFiles:
             raise AudioError(f"{path}: a second file for stem '{stem}' (also {by_stem[stem].name}); keep one of them")
         by_stem[stem] = path
     mixture = by_stem.pop(MIXTURE)
-    head = files.info(mixture)
+    head = files.info(mixture, stream=stream)
     frames = [head.frames]
     for stem, path in by_stem.items():
         ref = files.info(path)
@@ -114,13 +120,14 @@ def _song_files(root: Path, folder: Path) -> SongFiles:
             f"{folder}: the song's files differ in length by more than {MAX_TRIM_SECONDS:g} s ({lengths}); "
             "check that they are stems of the same song and the same edit"
         )
-    return SongFiles(name, mixture, by_stem, head.sample_rate, head.channels, shortest, longest - shortest)
+    return SongFiles(name, mixture, by_stem, head.sample_rate, head.channels, shortest, longest - shortest,
+                     stream=head.stream)
 
 
 def load_song(song_files: SongFiles) -> Song:
     """Read a song whole, trimmed to its shortest file, and derive the instrumental reference."""
-    def read(path: Path) -> np.ndarray:
-        audio, _ = files.read(path)
+    def read(path: Path, stream: int | None = None) -> np.ndarray:
+        audio, _ = files.read(path, stream=stream)
         return audio[:, : song_files.frames]
 
     references = {stem: read(path) for stem, path in song_files.stems.items()}
@@ -128,4 +135,5 @@ def load_song(song_files: SongFiles) -> Song:
     atoms = tuple(s for s in references if not (s == "instrumental" and others))
     if "instrumental" not in references and others and ("vocals" in references or len(others) >= 2):
         references["instrumental"] = np.sum([references[s] for s in others], axis=0, dtype=np.float32)
-    return Song(song_files.name, song_files.sample_rate, read(song_files.mixture), references, atoms)
+    return Song(song_files.name, song_files.sample_rate, read(song_files.mixture, song_files.stream), references,
+                atoms)

@@ -42,10 +42,14 @@ class SongFile:
     naming: Naming
 
     @classmethod
-    def open(cls, path, naming: Naming | None = None) -> "SongFile":
-        """Read the header and refuse what no separator takes (e.g. more than 2 channels)."""
+    def open(cls, path, naming: Naming | None = None, *, stream: int | None = None) -> "SongFile":
+        """Read the header and refuse what no separator takes (e.g. more than 2 channels).
+
+        ``stream`` picks the file's audio stream (:func:`bridge.audio.files.info`); the header
+        remembers it, and every later read of the song reads that stream.
+        """
         path = Path(path)
-        header = files.info(path)
+        header = files.info(path, stream=stream)
         check_channels(header.channels, source=str(path))
         return cls(path, header, naming or Naming.of(path))
 
@@ -131,7 +135,7 @@ def run_song(song: SongFile, sinks: Sequence[Sink], *, source, feed: Feed, out_d
 def _stream(song: SongFile, feed: Feed, sinks: Sequence[Sink], progress: Progress | None) -> None:
     done = 0
     block = max(1, int(BLOCK_SECONDS * song.header.sample_rate))
-    for audio in files.stream(song.path, block_frames=block):
+    for audio in files.stream(song.path, block_frames=block, stream=song.header.stream):
         out = feed.process(audio)
         for sink in sinks:
             sink.process(out)

@@ -38,6 +38,7 @@ class SeparateOptions:
     bwf: bool = True  # wav stems carry bext (EBU Tech 3285 v2) and iXML chunks
     project: str | None = None  # "reaper": <track>.rpp beside the stems
     report: bool = False  # meter the stems and draw their pictures for the run report
+    stream: int | None = None  # the inputs' audio stream (None: each file's default one)
 
 
 def separate_file(path, separator: ChunkedSeparator, options: SeparateOptions,
@@ -78,7 +79,7 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
                   on_clip: Clipped | None = None) -> SongResult:
     """:func:`separate_file` with a stem cache, resume (``force=False`` skips an up-to-date song)
     and a hidden manifest beside the stems recording what made them."""
-    song = SongFile.open(path, naming)
+    song = SongFile.open(path, naming, stream=options.stream)
     targets, manifest = separate_targets(song.path, separator, options, song.naming)
     # The input's digest decides whether a song is up to date when it has a record; otherwise
     # (a forced run, a first run) it is needed only in the record written at the end, and is

@@ -116,7 +116,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
         Also draw the song's pictures and keep its levels for the run report (the result's
         ``preview``; :mod:`bridge.render.preview`).
     """
-    song = SongFile.open(path, naming)
+    song = SongFile.open(path, naming, stream=graph.session.input.stream)
     out_dir = Path(out_dir)
     targets, manifest = render_targets(song.path, graph, out_dir, song.naming)
     digest = input_sha256 or file_sha256(song.path)

@@ -54,6 +54,9 @@ class StemSource:
         self.stream = _Timed(self._open(path, header, separator, cache, pre, pre_lanes, _audio))
 
     def _open(self, path, header, separator, cache, pre, pre_lanes, audio):
+        from_input = getattr(separator, "stems_from_input", None)
+        if from_input is not None:  # stems the input file holds (file-stems): read, never cached
+            return from_input(path, header)
         identity = model_identity(separator) if cache is not None else None
         if identity is None:
             return separator.stream(sample_rate=header.sample_rate, channels=header.channels)
@@ -154,4 +157,4 @@ def _audio_identity(path: Path, header: files.AudioInfo) -> str:
     if md5 is not None:
         return f"flac-md5:{md5}:{header.subtype}"
     block = max(1, int(HASH_BLOCK_SECONDS * header.sample_rate))
-    return audio_digest(files.stream(path, block_frames=block))
+    return audio_digest(files.stream(path, block_frames=block, stream=header.stream))

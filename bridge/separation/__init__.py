@@ -160,6 +160,8 @@ def load_separator(model: str | ModelCard = "default", *, overlap: float | None 
         option = "shifts" if shifts is not None else "leftover"
         raise ModelError(f"{option}: only for Demucs models, and '{card.name}' is a {card.family} model; drop it")
     family = families.family(card.family)
+    if family.open_separator is not None:
+        return family.open_separator(card, families.EngineSettings(threads=threads))
     if batch_size == "auto":
         batch_size = devices.card_batch_size(resolved.device, card)
     settings = families.EngineSettings(threads=threads, batch_size=batch_size, denoise=denoise, invert=invert,

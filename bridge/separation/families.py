@@ -159,6 +159,11 @@ class Family:
         (keys, shapes, a config beside it, a known checksum), never from its name alone; used by
         ``stembridge models scan``. Reads as little as it can: it is asked about every file in
         the folders scanned.
+    open_separator : callable ``(card, settings: EngineSettings) -> separator``, optional
+        For a family that runs no chunked engine: the whole separator, which
+        :func:`~bridge.separation.load_separator` returns as it is (``file-stems``: the stems an
+        NI Stems input holds; its separator reads the input itself, see
+        :class:`bridge.render.stemsource.StemSource`).
     """
 
     name: str
@@ -179,6 +184,7 @@ class Family:
     imports: Callable[[Path, object], bool] | None = None
     import_help: str = ""
     recognise: Callable[[Path], Found | None] | None = None
+    open_separator: Callable[["ModelCard", EngineSettings], Any] | None = None
 
     def describe(self, card: "ModelCard") -> str:
         """The card's row in ``stembridge models``: name, family, stems, file (and details)."""
