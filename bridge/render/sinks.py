@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from ..audio import files
+from ..audio import files, tags as song_tags
 from ..audio.buffers import StreamResampler, db_to_gain
 from ..audio.loudness import LoudnessMeter, MeterState
 from ..daw import bwf, nistems, reaper
@@ -137,11 +137,16 @@ class AudioFiles:
         Write the measured loudness into the bext chunk (False: "not measured", as when
         ``measure`` is off; ``separate`` meters only for the run report, which must not change
         the files it writes).
+    codec, bitrate : optional
+        The encoded formats' codec and bit rate (kbit/s); see :class:`bridge.audio.files.AudioWriter`.
+    tags : mapping of label to Tags, optional
+        What each output's tags say (:mod:`bridge.audio.tags`), written before its rename.
     """
 
     def __init__(self, outputs, *, source_rate: int, sample_rate: int, bit_depth, inputs=(), two_pass: bool = False,
                  hand=None, view: str | None = None, measure: bool = True, kind: str = "render",
-                 bext_loudness: bool = True):
+                 bext_loudness: bool = True, codec: str | None = None, bitrate: float | None = None,
+                 tags: Mapping[str, song_tags.Tags] | None = None):
         self.files = [_File(label, Path(path), channels) for label, path, channels in outputs]
         self.source_rate = source_rate
         self.sample_rate = sample_rate
@@ -153,6 +158,8 @@ class AudioFiles:
         self.measure = measure
         self.kind = kind
         self.bext_loudness = bext_loudness
+        self.codec, self.bitrate = codec, bitrate
+        self.tags = dict(tags or {})
 
     @property
     def targets(self) -> tuple[Path, ...]:
@@ -165,8 +172,11 @@ class AudioFiles:
                 f.meter = LoudnessMeter(sample_rate=self.sample_rate, channels=f.channels)
             if self.needs_gain:
                 f.scratch = scratch / f"{f.label}.wav"
-            f.writer = files.AudioWriter(f.scratch or f.path, sample_rate=self.sample_rate, channels=f.channels,
-                                         bit_depth=32 if self.needs_gain else self.bit_depth, inputs=self.inputs)
+            if self.needs_gain:  # the first pass, in float
+                f.writer = files.AudioWriter(f.scratch, sample_rate=self.sample_rate, channels=f.channels, bit_depth=32,
+                                             inputs=self.inputs)
+            else:
+                f.writer = self._writer(f)
 
     def process(self, block: Block) -> None:
         stems = block.taps[self.view] if self.view else block.stems
@@ -228,7 +238,29 @@ class AudioFiles:
     def _keep(self, f: _File, writer: files.AudioWriter) -> None:
         f.sample_rate, f.frames, f.peak, f.clipped = writer.sample_rate, writer.frames, writer.peak, writer.clipped
 
+    def _writer(self, f: _File) -> files.AudioWriter:
+        return files.AudioWriter(f.path, sample_rate=self.sample_rate, channels=f.channels, bit_depth=self.bit_depth,
+                                 codec=self.codec, bitrate=self.bitrate, inputs=self.inputs)
+
     def _finisher(self, f: _File, gain_db: float) -> Callable[[Path], None] | None:
+        """What is added to ``f`` before its rename: Broadcast WAV chunks (its measured loudness
+        shifted by the gain), then its tags (after them: mutagen appends its ``id3 `` chunk)."""
+        steps = [step for step in (self._broadcast(f, gain_db), self._tagger(f)) if step is not None]
+        if not steps:
+            return None
+
+        def finish(partial: Path) -> None:
+            for step in steps:
+                step(partial)
+        return finish
+
+    def _tagger(self, f: _File) -> Callable[[Path], None] | None:
+        tags = self.tags.get(f.label)
+        if tags is None:
+            return None
+        return lambda partial: song_tags.write(partial, tags, extension=f.path.suffix)
+
+    def _broadcast(self, f: _File, gain_db: float) -> Callable[[Path], None] | None:
         """Broadcast WAV chunks for ``f``, with its measured loudness shifted by the gain."""
         if self.hand is None:
             return None
@@ -248,8 +280,7 @@ class AudioFiles:
     def _apply_gain(self, f: _File, gain_db: float) -> files.AudioWriter:
         """Second pass: the float first pass times the gain into the final file, atomically."""
         gain = np.float32(db_to_gain(gain_db))
-        f.writer = files.AudioWriter(f.path, sample_rate=f.sample_rate, channels=f.channels,
-                                     bit_depth=self.bit_depth, inputs=self.inputs)
+        f.writer = self._writer(f)
         for block in files.stream(f.scratch):
             f.writer.write(block * gain)
         writer, f.writer = f.writer, None
