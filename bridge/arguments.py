@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "aiff", "m4a", "opus", "mp3"],
                      help="audio file format of the stems: wav, flac, ogg (Vorbis), aiff, m4a (AAC or ALAC), "
                           "opus (48 kHz), mp3 (default: %(default)s)")
-    sep.add_argument("--codec", choices=["aac", "alac"], help="--format m4a: aac (lossy, default) or alac (lossless)")
+    sep.add_argument("--codec", metavar="CODEC", help="--format m4a: aac (lossy, default) or alac (lossless)")
     sep.add_argument("--bitrate", type=float, metavar="KBPS",
                      help="kbit/s of aac (32-512, default 256 per 2 channels), opus (6-510, default 160) "
                           "or mp3 (32-320, default 320)")

@@ -184,9 +184,9 @@ class Encoder:
         if self._format == "flt":
             return np.ascontiguousarray(block.T, dtype=np.float32).reshape(1, -1)
         if self._format == "s16p":
-            return np.round(np.clip(block, -1.0, 1.0) * 32767.0).astype(np.int16)
+            return np.round(np.clip(block, -1.0, 1.0) * 32767.0).astype(np.int16, order="C")
         if self._format == "s32p":  # 24-bit samples in the top bits of 32, as FFmpeg's ALAC reads them
-            return np.round(np.clip(block, -1.0, 1.0) * 8388607.0).astype(np.int32) << 8
+            return np.ascontiguousarray(np.round(np.clip(block, -1.0, 1.0) * 8388607.0).astype(np.int32) << 8)
         return np.array(block, dtype=np.float32, order="C")
 
     def write(self, samples: np.ndarray) -> None:
@@ -198,7 +198,7 @@ class Encoder:
             self._pts += frame.samples
             for packet in self._stream.encode(frame):  # PyAV cuts the frames to the encoder's frame size
                 self._container.mux(packet)
-        except self._av.FFmpegError as exc:
+        except (self._av.FFmpegError, ValueError) as exc:
             raise RuntimeError(f"{self.codec.encoder}: {exc}") from None
 
     def close(self) -> None:
