@@ -9,8 +9,9 @@ every kind of output: the song's sinks wait, and whoever knows the gain finishes
 ``needs_gain`` says whether a sink's files depend on the gain; those that do not are final at
 ``end``.
 
-The sinks: :class:`AudioFiles` (the mix and stem files, with their Broadcast WAV chunks, one
-pass or two for a loudness target), :class:`NiStems`, :class:`Project` (a REAPER project) and
+The sinks: :class:`AudioFiles` (the mix and stem files, with their Broadcast WAV chunks and tags,
+one pass or two for a loudness target), :class:`NiStems`, :class:`Video` (the input video with the
+mix as its audio), :class:`Project` (a REAPER project) and
 :class:`Manifest` / :class:`Record` (what made the files, written last).
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 from ..audio import files, tags as song_tags
 from ..audio.buffers import StreamResampler, db_to_gain
 from ..audio.loudness import LoudnessMeter, MeterState
-from ..daw import bwf, nistems, reaper
+from ..daw import bwf, nistems, reaper, video
 from .records import write_json, write_manifest_record
 
 
@@ -318,6 +319,44 @@ class NiStems:
         path = self._scratch.encode(gain.db)
         self._written = True
         return {"nistems": path}
+
+    def abort(self) -> None:
+        if self._feed is not None:
+            self._feed.abort()
+        if self._written:
+            self.target.unlink(missing_ok=True)
+
+
+class Video:
+    """The input video with the mix as its audio (:mod:`bridge.daw.video`), remuxed at the end,
+    times the gain."""
+
+    needs_gain = True
+
+    def __init__(self, source: video.VideoSource, target: Path, *, sample_rate: int, channels: int, frames: int):
+        self.source, self.target = source, Path(target)
+        self.sample_rate, self.channels, self.frames = sample_rate, channels, frames
+        self._feed: video.VideoFeed | None = None
+        self._written = False
+
+    @property
+    def targets(self) -> tuple[Path, ...]:
+        return (self.target,)
+
+    def open(self, scratch: Path) -> None:
+        self._feed = video.VideoFeed(self.source, self.target, scratch, sample_rate=self.sample_rate,
+                                     channels=self.channels, frames=self.frames)
+
+    def process(self, block: Block) -> None:
+        self._feed.process(block.mix)
+
+    def end(self) -> None:
+        self._feed.close_scratch()
+
+    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
+        path = self._feed.finish(gain.db)
+        self._written = True
+        return {"video": path}
 
     def abort(self) -> None:
         if self._feed is not None:

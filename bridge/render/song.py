@@ -21,7 +21,7 @@ from .graph import RenderGraph
 from .pipeline import PendingSong, SongFile, finish_pending, run_song
 from .preview import Preview
 from .records import file_sha256, made_by, manifest_record, model_identity, read_manifest
-from .sinks import AudioFiles, Block, Gain, Manifest, NiStems, Project, loudness_gain
+from .sinks import AudioFiles, Block, Gain, Manifest, NiStems, Project, Video, loudness_gain
 from .songs import Naming, Progress, SongResult
 from .stemsource import StemSource
 
@@ -162,6 +162,9 @@ def _sinks(song: SongFile, graph: RenderGraph, hand: "daw.HandOff", targets: dic
     if hand.nistems is not None:
         sinks.append(NiStems(hand.nistems, source_rate=song.header.sample_rate, sample_rate=rate,
                              title=song.naming.track))
+    if hand.video is not None:
+        sinks.append(Video(hand.video_source, hand.video, sample_rate=song.header.sample_rate, channels=graph.channels,
+                           frames=song.header.frames))
     record = manifest_record(source=song.path, header=song.header, session=session, separator=graph.separator,
                              input_sha256=digest)
     return sinks + [Manifest(manifest, record, audio)]
