@@ -124,7 +124,8 @@ def import_av():
     try:
         import av
     except ImportError:  # a core dependency; a broken install says so in one line
-        raise OutputError("encoded outputs (m4a, opus, mp3) need PyAV: pip install av") from None
+        raise OutputError("PyAV is not installed (stembridge needs it for m4a, opus, mp3, NI Stems and video "
+                          "outputs): pip install av") from None
     return av
 
 

@@ -294,9 +294,10 @@ class NiStems:
 
     needs_gain = True
 
-    def __init__(self, target: Path, *, source_rate: int, sample_rate: int, title: str):
+    def __init__(self, target: Path, *, source_rate: int, sample_rate: int, title: str,
+                 tags: song_tags.Tags | None = None):
         self.target = Path(target)
-        self.source_rate, self.sample_rate, self.title = source_rate, sample_rate, title
+        self.source_rate, self.sample_rate, self.title, self.tags = source_rate, sample_rate, title, tags
         self._feed = None
         self._scratch = None
         self._written = False
@@ -307,7 +308,7 @@ class NiStems:
 
     def open(self, scratch: Path) -> None:
         self._feed = nistems.RenderFeed(self.target, scratch, orig_sr=self.source_rate, sample_rate=self.sample_rate,
-                                        title=self.title)
+                                        title=self.title, tags=self.tags)
 
     def process(self, block: Block) -> None:
         self._feed.process(block.mix, block.stems, last=block.last)

@@ -161,7 +161,7 @@ def _sinks(song: SongFile, graph: RenderGraph, hand: "daw.HandOff", targets: dic
             layout_channels=graph.channels)))
     if hand.nistems is not None:
         sinks.append(NiStems(hand.nistems, source_rate=song.header.sample_rate, sample_rate=rate,
-                             title=song.naming.track))
+                             title=song.naming.track, tags=found.named(song.naming.track, None)))
     if hand.video is not None:
         sinks.append(Video(hand.video_source, hand.video, sample_rate=song.header.sample_rate, channels=graph.channels,
                            frames=song.header.frames))
