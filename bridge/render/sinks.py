@@ -289,22 +289,47 @@ class AudioFiles:
         return writer
 
 
-class NiStems:
-    """The NI Stems file: the mix and four stems encoded at the end, times the gain."""
+class _EncodedAtEnd:
+    """A sink whose one file is encoded from scratch files once the song's gain is known: ``open``
+    makes ``self._feed``, :meth:`_encode` writes the target; ``abort`` removes what it made."""
 
     needs_gain = True
+    key = ""  # the label of the file it writes
 
-    def __init__(self, target: Path, *, source_rate: int, sample_rate: int, title: str,
-                 tags: song_tags.Tags | None = None):
+    def __init__(self, target: Path):
         self.target = Path(target)
-        self.source_rate, self.sample_rate, self.title, self.tags = source_rate, sample_rate, title, tags
         self._feed = None
-        self._scratch = None
         self._written = False
 
     @property
     def targets(self) -> tuple[Path, ...]:
         return (self.target,)
+
+    def _encode(self, gain_db: float) -> Path:
+        raise NotImplementedError
+
+    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
+        path = self._encode(gain.db)
+        self._written = True
+        return {self.key: path}
+
+    def abort(self) -> None:
+        if self._feed is not None:
+            self._feed.abort()
+        if self._written:
+            self.target.unlink(missing_ok=True)
+
+
+class NiStems(_EncodedAtEnd):
+    """The NI Stems file: the mix and four stems encoded at the end, times the gain."""
+
+    key = "nistems"
+
+    def __init__(self, target: Path, *, source_rate: int, sample_rate: int, title: str,
+                 tags: song_tags.Tags | None = None):
+        super().__init__(target)
+        self.source_rate, self.sample_rate, self.title, self.tags = source_rate, sample_rate, title, tags
+        self._scratch = None
 
     def open(self, scratch: Path) -> None:
         self._feed = nistems.RenderFeed(self.target, scratch, orig_sr=self.source_rate, sample_rate=self.sample_rate,
@@ -316,33 +341,20 @@ class NiStems:
     def end(self) -> None:
         self._scratch, self._feed = self._feed.close_scratch(), None
 
-    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
-        path = self._scratch.encode(gain.db)
-        self._written = True
-        return {"nistems": path}
-
-    def abort(self) -> None:
-        if self._feed is not None:
-            self._feed.abort()
-        if self._written:
-            self.target.unlink(missing_ok=True)
+    def _encode(self, gain_db: float) -> Path:
+        return self._scratch.encode(gain_db)
 
 
-class Video:
+class Video(_EncodedAtEnd):
     """The input video with the mix as its audio (:mod:`bridge.daw.video`), remuxed at the end,
     times the gain."""
 
-    needs_gain = True
+    key = "video"
 
     def __init__(self, source: video.VideoSource, target: Path, *, sample_rate: int, channels: int, frames: int):
-        self.source, self.target = source, Path(target)
+        super().__init__(target)
+        self.source = source
         self.sample_rate, self.channels, self.frames = sample_rate, channels, frames
-        self._feed: video.VideoFeed | None = None
-        self._written = False
-
-    @property
-    def targets(self) -> tuple[Path, ...]:
-        return (self.target,)
 
     def open(self, scratch: Path) -> None:
         self._feed = video.VideoFeed(self.source, self.target, scratch, sample_rate=self.sample_rate,
@@ -354,16 +366,8 @@ class Video:
     def end(self) -> None:
         self._feed.close_scratch()
 
-    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
-        path = self._feed.finish(gain.db)
-        self._written = True
-        return {"video": path}
-
-    def abort(self) -> None:
-        if self._feed is not None:
-            self._feed.abort()
-        if self._written:
-            self.target.unlink(missing_ok=True)
+    def _encode(self, gain_db: float) -> Path:
+        return self._feed.finish(gain_db)
 
 
 class _OneFile:
