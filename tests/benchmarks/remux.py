@@ -1,10 +1,12 @@
 """The video output's cost (issue 23): remuxing a film with the rendered mix as its audio.
 
-    python tests/benchmarks/remux.py [--minutes 10 60] [--size 160x90] [--results FILE]
+    python tests/benchmarks/remux.py [--minutes 10 60] [--size 160x90] [--audio aac|pcm] [--results FILE]
 
 For each length, builds (once, in /work/bench-cache/remux or $STEMBRIDGE_BENCH_CACHE) an mp4 with
 PyAV: MPEG-4 Part 2 video at 25 fps of ``--size`` (a moving gradient), AAC stereo audio at
-192 kbit/s of Karissa Hobbs' "Let's Go Fishin'" (CC BY 3.0, ../shared/data) looped, and a float
+192 kbit/s of Karissa Hobbs' "Let's Go Fishin'" (CC BY 3.0, ../shared/data) looped (``--audio
+pcm``: a .mov with 16-bit PCM instead, whose encoding costs next to nothing, for long memory runs
+on a busy machine), and a float
 WAV "mix" of the same length (the song, polarity-inverted, standing in for the render's scratch
 file). Then times :func:`bridge.daw.video.remux` in a fresh process (wall, CPU, peak RSS via
 ``getrusage`` of the child), and, for scale, the same job by the ffmpeg command (``-c:v copy``
@@ -33,25 +35,27 @@ SR = 44100
 FPS = 25
 
 
-def build(folder: Path, minutes: int, size: tuple[int, int]) -> tuple[Path, Path]:
+def build(folder: Path, minutes: int, size: tuple[int, int], audio_kind: str = "aac") -> tuple[Path, Path]:
     """The film and the mix for ``minutes``, made once."""
     import av
     import numpy as np
     import soundfile as sf
 
-    film, mix = folder / f"film-{minutes}min-{size[0]}x{size[1]}.mp4", folder / f"mix-{minutes}min.wav"
+    ext, muxer, codec = (".mp4", "mp4", "aac") if audio_kind == "aac" else (".mov", "mov", "pcm_s16le")
+    film, mix = folder / f"film-{minutes}min-{size[0]}x{size[1]}-{audio_kind}{ext}", folder / f"mix-{minutes}min.wav"
     if film.exists() and mix.exists():
         return film, mix
     song = sf.read(str(SONG), dtype="float32", always_2d=True)[0].T
     total = minutes * 60 * SR
-    partial = film.with_suffix(".partial.mp4")
+    partial = film.with_suffix(".partial" + ext)
     started = time.time()
-    with av.open(str(partial), "w", format="mp4") as out, sf.SoundFile(str(mix), "w", SR, 2, "FLOAT") as wav:
+    with av.open(str(partial), "w", format=muxer) as out, sf.SoundFile(str(mix), "w", SR, 2, "FLOAT") as wav:
         picture = out.add_stream("mpeg4", rate=FPS)
         picture.width, picture.height, picture.pix_fmt = size[0], size[1], "yuv420p"
         picture.bit_rate = 200_000
-        sound = out.add_stream("aac", rate=SR, layout="stereo")
-        sound.bit_rate = 192_000
+        sound = out.add_stream(codec, rate=SR, layout="stereo")
+        if codec == "aac":
+            sound.bit_rate = 192_000
         ramp = np.linspace(0, 255, size[0] * size[1] * 3, dtype=np.float32).reshape(size[1], size[0], 3)
         at = 0
         for index in range(minutes * 60 * FPS):
@@ -103,24 +107,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, nargs="+", default=[10, 60])
     parser.add_argument("--size", default="160x90")
+    parser.add_argument("--audio", choices=["aac", "pcm"], default="aac")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--results", type=Path, default=Path("/work/bench-cache/results/remux.json"))
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     folder = Path(os.environ.get("STEMBRIDGE_BENCH_CACHE", "/work/bench-cache")) / "remux"
     folder.mkdir(parents=True, exist_ok=True)
-    results = {"load": os.getloadavg(), "size": args.size, "runs": []}
+    results = {"load": os.getloadavg(), "size": args.size, "audio": args.audio, "runs": []}
     for minutes in args.minutes:
-        film, mix = build(folder, minutes, size)
-        out = folder / f"out-{minutes}min.mp4"
+        film, mix = build(folder, minutes, size, args.audio)
+        out = folder / f"out-{minutes}min{film.suffix}"
         for repeat in range(args.repeats):  # stembridge and ffmpeg alternate (A B A B), under the same load
             row = {"minutes": minutes, "repeat": repeat, "film_mb": round(film.stat().st_size / 2**20, 1),
                    "load_before": [round(v, 2) for v in os.getloadavg()]}
             row["stembridge"] = run_child(remux_command(film, mix, out, minutes))
             if shutil.which("ffmpeg"):
                 row["ffmpeg"] = run_child(["ffmpeg", "-v", "error", "-y", "-i", str(film), "-i", str(mix), "-map", "0:v",
-                                           "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
-                                           "-shortest", str(folder / f"ffmpeg-{minutes}min.mp4")])
+                                           "-map", "1:a", "-c:v", "copy",
+                                           *(["-c:a", "aac", "-b:a", "192k"] if args.audio == "aac"
+                                             else ["-c:a", "pcm_s16le"]), "-shortest", str(folder / f"ffmpeg-{minutes}min{film.suffix}")])
             print(json.dumps(row), flush=True)
             results["runs"].append(row)
         out.unlink(missing_ok=True)
