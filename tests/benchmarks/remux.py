@@ -83,18 +83,33 @@ def build(folder: Path, minutes: int, size: tuple[int, int], audio_kind: str = "
 
 
 def run_child(argv: list[str]) -> dict:
-    """Run ``argv``; its wall time, CPU time and peak RSS (``wait4``'s usage of that child alone)."""
+    """Run ``argv`` under /usr/bin/time: wall, CPU and peak RSS of that command alone (getrusage of a
+    child forked from this process would count this process's memory, which the fork copies until
+    the exec), and its resident memory sampled every 50 ms from /proc, to show it flat over the run."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    stderr = proc.stderr.read().decode()  # small: errors only
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "TIME %e %U %S %M", *argv],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    samples = []
+    while proc.poll() is None:
+        for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() \
+                if Path(f"/proc/{proc.pid}").exists() else []:
+            try:
+                status = Path(f"/proc/{child}/status").read_text()
+                samples.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))))
+            except (OSError, StopIteration):
+                pass
+        time.sleep(0.05)
     wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    stderr = proc.stderr.read()
+    line = next((l for l in stderr.splitlines() if l.startswith("TIME ")), None)
+    if proc.returncode != 0 or line is None:
         raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {stderr[-500:]}")
-    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    _, elapsed, user, system, peak_kb = line.split()
+    tenths = [round(samples[min(len(samples) - 1, i * len(samples) // 10)] / 1024) for i in range(10)] if samples else []
+    return {"wall_s": round(float(elapsed), 2), "cpu_s": round(float(user) + float(system), 2),
+            "peak_rss_mb": round(int(peak_kb) / 1024, 1), "rss_mb_by_tenth_of_run": tenths,
+            "wall_with_sampling_s": round(wall, 2)}
 
 
 def remux_command(film: Path, mix: Path, out: Path, minutes: int) -> list[str]:
