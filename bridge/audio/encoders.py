@@ -183,7 +183,7 @@ class Encoder:
         """``block`` (channels, samples) float32 as a new array in the encoder's sample format:
         planar ``(channels, n)``, or packed ``(1, n * channels)``; :meth:`write` takes it."""
         if self._format == "flt":
-            return np.ascontiguousarray(block.T, dtype=np.float32).reshape(1, -1)
+            return np.array(block.T, dtype=np.float32, order="C").reshape(1, -1)  # always a copy
         if self._format == "s16p":
             return np.round(np.clip(block, -1.0, 1.0) * 32767.0).astype(np.int16, order="C")
         if self._format == "s32p":  # 24-bit samples in the top bits of 32, as FFmpeg's ALAC reads them
