@@ -86,8 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output name template with {track}, {stem}, {ext}, {album}, {relpath}, {model} "
                           "(default: %(default)s)")
     sep.add_argument("--stems", help="comma-separated stems to write (default: all the model gives)")
-    sep.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "mp3", "aiff"],
-                     help="audio file format of the stems (default: %(default)s)")
+    sep.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "aiff", "m4a", "opus", "mp3"],
+                     help="audio file format of the stems: wav, flac, ogg (Vorbis), aiff, m4a (AAC or ALAC), "
+                          "opus (48 kHz), mp3 (default: %(default)s)")
+    sep.add_argument("--codec", metavar="CODEC", help="--format m4a: aac (lossy, default) or alac (lossless)")
+    sep.add_argument("--bitrate", type=float, metavar="KBPS",
+                     help="kbit/s of aac (32-512, default 256 per 2 channels), opus (6-510, default 160) "
+                          "or mp3 (32-320, default 320)")
     sep.add_argument("--bit-depth", type=int, default=24, choices=[16, 24, 32], help="PCM bits; 32 = float (default: %(default)s)")
     sep.add_argument("--overlap", type=float, help="chunk overlap in [0, 1) (default: per model)")
     sep.add_argument("--batch-size", type=_batch_value, default=1, metavar="N",

@@ -28,9 +28,11 @@ def cmd_separate(args) -> int:
                    residual=args.residual,
                    batch_size=args.batch_size, device=args.device, denoise=args.denoise, invert=args.invert, wiener=args.wiener,
                    shifts=args.shifts,
-                   stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, bwf=not args.no_bwf,
+                   stems=stems, template=args.name, ext=args.format, bit_depth=args.bit_depth, codec=args.codec,
+                   bitrate=args.bitrate, bwf=not args.no_bwf,
                    project=args.project, report=args.report, stream=args.stream, **_batch_options(args))
     _check_model(args)
+    _check_format(args)
     if spec.report:
         _check_report()
     return _run(args, spec, device=_check_device(args.device, scheduler=args.scheduler))
@@ -61,6 +63,17 @@ def cmd_render(args) -> int:
     target = ({"loudness_lufs": session.output.loudness_lufs, "true_peak_db": session.output.true_peak_db,
                "scope": session.output.loudness_scope} if session.output.loudness_lufs is not None else None)
     return _run(args, spec, album=album, device=resolved, target=target)
+
+
+def _check_format(args) -> None:
+    """``--format``, ``--codec``, ``--bitrate`` and ``--bit-depth`` together, refused before any work."""
+    from .audio.files import OutputFormatError, check_output_format
+
+    try:
+        check_output_format(args.format, bit_depth=args.bit_depth, codec=args.codec, bitrate=args.bitrate)
+    except OutputFormatError as exc:
+        option = {"format": "--format", "codec": "--codec", "bitrate": "--bitrate", "bit_depth": "--bit-depth"}[exc.key]
+        raise BridgeError(f"{option}: {exc}") from None
 
 
 def _check_report() -> None:

@@ -124,6 +124,31 @@ def test_the_stem_atom_holds_traktor_s_json_in_moov_udta(tmp_path, four_stems):
     assert meta["mastering_dsp"]["limiter"]["enabled"] is False
 
 
+def test_the_input_s_tags_and_cover_go_into_the_stem_file_beside_the_stem_atom(tmp_path, four_stems):
+    from mutagen.flac import FLAC, Picture
+    from mutagen.mp4 import MP4
+
+    source = tmp_path / "song.flac"
+    sf.write(str(source), sf.read(str(song(tmp_path / "song.wav", seconds=0.5)))[0], SR, subtype="PCM_24")
+    tagged = FLAC(str(source))
+    tagged.update({"title": "Night Drive", "artist": "The Band", "album": "Roads", "tracknumber": "4/9"})
+    cover = Picture()
+    cover.data, cover.mime, cover.type = b"\xff\xd8\xff\xe0 a jpeg, as far as tags care", "image/jpeg", 3
+    tagged.add_picture(cover)
+    tagged.save()
+    written = render(tmp_path, four_stems, source)
+    tags = MP4(str(written["nistems"])).tags
+    assert tags["\xa9nam"] == ["Night Drive"] and tags["\xa9ART"] == ["The Band"] and tags["\xa9alb"] == ["Roads"]
+    assert tags["trkn"] == [(4, 9)] and bytes(tags["covr"][0]) == cover.data
+    data = written["nistems"].read_bytes()  # Traktor's atom is still in moov/udta, and moov still last
+    top = boxes(data, 0, len(data))
+    moov_at, moov_size = top[b"moov"]
+    assert moov_at + moov_size == len(data)
+    udta_at, udta_size = boxes(data, moov_at + 8, moov_at + moov_size)[b"udta"]
+    assert b"stem" in boxes(data, udta_at + 8, udta_at + udta_size)
+    assert len(decode(written["nistems"])) == 5
+
+
 def test_a_two_stem_session_is_refused_naming_the_missing_stems(tmp_path):
     source = song(tmp_path / "song.wav", seconds=0.5)
     with pytest.raises(PresetError, match=r"dj\.yaml: output\.files\.nistems: .* the model gives vocals, "
@@ -231,7 +256,7 @@ def test_without_pyav_the_error_names_the_pip_command_and_nothing_is_written(tmp
     from bridge.errors import OutputError
 
     monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
-    with pytest.raises(OutputError, match=r'NI Stems output needs PyAV: pip install "stembridge\[nistems\]"'):
+    with pytest.raises(OutputError, match=r"PyAV is not installed .*NI Stems.*: pip install av"):
         render(tmp_path, four_stems, song(tmp_path / "song.wav", seconds=0.5))
     assert not (tmp_path / "out").exists() or [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
 

@@ -446,12 +446,25 @@ def full_preset() -> dict:
     # a preset names a model or an ensemble: the ensemble's keys are in full_ensemble_preset().
     keys = {k for k in _walk_keys(data)}
     for cls in (SeparatorSettings, StemSettings, OutputSettings):
-        assert {f.name for f in dataclasses.fields(cls)} - ENSEMBLE_KEYS <= keys, cls
+        assert {f.name for f in dataclasses.fields(cls)} - ENSEMBLE_KEYS - ENCODED_KEYS <= keys, cls
     return data
 
 
 #: The keys only a preset with ``separator.ensemble`` has.
 ENSEMBLE_KEYS = {"ensemble", "residual"}
+#: The keys only an encoded format (m4a) or a video input take: in full_encoded_preset(), which the
+#: wav render of the full preset does not run.
+ENCODED_KEYS = {"codec", "bitrate", "video"}
+
+
+def full_encoded_preset() -> dict:
+    """:func:`full_preset` writing m4a with a codec and bit rate, and a video output."""
+    data = full_preset()
+    data["output"].update(format="m4a", codec="aac", bitrate=256.0)
+    data["output"]["files"]["video"] = "{track}.video.{ext}"
+    session = parse(data)
+    assert ENCODED_KEYS <= set(_walk_keys(session.to_dict()))
+    return session.to_dict()
 
 
 def full_ensemble_preset() -> dict:
@@ -475,6 +488,9 @@ def _corpus():
     ensemble = full_ensemble_preset()
     yield from ((ensemble, path, value) for path, value in _paths(ensemble)
                 if path[:2] in (("separator", "ensemble"), ("separator", "residual")))
+    encoded = full_encoded_preset()
+    yield from ((encoded, path, value) for path, value in _paths(encoded)
+                if path in (("output", "codec"), ("output", "bitrate"), ("output", "files", "video")))
 
 
 def _spec(effect: dict):
@@ -831,7 +847,7 @@ def test_a_corrupt_model_is_refused_before_any_audio_work(case, needles, kind, b
 
 # --- fuzzing the preset loader -----------------------------------------------------------------------
 
-SCHEMA_KEYS = sorted(set(_walk_keys(full_preset())) | {"vst3", "params", "preset", "raw_state", "effect"})
+SCHEMA_KEYS = sorted(set(_walk_keys(full_preset())) | ENCODED_KEYS | {"vst3", "params", "preset", "raw_state", "effect"})
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12),
                     st.sampled_from(["dsp", "Reverb", "Gain", "wav", "5.1", "{track}.{ext}", "../x", "center"]))
 keys = st.one_of(st.sampled_from(SCHEMA_KEYS), st.text(max_size=8), st.integers(), st.booleans())

@@ -3,7 +3,8 @@
 Reads any format libsndfile reads (wav, flac, ogg, mp3, aiff) at any sample rate and channel
 count, and every other audio stream FFmpeg decodes (m4a/mp4 AAC and ALAC, Opus, WMA, AC-3, the
 audio of video files: :mod:`.avreader`, PyAV), streams them block by block, and writes outputs
-atomically: samples go to a hidden
+atomically (wav, flac, ogg and aiff through libsndfile; m4a, opus and mp3 through PyAV's
+encoders, :mod:`bridge.audio.encoders`): samples go to a hidden
 ``.<name>.<pid>.partial`` file beside the target, which is fsynced and renamed onto the final name
 only when complete, so a crash never leaves a half-written file under a finished-looking name.
 Outputs never overwrite inputs.
@@ -27,13 +28,14 @@ from typing import Callable, Iterable, Iterator, Literal
 import numpy as np
 import soundfile as sf
 
+from . import encoders
 from .buffers import channels_first, check_finite, check_sample_rate, frames_first
 from ..errors import AudioError, OutputError
 from .partials import fsync_dir, partial_path, remove_stale_partials
 
 BitDepth = Literal[16, 24, 32]
 
-#: File extension -> libsndfile major format.
+#: File extension -> libsndfile major format (what libsndfile reads; it writes all but mp3 here).
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3", "aiff": "AIFF", "aif": "AIFF"}
 #: Inputs read by FFmpeg's decoders (:mod:`.avreader`): what a music library, a DJ and a film
 #: editor hold besides :data:`FORMATS`. Folders are searched for these and :data:`FORMATS`; a file
@@ -42,6 +44,8 @@ AV_EXTENSIONS = ("m4a", "m4b", "mp4", "m4v", "aac", "alac", "opus", "oga", "wma"
                  "mka", "mkv", "webm", "mov", "avi", "mts", "m2ts", "ts", "mpg", "mpeg", "3gp", "caf", "dts",
                  "amr", "ape", "wv", "mpc", "spx", "tta")
 LOSSY = {"ogg", "mp3"}
+#: The formats an output may have: libsndfile's, and the encoded ones (m4a, opus, mp3) PyAV writes.
+OUTPUT_FORMATS = tuple(sorted(set(FORMATS) | set(encoders.FORMAT_CODECS)))
 DEFAULT_BIT_DEPTH: BitDepth = 24
 
 
@@ -318,12 +322,11 @@ _stream = stream  # for functions whose parameter named ``stream`` hides this on
 def subtype_for(extension: str, bit_depth: BitDepth) -> str | None:
     """The libsndfile subtype for a format and bit depth, or an :class:`OutputError` saying why not."""
     extension = extension.lower()
-    if extension not in FORMATS:
-        raise OutputError(f"output format '{extension}' is not supported; choose one of {', '.join(sorted(FORMATS))}")
+    if extension not in FORMATS or extension in encoders.FORMAT_CODECS:
+        raise OutputError(f"output format '{extension}' is not written by libsndfile; it writes "
+                          + ", ".join(sorted(set(FORMATS) - set(encoders.FORMAT_CODECS))))
     if extension == "ogg":
         return "VORBIS"
-    if extension == "mp3":
-        return "MPEG_LAYER_III"
     if bit_depth not in (16, 24, 32):
         raise OutputError(f"bit depth {bit_depth!r} is not supported; choose 16, 24 or 32 (32 = float)")
     if extension == "flac":
@@ -331,6 +334,52 @@ def subtype_for(extension: str, bit_depth: BitDepth) -> str | None:
             raise OutputError("FLAC holds 16- or 24-bit integer samples; use bit depth 24, or wav for 32-bit float")
         return f"PCM_{bit_depth}"
     return "FLOAT" if bit_depth == 32 else f"PCM_{bit_depth}"
+
+
+class OutputFormatError(OutputError):
+    """An output format that cannot take the bit depth, codec or bit rate asked for; ``key`` names
+    the setting (``codec``, ``bitrate``, ``bit_depth``), as a preset's ``output.<key>``."""
+
+    def __init__(self, message: str, *, key: str):
+        super().__init__(message)
+        self.key = key
+
+
+def check_output_format(extension: str, *, bit_depth: BitDepth = DEFAULT_BIT_DEPTH, codec: str | None = None,
+                        bitrate: float | None = None) -> None:
+    """Refuse, in one line (an :class:`OutputFormatError`), an output format with a bit depth,
+    codec or bit rate it cannot take.
+
+    ``codec`` picks among an encoded format's codecs (m4a: ``aac`` or ``alac``); ``bitrate`` is
+    in kbit/s, for the lossy encoded codecs only (:mod:`bridge.audio.encoders`).
+    """
+    extension = extension.lower()
+    if extension not in OUTPUT_FORMATS:
+        raise OutputFormatError(f"output format '{extension}' is not supported; choose one of "
+                                f"{', '.join(OUTPUT_FORMATS)}", key="format")
+    if extension in encoders.FORMAT_CODECS:
+        try:
+            chosen = encoders.codec_for(extension, codec)
+        except OutputError as exc:
+            raise OutputFormatError(str(exc), key="codec") from None
+        try:
+            encoders.check_bitrate(chosen, bitrate)
+        except OutputError as exc:
+            raise OutputFormatError(str(exc), key="bitrate") from None
+        if chosen.name == "alac" and bit_depth not in (16, 24):
+            raise OutputFormatError("ALAC holds 16- or 24-bit integer samples; use bit depth 16 or 24, or wav for "
+                                    "32-bit float", key="bit_depth")
+        return
+    if codec is not None:
+        raise OutputFormatError(f"codec '{codec}' does not apply to {extension} (only m4a has a choice: aac or alac); "
+                                "leave the codec out", key="codec")
+    if bitrate is not None:
+        raise OutputFormatError(f"a bit rate does not apply to {extension}; it applies to m4a (aac), opus and mp3",
+                                key="bitrate")
+    try:
+        subtype_for(extension, bit_depth)
+    except OutputError as exc:
+        raise OutputFormatError(str(exc), key="bit_depth") from None
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -426,60 +475,100 @@ class _WriteBehind:
         self._raise()
 
 
+class _LibsndfileBackend:
+    """wav, flac, ogg Vorbis and aiff through libsndfile."""
+
+    def __init__(self, path: Path, *, extension: str, sample_rate: int, channels: int, bit_depth: BitDepth):
+        subtype = subtype_for(extension, bit_depth)
+        major = FORMATS[extension]
+        if major == "WAV" and channels > 2:
+            major = "WAVEX"  # libsndfile writes the speaker mask (0x3F for 6 channels = 5.1)
+        self.pcm = subtype.startswith("PCM")
+        self._file = sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=channels, format=major,
+                                  subtype=subtype)
+
+    def own(self, block: np.ndarray) -> np.ndarray:
+        """A copy of ``block`` the writing thread owns, frames first as libsndfile wants it."""
+        return np.array(frames_first(block), order="C")
+
+    def write(self, frames: np.ndarray) -> None:
+        self._file.write(frames)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
 class AudioWriter:
     """Write ``(channels, samples)`` blocks to a file, atomically.
 
     Samples go to a partial file beside ``path``; :meth:`close` flushes, fsyncs and renames it
     onto ``path``. Leaving a ``with`` block by an exception removes the partial file instead.
-    PCM outputs are clipped to [-1, 1] (never wrapped) and :attr:`clipped` counts the samples
-    that were, so a caller can report them. Blocks are encoded and written by a thread of the
-    writer's own (two blocks queued at most) while the caller goes on; an error in it is raised
-    by the next :meth:`write` or by :meth:`close`.
+    PCM outputs (and ALAC) are clipped to [-1, 1] (never wrapped) and :attr:`clipped` counts the
+    samples that were, so a caller can report them. Blocks are encoded and written by a thread of
+    the writer's own (two blocks queued at most) while the caller goes on; an error in it is
+    raised by the next :meth:`write` or by :meth:`close`.
 
     Parameters
     ----------
     path : path-like
-        The final name; its extension picks the format (wav, flac, ogg, mp3, aiff).
+        The final name; its extension picks the format (wav, flac, ogg, aiff through libsndfile;
+        m4a, opus, mp3 through PyAV, :mod:`bridge.audio.encoders`).
     sample_rate : int
-        In Hz.
+        In Hz (opus: 48000 only; see :func:`bridge.audio.encoders.output_rate`).
     channels : int
-        6 channels in wav are written as WAVE_FORMAT_EXTENSIBLE with the 5.1 mask 0x3F.
+        6 channels in wav are written as WAVE_FORMAT_EXTENSIBLE with the 5.1 mask 0x3F, in m4a and
+        opus with FFmpeg's 5.1 layout (the same order).
     bit_depth : {16, 24, 32}
-        Integer PCM, or 32-bit float for 32 (wav, aiff). Ignored by the lossy formats.
+        Integer PCM, or 32-bit float for 32 (wav, aiff); 16 or 24 for FLAC and ALAC. Ignored by the
+        lossy formats.
+    codec : str, optional
+        m4a only: ``aac`` (default) or ``alac``.
+    bitrate : float, optional
+        kbit/s, for aac, opus and mp3 (default: the codec's, :data:`bridge.audio.encoders.CODECS`).
     inputs : iterable of path-like
         Files this output must never replace.
     """
 
     def __init__(self, path, *, sample_rate: int, channels: int, bit_depth: BitDepth = DEFAULT_BIT_DEPTH,
-                 inputs: Iterable = ()):
+                 codec: str | None = None, bitrate: float | None = None, inputs: Iterable = ()):
         self.path = Path(path)
         extension = self.path.suffix.lstrip(".").lower()
-        subtype = subtype_for(extension, bit_depth)
+        check_output_format(extension, bit_depth=bit_depth, codec=codec, bitrate=bitrate)
         for source in inputs:
             if same_file(self.path, Path(source)):
                 raise OutputError(f"{self.path}: this output would overwrite the input {source}; choose another output folder or name")
-        if extension == "mp3" and channels > 2:
-            raise OutputError(f"{self.path}: mp3 holds at most 2 channels, this output has {channels}; use wav or flac")
-        major = FORMATS[extension]
-        if major == "WAV" and channels > 2:
-            major = "WAVEX"  # libsndfile writes the speaker mask (0x3F for 6 channels = 5.1)
+        encoded = encoders.codec_for(extension, codec) if extension in encoders.FORMAT_CODECS else None
+        if encoded is not None and channels > encoded.max_channels:
+            raise OutputError(f"{self.path}: {extension} holds at most {encoded.max_channels} channels, this output "
+                              f"has {channels}; use wav or flac")
         self.channels = channels
         self.sample_rate = sample_rate
         self.clipped = 0
         self.frames = 0
         self.peak = 0.0
-        self._pcm = subtype.startswith("PCM")
         self._partial = partial_path(self.path)
         self._pause = _test_pause(self.path)  # None unless a test asks for a pause (see TEST_PAUSE_VARIABLE)
         self._behind: _WriteBehind | None = None  # started by the first block
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_partials(self.path)
-            self._file = sf.SoundFile(str(self._partial), "w", samplerate=sample_rate, channels=channels,
-                                      format=major, subtype=subtype)
+            if encoded is not None:
+                self._file = encoders.Encoder(self._partial, codec=encoded, sample_rate=sample_rate, channels=channels,
+                                              bit_depth=bit_depth, kbps=bitrate)
+                self._pcm = encoded.name == "alac"
+            else:
+                self._file = _LibsndfileBackend(self._partial, extension=extension, sample_rate=sample_rate,
+                                                channels=channels, bit_depth=bit_depth)
+                self._pcm = self._file.pcm
         except BaseException as exc:  # Ctrl-C here too: the caller never gets a writer to abort
             Path(self._partial).unlink(missing_ok=True)
-            if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError)):
+            if isinstance(exc, OutputError):
+                raise
+            if isinstance(exc, (OSError, sf.LibsndfileError, RuntimeError, ValueError)):
                 raise OutputError(f"{self.path}: cannot create the output ({exc}); "
                                   "check that the folder is writable and has space") from None
             raise
@@ -495,12 +584,11 @@ class AudioWriter:
         if self._pcm and peak > 1.0:
             self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
             block = np.clip(block, -1.0, 1.0)
-        # A copy the thread owns (the caller may reuse its block), frames-first as libsndfile wants it.
-        frames = np.array(frames_first(block), order="C")
+        owned = self._file.own(block)  # a copy the thread owns (the caller may reuse its block)
         with self._writing():
             if self._behind is None:
                 self._behind = _WriteBehind(self._file.write, self.path.name)
-            self._behind.put(frames)
+            self._behind.put(owned)
         self.frames += block.shape[1]
         if self._pause is not None:
             blocks, marker = self._pause
@@ -512,7 +600,7 @@ class AudioWriter:
 
     @contextlib.contextmanager
     def _writing(self):
-        """Turn libsndfile's and the disk's errors (raised here or by the writing thread) into one line."""
+        """Turn the encoders' and the disk's errors (raised here or by the writing thread) into one line."""
         try:
             yield
         except (OSError, sf.LibsndfileError, RuntimeError) as exc:
@@ -523,13 +611,14 @@ class AudioWriter:
         """Finish the file and move it to its final name; return that name.
 
         ``finish(partial)`` runs on the complete partial file before the fsync and the rename
-        (e.g. to add Broadcast WAV chunks), so what it adds is part of the atomic write.
+        (e.g. to add Broadcast WAV chunks or tags), so what it adds is part of the atomic write.
         """
         if self._behind is not None:
             with self._writing():
                 self._behind.stop()
         try:
-            self._file.close()
+            with self._writing():
+                self._file.close()
             if finish is not None:
                 finish(self._partial)
             with open(self._partial, "rb+") as handle:
@@ -553,8 +642,7 @@ class AudioWriter:
             except (OSError, sf.LibsndfileError, RuntimeError):
                 pass  # the file goes anyway
         try:
-            if not self._file.closed:
-                self._file.close()
+            self._file.abort()
         except (OSError, RuntimeError):
             pass
         Path(self._partial).unlink(missing_ok=True)
@@ -570,8 +658,9 @@ class AudioWriter:
 
 
 def write(path, audio: np.ndarray, sample_rate: int, *, bit_depth: BitDepth = DEFAULT_BIT_DEPTH,
-          inputs: Iterable = ()) -> Path:
+          codec: str | None = None, bitrate: float | None = None, inputs: Iterable = ()) -> Path:
     """Write a whole buffer atomically; see :class:`AudioWriter`."""
-    with AudioWriter(path, sample_rate=sample_rate, channels=audio.shape[0], bit_depth=bit_depth, inputs=inputs) as w:
+    with AudioWriter(path, sample_rate=sample_rate, channels=audio.shape[0], bit_depth=bit_depth, codec=codec,
+                     bitrate=bitrate, inputs=inputs) as w:
         w.write(audio)
     return Path(path)

@@ -46,6 +46,8 @@ class RunSpec:
     template: str = "{track}/{stem}.{ext}"
     ext: str = "wav"
     bit_depth: int = 24
+    codec: str | None = None  # m4a: aac (None) or alac
+    bitrate: float | None = None  # kbit/s of aac, opus, mp3
     bwf: bool = True  # Broadcast WAV chunks in the stems
     project: str | None = None  # "reaper": a REAPER project of the stems
     stream: int | None = None  # --stream: the inputs' audio stream (None: each file's default one)
@@ -92,7 +94,6 @@ def worker_for(spec: RunSpec):
 
 
 def build(spec: RunSpec):
-    from ..render.separate import SeparateOptions
     from ..separation import load_ensemble, load_separator
 
     if spec.kind == "separate" and spec.ensemble is not None:
@@ -100,19 +101,22 @@ def build(spec: RunSpec):
                                   where="--ensemble", overlap=spec.overlap, batch_size=spec.batch_size,
                                   threads=spec.threads, denoise=spec.denoise, invert=spec.invert,
                                   wiener=spec.wiener, shifts=spec.shifts, device=spec.device or "auto")
-        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
-                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project,
-                                  stream=spec.stream)
-        return separator, options
+        return separator, separate_options(spec)
     if spec.kind == "separate":
         separator = load_separator(spec.model, overlap=spec.overlap, batch_size=spec.batch_size, threads=spec.threads,
                                    denoise=spec.denoise, invert=spec.invert, wiener=spec.wiener, shifts=spec.shifts,
                                    device=spec.device or "auto")
-        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
-                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project,
-                                  report=spec.report, stream=spec.stream)
-        return separator, options
+        return separator, separate_options(spec, report=spec.report)
     return session_graph(spec.preset, spec.overrides, threads=spec.threads, device=spec.device)
+
+
+def separate_options(spec: RunSpec, *, report: bool = False):
+    """How a ``separate`` run names and writes its stems, from its spec."""
+    from ..render.separate import SeparateOptions
+
+    return SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext, bit_depth=spec.bit_depth,
+                           codec=spec.codec, bitrate=spec.bitrate, stems=spec.stems, bwf=spec.bwf,
+                           project=spec.project, report=report, stream=spec.stream)
 
 
 def session_graph(preset, overrides=(), *, threads=None, separator=None, device=None):
@@ -315,7 +319,7 @@ def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
         file: a usage error, so nothing is rendered.
     """
     from ..separation.models import resolve
-    from ..render.separate import SeparateOptions, separate_targets
+    from ..render.separate import separate_targets
 
     if spec.kind == "render":
         # Here, not above: the render graph brings the mixer and the effects host (pedalboard),
@@ -337,16 +341,14 @@ def plan(spec: RunSpec, songs: list[Song]) -> list[Song]:
         parts = separate_parts(spec)
         ensemble_cards(parts, where="--ensemble")
         card = _Named(ensemble_name(spec), ensemble_stems(parts, spec.residual))
-        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
-                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
+        options = separate_options(spec)
         named = card
 
         def names(song):
             return separate_targets(song.path, named, options, song.naming)
     else:
         card = resolve(spec.model)
-        options = SeparateOptions(out_dir=Path(spec.out_dir), template=spec.template, ext=spec.ext,
-                                  bit_depth=spec.bit_depth, stems=spec.stems, bwf=spec.bwf, project=spec.project)
+        options = separate_options(spec)
         named = _Named(card.name, card.stems)
 
         def names(song):

@@ -1,8 +1,8 @@
 """What a render hands off besides its audio files, decided once per song before any audio work.
 
 :func:`plan` reads the session's ``output.bwf``, ``output.project``, ``output.project_stems`` and
-``output.files.nistems``, checks what can be checked up front (the input's timecode, names and
-collisions, the stems NI Stems needs) and returns a :class:`HandOff` that the render's sinks
+``output.files.nistems`` and ``output.files.video``, checks what can be checked up front (the
+input's timecode, names and collisions, the stems NI Stems needs, a video stream to remux) and returns a :class:`HandOff` that the render's sinks
 (:mod:`bridge.render.sinks`) ask: which view of the stems to write (:attr:`HandOff.tap`), what to
 add to each WAV before its rename (:meth:`HandOff.finisher`), and where the REAPER project
 (built by :func:`session_project` or :func:`separation_project`) and the NI Stems file go.
@@ -21,7 +21,7 @@ from typing import Callable
 from ..host.automation import Lane
 from ..errors import OutputError
 from ..preset.templates import expand
-from . import bwf, reaper
+from . import bwf, reaper, video
 from .nistems import check_stems
 
 
@@ -48,6 +48,9 @@ class HandOff:
         The view of the stems written to ``output.files.stems``; None: after the fader, as always.
     nistems : Path or None
         Where the ``.stem.mp4`` goes.
+    video : Path or None
+        Where the remuxed video goes (``output.files.video``), and ``video_source`` what was
+        found in the input.
     tree : Path or None
         The folder that holds the output folder: an input under it is referenced relatively
         by the project (:func:`~bridge.daw.reaper.relative_source`).
@@ -62,6 +65,8 @@ class HandOff:
     project: Path | None = None
     tap: str | None = None
     nistems: Path | None = None
+    video: Path | None = None
+    video_source: video.VideoSource | None = None
     tree: Path | None = None
     #: An ensemble's stems: which model (or method over which models) made each; None for one model.
     made_by: dict | None = None
@@ -118,12 +123,23 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
             if nistems == target:
                 raise OutputError(f"{session.source}: output.files.nistems: {nistems} is also the {label} output; "
                                   "give the NI Stems file its own name")
+    found, movie = None, None
+    if o.video is not None:
+        where = f"{session.source}: output.files.video"
+        found = video.check_source(path, where=where)
+        movie = expand(o.video, Path(out_dir), track=track, stem="mix", ext=found.extension.lstrip("."),
+                       model=separator_name)
+        for label, target in {**targets, "project": project, "nistems": nistems, "input": path.resolve()}.items():
+            if movie == target:
+                raise OutputError(f"{where}: {movie} is also the {label}; give the video output its own name "
+                                  "(e.g. \"{track}.remix.{ext}\")")
     tap = None
     if project is not None:
         tap = "raw" if o.project_stems == "raw" else "prefader"
     take = Path(session.source).stem if session.source not in ("<session>", "") else "session"
     return HandOff(bwf=o.bwf, time_reference=reference, sample_rate=rate, track=track, take=take,
-                   model=separator_name, project=project, tap=tap, nistems=nistems, tree=tree, made_by=made_by)
+                   model=separator_name, project=project, tap=tap, nistems=nistems, video=movie, video_source=found,
+                   tree=tree, made_by=made_by)
 
 
 def separation_plan(path: Path, *, header, options, separator_name: str, targets: dict[str, Path],

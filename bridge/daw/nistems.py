@@ -14,7 +14,8 @@ compares stream lengths); the file is named ``*.stem.mp4``; the ``stem`` box goe
 ``moov/udta``, and the muxer writes ``moov`` after ``mdat``, so growing it moves no chunk offset.
 
 PyAV (a core dependency: it also reads m4a, Opus and video inputs) is imported only when a
-session asks for this output.
+session asks for this output. The file carries the input's tags (:mod:`bridge.audio.tags`) with
+the song's own title: Traktor lists it as the song.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import files, partials
+from ..audio import files, partials, tags as song_tags
 from ..audio.mp4boxes import BoxError, boxes
 from ..audio.buffers import StreamResampler, db_to_gain
 from ..errors import OutputError, PresetError
@@ -68,11 +69,9 @@ def metadata(stems=STEMS) -> dict:
 
 
 def _import_av():
-    try:
-        import av
-    except ImportError:
-        raise OutputError('NI Stems output needs PyAV: pip install "stembridge[nistems]" (or pip install av)') from None
-    return av
+    from ..audio.encoders import import_av
+
+    return import_av()
 
 
 class NiStemsWriter:
@@ -86,13 +85,16 @@ class NiStemsWriter:
         In Hz.
     title : str
         The file's title tag (the song).
+    tags : Tags, optional
+        The input's tags (:mod:`bridge.audio.tags`), written as iTunes atoms after the ``stem`` atom.
 
     Feed equal-length blocks with :meth:`write`; :meth:`close` pads every stream to the same
     whole number of AAC frames, adds the ``stem`` atom and renames the partial file.
     """
 
-    def __init__(self, path, *, sample_rate: int, title: str = ""):
+    def __init__(self, path, *, sample_rate: int, title: str = "", tags: song_tags.Tags | None = None):
         self.path = Path(path)
+        self.tags = tags
         if not self.path.name.endswith(EXTENSION):
             raise OutputError(f"{self.path}: NI Stems files must end in {EXTENSION}; Traktor and Mixxx look for it")
         av = _import_av()
@@ -158,6 +160,8 @@ class NiStemsWriter:
             self._container.close()
             payload = json.dumps(metadata_json or metadata(), separators=(",", ":")).encode("utf-8")
             add_movie_box(self._partial, b"stem", payload)
+            if self.tags is not None:  # mutagen grows moov/udta in place: moov stays last, the stem atom kept
+                song_tags.write(self._partial, self.tags, extension="m4a")
             with open(self._partial, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(self._partial, self.path)
@@ -193,11 +197,13 @@ class RenderFeed:
     title : str
     """
 
-    def __init__(self, target: Path, scratch: Path, *, orig_sr: int, sample_rate: int, title: str):
+    def __init__(self, target: Path, scratch: Path, *, orig_sr: int, sample_rate: int, title: str,
+                 tags: song_tags.Tags | None = None):
         _import_av()  # a missing PyAV is an error before any audio work
         self.target = Path(target)
         self.sample_rate = sample_rate
         self.title = title
+        self.tags = tags
         self._labels = ("mix",) + STEMS
         self._resamplers = {label: StreamResampler(orig_sr=orig_sr, target_sr=sample_rate, channels=2)
                             for label in self._labels}
@@ -220,7 +226,8 @@ class RenderFeed:
         """Finish the scratch files; what :meth:`ScratchStems.encode` turns into the target."""
         files = {label: writer.close() for label, writer in self._scratch.items()}
         self._scratch = {}
-        return ScratchStems(target=self.target, files=files, sample_rate=self.sample_rate, title=self.title)
+        return ScratchStems(target=self.target, files=files, sample_rate=self.sample_rate, title=self.title,
+                            tags=self.tags)
 
     def abort(self) -> None:
         for writer in self._scratch.values():
@@ -235,11 +242,12 @@ class ScratchStems:
     files: dict
     sample_rate: int
     title: str = ""
+    tags: song_tags.Tags | None = None
 
     def encode(self, gain_db: float = 0.0) -> Path:
         """Encode the scratch files times ``gain_db`` into :attr:`target`, atomically; return it."""
         gain = np.float32(db_to_gain(gain_db))
-        encoder = NiStemsWriter(self.target, sample_rate=self.sample_rate, title=self.title)
+        encoder = NiStemsWriter(self.target, sample_rate=self.sample_rate, title=self.title, tags=self.tags)
         labels = ("mix",) + STEMS
         try:
             streams = [files.stream(self.files[label], block_frames=64 * AAC_FRAME) for label in labels]

@@ -36,8 +36,10 @@ Schema (every key but ``version`` may be left out)::
       master[0].threshold_db: {midi: song.mid, cc: 11, channel: 1, range: [-30, 0], curve: hold}
     output:
       layout: stereo                     # or 5.1
-      format: wav                        # wav flac ogg mp3 aiff
-      bit_depth: 24                      # 16 24 32 (32 = float)
+      format: wav                        # wav flac ogg aiff m4a opus mp3
+      codec: aac                         # m4a only: aac or alac (lossless)
+      bitrate: 256                       # kbit/s for aac (32-512), opus (6-510), mp3 (32-320); default per codec
+      bit_depth: 24                      # 16 24 32 (32 = float); ALAC and FLAC 16 or 24
       sample_rate: source                # or Hz
       files: {mix: "{track}.remix.{ext}", stems: null}   # stems: e.g. "{track}/{stem}.{ext}"
       loudness_lufs: null                # integrated loudness target (BS.1770)
@@ -50,6 +52,7 @@ Schema (every key but ``version`` may be left out)::
       project_stems: processed           # or raw: the separator's stems, chains listed in track notes
       report: false                      # true: OUT/stembridge-report.html (as render --report)
       # files.nistems: "{track}.stem.mp4" writes NI Stems from a vocals/drums/bass/other session
+      # files.video: "{track}.remix.{ext}" a video input with the mix as its audio ({ext}: the input's)
 
 An ``<effect>`` is ``{effect: Name, <param>: value, ...}`` (pedalboard built-ins) or
 ``{vst3: path.vst3 or a plugin name, params: {...}, preset: file.vstpreset, raw_state: base64}``.
@@ -67,7 +70,8 @@ from ..host.automation import Lane, Target, Tempo
 from ..host.ducking import DuckSettings
 from ..host.layers import LayerSettings
 from ..errors import BridgeError, ModelError, PresetError
-from ..audio.files import FORMATS
+from ..audio.files import OUTPUT_FORMATS, OutputFormatError, check_output_format
+from ..audio.encoders import check_rate
 from ..separation.ensemble import Part, check_method
 from ..separation.models import MAX_WIENER
 from . import fields
@@ -130,6 +134,8 @@ class OutputSettings:
     layout: str = "stereo"
     format: str = "wav"
     bit_depth: int = 24
+    codec: str | None = None  # m4a: "aac" (None) or "alac"
+    bitrate: float | None = None  # kbit/s of aac, opus, mp3 (None: the codec's default)
     sample_rate: int | None = None  # None: the source's
     mix: str | None = "{track}.remix.{ext}"
     stems: str | None = None
@@ -141,6 +147,7 @@ class OutputSettings:
     project: str | None = None  # "reaper": a DAW project of the session
     project_stems: str = "processed"  # or "raw"
     nistems: str | None = None  # NI Stems name template, e.g. "{track}.stem.mp4"
+    video: str | None = None  # a video input remuxed with the mix, e.g. "{track}.remix.{ext}"
     report: bool = False  # OUT/stembridge-report.html for the run (changes no audio output)
 
 
@@ -235,6 +242,11 @@ class Session:
             out["input"] = {"stream": self.input.stream}
         if o.report:  # written only when asked: a report changes no output, so older manifests stay current
             out["output"]["report"] = True
+        # Written only when set, so the manifests of sessions without them stay current.
+        out["output"].update({key: value for key, value in (("codec", o.codec), ("bitrate", o.bitrate))
+                              if value is not None})
+        if o.video is not None:
+            out["output"]["files"]["video"] = o.video
         if self.tempo is not None:
             out["tempo"] = self.tempo.to_yaml()
         if self.automation:
@@ -373,12 +385,12 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
             r.fail("stems", f"stem names must be strings, got {name!r}")
         stems.append((name, _stem_settings(r, r.mapping(raw, where, keys), where, name)))
 
-    o = r.mapping(top.get("output"), "output", ("layout", "format", "bit_depth", "sample_rate", "files",
+    o = r.mapping(top.get("output"), "output", ("layout", "format", "codec", "bitrate", "bit_depth", "sample_rate", "files",
                                                   "loudness_lufs", "true_peak_db", "tail_seconds", "loudness_scope",
                                                   "bwf", "project", "project_stems", "report"))
-    files = r.mapping(o.get("files"), "output.files", ("mix", "stems", "nistems"))
+    files = r.mapping(o.get("files"), "output.files", ("mix", "stems", "nistems", "video"))
     templates = {}
-    for key, default in (("mix", OutputSettings.mix), ("stems", None), ("nistems", None)):
+    for key, default in (("mix", OutputSettings.mix), ("stems", None), ("nistems", None), ("video", None)):
         value = files.get(key, default) if key in files or key == "mix" else default
         if value is not None:
             r.text(value, f"output.files.{key}")
@@ -387,16 +399,24 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
             except BridgeError as exc:
                 raise PresetError(f"{source}: {exc}") from None
         templates[key] = value
-    if templates["mix"] is None and templates["stems"] is None and templates["nistems"] is None:
+    if all(templates[key] is None for key in ("mix", "stems", "nistems", "video")):
         r.fail("output.files", "nothing to write: give a 'mix' and/or a 'stems' name template")
     rate = o.get("sample_rate", "source")
-    fmt = r.choice(o.get("format", "wav"), "output.format", tuple(sorted(FORMATS)))
+    fmt = r.choice(o.get("format", "wav"), "output.format", OUTPUT_FORMATS)
     depth = r.choice(o.get("bit_depth", 24), "output.bit_depth", (16, 24, 32))
-    if fmt == "flac" and depth == 32:
-        r.fail("output.bit_depth", "FLAC holds 16 or 24-bit samples; use 24, or format wav for 32-bit float")
+    codec = r.text(o["codec"], "output.codec") if o.get("codec") is not None else None
+    bitrate = r.number(o["bitrate"], "output.bitrate") if o.get("bitrate") is not None else None
+    try:
+        check_output_format(fmt, bit_depth=depth, codec=codec, bitrate=bitrate)
+    except OutputFormatError as exc:
+        r.fail(f"output.{exc.key}", str(exc))
+    try:
+        check_rate(fmt, None if rate == "source" else rate)
+    except BridgeError as exc:
+        r.fail("output.sample_rate", str(exc))
     output = OutputSettings(
         layout=r.choice(str(o.get("layout", "stereo")), "output.layout", LAYOUTS),
-        format=fmt, bit_depth=depth,
+        format=fmt, bit_depth=depth, codec=codec, bitrate=bitrate,
         sample_rate=None if rate == "source" else r.number(rate, "output.sample_rate", low=8000, high=192000, integer=True),
         mix=templates["mix"], stems=templates["stems"],
         loudness_lufs=r.number(o["loudness_lufs"], "output.loudness_lufs", low=-70.0, high=0.0)
@@ -407,7 +427,8 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         bwf=r.boolean(o.get("bwf", True), "output.bwf"),
         project=r.choice(o["project"], "output.project", PROJECTS) if o.get("project") is not None else None,
         project_stems=r.choice(o.get("project_stems", "processed"), "output.project_stems", PROJECT_STEMS),
-        nistems=templates["nistems"], report=r.boolean(o.get("report", False), "output.report"))
+        nistems=templates["nistems"], video=templates["video"],
+        report=r.boolean(o.get("report", False), "output.report"))
     if output.loudness_scope == "album" and output.loudness_lufs is None:
         r.fail("output.loudness_scope", "album loudness needs a target: set output.loudness_lufs too (e.g. "
                                         "--set output.loudness_lufs=-14), or leave loudness_scope at track")
@@ -419,7 +440,7 @@ def parse(data, *, source: str = "<session>", base: Path = Path(".")) -> Session
         r.fail("output.files.nistems", f"'{output.nistems}' must end in .stem.mp4, the extension Traktor and "
                                        "Mixxx look for; e.g. \"{track}.stem.mp4\"")
     if output.layout == "5.1" and output.format == "mp3":
-        r.fail("output.format", "mp3 holds at most 2 channels; use wav or flac for 5.1")
+        r.fail("output.format", "mp3 holds at most 2 channels; use wav, flac, m4a or opus for 5.1")
     i = r.mapping(top.get("input"), "input", ("stream",))
     inputs = InputSettings(stream=r.number(i["stream"], "input.stream", low=0, high=1000, integer=True)
                            if i.get("stream") is not None else None)

@@ -131,7 +131,7 @@ def write_manifest_record(target: Path, record: dict, *, outputs: dict, written:
     """A manifest from :func:`manifest_record` plus what was written, atomically."""
     full = {**record, "loudness": loudness,
             "outputs": {label: {**outputs[label], "path": str(written[label])} for label in outputs},
-            "handoff": {label: str(written[label]) for label in ("project", "nistems") if label in written},
+            "handoff": {label: str(written[label]) for label in ("project", "nistems", "video") if label in written},
             "versions": versions()}
     text = json.dumps(full, indent=2, allow_nan=False, default=str) + "\n"
     return partials.write_text_atomic(target, text, what="manifest")
@@ -148,7 +148,7 @@ class ManifestRecord:
     model_identity: dict | None
     album_songs: list | None  # album loudness: the album's sorted input hashes
     outputs: dict  # label -> Path
-    handoff: dict  # "project" / "nistems" -> Path
+    handoff: dict  # "project" / "nistems" / "video" -> Path
 
 
 def read_manifest(path: Path) -> ManifestRecord | None:

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..audio import files
+from ..audio import encoders, files, tags
 from ..daw import handoff as daw
 from ..errors import BridgeError
 from ..preset.templates import check_template, check_unique, expand
@@ -34,6 +34,8 @@ class SeparateOptions:
     template: str = "{track}/{stem}.{ext}"
     ext: str = "wav"
     bit_depth: files.BitDepth = 24
+    codec: str | None = None  # m4a: aac (None) or alac
+    bitrate: float | None = None  # kbit/s of aac, opus, mp3 (None: the codec's default)
     stems: tuple[str, ...] | None = None
     bwf: bool = True  # wav stems carry bext (EBU Tech 3285 v2) and iXML chunks
     project: str | None = None  # "reaper": <track>.rpp beside the stems
@@ -89,6 +91,8 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
                 "model": model_identity(separator) or separator.name, "stems": list(targets), "ext": options.ext,
                 "bit_depth": options.bit_depth, "stembridge": __version__, "bwf": options.bwf,
                 "project": options.project}
+    if options.codec is not None or options.bitrate is not None:  # recorded only when set: older records stay current
+        expected.update(codec=options.codec, bitrate=options.bitrate)
     if made_by(separator) is not None:  # an ensemble: which model (or method) made each stem
         expected["made_by"] = made_by(separator)
     hand = daw.separation_plan(song.path, header=song.header, options=options, separator_name=separator.name,
@@ -99,10 +103,14 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
     if not force and _separate_up_to_date(manifest, expected, {**targets, **handoff}):
         return song.result("skipped", {**targets, **handoff})
     header = song.header
+    found = tags.read(song.path)
+    rate = encoders.output_rate(options.ext, header.sample_rate)  # the source's, but opus's 48 kHz
     audio = AudioFiles([(stem, target, header.channels) for stem, target in targets.items()],
-                       source_rate=header.sample_rate, sample_rate=header.sample_rate, bit_depth=options.bit_depth,
+                       source_rate=header.sample_rate, sample_rate=rate,
+                       bit_depth=options.bit_depth, codec=options.codec, bitrate=options.bitrate,
                        inputs=[song.path], hand=hand, measure=options.report, kind="separate",
-                       bext_loudness=False)
+                       bext_loudness=False,
+                       tags={stem: found.named(song.naming.track, tags.output_suffix(stem)) for stem in targets})
     sinks = [audio]
     if options.report:
         sinks.append(Preview(audio, sample_rate=header.sample_rate, frames=header.frames))
@@ -110,7 +118,7 @@ def separate_song(path, separator: ChunkedSeparator, options: SeparateOptions, *
         sinks.append(Project(hand.project, lambda: daw.separation_project(
             hand.project, source=song.path, source_seconds=header.seconds,
             files={f.label: f.path for f in audio.files}, frames={f.label: f.frames for f in audio.files},
-            channels=header.channels, sample_rate=header.sample_rate, model=separator.name, tree=hand.tree,
+            channels=header.channels, sample_rate=rate, model=separator.name, tree=hand.tree,
             made_by=hand.made_by)))
     sinks.append(Record(manifest, expected, song.path, late={"input_sha256": digest.result}))
     source = StemSource(song.path, header, separator, cache=cache)

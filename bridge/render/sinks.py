@@ -9,8 +9,9 @@ every kind of output: the song's sinks wait, and whoever knows the gain finishes
 ``needs_gain`` says whether a sink's files depend on the gain; those that do not are final at
 ``end``.
 
-The sinks: :class:`AudioFiles` (the mix and stem files, with their Broadcast WAV chunks, one
-pass or two for a loudness target), :class:`NiStems`, :class:`Project` (a REAPER project) and
+The sinks: :class:`AudioFiles` (the mix and stem files, with their Broadcast WAV chunks and tags,
+one pass or two for a loudness target), :class:`NiStems`, :class:`Video` (the input video with the
+mix as its audio), :class:`Project` (a REAPER project) and
 :class:`Manifest` / :class:`Record` (what made the files, written last).
 """
 
@@ -22,10 +23,10 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from ..audio import files
+from ..audio import files, tags as song_tags
 from ..audio.buffers import StreamResampler, db_to_gain
 from ..audio.loudness import LoudnessMeter, MeterState
-from ..daw import bwf, nistems, reaper
+from ..daw import bwf, nistems, reaper, video
 from .records import write_json, write_manifest_record
 
 
@@ -137,11 +138,16 @@ class AudioFiles:
         Write the measured loudness into the bext chunk (False: "not measured", as when
         ``measure`` is off; ``separate`` meters only for the run report, which must not change
         the files it writes).
+    codec, bitrate : optional
+        The encoded formats' codec and bit rate (kbit/s); see :class:`bridge.audio.files.AudioWriter`.
+    tags : mapping of label to Tags, optional
+        What each output's tags say (:mod:`bridge.audio.tags`), written before its rename.
     """
 
     def __init__(self, outputs, *, source_rate: int, sample_rate: int, bit_depth, inputs=(), two_pass: bool = False,
                  hand=None, view: str | None = None, measure: bool = True, kind: str = "render",
-                 bext_loudness: bool = True):
+                 bext_loudness: bool = True, codec: str | None = None, bitrate: float | None = None,
+                 tags: Mapping[str, song_tags.Tags] | None = None):
         self.files = [_File(label, Path(path), channels) for label, path, channels in outputs]
         self.source_rate = source_rate
         self.sample_rate = sample_rate
@@ -153,6 +159,8 @@ class AudioFiles:
         self.measure = measure
         self.kind = kind
         self.bext_loudness = bext_loudness
+        self.codec, self.bitrate = codec, bitrate
+        self.tags = dict(tags or {})
 
     @property
     def targets(self) -> tuple[Path, ...]:
@@ -165,8 +173,11 @@ class AudioFiles:
                 f.meter = LoudnessMeter(sample_rate=self.sample_rate, channels=f.channels)
             if self.needs_gain:
                 f.scratch = scratch / f"{f.label}.wav"
-            f.writer = files.AudioWriter(f.scratch or f.path, sample_rate=self.sample_rate, channels=f.channels,
-                                         bit_depth=32 if self.needs_gain else self.bit_depth, inputs=self.inputs)
+            if self.needs_gain:  # the first pass, in float
+                f.writer = files.AudioWriter(f.scratch, sample_rate=self.sample_rate, channels=f.channels, bit_depth=32,
+                                             inputs=self.inputs)
+            else:
+                f.writer = self._writer(f)
 
     def process(self, block: Block) -> None:
         stems = block.taps[self.view] if self.view else block.stems
@@ -234,7 +245,29 @@ class AudioFiles:
     def _keep(self, f: _File, writer: files.AudioWriter) -> None:
         f.sample_rate, f.frames, f.peak, f.clipped = writer.sample_rate, writer.frames, writer.peak, writer.clipped
 
+    def _writer(self, f: _File) -> files.AudioWriter:
+        return files.AudioWriter(f.path, sample_rate=self.sample_rate, channels=f.channels, bit_depth=self.bit_depth,
+                                 codec=self.codec, bitrate=self.bitrate, inputs=self.inputs)
+
     def _finisher(self, f: _File, gain_db: float) -> Callable[[Path], None] | None:
+        """What is added to ``f`` before its rename: Broadcast WAV chunks (its measured loudness
+        shifted by the gain), then its tags (after them: mutagen appends its ``id3 `` chunk)."""
+        steps = [step for step in (self._broadcast(f, gain_db), self._tagger(f)) if step is not None]
+        if not steps:
+            return None
+
+        def finish(partial: Path) -> None:
+            for step in steps:
+                step(partial)
+        return finish
+
+    def _tagger(self, f: _File) -> Callable[[Path], None] | None:
+        tags = self.tags.get(f.label)
+        if tags is None:
+            return None
+        return lambda partial: song_tags.write(partial, tags, extension=f.path.suffix)
+
+    def _broadcast(self, f: _File, gain_db: float) -> Callable[[Path], None] | None:
         """Broadcast WAV chunks for ``f``, with its measured loudness shifted by the gain."""
         if self.hand is None:
             return None
@@ -254,8 +287,7 @@ class AudioFiles:
     def _apply_gain(self, f: _File, gain_db: float) -> files.AudioWriter:
         """Second pass: the float first pass times the gain into the final file, atomically."""
         gain = np.float32(db_to_gain(gain_db))
-        f.writer = files.AudioWriter(f.path, sample_rate=f.sample_rate, channels=f.channels,
-                                     bit_depth=self.bit_depth, inputs=self.inputs)
+        f.writer = self._writer(f)
         for block in files.stream(f.scratch):
             f.writer.write(block * gain)
         writer, f.writer = f.writer, None
@@ -279,25 +311,51 @@ def _side_by_side(call: Callable[[object], None], items) -> None:
         future.result()
 
 
-class NiStems:
-    """The NI Stems file: the mix and four stems encoded at the end, times the gain."""
+class _EncodedAtEnd:
+    """A sink whose one file is encoded from scratch files once the song's gain is known: ``open``
+    makes ``self._feed``, :meth:`_encode` writes the target; ``abort`` removes what it made."""
 
     needs_gain = True
+    key = ""  # the label of the file it writes
 
-    def __init__(self, target: Path, *, source_rate: int, sample_rate: int, title: str):
+    def __init__(self, target: Path):
         self.target = Path(target)
-        self.source_rate, self.sample_rate, self.title = source_rate, sample_rate, title
         self._feed = None
-        self._scratch = None
         self._written = False
 
     @property
     def targets(self) -> tuple[Path, ...]:
         return (self.target,)
 
+    def _encode(self, gain_db: float) -> Path:
+        raise NotImplementedError
+
+    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
+        path = self._encode(gain.db)
+        self._written = True
+        return {self.key: path}
+
+    def abort(self) -> None:
+        if self._feed is not None:
+            self._feed.abort()
+        if self._written:
+            self.target.unlink(missing_ok=True)
+
+
+class NiStems(_EncodedAtEnd):
+    """The NI Stems file: the mix and four stems encoded at the end, times the gain."""
+
+    key = "nistems"
+
+    def __init__(self, target: Path, *, source_rate: int, sample_rate: int, title: str,
+                 tags: song_tags.Tags | None = None):
+        super().__init__(target)
+        self.source_rate, self.sample_rate, self.title, self.tags = source_rate, sample_rate, title, tags
+        self._scratch = None
+
     def open(self, scratch: Path) -> None:
         self._feed = nistems.RenderFeed(self.target, scratch, orig_sr=self.source_rate, sample_rate=self.sample_rate,
-                                        title=self.title)
+                                        title=self.title, tags=self.tags)
 
     def process(self, block: Block) -> None:
         self._feed.process(block.mix, block.stems, last=block.last)
@@ -305,16 +363,33 @@ class NiStems:
     def end(self) -> None:
         self._scratch, self._feed = self._feed.close_scratch(), None
 
-    def finish(self, gain: Gain, written: Mapping[str, Path]) -> dict[str, Path]:
-        path = self._scratch.encode(gain.db)
-        self._written = True
-        return {"nistems": path}
+    def _encode(self, gain_db: float) -> Path:
+        return self._scratch.encode(gain_db)
 
-    def abort(self) -> None:
-        if self._feed is not None:
-            self._feed.abort()
-        if self._written:
-            self.target.unlink(missing_ok=True)
+
+class Video(_EncodedAtEnd):
+    """The input video with the mix as its audio (:mod:`bridge.daw.video`), remuxed at the end,
+    times the gain."""
+
+    key = "video"
+
+    def __init__(self, source: video.VideoSource, target: Path, *, sample_rate: int, channels: int, frames: int):
+        super().__init__(target)
+        self.source = source
+        self.sample_rate, self.channels, self.frames = sample_rate, channels, frames
+
+    def open(self, scratch: Path) -> None:
+        self._feed = video.VideoFeed(self.source, self.target, scratch, sample_rate=self.sample_rate,
+                                     channels=self.channels, frames=self.frames)
+
+    def process(self, block: Block) -> None:
+        self._feed.process(block.mix)
+
+    def end(self) -> None:
+        self._feed.close_scratch()
+
+    def _encode(self, gain_db: float) -> Path:
+        return self._feed.finish(gain_db)
 
 
 class _OneFile:

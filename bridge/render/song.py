@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..audio import files
+from ..audio import encoders, files, tags
 from ..daw import handoff as daw
 from ..errors import OutputError
 from ..preset.templates import check_unique, expand
@@ -21,7 +21,7 @@ from .graph import RenderGraph
 from .pipeline import PendingSong, SongFile, finish_pending, run_song
 from .preview import Preview
 from .records import file_sha256, made_by, manifest_record, model_identity, read_manifest
-from .sinks import AudioFiles, Block, Gain, Manifest, NiStems, Project, loudness_gain
+from .sinks import AudioFiles, Block, Gain, Manifest, NiStems, Project, Video, loudness_gain
 from .songs import Naming, Progress, SongResult
 from .stemsource import StemSource
 
@@ -123,7 +123,7 @@ def render_song(path, graph: RenderGraph, out_dir, *, naming: Naming | None = No
     if not force and up_to_date(manifest, input_sha256=digest, graph=graph, targets=targets, album=album):
         return song.result("skipped", {**targets, "manifest": manifest})
     session, o = graph.session, graph.session.output
-    rate = o.sample_rate or song.header.sample_rate
+    rate = encoders.output_rate(o.format, o.sample_rate or song.header.sample_rate)
     hand = daw.plan(song.path, header=song.header, session=session, separator_name=graph.separator.name,
                     targets=targets, rate=rate, separator_stems=graph.separator.stems, out_dir=out_dir,
                     track=song.naming.track, made_by=made_by(graph.separator))
@@ -140,10 +140,14 @@ def _sinks(song: SongFile, graph: RenderGraph, hand: "daw.HandOff", targets: dic
     """The song's outputs: its audio files, the hand-off (project, NI Stems) and the manifest, last."""
     session, o = graph.session, graph.session.output
     stem_channels = song.header.channels if hand.tap == "raw" else graph.channels  # raw stems keep the input's
+    found = tags.read(song.path)
     audio = AudioFiles([(label, target, graph.channels if label == "mix" else stem_channels)
                         for label, target in targets.items()],
                        source_rate=song.header.sample_rate, sample_rate=rate, bit_depth=o.bit_depth,
-                       inputs=[song.path], two_pass=o.loudness_lufs is not None, hand=hand, view=hand.tap)
+                       codec=o.codec, bitrate=o.bitrate, inputs=[song.path], two_pass=o.loudness_lufs is not None,
+                       hand=hand, view=hand.tap,
+                       tags={label: found.named(song.naming.track, tags.output_suffix(label, take=hand.take))
+                             for label in targets})
     sinks = [audio]
     if report:
         tail = round(o.tail_seconds * song.header.sample_rate)
@@ -157,7 +161,10 @@ def _sinks(song: SongFile, graph: RenderGraph, hand: "daw.HandOff", targets: dic
             layout_channels=graph.channels)))
     if hand.nistems is not None:
         sinks.append(NiStems(hand.nistems, source_rate=song.header.sample_rate, sample_rate=rate,
-                             title=song.naming.track))
+                             title=song.naming.track, tags=found.named(song.naming.track, None)))
+    if hand.video is not None:
+        sinks.append(Video(hand.video_source, hand.video, sample_rate=song.header.sample_rate, channels=graph.channels,
+                           frames=song.header.frames))
     record = manifest_record(source=song.path, header=song.header, session=session, separator=graph.separator,
                              input_sha256=digest)
     return sinks + [Manifest(manifest, record, audio)]
