@@ -197,3 +197,38 @@ def test_a_video_template_is_checked_with_the_preset(tmp_path, capsys):
                 "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output.files.video" in err[0] and "relative name" in err[0], err
+
+
+def test_the_remux_takes_the_audio_stream_the_render_read(tmp_path):
+    """--stream N (input.stream) picks the audio the render reads; the remux must replace that
+    stream's codec and place, not the container's default one. A film with AAC (default) then
+    MP3 audio: stream 1 is the MP3, counted among the audio streams as ffmpeg -map 0:a:1."""
+    from bridge.daw import video
+
+    path = tmp_path / "two.mp4"
+    tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    with av.open(str(path), "w", format="mp4") as out:
+        picture = out.add_stream("mpeg4", rate=FPS)
+        picture.width, picture.height, picture.pix_fmt = 32, 32, "yuv420p"
+        sounds = [out.add_stream(codec, rate=SR, layout="stereo") for codec in ("aac", "libmp3lame")]
+        for index in range(FPS):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index * 9 % 256, np.uint8), format="rgb24")
+            frame.pts = index
+            for packet in picture.encode(frame):
+                out.mux(packet)
+        for sound in sounds:
+            size = sound.codec_context.frame_size or 1024
+            for at in range(0, SR - size + 1, size):
+                block = np.ascontiguousarray(np.stack([tone[at:at + size]] * 2))
+                planar = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+                planar.sample_rate, planar.pts = SR, at
+                for packet in sound.encode(planar):
+                    out.mux(packet)
+        for stream in (picture, *sounds):
+            for packet in stream.encode(None):
+                out.mux(packet)
+    with av.open(str(path)) as container:
+        indices = [s.index for s in container.streams.audio]
+    assert video.check_source(path).audio_codec == "aac"
+    second = video.check_source(path, stream=1)
+    assert second.audio_codec.startswith("mp3") and second.audio_index == indices[1]  # decoder: mp3float

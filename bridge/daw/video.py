@@ -52,15 +52,20 @@ class VideoSource:
     audio_index: int | None
 
 
-def check_source(path: Path, *, where: str = "output.files.video") -> VideoSource:
-    """Refuse, in one line, an input that has no video to remux or a container we do not write."""
+def check_source(path: Path, *, where: str = "output.files.video", stream: int | None = None) -> VideoSource:
+    """Refuse, in one line, an input that has no video to remux or a container we do not write.
+
+    ``stream`` is the audio stream the render reads (``--stream``, counted among the audio
+    streams as ``ffmpeg -map 0:a:N``); None: the container's default one."""
     av = import_av()
     path = Path(path)
     extension = path.suffix.lower()
     try:
         with av.open(str(path)) as container:
             pictures = [s for s in container.streams.video if not _is_cover(s)]
-            audio = _default_audio(container)
+            streams = list(container.streams.audio)
+            audio = _default_audio(container) if stream is None else (
+                streams[stream] if 0 <= stream < len(streams) else None)
             codec = audio.codec_context.name if audio is not None else None
             index = audio.index if audio is not None else None
     except (av.FFmpegError, OSError, ValueError) as exc:
