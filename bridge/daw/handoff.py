@@ -126,7 +126,7 @@ def plan(path: Path, *, header, session, separator_name: str, targets: dict[str,
     found, movie = None, None
     if o.video is not None:
         where = f"{session.source}: output.files.video"
-        found = video.check_source(path, where=where)
+        found = video.check_source(path, where=where, stream=session.input.stream)
         movie = expand(o.video, Path(out_dir), track=track, stem="mix", ext=found.extension.lstrip("."),
                        model=separator_name)
         for label, target in {**targets, "project": project, "nistems": nistems, "input": path.resolve()}.items():
