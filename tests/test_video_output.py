@@ -232,3 +232,22 @@ def test_the_remux_takes_the_audio_stream_the_render_read(tmp_path):
     assert video.check_source(path).audio_codec == "aac"
     second = video.check_source(path, stream=1)
     assert second.audio_codec.startswith("mp3") and second.audio_index == indices[1]  # decoder: mp3float
+
+
+def test_a_render_of_a_film_writes_the_remuxed_film(tmp_path, film):
+    """End to end through the CLI: the film is the render's input (its AAC decoded by the PyAV
+    reader) and output.files.video remuxes it: the video packets are the input's, the audio is
+    the rendered mix (compared with the mix file written beside it) and as long as the film's."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text('version: 1\nseparator: {model: dsp}\nstems:\n  vocals: {mute: true}\n'
+                      'output: {tail_seconds: 0, format: wav, bit_depth: 32, bwf: false,\n'
+                      '         files: {mix: "{track}.mix.{ext}", video: "{track}.remix.{ext}"}}\n')
+    out = tmp_path / "out"
+    assert cli(["render", str(preset), str(film), "--out", str(out), "--no-cache", "--quiet"]) == 0
+    remuxed = out / "film.remix.mp4"
+    assert packets(remuxed, "video") == packets(film, "video")
+    mix = sf.read(str(out / "film.mix.wav"), dtype="float32", always_2d=True)[0].T
+    audio = decode_av(remuxed)
+    assert abs(audio.shape[1] - decode_av(film).shape[1]) < 1024  # AAC's end padding, never a shift
+    n = min(audio.shape[1], mix.shape[1])
+    assert lag(audio[:, :n], mix[:, :n]) == 0 and snr_db(mix[:, :n], audio[:, :n]) > 25
