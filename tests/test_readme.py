@@ -52,7 +52,7 @@ NOT_RUN = {
     "stembridge models import UVR-DeEcho-DeReverb.pth": "UVR's model file (test_vr imports random-weight ones)",
     "stembridge models import my-vr-model.pth --vr-params 4band_v3 --vr-primary \"No Echo\" --vr-nout 48 "
     "--vr-nout-lstm 128": "a placeholder model (test_vr imports with --vr-params)",
-    "stembridge render presets/de-reverb.yaml dialogue.wav": "needs UVR-DeEcho-DeReverb imported",
+    "stembridge render presets/vr/de-reverb.yaml dialogue.wav": "needs UVR-DeEcho-DeReverb imported",
     "stembridge models import ~/umx/umxhq": "an Open-Unmix model's files (test_umx imports small ones the same ways)",
     "stembridge separate song.flac --model umxhq": "needs the import above",
 }
