@@ -40,7 +40,16 @@ def model_identity(separator) -> dict | None:
     for provenance in ("file", "license", "credit", "description", "source", "imported", "quantized_from",
                        "converted_from"):
         fields.pop(provenance, None)
+    # A family's own card section added since the identity was first recorded is left out when
+    # empty, so that adding a family changes no other card's identity (stem caches, resume records).
+    for section in LATER_SECTIONS:
+        if fields.get(section) is None:
+            fields.pop(section, None)
     return {"family": card.family, "stembridge": __version__, "settings": settings, "card": fields}
+
+
+#: Card sections of families added after the identities in use were recorded (see model_identity).
+LATER_SECTIONS = ("umx", "vr")
 
 
 def made_by(separator) -> dict | None:
