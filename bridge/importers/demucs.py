@@ -53,7 +53,7 @@ from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.models import canonical_stem, user_models_folder
 from ..version import __version__
-from . import publish
+from . import memory, publish
 from .demucs_pickle import DemucsPackage, read_package
 from .roformer import MIN_PARITY_DB, NAME, OPSET, RESERVED, _taken, snr_db
 
@@ -414,21 +414,32 @@ def parity_lengths(segment: int) -> list[int]:
     return sorted({n for n in (segment, 300001, 4097, 1) if n <= segment}, reverse=True)
 
 
-def parity_db(net, onnx_path: Path, *, segment: int, seed: int = 25) -> float:
-    """Worst stem's SNR (dB) of the run-time chunk (numpy STFT + ONNX) against ``net(mix)`` (torch),
-    on seeded noise: one segment (HTDemucs), or each of :func:`parity_lengths` (HDemucs)."""
-    torch = _torch()
-    from ..separation.demucs import DemucsNetwork
+def torch_references(net, *, segment: int, seed: int = 25) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(mix, net(mix))`` pairs the export is checked against: seeded noise of one segment
+    (HTDemucs), or of each of :func:`parity_lengths` (HDemucs); torch's outputs as numpy.
 
-    fixed = _is_htdemucs(net)
-    network = DemucsNetwork(onnx_path, segment=segment, n_fft=net.nfft, stems=len(net.sources),
-                            channels=net.audio_channels, threads=None, fixed=fixed)
+    Computed before the ONNX session opens, so that the torch network can be freed first: the
+    two are never in memory together (issue 26: hdemucs_mmi's import peaked at 4.19 GB)."""
+    torch = _torch()
     rng = np.random.default_rng(seed)
-    worst = float("inf")
-    for length in [segment] if fixed else parity_lengths(segment):
+    pairs = []
+    for length in [segment] if _is_htdemucs(net) else parity_lengths(segment):
         mix = (0.1 * rng.standard_normal((1, net.audio_channels, length))).astype(np.float32)
         with torch.no_grad():
-            expected = net(torch.from_numpy(mix)).numpy()
+            pairs.append((mix, net(torch.from_numpy(mix)).numpy()))
+    return pairs
+
+
+def parity_db(onnx_path: Path, references, *, segment: int, n_fft: int, fixed: bool) -> float:
+    """Worst stem's SNR (dB) of the run-time chunk (numpy STFT + ONNX) against the torch network's
+    output, over :func:`torch_references`' pairs."""
+    from ..separation.demucs import DemucsNetwork
+
+    stems, channels = references[0][1].shape[1:3]
+    network = DemucsNetwork(onnx_path, segment=segment, n_fft=n_fft, stems=stems, channels=channels, threads=None,
+                            fixed=fixed)
+    worst = float("inf")
+    for mix, expected in references:
         got = network(mix)
         worst = min([worst] + [snr_db(expected[0, k], got[0, k]) for k in range(expected.shape[1])])
     return worst
@@ -484,6 +495,7 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
                          + ("pass --force to replace it, or " if existing.parent == target else "")
                          + "--name to import under another name")
     _torch()  # before any work: the import extra is missing, one line says so
+    memory.return_freed_memory()  # before the first large allocation: see .memory
     from fractions import Fraction
 
     segment_override = Fraction(bag.segment).limit_denominator(1000) if bag.segment is not None else None
@@ -503,7 +515,8 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
         if package.klass != first.klass:
             raise ModelError(f"{file}: an {package.klass} in a bag whose first model ({packages[0][1].name}) is an "
                              f"{first.klass}; stembridge imports bags of one class")
-    architecture = CLASSES[first.klass][1]
+    architecture, klass = CLASSES[first.klass][1], first.klass
+    first = package = None  # the packages list holds the states until each network is built
     stems = [canonical_stem(s) for s in sources]
     weights = bag.weights
     if weights is not None:
@@ -522,17 +535,25 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
     net_info = None
     partials = []
     try:
-        for sig, file, package in packages:
+        for index, (sig, file, package) in enumerate(packages):
             if file in files_done:
                 members.append(dict(files_done[file]))
                 continue
             net = build_network(package, segment=segment_override)
-            net_info = net
-            segment = int(net.segment * net.samplerate)
+            # The network holds the weights now: the file's copy of them goes (a bag's other files too,
+            # once built), so that no two copies of a network's weights are in memory together.
+            distinct[file] = package = packages[index] = None
+            net_info = {"samplerate": int(net.samplerate), "audio_channels": int(net.audio_channels),
+                        "nfft": int(net.nfft), "hop_length": int(net.hop_length)}
+            segment, fixed = int(net.segment * net.samplerate), _is_htdemucs(net)
             onnx_name = name if single else f"{name}-{sig}"
             with publish.writing(target, onnx_name) as partial:
                 export_onnx(net, partial, segment=segment, source=str(file))
-                db = parity_db(net, partial, segment=segment)
+                references = torch_references(net, segment=segment)
+                del net  # before the ONNX session opens: torch's weights and onnxruntime's are never both held
+                memory.trim()
+                db = parity_db(partial, references, segment=segment, n_fft=net_info["nfft"], fixed=fixed)
+                del references
                 if not db >= MIN_PARITY_DB:
                     raise ModelError(f"{file}: the ONNX export disagrees with torch ({db:.1f} dB SNR, "
                                      f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
@@ -542,14 +563,12 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
                      "signature": sig}
             files_done[file] = entry
             members.append(dict(entry))
-            records.append({"file": file.name, "sha256": file_sha256(file), "class": package.klass,
+            records.append({"file": file.name, "sha256": file_sha256(file), "class": klass,
                             "parity_db": round(db, 2)})
-            del net
         card = {
             "name": name, "family": "demucs", "file": members[0]["file"], "sha256": members[0]["sha256"],
-            "stems": stems, "residual": None, "sample_rate": int(net_info.samplerate),
-            "audio_channels": int(net_info.audio_channels), "n_fft": int(net_info.nfft),
-            "hop": int(net_info.hop_length),
+            "stems": stems, "residual": None, "sample_rate": net_info["samplerate"],
+            "audio_channels": net_info["audio_channels"], "n_fft": net_info["nfft"], "hop": net_info["hop_length"],
             "demucs": {"architecture": architecture, "models": members, "weights": weights,
                        "overlap": 0.25, "transition_power": 1.0},
             "imported": {
@@ -561,7 +580,7 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
                           "against the torch model's forward, on seeded noise: one segment (htdemucs), or "
                           "chunks of several lengths from the segment down to one sample (hdemucs)",
             },
-            "description": f"Demucs {'v4' if architecture == 'htdemucs' else 'v3'} ({first.klass}, {len(members)} "
+            "description": f"Demucs {'v4' if architecture == 'htdemucs' else 'v3'} ({klass}, {len(members)} "
                            f"network{'s' if len(members) > 1 else ''}: "
                            f"{', '.join(stems)}), imported from {bag.source.name} by stembridge models import",
         }

@@ -34,7 +34,7 @@ from ..version import __version__
 from ..errors import ModelError
 from ..separation.models import user_models_folder
 from ..render.records import file_sha256
-from . import publish
+from . import memory, publish
 from .roformer_config import RoformerConfig, parse_config, read_config
 
 #: Least SNR (dB) of the ONNX mask against torch's accepted at import.
@@ -257,6 +257,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
     cfg = parse_config(cfg_data, source=str(config_path))
     name, target = destination(source, name, force=force, folder=folder, fallback="roformer")
     torch = _torch()
+    memory.return_freed_memory()  # before the first large allocation: see .memory
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = file_sha256(source)
     onnx_path, _ = publish.paths(target, name)
@@ -267,6 +268,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
             expected = net(spec).numpy()
         export_onnx(net, partial, source=str(source))
         del net  # the torch weights and the onnxruntime session need not be in memory together
+        memory.trim()
         db = onnx_parity(partial, spec.numpy(), expected)
         if not db >= MIN_PARITY_DB:
             raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the masks, "
