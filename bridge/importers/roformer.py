@@ -138,6 +138,29 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
+def chunked_card(cfg, *, name: str, family: str, architecture: str, title: str, file: str, sha256: str,
+                 source: Path, checkpoint_sha: str, cfg_data: dict, db: float, compared: str) -> dict:
+    """The card of an imported STFT-domain model run on MSST's chunk grid (RoFormer, SCNet): its
+    STFT and grid from ``cfg``, where it came from, and the import's parity (``compared``: what the
+    network outputs, e.g. ``"mask"``)."""
+    return {
+        "name": name, "family": family, "architecture": architecture, "file": file,
+        "sha256": sha256, "stems": list(cfg.stems), "residual": cfg.residual,
+        "sample_rate": cfg.sample_rate, "n_fft": cfg.n_fft, "hop": cfg.hop, "win_length": cfg.win_length,
+        "dim_t": cfg.dim_t, "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
+        "audio_channels": cfg.audio_channels,
+        "imported": {
+            "checkpoint": source.name, "checkpoint_sha256": checkpoint_sha, "config": cfg_data,
+            "stembridge_version": __version__, "parity_db": round(db, 2),
+            "parity": f"SNR of the ONNX {compared} (onnxruntime) against the torch network's, on the STFT of "
+                      f"{cfg.chunk_size} samples of seeded pink noise ({cfg.audio_channels} channels)",
+        },
+        "description": f"{title} ({', '.join(cfg.outputs)}"
+                       + (f"; {cfg.residual} = mix minus the model's output" if cfg.residual else "")
+                       + f"), imported from {source.name} by stembridge models import",
+    }
+
+
 def export_onnx(net, path: Path, *, source: str = "the network", example=None, input_name: str = "spectrogram",
                 output_name: str = "mask", dynamic: dict | None = None) -> None:
     """Export ``net`` to ``path`` (opset 17); errors name ``source``.
@@ -273,22 +296,9 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         if not db >= MIN_PARITY_DB:
             raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the masks, "
                              f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
-        card = {
-            "name": name, "family": "roformer", "architecture": cfg.architecture, "file": onnx_path.name,
-            "sha256": file_sha256(partial), "stems": list(cfg.stems), "residual": cfg.residual,
-            "sample_rate": cfg.sample_rate, "n_fft": cfg.n_fft, "hop": cfg.hop, "win_length": cfg.win_length,
-            "dim_t": cfg.dim_t, "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
-            "audio_channels": cfg.audio_channels,
-            "imported": {
-                "checkpoint": source.name, "checkpoint_sha256": checkpoint_sha, "config": cfg_data,
-                "stembridge_version": __version__, "parity_db": round(db, 2),
-                "parity": f"SNR of the ONNX mask (onnxruntime) against the torch network's, on the STFT of "
-                          f"{cfg.chunk_size} samples of seeded pink noise ({cfg.audio_channels} channels)",
-            },
-            "description": f"{title} ({', '.join(cfg.outputs)}"
-                           + (f"; {cfg.residual} = mix minus the model's output" if cfg.residual else "")
-                           + f"), imported from {source.name} by stembridge models import",
-        }
+        card = chunked_card(cfg, name=name, family="roformer", architecture=cfg.architecture, title=title,
+                            file=onnx_path.name, sha256=file_sha256(partial), source=source,
+                            checkpoint_sha=checkpoint_sha, cfg_data=cfg_data, db=db, compared="mask")
     onnx_path, card_path = publish.publish(
         target, name, card, header=f"Imported by: stembridge models import {source.name} --config {config_path.name}")
     return ImportedRoformer(name, card_path, onnx_path, cfg.architecture, cfg.stems, db, time.perf_counter() - start)

@@ -16,6 +16,7 @@ norm, librosa's defaults), so neither librosa nor torch is needed to describe th
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,16 @@ from ..preset.safeyaml import check_size, load_yaml
 class ConfigLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that reads ``!!python/tuple`` as a list and refuses every other python tag."""
 
+
+def whole_number(source, where: dict, key: str, default=None, *, section: str = "model", low: int = 1) -> int:
+    """``where[key]`` as a whole number >= ``low``; one line naming ``source`` and ``section.key``
+    when it is missing or is not one (the RoFormer and SCNet config parsers share it)."""
+    value = where.get(key, default)
+    if value is None:
+        raise ModelError(f"{source}: {section}.{key} is missing; the config must give it")
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ModelError(f"{source}: {section}.{key} must be a whole number >= {low}, got {value!r}")
+    return value
 
 def _tuple(loader: ConfigLoader, node):
     return loader.construct_sequence(node, deep=True)
@@ -137,13 +148,7 @@ def parse_config(data: dict, *, source: str) -> RoformerConfig:
         if not isinstance(value, dict):
             raise ModelError(f"{source}: {section}: must be a mapping, got {type(value).__name__}")
 
-    def whole(where: dict, key: str, default=None, *, section: str = "model", low: int = 1) -> int:
-        value = where.get(key, default)
-        if value is None:
-            raise ModelError(f"{source}: {section}.{key} is missing; the config must give it")
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ModelError(f"{source}: {section}.{key} must be a whole number >= {low}, got {value!r}")
-        return value
+    whole = functools.partial(whole_number, source)
 
     def flag(key: str, default: bool) -> bool:
         value = model.get(key, default)

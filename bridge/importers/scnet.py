@@ -31,9 +31,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..render.records import file_sha256
-from ..version import __version__
 from . import publish
-from .roformer import MIN_PARITY_DB, destination, export_onnx, onnx_parity, read_state_dict, snr_db
+from .roformer import MIN_PARITY_DB, chunked_card, destination, export_onnx, onnx_parity, read_state_dict, snr_db
 from .scnet_config import ScnetConfig, parse_config, read_config
 
 #: Keys of MSST's other SCNet variants, which the plain network does not have.
@@ -160,22 +159,9 @@ def import_scnet(path, *, config, name: str | None = None, force: bool = False, 
         if not db >= MIN_PARITY_DB:
             raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the stem "
                              f"spectrograms, {MIN_PARITY_DB:.0f} dB needed); nothing was written")
-        card = {
-            "name": name, "family": "scnet", "architecture": "scnet", "file": onnx_path.name,
-            "sha256": file_sha256(partial), "stems": list(cfg.stems), "residual": cfg.residual,
-            "sample_rate": cfg.sample_rate, "n_fft": cfg.n_fft, "hop": cfg.hop, "win_length": cfg.win_length,
-            "dim_t": cfg.dim_t, "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
-            "audio_channels": cfg.audio_channels,
-            "imported": {
-                "checkpoint": source.name, "checkpoint_sha256": checkpoint_sha, "config": cfg_data,
-                "stembridge_version": __version__, "parity_db": round(db, 2),
-                "parity": f"SNR of the ONNX stem spectrograms (onnxruntime) against the torch network's, on the "
-                          f"STFT of {cfg.chunk_size} samples of seeded pink noise ({cfg.audio_channels} channels)",
-            },
-            "description": f"SCNet ({', '.join(cfg.outputs)}"
-                           + (f"; {cfg.residual} = mix minus the model's output" if cfg.residual else "")
-                           + f"), imported from {source.name} by stembridge models import",
-        }
+        card = chunked_card(cfg, name=name, family="scnet", architecture="scnet", title="SCNet",
+                            file=onnx_path.name, sha256=file_sha256(partial), source=source,
+                            checkpoint_sha=checkpoint_sha, cfg_data=cfg_data, db=db, compared="stem spectrograms")
     onnx_path, card_path = publish.publish(
         target, name, card, header=f"Imported by: stembridge models import {source.name} --config {config_path.name}")
     return ImportedScnet(name, card_path, onnx_path, cfg.stems, db, time.perf_counter() - start)

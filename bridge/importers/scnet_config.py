@@ -21,11 +21,12 @@ torch is loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from ..errors import ModelError
 from ..separation.scnet import network_pad
-from .roformer_config import read_config, stems_of  # noqa: F401 (read_config: this module's too)
+from .roformer_config import read_config, stems_of, whole_number  # noqa: F401 (read_config: this module's too)
 
 #: MSST's ``SCNet.__init__`` arguments and their defaults (the paper's small model).
 DEFAULTS = {
@@ -162,13 +163,7 @@ def parse_config(data: dict, *, source: str) -> ScnetConfig:
     def get(key):
         return model.get(key, DEFAULTS[key])
 
-    def whole(where: dict, key: str, default=None, *, section: str = "model", low: int = 1) -> int:
-        value = where.get(key, default)
-        if value is None:
-            raise ModelError(f"{source}: {section}.{key} is missing; the config must give it")
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ModelError(f"{source}: {section}.{key} must be a whole number >= {low}, got {value!r}")
-        return value
+    whole = functools.partial(whole_number, source)
 
     def triple(key: str, kind, low) -> tuple:
         value = get(key)
