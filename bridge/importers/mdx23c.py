@@ -1,0 +1,398 @@
+"""Import MDX23C (TFC-TDF v3) checkpoints as ``mdx23c``-family ONNX models.
+
+``stembridge models import MODEL.ckpt --config CONFIG.yaml`` reads the torch state dict (UVR's
+"MDX23C" models, python-audio-separator's MDXC models other than RoFormers, ZFTurbo's
+Music-Source-Separation-Training ``mdx23c`` type) and its YAML config, builds :mod:`.mdx23c_net`
+strictly, exports the network between the STFT and its inverse to ONNX, checks the export
+against torch on a fixed spectrogram (refused under :data:`MIN_PARITY_DB`), and writes
+``NAME.onnx`` and its card ``NAME.yaml`` into the user model folder.
+
+The ONNX interface the run time (``bridge/separation/mdx23c.py``) builds on:
+
+- input float32 ``[batch, 2*channels, dim_f, dim_t]``: ``torch.stft(x, n_fft, hop,
+  window=hann_window(n_fft) (periodic), center=True, pad_mode="reflect")`` of each channel of a
+  ``chunk_size = hop * (dim_t - 1)`` chunk, real and imaginary parts as channels (L.re, L.im,
+  R.re, R.im), the first ``dim_f`` bins; batch dynamic, the rest static;
+- output float32 ``[batch, targets, 2*channels, dim_f, dim_t]``: each target's spectrogram in the
+  same layout, padded back to ``n_fft//2+1`` bins with zeros before the inverse STFT.
+
+The config is read as python-audio-separator reads it (``audio.hop_length``, ``inference.dim_t``
+falling back to ``audio.dim_t``, ``inference.num_overlap``, ``training.target_instrument`` and
+``training.instruments``). torch is needed here only (the ``import`` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from ..render.records import file_sha256
+from ..separation.families import Found
+from ..separation.mdx23c import TFC_TDF_KEYS, is_tfc_tdf_config, is_tfc_tdf_state
+from ..separation.models import user_models_folder
+from ..version import __version__
+from . import publish
+from .roformer import MIN_PARITY_DB, NAME, OPSET, RESERVED, _taken, read_state_dict, snr_db
+from .roformer_config import _stems, read_config
+
+#: Values of ``model.norm`` and ``model.act`` the network takes (see :mod:`.mdx23c_net`).
+NORMS = ("BatchNorm", "InstanceNorm", "GroupNorm<N>", "null")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mdx23cConfig:
+    """What a config says about the network and how to run it. Units: samples, Hz, bins, frames."""
+
+    num_channels: int
+    growth: int
+    num_scales: int
+    num_blocks_per_scale: int
+    num_subbands: int
+    bottleneck_factor: int
+    scale: tuple[int, int]
+    act: str
+    norm: str | None
+    audio_channels: int
+    n_fft: int
+    hop: int
+    dim_f: int
+    dim_t: int
+    sample_rate: int
+    num_overlap: int
+    outputs: tuple[str, ...]  # canonical names of the model's outputs, in order
+    residual: str | None  # mix minus the output (a target_instrument model), or None
+
+    @property
+    def chunk_size(self) -> int:
+        """Samples per chunk: ``hop * (dim_t - 1)``, as python-audio-separator and UVR cut them."""
+        return self.hop * (self.dim_t - 1)
+
+    @property
+    def stems(self) -> tuple[str, ...]:
+        return self.outputs + ((self.residual,) if self.residual else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportedMdx23c:
+    """What :func:`import_mdx23c` wrote."""
+
+    name: str
+    card: Path
+    model: Path
+    architecture: str
+    stems: tuple[str, ...]
+    parity_db: float
+    seconds: float
+
+
+def parse_config(data: dict, *, source: str) -> Mdx23cConfig:
+    """Validate a config's data (from :func:`.roformer_config.read_config`) into a :class:`Mdx23cConfig`."""
+    if not is_tfc_tdf_config(data):
+        model = data.get("model")
+        keys = sorted(str(k) for k in model) if isinstance(model, dict) else []
+        says = ("model keys " + ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")) if keys else \
+            f"model: {model!r}"
+        raise ModelError(f"{source}: not an MDX23C (TFC-TDF v3) config ({says}); model: needs "
+                         f"{', '.join(TFC_TDF_KEYS)}; pass the config the checkpoint was trained with")
+    model, audio = data["model"], data.get("audio")
+    training, inference = data.get("training") or {}, data.get("inference") or {}
+    for section, value in (("audio", audio), ("training", training), ("inference", inference)):
+        if not isinstance(value, dict):
+            raise ModelError(f"{source}: {section}: must be a mapping, got {type(value).__name__}")
+
+    def whole(where: dict, key: str, *, section: str, default=None, low: int = 1) -> int:
+        value = where.get(key, default)
+        if value is None:
+            raise ModelError(f"{source}: {section}.{key} is missing; the config must give it")
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ModelError(f"{source}: {section}.{key} must be a whole number >= {low}, got {value!r}")
+        return value
+
+    def text(key: str, default):
+        value = model.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise ModelError(f"{source}: model.{key} must be a name, got {value!r}")
+        return value
+
+    scale = model.get("scale")
+    if (not isinstance(scale, list) or len(scale) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in scale)):
+        raise ModelError(f"{source}: model.scale must be two whole numbers [time, frequency], got {scale!r}")
+    act, norm = text("act", "gelu"), text("norm", None)
+    if act is None or not re.fullmatch(r"gelu|relu|elu\d+(\.\d*)?", act):
+        raise ModelError(f"{source}: model.act {act!r} is not one of gelu, relu, elu<alpha>")
+    if norm is not None and not re.fullmatch(r"BatchNorm|InstanceNorm|GroupNorm\d+", norm):
+        raise ModelError(f"{source}: model.norm {norm!r} is not one of {', '.join(NORMS)}")
+    n_fft = whole(audio, "n_fft", section="audio")
+    hop = whole(audio, "hop_length", section="audio")
+    dim_f = whole(audio, "dim_f", section="audio")
+    dim_t = whole(inference, "dim_t", section="inference", default=audio.get("dim_t"))
+    channels = whole(audio, "num_channels", section="audio", default=2)
+    if channels != 2:
+        raise ModelError(f"{source}: audio.num_channels {channels}: the published network is stereo (2); "
+                         "other channel counts are not supported")
+    if dim_f > n_fft // 2 + 1:
+        raise ModelError(f"{source}: audio.dim_f {dim_f} is more than the {n_fft // 2 + 1} bins of n_fft {n_fft}")
+    if hop > n_fft // 2:
+        raise ModelError(f"{source}: audio.hop_length {hop} is more than half of n_fft {n_fft}; the inverse "
+                         "STFT needs overlapping windows")
+    k = whole(model, "num_subbands", section="model")
+    scales = whole(model, "num_scales", section="model")
+    if dim_f % (k * scale[1] ** scales) or dim_t % (scale[0] ** scales):
+        raise ModelError(f"{source}: dim_f {dim_f} must divide by num_subbands x scale[1]^num_scales = "
+                         f"{k * scale[1] ** scales} and dim_t {dim_t} by scale[0]^num_scales = {scale[0] ** scales}; "
+                         "the config is inconsistent")
+    hop_chunk = hop * (dim_t - 1)
+    if hop_chunk <= n_fft // 2:
+        raise ModelError(f"{source}: dim_t {dim_t} with hop_length {hop} gives {hop_chunk}-sample chunks, too short "
+                         f"for n_fft {n_fft}")
+    target = training.get("target_instrument")
+    instruments = training.get("instruments")
+    num_targets = 1 if target else (len(instruments) if isinstance(instruments, list) else 0)
+    outputs, residual = _stems(training, num_targets, source)
+    return Mdx23cConfig(
+        num_channels=whole(model, "num_channels", section="model"), growth=whole(model, "growth", section="model",
+                                                                                  low=0),
+        num_scales=scales, num_blocks_per_scale=whole(model, "num_blocks_per_scale", section="model"),
+        num_subbands=k, bottleneck_factor=whole(model, "bottleneck_factor", section="model"),
+        scale=(scale[0], scale[1]), act=act, norm=norm, audio_channels=channels, n_fft=n_fft, hop=hop,
+        dim_f=dim_f, dim_t=dim_t, sample_rate=whole(audio, "sample_rate", section="audio", default=44100),
+        num_overlap=whole(inference, "num_overlap", section="inference", default=8),
+        outputs=outputs, residual=residual)
+
+
+def build_network(config: Mdx23cConfig, state: dict, *, source: str):
+    """The network of ``config`` with ``state`` loaded strictly; a mismatch names the first key."""
+    import torch
+
+    from .mdx23c_net import TfcTdfNet
+
+    try:
+        net = TfcTdfNet(config).eval()
+    except ModelError as exc:
+        raise ModelError(f"{source}: {exc}") from None
+    expected = net.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise ModelError(f"{source}: the checkpoint has no '{key}', which the config implies; the config does "
+                             "not describe this checkpoint (check model: num_scales, num_blocks_per_scale, norm)")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ModelError(f"{source}: '{key}' is {list(state[key].shape)} in the checkpoint but "
+                             f"{list(tensor.shape)} by the config; the config does not describe this checkpoint")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ModelError(f"{source}: the checkpoint has '{extra[0]}' (and {len(extra) - 1} more) that the config "
+                         "does not describe; pass the config the checkpoint was trained with")
+    with torch.no_grad():
+        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return net
+
+
+def parity_spectrogram(config: Mdx23cConfig, *, seed: int = 23):
+    """A fixed input for the parity check: the reference's STFT of seeded pink-ish noise, one chunk.
+
+    Returns float32 ``[1, 2*channels, dim_f, dim_t]`` as the ONNX interface defines it.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    chunk = config.chunk_size
+    white = rng.standard_normal((config.audio_channels, chunk))
+    shape = np.fft.rfftfreq(chunk)
+    shape[0] = shape[1]
+    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(shape / shape[1]), n=chunk)  # -3 dB/octave
+    pink = (0.25 * pink / np.abs(pink).max()).astype(np.float32)
+    spec = torch.stft(torch.from_numpy(pink), config.n_fft, config.hop, window=torch.hann_window(config.n_fft),
+                      center=True, return_complex=True)[:, :config.dim_f]
+    packed = torch.view_as_real(spec).permute(0, 3, 1, 2)  # [channels, 2, dim_f, dim_t]
+    return packed.reshape(1, 2 * config.audio_channels, config.dim_f, config.dim_t).contiguous()
+
+
+def export_onnx(net, path: Path, *, source: str) -> None:
+    """Export ``net`` to ``path`` (opset 17, dynamic batch); errors name ``source``."""
+    import warnings
+
+    import torch
+
+    example = torch.zeros(1, net.spec_channels, net.dim_f, net.dim_t)
+    with tempfile.TemporaryDirectory(prefix=".mdx23c-export-", dir=path.parent) as scratch:
+        exported = Path(scratch) / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            try:
+                torch.onnx.export(net, (example,), str(exported), dynamo=False, opset_version=OPSET,
+                                  input_names=["spectrogram"], output_names=["spectrograms"],
+                                  dynamic_axes={"spectrogram": {0: "batch"}, "spectrograms": {0: "batch"}})
+            except (RuntimeError, ValueError) as exc:
+                raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
+        if len(list(Path(scratch).iterdir())) != 1:
+            raise ModelError(f"{source}: the network is over 2 GB, more than one ONNX file can hold; not supported")
+        os.replace(exported, path)
+
+
+def onnx_parity(onnx_path: Path, spec: np.ndarray, expected: np.ndarray) -> float:
+    """SNR (dB) of the ONNX model's output on ``spec`` against ``expected`` (the torch network's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: spec})[0]
+    del session
+    if got.shape != expected.shape:
+        raise ModelError(f"{onnx_path}: the exported model gives {got.shape}, torch {expected.shape}; export failed")
+    return snr_db(expected, got)
+
+
+def convert(path, *, config=None, **options) -> ImportedMdx23c:
+    """``stembridge models import`` for the mdx23c family: refuses options of other importers."""
+    path = Path(path)
+    if config is None:
+        raise ModelError(f"{path}: an MDX23C (TFC-TDF v3) checkpoint needs its YAML config: pass --config CONFIG.yaml "
+                         "(UVR's mdx_c_configs, or the model's config_*.yaml)")
+    spleeter_only = [f"--{k}" for k in ("bins", "fp32") if options.pop(k, None)]
+    if spleeter_only:
+        raise ModelError(f"{' and '.join(spleeter_only)}: only for Spleeter checkpoints; drop it for an MDX23C model")
+    return import_mdx23c(path, config=config, **options)
+
+
+def import_mdx23c(path, *, config, name: str | None = None, force: bool = False, folder=None) -> ImportedMdx23c:
+    """Convert an MDX23C checkpoint and its config into ``NAME.onnx`` + ``NAME.yaml``.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint: a torch state dict (``.ckpt``), bare or under ``state_dict``/``model``.
+    config : path-like
+        Its YAML config (``audio:``, ``model:``, ``training:``, ``inference:``).
+    name : str, optional
+        The model's name; default the checkpoint's file name without its suffix.
+    force : bool
+        Replace a model of the same name in the model folder.
+    folder : path-like, optional
+        Where to write; default :func:`bridge.separation.models.user_models_folder`.
+
+    Raises
+    ------
+    ModelError
+        A missing or unsafe config, a config of another family or one that does not describe the
+        checkpoint, a truncated checkpoint, torch missing, a failed parity check (below 60 dB),
+        an existing name without ``force``, an unwritable folder. Nothing is written then.
+    """
+    start = time.perf_counter()
+    source, config_path = Path(path), Path(config)
+    if not source.is_file():
+        raise ModelError(f"{source}: no such checkpoint file")
+    cfg_data = read_config(config_path)
+    cfg = parse_config(cfg_data, source=str(config_path))
+    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or "mdx23c"
+    if not NAME.match(name) or name in RESERVED:
+        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
+                                                 else "use letters, digits, '.', '_' and '-'")
+                         + "; choose another name")
+    target = Path(folder) if folder is not None else user_models_folder()
+    existing = _taken(name, target)
+    if existing is not None and (not force or existing.parent != target):
+        raise ModelError(f"a model named '{name}' exists ({existing}); "
+                         + ("pass --force to replace it, or " if existing.parent == target else "")
+                         + "--name to import under another name")
+    import torch
+
+    net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
+    checkpoint_sha = file_sha256(source)
+    onnx_path, _ = publish.paths(target, name)
+    with publish.writing(target, name) as partial:
+        spec = parity_spectrogram(cfg)
+        with torch.no_grad():
+            expected = net(spec).numpy()
+        export_onnx(net, partial, source=str(source))
+        del net  # the torch weights and the onnxruntime session need not be in memory together
+        db = onnx_parity(partial, spec.numpy(), expected)
+        if not db >= MIN_PARITY_DB:
+            raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the outputs, "
+                             f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
+        card = {
+            "name": name, "family": "mdx23c", "architecture": "tfc_tdf_v3", "file": onnx_path.name,
+            "sha256": file_sha256(partial), "stems": list(cfg.stems), "residual": cfg.residual,
+            "sample_rate": cfg.sample_rate, "n_fft": cfg.n_fft, "hop": cfg.hop, "dim_f": cfg.dim_f,
+            "dim_t": cfg.dim_t, "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
+            "audio_channels": cfg.audio_channels,
+            "imported": {
+                "checkpoint": source.name, "checkpoint_sha256": checkpoint_sha, "config": cfg_data,
+                "stembridge_version": __version__, "parity_db": round(db, 2),
+                "parity": f"SNR of the ONNX output (onnxruntime) against the torch network's, on the STFT of "
+                          f"{cfg.chunk_size} samples of seeded pink noise ({cfg.audio_channels} channels)",
+            },
+            "description": f"MDX23C, TFC-TDF v3 ({', '.join(cfg.outputs)}"
+                           + (f"; {cfg.residual} = mix minus the model's output" if cfg.residual else "")
+                           + f"), imported from {source.name} by stembridge models import",
+        }
+    onnx_path, card_path = publish.publish(
+        target, name, card, header=f"Imported by: stembridge models import {source.name} --config {config_path.name}")
+    return ImportedMdx23c(name, card_path, onnx_path, "tfc_tdf_v3", cfg.stems, db, time.perf_counter() - start)
+
+
+
+
+# --- what a file is (stembridge models import and models scan ask through the family) -----------
+
+def config_is_tfc_tdf(config) -> bool:
+    """Whether the config file ``config`` reads as a TFC-TDF v3 config (False when it cannot be read)."""
+    try:
+        return is_tfc_tdf_config(read_config(Path(config)))
+    except ModelError:
+        return False
+
+
+def _configs_near(path: Path) -> list[tuple[Path, dict]]:
+    """TFC-TDF v3 configs beside ``path``, and in UVR's ``model_data/mdx_c_configs`` beside it."""
+    found = []
+    for folder in (path.parent, path.parent / "model_data" / "mdx_c_configs"):
+        if not folder.is_dir():
+            continue
+        for candidate in sorted(folder.iterdir()):
+            if candidate.suffix.lower() not in (".yaml", ".yml") or not candidate.is_file():
+                continue
+            if candidate.stat().st_size > 1 << 20:  # a training config is a few kB
+                continue
+            try:
+                data = read_config(candidate)
+            except ModelError:
+                continue
+            if is_tfc_tdf_config(data):
+                found.append((candidate, data))
+    return found
+
+
+def recognise(path: Path) -> Found | None:
+    """``path`` as ``stembridge models scan`` lists it, when its state dict is TFC-TDF v3's.
+
+    The family is told by the checkpoint's keys (read without loading a tensor). Its config is
+    the TFC-TDF v3 YAML beside it (or in UVR's ``model_data/mdx_c_configs``): the one named as the
+    checkpoint if there are several, the only one otherwise; with none (or several and none
+    named so) the file is listed as needing ``--config``.
+    """
+    import shlex
+
+    path = Path(path)
+    if not is_tfc_tdf_state(path):
+        return None
+    configs = _configs_near(path)
+    chosen = [c for c in configs if c[0].stem == path.stem] or (configs if len(configs) == 1 else [])
+    if not chosen:
+        return Found(path=path, family="mdx23c",
+                     command=f"stembridge models import {shlex.quote(str(path))} --config CONFIG.yaml")
+    config, data = chosen[0]
+    try:
+        stems = parse_config(data, source=str(config)).stems
+    except ModelError:
+        stems = ()
+    return Found(path=path, family="mdx23c", stems=stems, config=config,
+                 command=f"stembridge models import {shlex.quote(str(path))} --config {shlex.quote(str(config))}")
