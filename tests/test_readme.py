@@ -46,6 +46,8 @@ NOT_RUN = {
                                                                 "imports small ones by the same routes)",
     "stembridge models import htdemucs_6s.yaml": "a Demucs bag and its .th files (test_demucs_import)",
     "stembridge separate song.flac --model htdemucs_ft": "needs the import above",
+    "stembridge models import MDX23C-8KFFT-InstVoc_HQ.ckpt": "a 448 MB checkpoint (test_mdx23c imports a tiny one)",
+    "stembridge separate song.flac --model MDX23C-8KFFT-InstVoc_HQ": "needs the import above",
 }
 
 
