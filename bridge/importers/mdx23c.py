@@ -24,9 +24,7 @@ falling back to ``audio.dim_t``, ``inference.num_overlap``, ``training.target_in
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,10 +34,9 @@ from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.families import Found
 from ..separation.mdx23c import TFC_TDF_KEYS, is_tfc_tdf_config, is_tfc_tdf_state
-from ..separation.models import user_models_folder
 from ..version import __version__
 from . import publish
-from .roformer import MIN_PARITY_DB, NAME, OPSET, RESERVED, _taken, read_state_dict, snr_db
+from .roformer import MIN_PARITY_DB, destination, export_onnx, onnx_parity, read_state_dict
 from .roformer_config import _stems, read_config
 
 #: Values of ``model.norm`` and ``model.act`` the network takes (see :mod:`.mdx23c_net`).
@@ -215,42 +212,6 @@ def parity_spectrogram(config: Mdx23cConfig, *, seed: int = 23):
     return packed.reshape(1, 2 * config.audio_channels, config.dim_f, config.dim_t).contiguous()
 
 
-def export_onnx(net, path: Path, *, source: str) -> None:
-    """Export ``net`` to ``path`` (opset 17, dynamic batch); errors name ``source``."""
-    import warnings
-
-    import torch
-
-    example = torch.zeros(1, net.spec_channels, net.dim_f, net.dim_t)
-    with tempfile.TemporaryDirectory(prefix=".mdx23c-export-", dir=path.parent) as scratch:
-        exported = Path(scratch) / "model.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            try:
-                torch.onnx.export(net, (example,), str(exported), dynamo=False, opset_version=OPSET,
-                                  input_names=["spectrogram"], output_names=["spectrograms"],
-                                  dynamic_axes={"spectrogram": {0: "batch"}, "spectrograms": {0: "batch"}})
-            except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
-        if len(list(Path(scratch).iterdir())) != 1:
-            raise ModelError(f"{source}: the network is over 2 GB, more than one ONNX file can hold; not supported")
-        os.replace(exported, path)
-
-
-def onnx_parity(onnx_path: Path, spec: np.ndarray, expected: np.ndarray) -> float:
-    """SNR (dB) of the ONNX model's output on ``spec`` against ``expected`` (the torch network's)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: spec})[0]
-    del session
-    if got.shape != expected.shape:
-        raise ModelError(f"{onnx_path}: the exported model gives {got.shape}, torch {expected.shape}; export failed")
-    return snr_db(expected, got)
-
-
 def convert(path, *, config=None, **options) -> ImportedMdx23c:
     """``stembridge models import`` for the mdx23c family: refuses options of other importers."""
     path = Path(path)
@@ -292,17 +253,7 @@ def import_mdx23c(path, *, config, name: str | None = None, force: bool = False,
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or "mdx23c"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
+    name, target = destination(name, source=source, default="mdx23c", folder=folder, force=force)
     import torch
 
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
@@ -312,7 +263,8 @@ def import_mdx23c(path, *, config, name: str | None = None, force: bool = False,
         spec = parity_spectrogram(cfg)
         with torch.no_grad():
             expected = net(spec).numpy()
-        export_onnx(net, partial, source=str(source))
+        example = torch.zeros(1, net.spec_channels, net.dim_f, net.dim_t)
+        export_onnx(net, partial, source=str(source), example=example, names=("spectrogram", "spectrograms"))
         del net  # the torch weights and the onnxruntime session need not be in memory together
         db = onnx_parity(partial, spec.numpy(), expected)
         if not db >= MIN_PARITY_DB:

@@ -137,12 +137,18 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
-def export_onnx(net, path: Path, *, source: str = "the network") -> None:
-    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``."""
+def export_onnx(net, path: Path, *, source: str = "the network", example=None,
+                names: tuple[str, str] = ("spectrogram", "mask")) -> None:
+    """Export ``net`` to ``path`` (opset 17, dynamic batch, static frames); errors name ``source``.
+
+    ``example`` is the input traced (default a RoFormer's spectrogram of zeros), ``names`` the
+    input's and the output's names (another family's importer exports its network with this too).
+    """
     torch = _torch()
     import warnings
 
-    example = torch.zeros(1, net.channels, net.bins, net.frames, 2)
+    example = torch.zeros(1, net.channels, net.bins, net.frames, 2) if example is None else example
+    given, made = names
     # Exported in a scratch folder of its own: a model over protobuf's 2 GB would come out as a
     # graph plus external weight files, which the card's one file and sha256 cannot describe.
     with tempfile.TemporaryDirectory(prefix=".roformer-export-", dir=path.parent) as scratch:
@@ -152,8 +158,8 @@ def export_onnx(net, path: Path, *, source: str = "the network") -> None:
             # dynamo=False: the TorchScript exporter needs no onnxscript and writes one self-contained file.
             try:
                 torch.onnx.export(net, (example,), str(exported), dynamo=False, opset_version=OPSET,
-                                  input_names=["spectrogram"], output_names=["mask"],
-                                  dynamic_axes={"spectrogram": {0: "batch"}, "mask": {0: "batch"}})
+                                  input_names=[given], output_names=[made],
+                                  dynamic_axes={given: {0: "batch"}, made: {0: "batch"}})
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"{source}: the ONNX export failed ({' '.join(str(exc).split())[:200]})") from None
         if len(list(Path(scratch).iterdir())) != 1:
@@ -181,6 +187,23 @@ def _taken(name: str, folder: Path) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def destination(name: str | None, *, source: Path, default: str, folder, force: bool) -> tuple[str, Path]:
+    """``(name, folder)`` an import writes to: ``name`` (default the checkpoint's file name, else
+    ``default``) checked, and not taken unless ``force`` replaces a model in the same folder."""
+    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or default
+    if not NAME.match(name) or name in RESERVED:
+        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
+                                                 else "use letters, digits, '.', '_' and '-'")
+                         + "; choose another name")
+    target = Path(folder) if folder is not None else user_models_folder()
+    existing = _taken(name, target)
+    if existing is not None and (not force or existing.parent != target):
+        raise ModelError(f"a model named '{name}' exists ({existing}); "
+                         + ("pass --force to replace it, or " if existing.parent == target else "")
+                         + "--name to import under another name")
+    return name, target
 
 
 def convert(path, *, config=None, **options) -> "ImportedRoformer":
@@ -229,17 +252,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or "roformer"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
+    name, target = destination(name, source=source, default="roformer", folder=folder, force=force)
     torch = _torch()
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = file_sha256(source)

@@ -208,7 +208,8 @@ def check_card(card: ModelCard, source: str) -> None:
         raise ModelError(f"{source}: chunk_size {card.chunk_size} is not hop x (dim_t - 1) = "
                          f"{card.hop * (card.dim_t - 1)}; the model's STFT of a chunk has dim_t frames")
     if card.dim_f > card.n_fft // 2 + 1:
-        raise ModelError(f"{source}: dim_f {card.dim_f} is more than the {card.n_fft // 2 + 1} bins of n_fft {card.n_fft}")
+        raise ModelError(f"{source}: dim_f {card.dim_f} is more than the {card.n_fft // 2 + 1} bins of "
+                         f"n_fft {card.n_fft}")
     if card.hop > card.n_fft // 2 or card.chunk_size <= card.n_fft // 2:
         raise ModelError(f"{source}: hop {card.hop} and chunk_size {card.chunk_size} do not fit n_fft {card.n_fft} "
                          "(hop at most n_fft/2, chunks longer than n_fft/2)")

@@ -203,7 +203,8 @@ def cmd_run(args) -> None:
                 "--no-cache", "--force", "--jobs", "1", "--threads", str(args.threads)]
     audiosep_env = dict(os.environ, PYTHONPATH=f"{VENV / 'stubs'}{os.pathsep}{HERE}",
                         PATH=str(VENV / "bin") + os.pathsep + os.environ.get("PATH", ""), **threads)
-    tools = {"audio-separator": (audiosep_cmd, audiosep_env), "stembridge": (ours_cmd, {**stembridge_env(args), **threads})}
+    tools = {"audio-separator": (audiosep_cmd, audiosep_env),
+             "stembridge": (ours_cmd, {**stembridge_env(args), **threads})}
     runs = {name: [] for name in tools if name in args.tools}
     for repeat in range(args.repeats):
         for name in runs:
