@@ -28,15 +28,14 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.families import Found
 from ..separation.mdx23c import TFC_TDF_KEYS, is_tfc_tdf_config, is_tfc_tdf_state
 from ..version import __version__
 from . import publish
-from .roformer import MIN_PARITY_DB, destination, export_onnx, onnx_parity, read_state_dict
+from .roformer import (MIN_PARITY_DB, destination, export_onnx, load_strictly, onnx_parity, pink_noise,
+                       read_state_dict)
 from .roformer_config import _stems, read_config
 
 #: Values of ``model.norm`` and ``model.act`` the network takes (see :mod:`.mdx23c_net`).
@@ -167,29 +166,13 @@ def parse_config(data: dict, *, source: str) -> Mdx23cConfig:
 
 def build_network(config: Mdx23cConfig, state: dict, *, source: str):
     """The network of ``config`` with ``state`` loaded strictly; a mismatch names the first key."""
-    import torch
-
     from .mdx23c_net import TfcTdfNet
 
     try:
         net = TfcTdfNet(config).eval()
     except ModelError as exc:
         raise ModelError(f"{source}: {exc}") from None
-    expected = net.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            raise ModelError(f"{source}: the checkpoint has no '{key}', which the config implies; the config does "
-                             "not describe this checkpoint (check model: num_scales, num_blocks_per_scale, norm)")
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise ModelError(f"{source}: '{key}' is {list(state[key].shape)} in the checkpoint but "
-                             f"{list(tensor.shape)} by the config; the config does not describe this checkpoint")
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise ModelError(f"{source}: the checkpoint has '{extra[0]}' (and {len(extra) - 1} more) that the config "
-                         "does not describe; pass the config the checkpoint was trained with")
-    with torch.no_grad():
-        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return net
+    return load_strictly(net, state, source=source, hint="check model: num_scales, num_blocks_per_scale, norm")
 
 
 def parity_spectrogram(config: Mdx23cConfig, *, seed: int = 23):
@@ -199,13 +182,7 @@ def parity_spectrogram(config: Mdx23cConfig, *, seed: int = 23):
     """
     import torch
 
-    rng = np.random.default_rng(seed)
-    chunk = config.chunk_size
-    white = rng.standard_normal((config.audio_channels, chunk))
-    shape = np.fft.rfftfreq(chunk)
-    shape[0] = shape[1]
-    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(shape / shape[1]), n=chunk)  # -3 dB/octave
-    pink = (0.25 * pink / np.abs(pink).max()).astype(np.float32)
+    pink = pink_noise(config.audio_channels, config.chunk_size, seed=seed)
     spec = torch.stft(torch.from_numpy(pink), config.n_fft, config.hop, window=torch.hann_window(config.n_fft),
                       center=True, return_complex=True)[:, :config.dim_f]
     packed = torch.view_as_real(spec).permute(0, 3, 1, 2)  # [channels, 2, dim_f, dim_t]
@@ -253,7 +230,7 @@ def import_mdx23c(path, *, config, name: str | None = None, force: bool = False,
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name, target = destination(name, source=source, default="mdx23c", folder=folder, force=force)
+    name, target = destination(name, stem=source.stem, default="mdx23c", folder=folder, force=force)
     import torch
 
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")

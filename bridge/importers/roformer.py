@@ -90,17 +90,25 @@ def read_state_dict(path: Path) -> dict:
 
 def build_network(config: RoformerConfig, state: dict, *, source: str):
     """The network of ``config`` with ``state`` loaded strictly; a mismatch names the key."""
-    torch = _torch()
+    _torch()  # one line when torch is missing, before anything else
     from .roformer_net import Roformer
 
     # Attention output gates came with a later version of the code: use them if the checkpoint has them.
     gates = any(k.endswith(".to_gates.weight") for k in state)
     net = Roformer(config, gates=gates).eval()
+    return load_strictly(net, state, source=source, hint="check model: depth, *_transformer_depth, num_stems")
+
+
+def load_strictly(net, state: dict, *, source: str, hint: str):
+    """``net`` with ``state`` loaded (as float32) when every key fits: one line naming the first
+    key that is missing or differs in shape (both shapes), or the first one left over; ``hint``
+    says which config keys decide the missing ones."""
+    torch = _torch()
     expected = net.state_dict()
     for key, tensor in expected.items():
         if key not in state:
             raise ModelError(f"{source}: the checkpoint has no '{key}', which the config implies; the config does "
-                             "not describe this checkpoint (check model: depth, *_transformer_depth, num_stems)")
+                             f"not describe this checkpoint ({hint})")
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise ModelError(f"{source}: '{key}' is {list(state[key].shape)} in the checkpoint but "
                              f"{list(tensor.shape)} by the config; the config does not describe this checkpoint")
@@ -119,16 +127,21 @@ def parity_spectrogram(config: RoformerConfig, *, seed: int = 15):
     Returns float32 ``[1, channels, n_fft//2+1, dim_t, 2]`` as the ONNX interface defines it.
     """
     torch = _torch()
-    rng = np.random.default_rng(seed)
-    white = rng.standard_normal((config.audio_channels, config.chunk_size))
-    shape = np.fft.rfftfreq(config.chunk_size)
-    shape[0] = shape[1]
-    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(shape / shape[1]), n=config.chunk_size)  # -3 dB/octave
-    pink = (0.25 * pink / np.abs(pink).max()).astype(np.float32)
+    pink = pink_noise(config.audio_channels, config.chunk_size, seed=seed)
     spec = torch.stft(torch.from_numpy(pink), config.n_fft, config.hop, config.win_length,
                       window=torch.hann_window(config.win_length), center=True, pad_mode="reflect",
                       normalized=False, return_complex=True)
     return torch.view_as_real(spec).unsqueeze(0).contiguous()
+
+
+def pink_noise(channels: int, samples: int, *, seed: int) -> np.ndarray:
+    """Seeded noise falling 3 dB per octave, peak 0.25, float32 ``(channels, samples)``: the parity input."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((channels, samples))
+    shape = np.fft.rfftfreq(samples)
+    shape[0] = shape[1]
+    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(shape / shape[1]), n=samples)
+    return (0.25 * pink / np.abs(pink).max()).astype(np.float32)
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -189,10 +202,10 @@ def _taken(name: str, folder: Path) -> Path | None:
     return None
 
 
-def destination(name: str | None, *, source: Path, default: str, folder, force: bool) -> tuple[str, Path]:
-    """``(name, folder)`` an import writes to: ``name`` (default the checkpoint's file name, else
-    ``default``) checked, and not taken unless ``force`` replaces a model in the same folder."""
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or default
+def destination(name: str | None, *, stem: str, default: str, folder, force: bool) -> tuple[str, Path]:
+    """``(name, folder)`` an import writes to: ``name`` (default ``stem``, the file's name made
+    safe, else ``default``) checked, and not taken unless ``force`` replaces a model in the same folder."""
+    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or default
     if not NAME.match(name) or name in RESERVED:
         raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
                                                  else "use letters, digits, '.', '_' and '-'")
@@ -252,7 +265,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name, target = destination(name, source=source, default="roformer", folder=folder, force=force)
+    name, target = destination(name, stem=source.stem, default="roformer", folder=folder, force=force)
     torch = _torch()
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = file_sha256(source)
