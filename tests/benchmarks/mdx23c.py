@@ -5,6 +5,7 @@
     python tests/benchmarks/mdx23c.py run --seconds 20 --overlap 2       (audio-separator, then stembridge)
     python tests/benchmarks/mdx23c.py run --minutes 4 --repeats 2        (the song looped to 4 min; A B A B)
     python tests/benchmarks/mdx23c.py run --width small --minutes 16 --overlap 2   (memory against length)
+    python tests/benchmarks/mdx23c.py parity [--width published]         (one chunk: ONNX + numpy vs the reference)
 
 ``--width published`` is UVR's "MDX23C-8KFFT-InstVoc_HQ" geometry (``model_2_stem_full_band_8k.yaml``:
 n_fft 8192, hop 1024, dim_f 4096, dim_t 256, 128 channels, growth 128, 5 scales of 2 blocks, 4
@@ -192,6 +193,8 @@ def compare(reference: Path, estimate: Path) -> dict:
 def cmd_run(args) -> None:
     wav = song(args)
     key = f"run_{args.width}_" + (f"{args.minutes:g}min" if args.minutes else f"{args.seconds}s") + f"_ov{args.overlap}"
+    if set(args.tools) != {"audio-separator", "stembridge"}:
+        key += "_" + "_".join(sorted(args.tools))  # one tool's runs: their own entry in results.json
     out = work(args) / "out" / key
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     audiosep_cmd = [str(VENV / "bin" / "python"), str(HERE / "drive_audiosep.py"), str(wav), "--mdxc",
@@ -226,9 +229,48 @@ def cmd_run(args) -> None:
     record(args, key, results)
 
 
+def cmd_parity(args) -> None:
+    """One chunk of real music through audio-separator's ``TFC_TDF_net`` (its STFT, the network, its
+    inverse STFT) and through stembridge's engine (numpy STFT, the imported ONNX, numpy inverse):
+    SNR per output. The published-size counterpart of ``tests/test_mdx23c.py``'s chunk test."""
+    import torch
+    import yaml
+
+    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))
+    from reference_wheels import module
+
+    from bridge.separation import load_separator
+
+    ref = module("audio-separator", "0.47.1", "audio_separator.separator.uvr_lib_v5.tfc_tdf_v3")
+    src = work(args) / "models-src"
+    data = yaml.safe_load((src / f"{model_name(args)}.yaml").read_text())
+    ns = lambda d: types.SimpleNamespace(**{k: ns(v) if isinstance(v, dict) else v for k, v in d.items()})  # noqa: E731
+    torch.set_num_threads(args.threads)
+    net = ref.TFC_TDF_net(ns(data), "cpu").eval()
+    net.load_state_dict(torch.load(src / f"{model_name(args)}.ckpt", map_location="cpu", weights_only=True))
+    audio, rate = sf.read(str(SONGS / "fishin_20s.wav"), dtype="float32", always_2d=True)
+    chunk = np.ascontiguousarray(audio.T[:, 5 * rate:5 * rate + data["audio"]["chunk_size"]])
+    start = time.perf_counter()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(chunk)[None]).numpy()[0]  # [targets, 2, chunk]
+    torch_s = time.perf_counter() - start
+    del net
+    os.environ["STEMBRIDGE_MODELS"] = str(work(args) / "models")
+    separator = load_separator(model_name(args), threads=args.threads)
+    start = time.perf_counter()
+    got = separator.engine.run(chunk[None].copy())
+    onnx_s = time.perf_counter() - start
+    snr = {stem: round(float(10 * np.log10(np.sum(expected[i].astype(np.float64) ** 2)
+                                           / np.sum((expected[i] - got[stem][0]) ** 2))), 1)
+           for i, stem in enumerate(separator.engine.model_stems)}
+    record(args, f"parity_{args.width}", {"snr_db": snr, "torch_chunk_s": round(torch_s, 1),
+                                          "onnx_chunk_s": round(onnx_s, 1), "load1": round(os.getloadavg()[0], 2)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["build", "import", "run"])
+    parser.add_argument("command", choices=["build", "import", "run", "parity"])
     parser.add_argument("--width", choices=["published", "small"], default="published")
     parser.add_argument("--work", default=os.environ.get("BENCH26", "/work/bench26-mdx23c"))
     parser.add_argument("--seconds", type=int, default=20)
@@ -238,7 +280,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tools", nargs="+", default=["audio-separator", "stembridge"])
     args = parser.parse_args()
-    {"build": cmd_build, "import": cmd_import, "run": cmd_run}[args.command](args)
+    {"build": cmd_build, "import": cmd_import, "run": cmd_run, "parity": cmd_parity}[args.command](args)
 
 
 if __name__ == "__main__":
