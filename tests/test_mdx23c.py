@@ -29,10 +29,11 @@ import yaml  # noqa: E402
 
 from bridge.errors import ModelError  # noqa: E402
 from bridge.importers import import_model  # noqa: E402
-from bridge.importers.mdx23c import import_mdx23c, parse_config, recognise  # noqa: E402
+from bridge.importers.mdx23c import import_mdx23c, parse_config  # noqa: E402
 from bridge.importers.mdx23c_net import TfcTdfNet  # noqa: E402
 from bridge.importers.roformer import snr_db  # noqa: E402
 from bridge.separation import load_separator  # noqa: E402
+from bridge.separation.mdx23c import recognise  # noqa: E402
 from reference_wheels import module  # noqa: E402
 
 N_FFT, HOP, DIM_F, DIM_T = 1024, 256, 256, 32

@@ -30,8 +30,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..render.records import file_sha256
-from ..separation.families import Found
-from ..separation.mdx23c import TFC_TDF_KEYS, is_tfc_tdf_config, is_tfc_tdf_state
+from ..separation.mdx23c import TFC_TDF_KEYS, is_tfc_tdf_config
 from ..version import __version__
 from . import publish
 from .roformer import (MIN_PARITY_DB, destination, export_onnx, load_strictly, onnx_parity, pink_noise,
@@ -269,59 +268,3 @@ def import_mdx23c(path, *, config, name: str | None = None, force: bool = False,
 
 
 
-
-# --- what a file is (stembridge models import and models scan ask through the family) -----------
-
-def config_is_tfc_tdf(config) -> bool:
-    """Whether the config file ``config`` reads as a TFC-TDF v3 config (False when it cannot be read)."""
-    try:
-        return is_tfc_tdf_config(read_config(Path(config)))
-    except ModelError:
-        return False
-
-
-def _configs_near(path: Path) -> list[tuple[Path, dict]]:
-    """TFC-TDF v3 configs beside ``path``, and in UVR's ``model_data/mdx_c_configs`` beside it."""
-    found = []
-    for folder in (path.parent, path.parent / "model_data" / "mdx_c_configs"):
-        if not folder.is_dir():
-            continue
-        for candidate in sorted(folder.iterdir()):
-            if candidate.suffix.lower() not in (".yaml", ".yml") or not candidate.is_file():
-                continue
-            if candidate.stat().st_size > 1 << 20:  # a training config is a few kB
-                continue
-            try:
-                data = read_config(candidate)
-            except ModelError:
-                continue
-            if is_tfc_tdf_config(data):
-                found.append((candidate, data))
-    return found
-
-
-def recognise(path: Path) -> Found | None:
-    """``path`` as ``stembridge models scan`` lists it, when its state dict is TFC-TDF v3's.
-
-    The family is told by the checkpoint's keys (read without loading a tensor). Its config is
-    the TFC-TDF v3 YAML beside it (or in UVR's ``model_data/mdx_c_configs``): the one named as the
-    checkpoint if there are several, the only one otherwise; with none (or several and none
-    named so) the file is listed as needing ``--config``.
-    """
-    import shlex
-
-    path = Path(path)
-    if not is_tfc_tdf_state(path):
-        return None
-    configs = _configs_near(path)
-    chosen = [c for c in configs if c[0].stem == path.stem] or (configs if len(configs) == 1 else [])
-    if not chosen:
-        return Found(path=path, family="mdx23c",
-                     command=f"stembridge models import {shlex.quote(str(path))} --config CONFIG.yaml")
-    config, data = chosen[0]
-    try:
-        stems = parse_config(data, source=str(config)).stems
-    except ModelError:
-        stems = ()
-    return Found(path=path, family="mdx23c", stems=stems, config=config,
-                 command=f"stembridge models import {shlex.quote(str(path))} --config {shlex.quote(str(config))}")

@@ -35,18 +35,18 @@ is not offered.
 
 from __future__ import annotations
 
-import importlib
 import io
 import pickletools
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..errors import ModelError
 from .chunking import OverlapAdd
 from .families import Family, Found, register, torch_checkpoint
-from .models import ModelCard, verify_file, whole
+from .models import ModelCard, canonical_stem, verify_file, whole
 from .runtime import Runner, default_threads, open_session, static_dims
 from .spectral import Stft, pack_mdx, unpack_mdx
 
@@ -169,22 +169,82 @@ def is_tfc_tdf_state(path: Path) -> bool:
     return all(k in plain for k in TFC_TDF_STATE)
 
 
-def _importer():
-    # The importer sits in a higher wing (it may need torch): named by its dotted path, as the
-    # registry names importers, and loaded only when asked.
-    return importlib.import_module("bridge.importers.mdx23c")
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML plus ``!!python/tuple`` as a list (MSST's configs write it); any other Python tag
+    stays refused, as SafeLoader refuses it."""
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+
+
+def read_training_config(path: Path, *, limit: int = 1 << 20) -> dict | None:
+    """A training config's data, or None when it is not a readable YAML mapping of at most
+    ``limit`` bytes (for questions asked of every file in a folder: never an error). The import
+    itself reads it with :func:`bridge.importers.roformer_config.read_config`, which explains."""
+    try:
+        if not Path(path).is_file() or Path(path).stat().st_size > limit:
+            return None
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ConfigLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _imports(path, config) -> bool:
     """A TFC-TDF v3 checkpoint by its keys, or any checkpoint given with a TFC-TDF v3 config."""
-    path = Path(path)
-    if is_tfc_tdf_state(path):
+    if is_tfc_tdf_state(Path(path)):
         return True
-    return config is not None and _importer().config_is_tfc_tdf(config)
+    return config is not None and is_tfc_tdf_config(read_training_config(Path(config)))
 
 
-def _recognise(path: Path) -> Found | None:
-    return _importer().recognise(Path(path)) if torch_checkpoint(Path(path)) else None
+def _configs_near(path: Path) -> list[tuple[Path, dict]]:
+    """TFC-TDF v3 configs beside ``path``, and in UVR's ``model_data/mdx_c_configs`` beside it."""
+    found = []
+    for folder in (path.parent, path.parent / "model_data" / "mdx_c_configs"):
+        if folder.is_dir():
+            for candidate in sorted(folder.iterdir()):
+                data = read_training_config(candidate) if candidate.suffix.lower() in (".yaml", ".yml") else None
+                if is_tfc_tdf_config(data):
+                    found.append((candidate, data))
+    return found
+
+
+def _stems(data: dict) -> tuple[str, ...]:
+    """The stems an import of ``data`` gives, as far as the config says (the importer checks it)."""
+    training = data.get("training") if isinstance(data.get("training"), dict) else {}
+    instruments = training.get("instruments")
+    if not isinstance(instruments, list) or not all(isinstance(i, str) for i in instruments):
+        return ()
+    names = [canonical_stem(i) for i in instruments]
+    target = training.get("target_instrument")
+    if not isinstance(target, str):
+        return tuple(names)
+    primary = canonical_stem(target)
+    rest = [n for n in names if n != primary]
+    return (primary, *(["instrumental"] if primary == "vocals" and rest == ["other"] else rest))
+
+
+def recognise(path: Path) -> Found | None:
+    """``path`` as ``stembridge models scan`` lists it, when its state dict is TFC-TDF v3's.
+
+    The family is told by the checkpoint's keys (read without loading a tensor). Its config is
+    the TFC-TDF v3 YAML beside it (or in UVR's ``model_data/mdx_c_configs``): the one named as the
+    checkpoint if there are several, the only one otherwise; with none (or several and none
+    named so) the file is listed as needing ``--config``.
+    """
+    import shlex
+
+    path = Path(path)
+    if not torch_checkpoint(path) or not is_tfc_tdf_state(path):
+        return None
+    configs = _configs_near(path)
+    chosen = [c for c in configs if c[0].stem == path.stem] or (configs if len(configs) == 1 else [])
+    command = f"stembridge models import {shlex.quote(str(path))} --config "
+    if not chosen:
+        return Found(path=path, family="mdx23c", command=command + "CONFIG.yaml")
+    config, data = chosen[0]
+    return Found(path=path, family="mdx23c", stems=_stems(data), config=config,
+                 command=command + shlex.quote(str(config)))
 
 
 # --- the family ---------------------------------------------------------------------------------
@@ -239,5 +299,5 @@ FAMILY = register(Family(
     default_overlap=lambda card: 1.0 - step_of(card) / card.chunk_size,
     importer="bridge.importers.mdx23c:convert", imports=_imports,
     import_help="MDX23C / TFC-TDF v3 checkpoints (MODEL.ckpt --config CONFIG.yaml)",
-    recognise=_recognise,
+    recognise=recognise,
 ))
