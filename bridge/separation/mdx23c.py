@@ -47,7 +47,7 @@ from ..errors import ModelError
 from .chunking import OverlapAdd
 from .families import Family, Found, register, torch_checkpoint
 from .models import ModelCard, canonical_stem, verify_file, whole
-from .runtime import Runner, default_threads, open_session, static_dims
+from .runtime import Runner, check_interface, default_threads, open_session
 from .spectral import Stft, pack_mdx, unpack_mdx
 
 #: ``model:`` keys that make a config a TFC-TDF v3 (MDX23C) config.
@@ -89,20 +89,11 @@ class Mdx23cEngine:
         path = verify_file(card)
         session = open_session(path, threads=threads, device=device)
         self.model_stems = tuple(s for s in card.stems if s != card.residual)
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        expected_in = [None, 4, card.dim_f, card.dim_t]
-        expected_out = [None, len(self.model_stems), 4, card.dim_f, card.dim_t]
         says = (f"its card ({card.source}) says input [batch, 4, dim_f={card.dim_f}, dim_t={card.dim_t}] and output "
                 f"[batch, targets={len(self.model_stems)}, 4, {card.dim_f}, {card.dim_t}]")
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{path}: an mdx23c model has one input and one output, this one has "
-                             f"{[i.name for i in inputs]} and {[o.name for o in outputs]}; {says}")
-        for kind, node, expected in (("input", inputs[0], expected_in), ("output", outputs[0], expected_out)):
-            dims = static_dims(node.shape)
-            if len(dims) != len(expected) or any(d is not None and e is not None and d != e
-                                                 for d, e in zip(dims, expected)):
-                raise ModelError(f"{path}: the model's {kind} shape is {node.shape}, but {says}; "
-                                 "fix the card (dim_f, dim_t, stems, residual) to match the model")
+        check_interface(session, path, expected_in=[None, 4, card.dim_f, card.dim_t],
+                        expected_out=[None, len(self.model_stems), 4, card.dim_f, card.dim_t], family="mdx23c",
+                        says=says, fix="dim_f, dim_t, stems, residual")
         self.card = card
         self.path = path
         self.runner = Runner(session, max_batch=batch_size)

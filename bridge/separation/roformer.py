@@ -60,7 +60,7 @@ import numpy as np
 from ..errors import ModelError, suggest
 from .families import Family, register, torch_checkpoint
 from .models import ModelCard, verify_file, whole
-from .runtime import Runner, default_threads, open_session, static_dims
+from .runtime import Runner, check_interface, default_threads, open_session
 from .spectral import Stft
 
 
@@ -95,21 +95,12 @@ class RoformerEngine:
         self.model_stems = tuple(s for s in card.stems if s != card.residual)
         bins = card.n_fft // 2 + 1
         channels = card.audio_channels
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        expected_in = [None, channels, bins, card.dim_t, 2]
-        expected_out = [None, len(self.model_stems), channels, bins, card.dim_t, 2]
         says = (f"its card ({card.source}) says input [batch, audio_channels={channels}, n_fft/2+1={bins}, "
                 f"dim_t={card.dim_t}, 2] and output [batch, stems={len(self.model_stems)}, {channels}, {bins}, "
                 f"{card.dim_t}, 2]")
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{path}: a roformer model has one input and one output, this one has "
-                             f"{[i.name for i in inputs]} and {[o.name for o in outputs]}; {says}")
-        for kind, node, expected in (("input", inputs[0], expected_in), ("output", outputs[0], expected_out)):
-            dims = static_dims(node.shape)
-            if len(dims) != len(expected) or any(d is not None and e is not None and d != e
-                                                 for d, e in zip(dims, expected)):
-                raise ModelError(f"{path}: the model's {kind} shape is {node.shape}, but {says}; "
-                                 "fix the card (n_fft, dim_t, audio_channels, stems, residual) to match the model")
+        check_interface(session, path, expected_in=[None, channels, bins, card.dim_t, 2],
+                        expected_out=[None, len(self.model_stems), channels, bins, card.dim_t, 2], family="roformer",
+                        says=says, fix="n_fft, dim_t, audio_channels, stems, residual")
         self.card = card
         self.path = path
         self.runner = Runner(session, max_batch=batch_size * (2 if channels == 1 else 1))

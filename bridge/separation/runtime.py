@@ -99,6 +99,22 @@ def static_dims(shape) -> list[int | None]:
     return [d if isinstance(d, int) and d > 0 else None for d in shape]
 
 
+def check_interface(session, path, *, expected_in: list, expected_out: list, family: str, says: str,
+                    fix: str) -> None:
+    """Refuse a model that has not one input and one output of the shapes its card implies (None:
+    any size), in one line naming ``path``, what the card ``says`` and which card keys to ``fix``."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{path}: a {family} model has one input and one output, this one has "
+                         f"{[i.name for i in inputs]} and {[o.name for o in outputs]}; {says}")
+    for kind, node, expected in (("input", inputs[0], expected_in), ("output", outputs[0], expected_out)):
+        dims = static_dims(node.shape)
+        if len(dims) != len(expected) or any(d is not None and e is not None and d != e
+                                             for d, e in zip(dims, expected)):
+            raise ModelError(f"{path}: the model's {kind} shape is {node.shape}, but {says}; "
+                             f"fix the card ({fix}) to match the model")
+
+
 class Runner:
     """Run a one-input model over a batch, split into calls of at most ``max_batch``.
 
