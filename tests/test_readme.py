@@ -55,6 +55,8 @@ NOT_RUN = {
     "stembridge render presets/vr/de-reverb.yaml dialogue.wav": "needs UVR-DeEcho-DeReverb imported",
     "stembridge models import ~/umx/umxhq": "an Open-Unmix model's files (test_umx imports small ones the same ways)",
     "stembridge separate song.flac --model umxhq": "needs the import above",
+    "stembridge models import MDX23C-8KFFT-InstVoc_HQ.ckpt": "a 448 MB checkpoint (test_mdx23c imports a tiny one)",
+    "stembridge separate song.flac --model MDX23C-8KFFT-InstVoc_HQ": "needs the import above",
 }
 
 

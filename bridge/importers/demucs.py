@@ -51,11 +51,12 @@ import yaml
 
 from ..errors import ModelError
 from ..render.records import file_sha256
-from ..separation.models import canonical_stem, user_models_folder
+from ..separation.models import canonical_stem
 from ..version import __version__
 from . import memory, publish
 from .demucs_pickle import DemucsPackage, read_package
-from .roformer import MIN_PARITY_DB, NAME, OPSET, RESERVED, _taken, snr_db
+from .publish import destination
+from .roformer import MIN_PARITY_DB, OPSET, snr_db
 
 SUPPORTED = "htdemucs, htdemucs_ft, htdemucs_6s (HTDemucs, Demucs v4) and hdemucs_mmi (HDemucs, v3 hybrid)"
 #: The file's class name -> the ``demucs`` module defining it and the card's architecture.
@@ -484,16 +485,7 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
     """
     start = time.perf_counter()
     bag = locate(path, name=bag_name, repo=repo)
-    name = name or re.sub(r"[^A-Za-z0-9._-]", "_", bag.name).lstrip("._-") or "demucs"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'") + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
+    name, target = destination(name or None, stem=bag.name, default="demucs", folder=folder, force=force)
     _torch()  # before any work: the import extra is missing, one line says so
     memory.return_freed_memory()  # before the first large allocation: see .memory
     from fractions import Fraction

@@ -24,10 +24,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RESERVED = ("default", "dsp", "default-4stems")
 
 
-def claim(name: str | None, *, default: str, folder, force: bool, fallback: str) -> tuple[str, Path]:
-    """The checked name of a new model and the folder it goes to.
+def destination(name: str | None, *, stem: str, default: str, folder, force: bool) -> tuple[str, Path]:
+    """``(name, folder)`` an import writes to, checked.
 
-    ``name`` (or ``default``, a file name made safe, or ``fallback``) must be a valid model name and
+    ``name`` (or ``stem``, the file's name made safe, or ``default``) must be a valid model name and
     free in ``folder`` (default :func:`~bridge.separation.models.user_models_folder`) unless
     ``force`` replaces a model there; a built-in card's name is never free.
     """
@@ -35,7 +35,7 @@ def claim(name: str | None, *, default: str, folder, force: bool, fallback: str)
 
     from ..separation.models import user_models_folder
 
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", default).lstrip("._-") or fallback
+    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or default
     if not NAME.match(name) or name in RESERVED:
         raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
                                                  else "use letters, digits, '.', '_' and '-'") + "; choose another name")

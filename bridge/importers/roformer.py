@@ -22,26 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..version import __version__
 from ..errors import ModelError
-from ..separation.models import user_models_folder
 from ..render.records import file_sha256
 from . import memory, publish
+from .publish import destination
 from .roformer_config import RoformerConfig, parse_config, read_config
 
 #: Least SNR (dB) of the ONNX mask against torch's accepted at import.
 MIN_PARITY_DB = 60.0
 OPSET = 17
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-RESERVED = ("default", "dsp", "default-4stems")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,17 +87,25 @@ def read_state_dict(path: Path) -> dict:
 
 def build_network(config: RoformerConfig, state: dict, *, source: str):
     """The network of ``config`` with ``state`` loaded strictly; a mismatch names the key."""
-    torch = _torch()
+    _torch()  # one line when torch is missing, before anything else
     from .roformer_net import Roformer
 
     # Attention output gates came with a later version of the code: use them if the checkpoint has them.
     gates = any(k.endswith(".to_gates.weight") for k in state)
     net = Roformer(config, gates=gates).eval()
+    return load_strictly(net, state, source=source, hint="check model: depth, *_transformer_depth, num_stems")
+
+
+def load_strictly(net, state: dict, *, source: str, hint: str):
+    """``net`` with ``state`` loaded (as float32) when every key fits: one line naming the first
+    key that is missing or differs in shape (both shapes), or the first one left over; ``hint``
+    says which config keys decide the missing ones."""
+    torch = _torch()
     expected = net.state_dict()
     for key, tensor in expected.items():
         if key not in state:
             raise ModelError(f"{source}: the checkpoint has no '{key}', which the config implies; the config does "
-                             "not describe this checkpoint (check model: depth, *_transformer_depth, num_stems)")
+                             f"not describe this checkpoint ({hint})")
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise ModelError(f"{source}: '{key}' is {list(state[key].shape)} in the checkpoint but "
                              f"{list(tensor.shape)} by the config; the config does not describe this checkpoint")
@@ -120,16 +124,21 @@ def parity_spectrogram(config: RoformerConfig, *, seed: int = 15):
     Returns float32 ``[1, channels, n_fft//2+1, dim_t, 2]`` as the ONNX interface defines it.
     """
     torch = _torch()
-    rng = np.random.default_rng(seed)
-    white = rng.standard_normal((config.audio_channels, config.chunk_size))
-    shape = np.fft.rfftfreq(config.chunk_size)
-    shape[0] = shape[1]
-    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(shape / shape[1]), n=config.chunk_size)  # -3 dB/octave
-    pink = (0.25 * pink / np.abs(pink).max()).astype(np.float32)
+    pink = pink_noise(config.audio_channels, config.chunk_size, seed=seed)
     spec = torch.stft(torch.from_numpy(pink), config.n_fft, config.hop, config.win_length,
                       window=torch.hann_window(config.win_length), center=True, pad_mode="reflect",
                       normalized=False, return_complex=True)
     return torch.view_as_real(spec).unsqueeze(0).contiguous()
+
+
+def pink_noise(channels: int, samples: int, *, seed: int) -> np.ndarray:
+    """Seeded noise falling 3 dB per octave, peak 0.25, float32 ``(channels, samples)``: the parity input."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((channels, samples))
+    shape = np.fft.rfftfreq(samples)
+    shape[0] = shape[1]
+    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(shape / shape[1]), n=samples)
+    return (0.25 * pink / np.abs(pink).max()).astype(np.float32)
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -206,32 +215,6 @@ def onnx_parity(onnx_path: Path, spec: np.ndarray, expected: np.ndarray) -> floa
     return snr_db(expected, got)
 
 
-def _taken(name: str, folder: Path) -> Path | None:
-    """The card or model file a new model ``name`` would replace, if any."""
-    for path in (folder / f"{name}.yaml", folder / f"{name}.onnx",
-                 Path(str(resources.files("bridge._models"))) / f"{name}.yaml"):
-        if path.is_file():
-            return path
-    return None
-
-
-def destination(source: Path, name: str | None, *, force: bool, folder, fallback: str) -> tuple[str, Path]:
-    """``(name, folder)`` an imported model is written under: ``name`` (default the checkpoint's
-    file name, cleaned, else ``fallback``) checked, and free in the folder unless ``force``."""
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", source.stem).lstrip("._-") or fallback
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'")
-                         + "; choose another name")
-    target = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target)
-    if existing is not None and (not force or existing.parent != target):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target else "")
-                         + "--name to import under another name")
-    return name, target
-
-
 def convert(path, *, config=None, **options) -> "ImportedRoformer":
     """``stembridge models import`` for the roformer family (:mod:`bridge.separation.roformer`
     claims torch checkpoints and anything given a config): refuses options of other importers."""
@@ -278,7 +261,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         raise ModelError(f"{source}: no such checkpoint file")
     cfg_data = read_config(config_path)
     cfg = parse_config(cfg_data, source=str(config_path))
-    name, target = destination(source, name, force=force, folder=folder, fallback="roformer")
+    name, target = destination(name, stem=source.stem, default="roformer", folder=folder, force=force)
     torch = _torch()
     memory.return_freed_memory()  # before the first large allocation: see .memory
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 
@@ -34,11 +33,10 @@ import numpy as np
 
 from ..errors import ModelError
 from ..render.records import file_sha256
-from ..separation.models import user_models_folder
 from ..separation.umx import CHUNK_WINDOWS, DEFAULTS
 from ..version import __version__
-from . import publish
-from .roformer import MIN_PARITY_DB, NAME, RESERVED, _taken, export_onnx, onnx_parity, read_state_dict, snr_db
+from . import memory, publish
+from .roformer import MIN_PARITY_DB, export_onnx, onnx_parity, read_state_dict, snr_db
 from .umx_net import UmxConfig
 
 #: The order openunmix's published models list their targets in; others follow by name.
@@ -267,19 +265,12 @@ def import_umx(path, *, name: str | None = None, force: bool = False, folder=Non
             raise ModelError(f"{pairs[target][1]}: sample_rate/nfft/nhop/nb_channels differ from {pairs[first.target][1].name}'s; "
                              "the targets of one model share one transform")
     default = source.name if source.is_dir() else source.stem
-    name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", default).lstrip("._-") or "umx"
-    if not NAME.match(name) or name in RESERVED:
-        raise ModelError(f"--name {name!r}: " + ("a built-in model has this name" if name in RESERVED
-                                                 else "use letters, digits, '.', '_' and '-'") + "; choose another name")
-    target_folder = Path(folder) if folder is not None else user_models_folder()
-    existing = _taken(name, target_folder)
-    if existing is not None and (not force or existing.parent != target_folder):
-        raise ModelError(f"a model named '{name}' exists ({existing}); "
-                         + ("pass --force to replace it, or " if existing.parent == target_folder else "")
-                         + "--name to import under another name")
+    name, target_folder = publish.destination(name, stem=default, default="umx", folder=folder, force=force)
     import torch
 
     from .umx_net import Targets
+
+    memory.return_freed_memory()  # before the first large allocation: see .memory
 
     nets, checksums = {}, {}
     for target, (pth, json_path) in pairs.items():

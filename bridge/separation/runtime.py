@@ -99,25 +99,32 @@ def check_spectrogram_io(session, path, card, *, channels: int, outputs: int, fa
     """Refuse a spectrogram model whose ONNX input ``[batch, channels, n_fft/2+1, dim_t, 2]`` or
     output ``[batch, outputs, channels, n_fft/2+1, dim_t, 2]`` disagrees with its card."""
     bins = card.n_fft // 2 + 1
-    inputs, outs = session.get_inputs(), session.get_outputs()
-    expected_in = [None, channels, bins, card.dim_t, 2]
-    expected_out = [None, outputs, channels, bins, card.dim_t, 2]
     says = (f"its card ({card.source}) says input [batch, audio_channels={channels}, n_fft/2+1={bins}, "
             f"dim_t={card.dim_t}, 2] and output [batch, stems={outputs}, {channels}, {bins}, {card.dim_t}, 2]")
-    if len(inputs) != 1 or len(outs) != 1:
-        raise ModelError(f"{path}: a {family} model has one input and one output, this one has "
-                         f"{[i.name for i in inputs]} and {[o.name for o in outs]}; {says}")
-    for kind, node, expected in (("input", inputs[0], expected_in), ("output", outs[0], expected_out)):
-        dims = static_dims(node.shape)
-        if len(dims) != len(expected) or any(d is not None and e is not None and d != e
-                                             for d, e in zip(dims, expected)):
-            raise ModelError(f"{path}: the model's {kind} shape is {node.shape}, but {says}; "
-                             "fix the card (n_fft, dim_t, audio_channels, stems, residual) to match the model")
+    check_interface(session, path, expected_in=[None, channels, bins, card.dim_t, 2],
+                    expected_out=[None, outputs, channels, bins, card.dim_t, 2], family=family, says=says,
+                    fix="n_fft, dim_t, audio_channels, stems, residual")
 
 
 def static_dims(shape) -> list[int | None]:
     """An ONNX input shape with symbolic dimensions as None."""
     return [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+
+def check_interface(session, path, *, expected_in: list, expected_out: list, family: str, says: str,
+                    fix: str) -> None:
+    """Refuse a model that has not one input and one output of the shapes its card implies (None:
+    any size), in one line naming ``path``, what the card ``says`` and which card keys to ``fix``."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{path}: a {family} model has one input and one output, this one has "
+                         f"{[i.name for i in inputs]} and {[o.name for o in outputs]}; {says}")
+    for kind, node, expected in (("input", inputs[0], expected_in), ("output", outputs[0], expected_out)):
+        dims = static_dims(node.shape)
+        if len(dims) != len(expected) or any(d is not None and e is not None and d != e
+                                             for d, e in zip(dims, expected)):
+            raise ModelError(f"{path}: the model's {kind} shape is {node.shape}, but {says}; "
+                             f"fix the card ({fix}) to match the model")
 
 
 class Runner:

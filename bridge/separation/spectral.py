@@ -131,11 +131,12 @@ def _overlap_add(frames: np.ndarray, hop: int) -> np.ndarray:
     return out[..., : (n_frames - 1) * hop + n_fft]
 
 
-def pack_mdx(spec: np.ndarray, dim_f: int) -> np.ndarray:
+def pack_mdx(spec: np.ndarray, dim_f: int, *, low_cut: int = 3) -> np.ndarray:
     """``(batch, 2, bins, frames)`` complex -> ``(batch, 4, dim_f, frames)`` float32, C-contiguous.
 
     Channel order L.re, L.im, R.re, R.im, as UVR's MDX-Net models were trained; bins from
-    ``dim_f`` up are cut and the lowest 3 zeroed (UVR's ``spek[:, :, :3, :] *= 0``).
+    ``dim_f`` up are cut and the lowest ``low_cut`` zeroed (UVR's MDX-Net: 3, its
+    ``spek[:, :, :3, :] *= 0``; MDX23C's TFC-TDF v3 sees every bin: 0).
     """
     batch, channels, _, frames = spec.shape
     # Written into a C-ordered array: np.stack of strided views keeps their order, and
@@ -149,7 +150,7 @@ def pack_mdx(spec: np.ndarray, dim_f: int) -> np.ndarray:
         packed[:, :, 0, low:high] = real[:, :, low:high]
         packed[:, :, 1, low:high] = imag[:, :, low:high]
     packed = packed.reshape(batch, 2 * channels, dim_f, frames)
-    packed[:, :, :3, :] = 0.0
+    packed[:, :, :low_cut, :] = 0.0
     return packed
 
 
