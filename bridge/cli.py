@@ -11,7 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import console
+from . import console, memory
 from .arguments import build_parser
 from .errors import BridgeError, ModelError, PresetError
 
@@ -520,32 +520,6 @@ def cmd_cache(args) -> int:
     return EXIT_OK
 
 
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed blocks instead of handing them back to the kernel.
-
-    Each chunk allocates a few arrays of 6-13 MB and frees them; by default glibc returns such
-    blocks to the kernel, and the next chunk pays a page fault for every 4 KiB of them again
-    (about 0.5 s of system time per 4 minutes of audio with an MDX model). Peak memory grows by
-    a few MB (253 -> 262 MB measured); the command owns its process, so it may choose. A no-op
-    where glibc is not the C library.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling for this setting on 64-bit
-    mallopt(M_TRIM_THRESHOLD, 512 << 20)
-    # Grow a heap 64 MB at a time: the separation threads' arenas otherwise grew (and faulted
-    # in) each chunk's arrays a step at a time. 4-minute trivial-model run: 0.82 -> 0.59 s of
-    # system time, 0.93x the CPU time, peak +5 MB (at load 20: a ratio, not a timing).
-    mallopt(M_TOP_PAD, 64 << 20)
-
-
 #: Each subcommand of :func:`bridge.arguments.build_parser` (its ``handler``) and what runs it.
 HANDLERS = {
     "separate": cmd_separate, "render": cmd_render, "eval": cmd_eval, "preset_check": cmd_preset_check,
@@ -558,7 +532,7 @@ HANDLERS = {
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _keep_freed_memory()
+    memory.keep_freed_memory()
     with console.captured_stderr() as captured:
         try:
             code = HANDLERS[args.handler](args)

@@ -1,6 +1,6 @@
 """What keeps ``stembridge models import`` under 4 GB at the published sizes (issue 26), checked
 structurally at reduced sizes: the importers fix glibc's ``mmap`` threshold before they read the
-checkpoint (:mod:`bridge.importers.memory`), and no torch network the import built is alive when
+checkpoint (:mod:`bridge.memory`), and no torch network the import built is alive when
 an onnxruntime session opens for the parity check. The figures at the published sizes are
 ``tests/benchmarks/imports.py``'s (README, "Import memory"); no timing or memory is measured here.
 
@@ -20,7 +20,7 @@ torch = need_module("torch", TORCH)
 import onnxruntime as ort  # noqa: E402
 
 from bridge.importers import demucs as demucs_importer  # noqa: E402
-from bridge.importers import memory  # noqa: E402
+from bridge import memory  # noqa: E402
 from bridge.importers import roformer as roformer_importer  # noqa: E402
 
 

@@ -180,6 +180,34 @@ def test_one_chunk_through_onnx_and_numpy_matches_the_reference_network(imported
             assert snr_db(expected[:, i], got[stem]) >= 80, (name, stem)
 
 
+def test_the_network_runs_lean_with_the_stems_of_an_arena_session(imported, song, monkeypatch):
+    """MDX23C opens its session lean (no arena; glibc maps each tensor and unmaps it when freed: see
+    runtime.open_session), and the stems are those of an ordinary session bit for bit."""
+    import onnxruntime as ort
+
+    from bridge import memory
+    from bridge.separation import runtime
+
+    calls = []
+    real = memory.return_freed_memory
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: calls.append(real()) or calls[-1])
+    _, done, _, _ = imported["instvoc"]
+    separator = load_separator(str(done.card), threads=1)
+    session = separator.engine.runner.session
+    assert session.get_session_options().enable_cpu_mem_arena is False
+    assert calls == [True]  # glibc (Linux CI)
+    chunk = song[None, :, 44100:44100 + CHUNK].copy()
+    lean = separator.engine.run(chunk)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    separator.engine.runner.session = ort.InferenceSession(str(separator.engine.path), sess_options=options,
+                                                           providers=["CPUExecutionProvider"])
+    assert separator.engine.runner.session.get_session_options().enable_cpu_mem_arena is True
+    plain = separator.engine.run(chunk)
+    for stem in separator.engine.model_stems:
+        np.testing.assert_array_equal(lean[stem], plain[stem])
+
+
 # --- the stems, on the reference's grid ---------------------------------------------------------
 
 @pytest.mark.slow

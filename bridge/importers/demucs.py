@@ -53,7 +53,8 @@ from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.models import canonical_stem
 from ..version import __version__
-from . import memory, publish
+from .. import memory
+from . import publish
 from .demucs_pickle import DemucsPackage, read_package
 from .publish import destination
 from .roformer import MIN_PARITY_DB, OPSET, snr_db
@@ -487,7 +488,7 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
     bag = locate(path, name=bag_name, repo=repo)
     name, target = destination(name or None, stem=bag.name, default="demucs", folder=folder, force=force)
     _torch()  # before any work: the import extra is missing, one line says so
-    memory.return_freed_memory()  # before the first large allocation: see .memory
+    memory.return_freed_memory()  # before the first large allocation: see bridge.memory
     from fractions import Fraction
 
     segment_override = Fraction(bag.segment).limit_denominator(1000) if bag.segment is not None else None

@@ -33,7 +33,8 @@ from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.mdx23c import TFC_TDF_KEYS, is_tfc_tdf_config
 from ..version import __version__
-from . import memory, publish
+from .. import memory
+from . import publish
 from .publish import destination
 from .roformer import (MIN_PARITY_DB, export_onnx, load_strictly, onnx_parity, pink_noise,
                        read_state_dict)
@@ -228,7 +229,7 @@ def import_mdx23c(path, *, config, name: str | None = None, force: bool = False,
     name, target = destination(name, stem=source.stem, default="mdx23c", folder=folder, force=force)
     import torch
 
-    memory.return_freed_memory()  # before the first large allocation: see .memory
+    memory.return_freed_memory()  # before the first large allocation: see bridge.memory
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = file_sha256(source)
     onnx_path, _ = publish.paths(target, name)

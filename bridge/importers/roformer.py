@@ -31,7 +31,8 @@ import numpy as np
 from ..version import __version__
 from ..errors import ModelError
 from ..render.records import file_sha256
-from . import memory, publish
+from .. import memory
+from . import publish
 from .publish import destination
 from .roformer_config import RoformerConfig, parse_config, read_config
 
@@ -263,7 +264,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
     cfg = parse_config(cfg_data, source=str(config_path))
     name, target = destination(name, stem=source.stem, default="roformer", folder=folder, force=force)
     torch = _torch()
-    memory.return_freed_memory()  # before the first large allocation: see .memory
+    memory.return_freed_memory()  # before the first large allocation: see bridge.memory
     net = build_network(cfg, read_state_dict(source), source=f"{source} with {config_path.name}")
     checkpoint_sha = file_sha256(source)
     onnx_path, _ = publish.paths(target, name)

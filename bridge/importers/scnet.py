@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..render.records import file_sha256
-from . import memory, publish
+from .. import memory
+from . import publish
 from .publish import destination
 from .roformer import MIN_PARITY_DB, chunked_card, export_onnx, onnx_parity, read_state_dict, snr_db
 from .scnet_config import ScnetConfig, parse_config, read_config
@@ -144,7 +145,7 @@ def import_scnet(path, *, config, name: str | None = None, force: bool = False, 
     cfg = parse_config(cfg_data, source=str(config_path))
     name, target = destination(name, stem=source.stem, default="scnet", folder=folder, force=force)
     torch = _torch()
-    memory.return_freed_memory()  # before the first large allocation: see .memory
+    memory.return_freed_memory()  # before the first large allocation: see bridge.memory
     state = read_state_dict(source)
     net = build_network(cfg, state, source=f"{source} with {config_path.name}")
     del state  # the network holds its own copy of the weights

@@ -35,7 +35,8 @@ from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.umx import CHUNK_WINDOWS, DEFAULTS
 from ..version import __version__
-from . import memory, publish
+from .. import memory
+from . import publish
 from .roformer import MIN_PARITY_DB, export_onnx, onnx_parity, read_state_dict, snr_db
 from .umx_net import UmxConfig
 
@@ -270,7 +271,7 @@ def import_umx(path, *, name: str | None = None, force: bool = False, folder=Non
 
     from .umx_net import Targets
 
-    memory.return_freed_memory()  # before the first large allocation: see .memory
+    memory.return_freed_memory()  # before the first large allocation: see bridge.memory
 
     nets, checksums = {}, {}
     for target, (pth, json_path) in pairs.items():

@@ -29,7 +29,8 @@ from ..render.records import file_sha256
 from ..separation.models import UVR_HASH_BYTES, canonical_stem
 from ..separation.vr_bands import Bands, param_set, secondary_stem, uvr_vr_table
 from ..version import __version__
-from . import memory, publish
+from .. import memory
+from . import publish
 from .roformer import MIN_PARITY_DB, ImportedRoformer, onnx_parity, read_state_dict
 
 DEFAULT_WINDOW = 512
@@ -142,7 +143,7 @@ def import_vr(path, *, name: str | None = None, force: bool = False, folder=None
         raise ModelError(f"{source}: no such VR model file")
     name, target = publish.destination(name, stem=source.stem, default="vr", folder=folder, force=force)
     entry, found = model_data(source, params=params, nout=nout, nout_lstm=nout_lstm, primary=primary)
-    memory.return_freed_memory()  # before the first large allocation: see .memory
+    memory.return_freed_memory()  # before the first large allocation: see bridge.memory
     state = read_state_dict(source)
     if not any(k.startswith("stg1_low_band_net.") for k in state):
         raise ModelError(f"{source}: not a UVR VR model (no stg1_low_band_net.* weights); for a RoFormer pass --config")

@@ -5,6 +5,7 @@
     python tests/benchmarks/mdx23c.py run --seconds 20 --overlap 2       (audio-separator, then stembridge)
     python tests/benchmarks/mdx23c.py run --minutes 4 --repeats 2        (the song looped to 4 min; A B A B)
     python tests/benchmarks/mdx23c.py run --width small --minutes 16 --overlap 2   (memory against length)
+    python tests/benchmarks/mdx23c.py run --song fishin_loop_4min_089.wav --overlap 2   (any WAV)
     python tests/benchmarks/mdx23c.py parity [--width published]         (one chunk: ONNX + numpy vs the reference)
 
 ``--width published`` is UVR's "MDX23C-8KFFT-InstVoc_HQ" geometry (``model_2_stem_full_band_8k.yaml``:
@@ -165,6 +166,8 @@ def audiosep_folder(args) -> Path:
 
 
 def song(args) -> Path:
+    if args.song:
+        return Path(args.song)
     path = SONGS / (f"fishin_loop_{args.minutes:g}min.wav" if args.minutes else f"fishin_{args.seconds}s.wav")
     if not path.exists():
         raise SystemExit(f"{path}: not there; tests/benchmarks/demucs.py run --minutes N (or --seconds) writes it")
@@ -192,7 +195,8 @@ def compare(reference: Path, estimate: Path) -> dict:
 
 def cmd_run(args) -> None:
     wav = song(args)
-    key = f"run_{args.width}_" + (f"{args.minutes:g}min" if args.minutes else f"{args.seconds}s") + f"_ov{args.overlap}"
+    length = Path(args.song).stem if args.song else f"{args.minutes:g}min" if args.minutes else f"{args.seconds}s"
+    key = f"run_{args.width}_{length}_ov{args.overlap}"
     if set(args.tools) != {"audio-separator", "stembridge"}:
         key += "_" + "_".join(sorted(args.tools))  # one tool's runs: their own entry in results.json
     out = work(args) / "out" / key
@@ -275,6 +279,8 @@ def main() -> None:
     parser.add_argument("--work", default=os.environ.get("BENCH26", "/work/bench26-mdx23c"))
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=0)
+    parser.add_argument("--song", help="this WAV instead (e.g. the 4-minute loop scaled to peak 0.89, below the 0.9 "
+                                       "at which audio-separator scales the mix, so the stems can be compared)")
     parser.add_argument("--overlap", type=int, default=8, help="num_overlap for both (the published config's: 8)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
