@@ -79,6 +79,25 @@ def test_stems_equal_demucs_apply_model(repo, song, name):
         assert db >= MIN_DB, (name, stem, db)
 
 
+def test_the_network_runs_through_the_io_binding_runner_bit_for_bit(repo, song, monkeypatch):
+    """Demucs's two-input network goes through the same IO-binding Runner as the other families
+    (the path a GPU run takes); on the CPU its stems equal session.run's bit for bit."""
+    from bridge.separation import runtime
+
+    _, models = repo
+    separator = load_separator(load_card(models / "htdemucs.yaml"), shifts=0, threads=2)
+    calls = []
+    real = runtime.Runner._run
+    monkeypatch.setattr(runtime.Runner, "_run", lambda self, feeds: calls.append(sorted(feeds)) or real(self, feeds))
+    bound = separator(song[:, :2 * SR], SR)
+    (network,) = separator.engine.networks
+    assert calls and all(names == sorted([network.mix_name, network.spec_name]) for names in calls)
+    monkeypatch.setattr(runtime.Runner, "_run", lambda self, feeds: self.session.run(None, feeds))
+    plain = separator(song[:, :2 * SR], SR)
+    for stem in separator.stems:
+        np.testing.assert_array_equal(bound[stem], plain[stem])
+
+
 @pytest.fixture(scope="module")
 def long_song():
     """16 s of real music (Cristina Vane, "So Easy"): with the reduced hdemucs_mmi's 11 s segment, a

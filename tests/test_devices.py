@@ -206,9 +206,9 @@ def test_a_session_whose_provider_did_not_start_is_refused(tmp_path):
     assert runtime.open_session(model, threads=1, device=Device("cpu")).get_providers() == ["CPUExecutionProvider"]
 
 
-def _old_run(runner, x):
+def _old_run(runner, feeds):
     """The run path before IO binding: ``session.run`` with a dict of inputs."""
-    return runner.session.run(None, {runner.input.name: x})
+    return runner.session.run(None, feeds)
 
 
 def test_io_binding_equals_session_run_bit_for_bit(tmp_path, monkeypatch):

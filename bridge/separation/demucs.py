@@ -68,7 +68,7 @@ from .families import Family, Found, register
 from .models import ModelCard, canonical_stem, verify_file
 from .peek import global_name, read_config, torch_object
 from .demucs_apply import DemucsOverlapAdd
-from .runtime import open_session, static_dims
+from .runtime import Runner, open_session, static_dims
 from .spectral import Stft
 
 #: Demucs's ``apply_model`` default overlap (the most a shift delays the song is in :mod:`.demucs_apply`).
@@ -241,7 +241,8 @@ class DemucsNetwork:
                 raise ModelError(f"{path}: '{node.name}' is {node.shape}, a fixed length, but an hdemucs card "
                                  f"needs a model whose time axis is free; {says}")
         self.mix_name, self.spec_name = by_rank_in[3].name, by_rank_in[4].name
-        self.output_names = [by_rank_out[5].name, by_rank_out[4].name]
+        self.freq_name, self.wave_name = by_rank_out[5].name, by_rank_out[4].name
+        self.runner = Runner(self.session)
 
     def __call__(self, chunks: np.ndarray) -> np.ndarray:
         chunks = np.ascontiguousarray(chunks, dtype=np.float32)
@@ -250,8 +251,8 @@ class DemucsNetwork:
             raise ModelError(f"{self.path}: chunks of {length} samples given to a model that takes {self.segment}")
         spectrogram = self.spectrogram if length == self.segment else DemucsSpectrogram(self.n_fft, length)
         spec = spectrogram.forward(chunks)
-        freq, wave = self.session.run(self.output_names, {self.mix_name: chunks, self.spec_name: spec})
-        return wave + spectrogram.inverse(freq)
+        out = self.runner({self.mix_name: chunks, self.spec_name: spec})
+        return out[self.wave_name] + spectrogram.inverse(out[self.freq_name])
 
 
 class DemucsEngine:

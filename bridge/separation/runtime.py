@@ -141,12 +141,14 @@ def check_interface(session, path, *, expected_in: list, expected_out: list, fam
 
 
 class Runner:
-    """Run a one-input model over a batch, split into calls of at most ``max_batch``.
+    """Run a model over a batch, split into calls of at most ``max_batch``.
 
-    Input and output names are read from the session, never assumed. Every call goes through
+    Input and output names are read from the session, never assumed. A one-input model is called
+    with its array; a model of several inputs (Demucs: the waveform and its spectrogram) with
+    ``{name: array}``, every array batched along its first axis. Every call goes through
     onnxruntime's IO binding, on the CPU too, so the path a GPU run takes is the one the tests
-    run: the input is bound from host memory (onnxruntime copies it to the device once), outputs
-    are allocated on the session's device and copied back once. On the CPU the stems equal
+    run: the inputs are bound from host memory (onnxruntime copies them to the device once),
+    outputs are allocated on the session's device and copied back once. On the CPU the stems equal
     ``session.run``'s bit for bit (the same kernels on the same buffers; tested).
 
     One call runs at a time: a separator keeps two batches in flight (one's STFT beside the
@@ -156,38 +158,44 @@ class Runner:
 
     def __init__(self, session, *, max_batch: int | None = None):
         self.session = session
-        inputs = session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(f"expected a model with one input, it has {len(inputs)}: {[i.name for i in inputs]}")
-        self.input = inputs[0]
+        self.inputs = [i.name for i in session.get_inputs()]
         self.outputs = [o.name for o in session.get_outputs()]
-        fixed = static_dims(self.input.shape)[0]
+        fixed = static_dims(session.get_inputs()[0].shape)[0]
         self.max_batch = fixed if fixed else max_batch
         self.device_type, self.device_id = _output_device(session)
         self._lock = threading.Lock()
 
-    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        step = self.max_batch or x.shape[0]
+    def __call__(self, x) -> dict[str, np.ndarray]:
+        """``x``: the array of a one-input model, or ``{input name: array}``; ``{output name: array}``."""
+        feeds = x if isinstance(x, dict) else {self.inputs[0]: x} if len(self.inputs) == 1 else None
+        if feeds is None or set(feeds) != set(self.inputs):
+            given = list(feeds) if feeds is not None else "one array"
+            raise ModelError(f"the model's inputs are {self.inputs}; it was given {given}")
+        batch = next(iter(feeds.values())).shape[0]
+        step = self.max_batch or batch
         with self._lock:
-            parts = [self._run(np.ascontiguousarray(x[i:i + step])) for i in range(0, x.shape[0], step)]
+            parts = [self._run({name: np.ascontiguousarray(a[i:i + step]) for name, a in feeds.items()})
+                     for i in range(0, batch, step)]
         if len(parts) == 1:  # the usual case: no copy
             return dict(zip(self.outputs, parts[0]))
         return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.outputs)}
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import onnxruntime as ort
 
         binding = self.session.io_binding()
         for name in self.outputs:
             binding.bind_output(name, self.device_type, self.device_id)
         if self.device_type == "cpu":
-            # Zero copies: the input wraps x, the outputs are onnxruntime's own buffers handed to
-            # numpy. (bind_cpu_input + copy_outputs_to_cpu copy both: 5.4 vs 2.2 ms per UVR-size
-            # chunk measured, session.run 2.2 ms.)
-            binding.bind_ortvalue_input(self.input.name, ort.OrtValue.ortvalue_from_numpy(x))
+            # Zero copies: the inputs wrap the arrays, the outputs are onnxruntime's own buffers
+            # handed to numpy. (bind_cpu_input + copy_outputs_to_cpu copy both: 5.4 vs 2.2 ms per
+            # UVR-size chunk measured, session.run 2.2 ms.)
+            for name, x in feeds.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x))
             self.session.run_with_iobinding(binding)
             return [value.numpy() for value in binding.get_outputs()]
-        binding.bind_cpu_input(self.input.name, x)  # copied to the device once
+        for name, x in feeds.items():
+            binding.bind_cpu_input(name, x)  # copied to the device once
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
