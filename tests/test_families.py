@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -199,3 +201,13 @@ def test_families_are_asked_in_name_order_whatever_registered_first(monkeypatch,
     path.write_bytes(b"not a pickle")
     claims = [f.name for f in families.registered().values() if f.importer is not None and f.imports(path, None)]
     assert claims[0] == "demucs"
+
+
+def test_finding_the_families_imports_no_heavy_module():
+    """Every run asks the registry, which imports every family module: a family's heavy imports
+    (scipy.signal pulls in scipy.stats: 0.6 s; torch; onnxruntime) wait until its engine runs."""
+    code = ("import sys; from bridge.separation import families; families.registered(); "
+            "heavy = [m for m in ('scipy.signal', 'scipy.stats', 'torch', 'onnxruntime', 'av', 'pedalboard') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -50,7 +50,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from ..errors import ModelError
 
@@ -240,6 +239,9 @@ class Bands:
         ndarray, shape (2, bins + 1, samples // hop + 1), complex64
             Frame ``t`` is centred on the slice's sample ``t * hop``.
         """
+        from scipy.signal import resample_poly  # here: scipy.signal (and the scipy.stats it imports)
+        # costs 0.6 s, and every run imports this module through the family registry
+
         frames = audio.shape[1] // self.hop + 1
         spec = np.zeros((2, self.bins + 1, frames), np.complex64)
         wave = audio
@@ -286,6 +288,8 @@ class Bands:
             Samples of the slice at :attr:`sr` from ``start``: only those every frame around them
             contributes to (no edge effects of the frame range but the song's own start).
         """
+        from scipy.signal import resample_poly  # here, as in analyse
+
         skip = max(0, exists_from - first)
         spec, first = spec[:, :, skip:], first + skip
         wave_start, wave = None, None
