@@ -41,12 +41,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..errors import ModelError
 from .chunking import OverlapAdd
 from .families import Family, Found, register, torch_checkpoint
 from .models import ModelCard, canonical_stem, verify_file, whole
+from .peek import read_config
 from .runtime import Runner, check_interface, default_threads, open_session
 from .spectral import Stft, pack_mdx, unpack_mdx
 
@@ -162,32 +162,11 @@ def is_tfc_tdf_state(path: Path) -> bool:
     return all(k in plain for k in TFC_TDF_STATE)
 
 
-class _ConfigLoader(yaml.SafeLoader):
-    """Safe YAML plus ``!!python/tuple`` as a list (MSST's configs write it); any other Python tag
-    stays refused, as SafeLoader refuses it."""
-
-
-_ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
-
-
-def read_training_config(path: Path, *, limit: int = 1 << 20) -> dict | None:
-    """A training config's data, or None when it is not a readable YAML mapping of at most
-    ``limit`` bytes (for questions asked of every file in a folder: never an error). The import
-    itself reads it with :func:`bridge.importers.roformer_config.read_config`, which explains."""
-    try:
-        if not Path(path).is_file() or Path(path).stat().st_size > limit:
-            return None
-        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ConfigLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _imports(path, config) -> bool:
     """A TFC-TDF v3 checkpoint by its keys, or any checkpoint given with a TFC-TDF v3 config."""
     if is_tfc_tdf_state(Path(path)):
         return True
-    return config is not None and is_tfc_tdf_config(read_training_config(Path(config)))
+    return config is not None and is_tfc_tdf_config(read_config(Path(config)))
 
 
 def _configs_near(path: Path) -> list[tuple[Path, dict]]:
@@ -196,7 +175,7 @@ def _configs_near(path: Path) -> list[tuple[Path, dict]]:
     for folder in (path.parent, path.parent / "model_data" / "mdx_c_configs"):
         if folder.is_dir():
             for candidate in sorted(folder.iterdir()):
-                data = read_training_config(candidate) if candidate.suffix.lower() in (".yaml", ".yml") else None
+                data = read_config(candidate) if candidate.suffix.lower() in (".yaml", ".yml") else None
                 if is_tfc_tdf_config(data):
                     found.append((candidate, data))
     return found

@@ -35,6 +35,7 @@ from ..errors import ModelError
 from .families import Family, Found, register, torch_checkpoint
 from .models import ModelCard, verify_file, whole
 from .msst_grid import MsstOverlapAdd
+from .peek import read_config
 from .runtime import Runner, check_spectrogram_io, default_threads, open_session
 from .spectral import Stft
 
@@ -154,8 +155,6 @@ _STATE_KEYS = (b"separation_net.dp_modules.", b"SDlayer.convs.")
 def _config_data(path: Path):
     """The config at ``path`` if it is an SCNet's (by its model: keys), else None. Read with a safe
     loader that takes MSST's ``!!python/tuple`` as a list and builds nothing else."""
-    import yaml
-
     try:
         if path.stat().st_size > 1_000_000:
             return None
@@ -164,15 +163,7 @@ def _config_data(path: Path):
         return None
     if len(_CONFIG_KEYS.findall(text)) < 2:
         return None
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
-    try:
-        data = yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError:
-        return None
+    data = read_config(path)  # the safe loader with !!python/tuple, as the scan reads configs
     model = data.get("model") if isinstance(data, dict) else None
     return data if isinstance(model, dict) and "band_SR" in model and "num_dplayer" in model else None
 
