@@ -289,6 +289,15 @@ def test_bad_input_is_one_line_and_writes_nothing(ref, tmp_path):
     _refused(tmp_path, ckpt, bad_norm, "model.norm 'LayerNorm'")
 
 
+def test_an_export_under_60_db_is_refused_and_writes_nothing(ref, tmp_path, monkeypatch):
+    import bridge.importers.mdx23c as importer
+
+    text = config_text()
+    ckpt, config = save(tmp_path, "model", reference_net(ref, text), text)
+    monkeypatch.setattr(importer, "onnx_parity", lambda *args: 42.0)
+    _refused(tmp_path, ckpt, config, str(ckpt), "42.0 dB SNR of the outputs, 60 dB needed", "nothing was written")
+
+
 def test_cli_refuses_a_roformer_config_for_an_mdx23c_checkpoint_in_one_line(ref, tmp_path):
     text = config_text()
     ckpt, _ = save(tmp_path, "model", reference_net(ref, text), text)

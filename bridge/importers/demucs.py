@@ -57,7 +57,7 @@ from .. import memory
 from . import publish
 from .demucs_pickle import DemucsPackage, read_package
 from .publish import destination
-from .roformer import MIN_PARITY_DB, OPSET, snr_db
+from .roformer import OPSET, require_parity, snr_db
 
 SUPPORTED = "htdemucs, htdemucs_ft, htdemucs_6s (HTDemucs, Demucs v4) and hdemucs_mmi (HDemucs, v3 hybrid)"
 #: The file's class name -> the ``demucs`` module defining it and the card's architecture.
@@ -547,9 +547,7 @@ def import_demucs(path, *, name: str | None = None, force: bool = False, folder=
                 memory.trim()
                 db = parity_db(partial, references, segment=segment, n_fft=net_info["nfft"], fixed=fixed)
                 del references
-                if not db >= MIN_PARITY_DB:
-                    raise ModelError(f"{file}: the ONNX export disagrees with torch ({db:.1f} dB SNR, "
-                                     f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
+                require_parity(db, file)
             partials.append(onnx_name)
             worst = min(worst, db)
             entry = {"file": f"{onnx_name}.onnx", "sha256": file_sha256(partial), "segment": segment,

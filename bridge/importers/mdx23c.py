@@ -32,12 +32,11 @@ from pathlib import Path
 from ..errors import ModelError
 from ..render.records import file_sha256
 from ..separation.mdx23c import TFC_TDF_KEYS, is_tfc_tdf_config
-from ..version import __version__
 from .. import memory
 from . import publish
 from .publish import destination
-from .roformer import (MIN_PARITY_DB, export_onnx, load_strictly, onnx_parity, pink_noise,
-                       read_state_dict)
+from .roformer import (chunked_card, export_onnx, load_strictly, onnx_parity, pink_noise, read_state_dict,
+                       require_parity)
 from .roformer_config import read_config, stems_of, whole_number
 
 #: Values of ``model.norm`` and ``model.act`` the network takes (see :mod:`.mdx23c_net`).
@@ -241,25 +240,11 @@ def import_mdx23c(path, *, config, name: str | None = None, force: bool = False,
         export_onnx(net, partial, source=str(source), example=example, input_name="spectrogram", output_name="spectrograms")
         del net  # the torch weights and the onnxruntime session need not be in memory together
         db = onnx_parity(partial, spec.numpy(), expected)
-        if not db >= MIN_PARITY_DB:
-            raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the outputs, "
-                             f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
-        card = {
-            "name": name, "family": "mdx23c", "architecture": "tfc_tdf_v3", "file": onnx_path.name,
-            "sha256": file_sha256(partial), "stems": list(cfg.stems), "residual": cfg.residual,
-            "sample_rate": cfg.sample_rate, "n_fft": cfg.n_fft, "hop": cfg.hop, "dim_f": cfg.dim_f,
-            "dim_t": cfg.dim_t, "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
-            "audio_channels": cfg.audio_channels,
-            "imported": {
-                "checkpoint": source.name, "checkpoint_sha256": checkpoint_sha, "config": cfg_data,
-                "stembridge_version": __version__, "parity_db": round(db, 2),
-                "parity": f"SNR of the ONNX output (onnxruntime) against the torch network's, on the STFT of "
-                          f"{cfg.chunk_size} samples of seeded pink noise ({cfg.audio_channels} channels)",
-            },
-            "description": f"MDX23C, TFC-TDF v3 ({', '.join(cfg.outputs)}"
-                           + (f"; {cfg.residual} = mix minus the model's output" if cfg.residual else "")
-                           + f"), imported from {source.name} by stembridge models import",
-        }
+        require_parity(db, source, "outputs")
+        card = chunked_card(cfg, name=name, family="mdx23c", architecture="tfc_tdf_v3", title="MDX23C, TFC-TDF v3",
+                            file=onnx_path.name, sha256=file_sha256(partial), source=source,
+                            checkpoint_sha=checkpoint_sha, cfg_data=cfg_data, db=db, compared="output",
+                            stft=("n_fft", "hop", "dim_f"))
     onnx_path, card_path = publish.publish(
         target, name, card, header=f"Imported by: stembridge models import {source.name} --config {config_path.name}")
     return ImportedMdx23c(name, card_path, onnx_path, "tfc_tdf_v3", cfg.stems, db, time.perf_counter() - start)

@@ -149,14 +149,15 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 def chunked_card(cfg, *, name: str, family: str, architecture: str, title: str, file: str, sha256: str,
-                 source: Path, checkpoint_sha: str, cfg_data: dict, db: float, compared: str) -> dict:
-    """The card of an imported STFT-domain model run on MSST's chunk grid (RoFormer, SCNet): its
-    STFT and grid from ``cfg``, where it came from, and the import's parity (``compared``: what the
-    network outputs, e.g. ``"mask"``)."""
+                 source: Path, checkpoint_sha: str, cfg_data: dict, db: float, compared: str,
+                 stft: tuple[str, ...] = ("n_fft", "hop", "win_length")) -> dict:
+    """The card of an imported STFT-domain model run on a chunk grid (RoFormer, SCNet, MDX23C): its
+    STFT (the ``cfg`` attributes named in ``stft``) and grid from ``cfg``, where it came from, and
+    the import's parity (``compared``: what the network outputs, e.g. ``"mask"``)."""
     return {
         "name": name, "family": family, "architecture": architecture, "file": file,
         "sha256": sha256, "stems": list(cfg.stems), "residual": cfg.residual,
-        "sample_rate": cfg.sample_rate, "n_fft": cfg.n_fft, "hop": cfg.hop, "win_length": cfg.win_length,
+        "sample_rate": cfg.sample_rate, **{key: getattr(cfg, key) for key in stft},
         "dim_t": cfg.dim_t, "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
         "audio_channels": cfg.audio_channels,
         "imported": {
@@ -201,6 +202,14 @@ def export_onnx(net, path: Path, *, source: str = "the network", example=None, i
         if len(list(Path(scratch).iterdir())) != 1:
             raise ModelError(f"{source}: the network is over 2 GB, more than one ONNX file can hold; not supported")
         os.replace(exported, path)
+
+
+def require_parity(db: float, source, what: str | None = None) -> None:
+    """Refuse an export whose parity ``db`` (SNR of ``what`` the network outputs) is under
+    :data:`MIN_PARITY_DB`, in one line naming ``source``: every importer's last check."""
+    if not db >= MIN_PARITY_DB:
+        raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR"
+                         + (f" of the {what}" if what else "") + f", {MIN_PARITY_DB:.0f} dB needed); nothing was written")
 
 
 def onnx_parity(onnx_path: Path, spec: np.ndarray, expected: np.ndarray) -> float:
@@ -277,9 +286,7 @@ def import_roformer(path, *, config, name: str | None = None, force: bool = Fals
         del net  # the torch weights and the onnxruntime session need not be in memory together
         memory.trim()
         db = onnx_parity(partial, spec.numpy(), expected)
-        if not db >= MIN_PARITY_DB:
-            raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the masks, "
-                             f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
+        require_parity(db, source, "masks")
         card = chunked_card(cfg, name=name, family="roformer", architecture=cfg.architecture, title=title,
                             file=onnx_path.name, sha256=file_sha256(partial), source=source,
                             checkpoint_sha=checkpoint_sha, cfg_data=cfg_data, db=db, compared="mask")

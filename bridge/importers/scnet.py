@@ -34,7 +34,7 @@ from ..render.records import file_sha256
 from .. import memory
 from . import publish
 from .publish import destination
-from .roformer import MIN_PARITY_DB, chunked_card, export_onnx, onnx_parity, read_state_dict, snr_db
+from .roformer import chunked_card, require_parity, export_onnx, onnx_parity, read_state_dict, snr_db
 from .scnet_config import ScnetConfig, parse_config, read_config
 
 #: Keys of MSST's other SCNet variants, which the plain network does not have.
@@ -159,9 +159,7 @@ def import_scnet(path, *, config, name: str | None = None, force: bool = False, 
         del net  # the torch weights and the onnxruntime session need not be in memory together
         gc.collect()
         db = onnx_parity(partial, spec.numpy(), expected)
-        if not db >= MIN_PARITY_DB:
-            raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the stem "
-                             f"spectrograms, {MIN_PARITY_DB:.0f} dB needed); nothing was written")
+        require_parity(db, source, "stem spectrograms")
         card = chunked_card(cfg, name=name, family="scnet", architecture="scnet", title="SCNet",
                             file=onnx_path.name, sha256=file_sha256(partial), source=source,
                             checkpoint_sha=checkpoint_sha, cfg_data=cfg_data, db=db, compared="stem spectrograms")

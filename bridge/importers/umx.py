@@ -37,7 +37,7 @@ from ..separation.umx import CHUNK_WINDOWS, DEFAULTS
 from ..version import __version__
 from .. import memory
 from . import publish
-from .roformer import MIN_PARITY_DB, export_onnx, onnx_parity, read_state_dict, snr_db
+from .roformer import export_onnx, require_parity, onnx_parity, read_state_dict, snr_db
 from .umx_net import UmxConfig
 
 #: The order openunmix's published models list their targets in; others follow by name.
@@ -292,9 +292,7 @@ def import_umx(path, *, name: str | None = None, force: bool = False, folder=Non
         _export(graph, partial, first, source=str(source))
         del graph  # the torch weights and the onnxruntime session need not be in memory together
         db = onnx_parity(partial, magnitude.numpy(), expected)
-        if not db >= MIN_PARITY_DB:
-            raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the estimates, "
-                             f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
+        require_parity(db, source, "estimates")
         card = {
             "name": name, "family": "umx", "file": onnx_path.name, "sha256": file_sha256(partial),
             "stems": list(targets) + ([residual] if residual else []), "residual": residual,

@@ -31,7 +31,7 @@ from ..separation.vr_bands import Bands, param_set, secondary_stem, uvr_vr_table
 from ..version import __version__
 from .. import memory
 from . import publish
-from .roformer import MIN_PARITY_DB, ImportedRoformer, onnx_parity, read_state_dict
+from .roformer import ImportedRoformer, require_parity, onnx_parity, read_state_dict
 
 DEFAULT_WINDOW = 512
 DEFAULT_AGGRESSION = 5
@@ -164,9 +164,7 @@ def import_vr(path, *, name: str | None = None, force: bool = False, folder=None
         offset = net.offset
         del net
         db = onnx_parity(partial, x, expected)
-        if not db >= MIN_PARITY_DB:
-            raise ModelError(f"{source}: the ONNX export disagrees with torch ({db:.1f} dB SNR of the masks, "
-                             f"{MIN_PARITY_DB:.0f} dB needed); nothing was written")
+        require_parity(db, source, "masks")
         primary_name = entry["primary_stem"]
         stems = [primary_name, secondary_stem(primary_name)]
         card = {
